@@ -1,0 +1,123 @@
+"""The exception tree of Conveyor.
+
+::
+
+    ConveyorError
+    ├── ProtocolError              a frame broke the protocol
+    │   ├── LocalProtocolError     ... and it was ours
+    │   └── RemoteProtocolError    ... and it was the peer's
+    ├── ConnectionLost             the broker went away mid-request
+    ├── BrokerError                the broker answered with an ERROR frame (has .code, .field)
+    │   ├── AuthenticationError    code "unauthorized"
+    │   ├── PermissionDenied       code "forbidden"
+    │   ├── InvalidJob             code "invalid" (see .field)
+    │   └── JobNotFound            code "not_found"
+    ├── JobFailed                  the job ended dead/cancelled; has .job
+    ├── ResultTimeout              result() ran out of time (also a TimeoutError)
+    └── ConfigError                missing certificate, token or bad URL
+
+Task code may raise :class:`Retry` to ask for a retry and :class:`Reject` to fail
+at once without retries; neither is a ConveyorError.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.job import Job
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises."""
+
+
+class ProtocolError(ConveyorError):
+    """A frame violated the protocol. ``code`` is the ERROR code to send."""
+
+    def __init__(self, message: str, code: str = "bad_frame") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class ConnectionLost(ConveyorError):
+    """The connection to the broker closed before the reply arrived."""
+
+
+class ConfigError(ConveyorError):
+    """Configuration is missing or wrong (URL, certificate, token)."""
+
+
+class BrokerError(ConveyorError):
+    """The broker refused a request with an ERROR frame."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> BrokerError:
+        code = str(frame.get("code", "internal"))
+        klass = _ERROR_CLASSES.get(code, BrokerError)
+        return klass(code, str(frame.get("message", "")), frame.get("field"))
+
+
+class AuthenticationError(BrokerError):
+    """The token was missing, unknown, revoked or expired."""
+
+
+class PermissionDenied(BrokerError):
+    """The token's role may not do this."""
+
+
+class InvalidJob(BrokerError):
+    """A submission was rejected; ``field`` names the offending field."""
+
+
+class JobNotFound(BrokerError):
+    """No job has that id."""
+
+
+_ERROR_CLASSES: dict[str, type[BrokerError]] = {
+    "unauthorized": AuthenticationError,
+    "forbidden": PermissionDenied,
+    "invalid": InvalidJob,
+    "not_found": JobNotFound,
+}
+
+
+class JobFailed(ConveyorError):
+    """The job ended without a result (dead or cancelled)."""
+
+    def __init__(self, job: Job) -> None:
+        err = job.error or {}
+        super().__init__(
+            f"job {job.id} is {job.state.value}: {err.get('type', '')}: {err.get('message', '')}"
+        )
+        self.job = job
+
+
+class ResultTimeout(ConveyorError, TimeoutError):
+    """The job did not finish within the timeout given to result()."""
+
+
+class Retry(Exception):
+    """Raised by a task to be retried, after ``delay`` seconds if given."""
+
+    def __init__(self, message: str = "retry requested", delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class Reject(Exception):
+    """Raised by a task to fail at once, skipping any retries left."""
