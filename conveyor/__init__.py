@@ -1,0 +1,47 @@
+"""Conveyor: a fast, durable, secure distributed task queue.
+
+The public surface is what ``__all__`` lists; everything else is internal.
+"""
+
+from conveyor.client.aio import AsyncClient, AsyncJob
+from conveyor.client.sync import Client, JobHandle
+from conveyor.errors import (
+    AuthenticationError,
+    BrokerError,
+    ConfigError,
+    ConnectionLost,
+    ConveyorError,
+    InvalidJob,
+    JobFailed,
+    JobNotFound,
+    PermissionDenied,
+    ProtocolError,
+    Reject,
+    ResultTimeout,
+    Retry,
+)
+from conveyor.job import Job, JobState
+from conveyor.worker.tasks import task
+
+__all__ = [
+    "AsyncClient",
+    "AsyncJob",
+    "AuthenticationError",
+    "BrokerError",
+    "Client",
+    "ConfigError",
+    "ConnectionLost",
+    "ConveyorError",
+    "InvalidJob",
+    "Job",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobState",
+    "PermissionDenied",
+    "ProtocolError",
+    "Reject",
+    "ResultTimeout",
+    "Retry",
+    "task",
+]

@@ -95,7 +95,7 @@ class Job:
 
     id: str
     task: str
-    args: Any = ()
+    args: Any = field(default_factory=list)  # a list, as it comes back from the wire
     kwargs: Any = field(default_factory=dict)
     queue: str = DEFAULT_QUEUE
     priority: int = DEFAULT_PRIORITY

@@ -7,6 +7,7 @@ submits (and by anything else that accepts jobs from outside).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ MAX_UNIQUE_KEY = 200
 MAX_RETRIES = 100
 MAX_DEPTH = 32
 DEFAULT_MAX_PAYLOAD = 512 * 1024
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1  # MessagePack's integer range
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +73,15 @@ def _check_json(value: Any, fld: str, depth: int = 0) -> None:
     """JSON-compatible: None, bool, int, float, str, lists and str-keyed maps of them."""
     if depth > MAX_DEPTH:
         raise _invalid(fld, f"is nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, str | bool | int | float):
-        if isinstance(value, float) and value != value:  # NaN is not JSON
-            raise _invalid(fld, "must not contain NaN")
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):  # NaN and Infinity are not JSON
+            raise _invalid(fld, "must not contain NaN or infinity")
+        return
+    if isinstance(value, int):
+        if not _MIN_INT <= value <= _MAX_INT:  # MessagePack cannot carry it
+            raise _invalid(fld, "integers must fit in 64 bits")
         return
     if isinstance(value, list | tuple):
         for item in value:

@@ -44,6 +44,14 @@ _TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
 }
 
 
+def _closes(frame: Frame) -> bool:
+    """A GOODBYE or an ERROR with a fatal code ends the connection, whoever sends it."""
+    kind = frame.get("t")
+    return kind == FrameType.GOODBYE or (
+        kind == FrameType.ERROR and frame.get("code") in FATAL_CODES
+    )
+
+
 class _Connection(abc.ABC):
     def __init__(self, state: ConnState, max_frame_size: int) -> None:
         self.state = state
@@ -72,6 +80,8 @@ class _Connection(abc.ABC):
             return None
         assert isinstance(frame, dict)
         self._check_turn(frame)
+        if _closes(frame):  # the peer said goodbye or gave up: it closes next
+            self._move(ConnState.CLOSED)
         return frame
 
     @abc.abstractmethod
@@ -81,10 +91,7 @@ class _Connection(abc.ABC):
     def send(self, frame: Frame) -> bytes:
         """Bytes for one frame (an ERROR with a fatal code closes the connection)."""
         data = encode_frame(frame, self.max_frame_size)
-        kind = frame.get("t")
-        if kind == FrameType.GOODBYE or (
-            kind == FrameType.ERROR and frame.get("code") in FATAL_CODES
-        ):
+        if _closes(frame):
             self._move(ConnState.CLOSED)
         return data
 

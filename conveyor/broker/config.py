@@ -1,0 +1,41 @@
+"""Broker settings and the limits that protect it from hostile or buggy clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conveyor.protocol.frames import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_SIZE
+from conveyor.validation import DEFAULT_MAX_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Safe defaults; every one is configurable."""
+
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 1_000
+    handshake_timeout: float = 5.0  # seconds to finish TLS and send HELLO (slowloris)
+    idle_timeout: float = 300.0  # seconds without a frame before a connection is dropped
+    submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
+    max_inflight_requests: int = 256  # per connection: reading pauses above this
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 65432
+    store_url: str = "memory://"
+    home: Path = field(default_factory=lambda: Path(".conveyor"))
+    cert_file: Path | None = None  # default: $home/server.pem
+    key_file: Path | None = None  # default: $home/server.key
+    client_ca_file: Path | None = None  # set: mutual TLS, client certificates required
+    tokens_file: Path | None = None  # default: $home/tokens.json
+    heartbeat: float = 5.0  # seconds between worker heartbeats
+    lease: float = 30.0  # a running job's lease; renewed by heartbeats
+    retention: float = 7 * 86400.0  # completed/cancelled jobs kept this long
+    limits: Limits = field(default_factory=Limits)
+    name: str = "conveyor-broker"

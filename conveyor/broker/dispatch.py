@@ -1,0 +1,158 @@
+"""Push dispatch with credits to the least-loaded worker that offers the task.
+
+Each connected worker announced its tasks, queues and concurrency. Its credit is
+``concurrency + prefetch`` minus the jobs it holds (dispatched, not yet reported or
+released). A dispatch pass repeatedly takes the worker with the lowest load ratio
+that has credit, claims a small slice of jobs for it from the store (the store
+orders by priority, then FIFO) and sends them in one DISPATCH frame. Slices are a
+quarter of the worker's capacity so that equal workers alternate and share the work.
+Passes are coalesced: many triggers in one loop iteration cause one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.clock import Clock
+from conveyor.job import Job
+from conveyor.stores.base import Claimant, Store
+
+log = logging.getLogger("conveyor.broker")
+_order = itertools.count()
+
+
+@dataclass(eq=False, slots=True)
+class WorkerRef:
+    """A connected worker as the dispatcher sees it."""
+
+    id: str
+    name: str
+    tasks: frozenset[str]
+    queues: tuple[str, ...]
+    concurrency: int
+    prefetch: int
+    send_jobs: Callable[[list[Job]], None]
+    pool: str = "thread"
+    peer: str = ""
+    connected_at: float = 0.0
+    holding: set[str] = field(default_factory=set)  # job ids dispatched, not reported
+    draining: bool = False
+    completed: int = 0
+    failed: int = 0
+    last_heartbeat: float = 0.0
+    order: int = field(default_factory=lambda: next(_order))
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency + self.prefetch
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else self.capacity - len(self.holding)
+
+    @property
+    def load(self) -> float:
+        return len(self.holding) / self.capacity
+
+    def claimant(self) -> Claimant:
+        return Claimant(self.id, self.queues, self.tasks)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tasks": sorted(self.tasks),
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "pool": self.pool,
+            "peer": self.peer,
+            "running": len(self.holding),
+            "draining": self.draining,
+            "completed": self.completed,
+            "failed": self.failed,
+            "connected_at": self.connected_at,
+            "last_heartbeat": self.last_heartbeat,
+        }
+
+
+class Dispatcher:
+    """Owns the set of connected workers and moves queued jobs to them."""
+
+    def __init__(self, store: Store, clock: Clock, lease_seconds: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.workers: dict[str, WorkerRef] = {}
+        self._pending = False
+        self._running = False
+        self._again = False
+        self.dispatched = 0
+
+    def add(self, worker: WorkerRef) -> None:
+        self.workers[worker.id] = worker
+        self.trigger()
+
+    def remove(self, worker_id: str) -> WorkerRef | None:
+        return self.workers.pop(worker_id, None)
+
+    def offered(self) -> set[tuple[str, str]]:
+        """(queue, task) pairs some connected worker can run."""
+        return {(q, t) for w in self.workers.values() for q in w.queues for t in w.tasks}
+
+    def trigger(self) -> None:
+        """Ask for a dispatch pass soon (coalesced)."""
+        if self._running:
+            self._again = True
+            return
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._start_pass)
+
+    def _start_pass(self) -> None:
+        self._pending = False
+        asyncio.get_running_loop().create_task(self._pass())
+
+    async def _pass(self) -> None:
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        try:
+            while True:
+                self._again = False
+                await self._dispatch_once()
+                if not self._again:
+                    break
+        except Exception:
+            log.exception("dispatch pass failed")
+        finally:
+            self._running = False
+
+    async def _dispatch_once(self) -> None:
+        heap = [(w.load, w.order, w) for w in self.workers.values() if w.free > 0]
+        heapq.heapify(heap)
+        now = self.clock.now()
+        while heap:
+            _, _, worker = heapq.heappop(heap)
+            if worker.id not in self.workers or worker.free <= 0:
+                continue
+            want = min(worker.free, max(1, worker.capacity // 4))
+            jobs = await self.store.job_claim(worker.claimant(), want, self.lease_seconds, now)
+            if not jobs:
+                continue  # nothing this worker can run; drop it from this pass
+            if worker.id not in self.workers:
+                # the worker left while we claimed: give the jobs straight back
+                await self.store.job_requeue_worker(worker.id, "worker lost", now)
+                continue
+            worker.holding.update(j.id for j in jobs)
+            self.dispatched += len(jobs)
+            worker.send_jobs(jobs)
+            if worker.free > 0:
+                heapq.heappush(heap, (worker.load, worker.order, worker))

@@ -1,0 +1,108 @@
+"""Background services of the broker: each a ``run_once(now)`` and a thin loop around it.
+
+- :class:`LeaseReaper` requeues running jobs whose lease expired (hung or stopped worker).
+- :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
+  sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
+- :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from conveyor.clock import Clock
+from conveyor.job import Job
+from conveyor.stores.base import Store
+
+log = logging.getLogger("conveyor.broker")
+
+
+class Service(abc.ABC):
+    """A loop calling ``run_once`` every ``interval`` seconds (or sooner when woken)."""
+
+    interval = 1.0
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @abc.abstractmethod
+    async def run_once(self, now: float) -> None:
+        """Do one round of the service's work."""
+
+    async def next_delay(self) -> float:
+        return self.interval
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once(self.clock.now())
+            except Exception:
+                log.exception("%s failed; will try again", type(self).__name__)
+            delay = await self.next_delay()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
+
+
+class LeaseReaper(Service):
+    def __init__(
+        self, store: Store, clock: Clock, on_requeued: Callable[[list[Job]], None]
+    ) -> None:
+        super().__init__(store, clock)
+        self.on_requeued = on_requeued
+
+    async def run_once(self, now: float) -> None:
+        jobs = await self.store.job_rescue_expired(now)
+        if jobs:
+            log.warning("lease expired for %d job(s); requeued", len(jobs))
+            self.on_requeued(jobs)
+
+
+class Promoter(Service):
+    max_sleep = 1.0
+
+    def __init__(self, store: Store, clock: Clock, on_promoted: Callable[[], None]) -> None:
+        super().__init__(store, clock)
+        self.on_promoted = on_promoted
+
+    async def run_once(self, now: float) -> None:
+        if await self.store.job_promote_due(now):
+            self.on_promoted()
+
+    async def next_delay(self) -> float:
+        eta = await self.store.job_next_eta()
+        if eta is None:
+            return self.max_sleep
+        return min(self.max_sleep, eta - self.clock.now())
+
+
+class RetentionCleaner(Service):
+    interval = 60.0
+
+    def __init__(self, store: Store, clock: Clock, retention: float) -> None:
+        super().__init__(store, clock)
+        self.retention = retention
+
+    async def run_once(self, now: float) -> None:
+        pruned = await self.store.job_prune(now - self.retention)
+        if pruned:
+            log.info("retention: pruned %d finished job(s)", pruned)

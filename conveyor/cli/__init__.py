@@ -1,0 +1,31 @@
+"""The ``conveyor`` command."""
+
+from __future__ import annotations
+
+import click
+
+from conveyor.cli.certs import certs_command
+from conveyor.cli.dlq import dlq
+from conveyor.cli.jobs import cancel, jobs_command, result, stats, status, submit
+from conveyor.cli.serve import broker, dev, worker
+from conveyor.cli.tokens import token_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conveyor")
+def main() -> None:
+    """Conveyor: a fast, durable, secure distributed task queue."""
+
+
+for command in (
+    broker, worker, dev, submit, result, status, cancel, jobs_command, stats, dlq,
+    certs_command, token_group,
+):
+    main.add_command(command)
+
+try:  # the benchmark pulls in rich progress bars; keep it optional at import time
+    from conveyor.bench import bench
+
+    main.add_command(bench)
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,99 @@
+"""Options every client-side command shares, and turning errors into clean exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from conveyor.client.sync import Client
+from conveyor.errors import BrokerError, ConfigError, ConnectionLost, ConveyorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_options(fn: F) -> F:
+    """--broker, --token, --ca, --home: flag > environment > $CONVEYOR_HOME files."""
+    for option in reversed(
+        [
+            click.option(
+                "--broker",
+                "broker_url",
+                metavar="URL",
+                help="conveyor://host:port "
+                "[env CONVEYOR_BROKER_URL; default conveyor://127.0.0.1:65432]",
+            ),
+            click.option(
+                "--token",
+                metavar="TOKEN",
+                help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]",
+            ),
+            click.option(
+                "--ca",
+                metavar="FILE",
+                help="CA certificate to verify the broker "
+                "[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]",
+            ),
+            click.option("--home", metavar="DIR", help="[env CONVEYOR_HOME; default ./.conveyor]"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@contextmanager
+def connect(opts: dict[str, Any]) -> Iterator[Client]:
+    """A connected Client from the shared options; errors become one clear line."""
+    with errors_as_exit():
+        client = Client(
+            opts.get("broker_url"),
+            token=opts.get("token"),
+            ca=opts.get("ca"),
+            home=opts.get("home"),
+            name="cli",
+            reconnect_timeout=0,
+        )
+        try:
+            client.connect()
+        except OSError as exc:
+            raise ConnectionLost(
+                f"cannot reach the broker at {client.endpoint.host}:{client.endpoint.port}: {exc}"
+            ) from exc
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+@contextmanager
+def errors_as_exit() -> Iterator[None]:
+    try:
+        yield
+    except BrokerError as exc:
+        where = f" (field: {exc.field})" if exc.field else ""
+        raise click.ClickException(f"{exc.code}: {exc.message}{where}") from exc
+    except (ConfigError, ConnectionLost, ConveyorError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def pop_client_opts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs.pop(k) for k in ("broker_url", "token", "ca", "home")}
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def with_client(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: open a Client from the shared options and pass it as ``client``."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        with connect(pop_client_opts(kwargs)) as client, errors_as_exit():
+            return fn(client=client, **kwargs)
+
+    return client_options(wrapper)

@@ -1,0 +1,32 @@
+"""Small helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``5m``, ``2h``, ``7d``, ``1w`` or a plain number of seconds -> seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise click.BadParameter(
+            f"{text!r} is not a duration; use a number with an optional unit "
+            "s, m, h, d or w (e.g. 90, 30s, 5m, 2h, 7d)"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A click ``callback`` that turns an option's text into seconds with parse_duration."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except click.BadParameter as exc:
+        exc.ctx, exc.param = ctx, param
+        raise

@@ -1,0 +1,193 @@
+"""conveyor broker / worker / dev: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from conveyor.broker.app import Broker
+from conveyor.broker.config import BrokerConfig, Limits
+from conveyor.cli._client import errors_as_exit
+from conveyor.cli._util import duration_option
+from conveyor.config import DEFAULT_BROKER_PORT, DEFAULT_HOST, ensure_broker_files, home_dir
+from conveyor.stores import default_store_url
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def run_loop(main: object) -> None:
+    """Run a coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+@click.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to bind")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_BROKER_PORT, show_default=True)
+@click.option("--store", "store_url", help="memory:// or sqlite:///path [sqlite in $CONVEYOR_HOME]")
+@click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="server certificate")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="its private key")
+@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False),
+              help="require client certificates signed by this CA (mutual TLS)")
+@click.option("--hosts", default="localhost,127.0.0.1,::1", show_default=True,
+              help="names/IPs for the generated server certificate")
+@click.option("--retention", callback=duration_option, default="7d", show_default=True,
+              help="keep completed/cancelled jobs this long")
+@click.option("--heartbeat", type=float, default=5.0, show_default=True, help="worker heartbeat, s")
+@click.option("--lease", type=float, default=30.0, show_default=True, help="job lease, s")
+@click.option("--max-connections", type=int, default=10_000, show_default=True)
+@click.option("--max-connections-per-ip", type=int, default=1_000, show_default=True)
+@click.option("--submit-rate", type=float, default=0.0, help="jobs/s per connection; 0 = no limit")
+@click.option("--log-level", default="INFO", show_default=True)
+def broker(**opts: object) -> None:
+    """Run the broker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+    logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
+    home = home_dir(opts["home"])  # type: ignore[arg-type]
+    with errors_as_exit():
+        files, created = ensure_broker_files(home, _split((str(opts["hosts"]),)), now=time.time())
+    for line in created:
+        click.echo(line)
+    config = BrokerConfig(
+        host=str(opts["host"]),
+        port=int(opts["port"]),  # type: ignore[call-overload]
+        store_url=str(opts["store_url"] or default_store_url(home)),
+        home=home,
+        cert_file=Path(str(opts["tls_cert"])) if opts["tls_cert"] else files.cert_file,
+        key_file=Path(str(opts["tls_key"])) if opts["tls_key"] else files.key_file,
+        client_ca_file=Path(str(opts["client_ca"])) if opts["client_ca"] else None,
+        tokens_file=files.tokens_file,
+        heartbeat=float(opts["heartbeat"]),  # type: ignore[arg-type]
+        lease=float(opts["lease"]),  # type: ignore[arg-type]
+        retention=float(opts["retention"]),  # type: ignore[arg-type]
+        limits=Limits(
+            max_connections=int(opts["max_connections"]),  # type: ignore[call-overload]
+            max_connections_per_ip=int(opts["max_connections_per_ip"]),  # type: ignore[call-overload]
+            submits_per_second=float(opts["submit_rate"]),  # type: ignore[arg-type]
+        ),
+    )
+    run_loop(_serve_broker(config))
+
+
+async def _serve_broker(config: BrokerConfig) -> None:
+    with errors_as_exit():
+        b = Broker(config)
+        await b.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    click.echo(f"broker ready on {b.url}  (store {b.store.url}, home {config.home})", err=False)
+    click.echo(f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})")
+    sys.stdout.flush()
+    await stopping.wait()
+    logging.getLogger("conveyor.broker").info("stopping: flushing the store, saying goodbye")
+    await b.stop()
+
+
+@click.command()
+@click.option("--tasks", "modules", multiple=True, default=("conveyor.examples",), show_default=True,
+              help="module(s) with @task functions, comma-separated or repeated")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
+@click.option("--pool", type=click.Choice(["thread", "process", "async"]), default="thread",
+              show_default=True)
+@click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
+@click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
+@click.option("--name", help="worker name [host-pid]")
+@click.option("--broker", "broker_url", metavar="URL", help="[env CONVEYOR_BROKER_URL]")
+@click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
+@click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")
+@click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(**opts: object) -> None:
+    """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
+    logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
+    sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
+    run_loop(_serve_worker(opts))
+
+
+async def _serve_worker(opts: dict[str, object]) -> None:
+    from conveyor.worker.runner import Worker
+
+    with errors_as_exit():
+        w = Worker(
+            _split(opts["modules"]),  # type: ignore[arg-type]
+            url=opts["broker_url"],  # type: ignore[arg-type]
+            token=opts["token"],  # type: ignore[arg-type]
+            ca=opts["ca"],  # type: ignore[arg-type]
+            home=opts["home"],  # type: ignore[arg-type]
+            concurrency=int(opts["concurrency"]),  # type: ignore[call-overload]
+            pool=str(opts["pool"]),
+            queues=_split(opts["queues"]) or None,  # type: ignore[arg-type]
+            prefetch=opts["prefetch"],  # type: ignore[arg-type]
+            name=opts["name"],  # type: ignore[arg-type]
+        )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, w.stop)
+    with errors_as_exit():
+        await w.run()
+
+
+@click.command()
+@click.option("--port", type=int, default=DEFAULT_BROKER_PORT, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
+def dev(port: int, workers: int, home: str | None) -> None:
+    """A local system in the foreground: a broker and workers (what `make run` starts)."""
+    env = dict(os.environ, CONVEYOR_HOME=str(home_dir(home).resolve()))
+    env["CONVEYOR_BROKER_URL"] = f"conveyor://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "conveyor"]
+    procs = [subprocess.Popen([*cmd, "broker", "--port", str(port)], env=env)]
+    try:
+        _wait_for_port(port, procs[0])
+        for i in range(workers):
+            procs.append(subprocess.Popen([*cmd, "worker", "--name", f"dev-worker-{i + 1}"], env=env))
+        click.echo(
+            f"\nConveyor is up: broker conveyor://127.0.0.1:{port}, {workers} workers "
+            f"(home {env['CONVEYOR_HOME']}).\n"
+            "In another terminal:  .venv/bin/conveyor submit fibonacci n=30 --priority 1 --wait\n"
+            "Ctrl-C stops everything.\n"
+        )
+        procs[0].wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException("the broker exited; see its output above")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"the broker did not listen on port {port} within {timeout}s")

@@ -1,0 +1,194 @@
+"""AsyncClient: the asyncio twin of Client."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from conveyor.client._base import (
+    batch_item,
+    chunks,
+    final_result,
+    job_spec,
+    make_endpoint,
+    split_options,
+)
+from conveyor.client._conn import AsyncConnection
+from conveyor.errors import ConnectionLost, ResultTimeout
+from conveyor.job import Job, JobState
+
+
+class AsyncJob:
+    """A handle on one job: ``await handle.result(timeout=10)``."""
+
+    __slots__ = ("client", "id")
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<AsyncJob {self.id}>"
+
+    async def get(self) -> Job:
+        return await self.client.get(self.id)
+
+    async def status(self) -> JobState:
+        return (await self.get()).state
+
+    async def wait(self, timeout: float | None = None) -> Job:
+        return await self.client.wait(self.id, timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await self.client.result(self.id, timeout)
+
+    async def cancel(self) -> Job:
+        return await self.client.cancel(self.id)
+
+
+class AsyncClient:
+    """Talks to a broker from asyncio code. Reconnects with backoff when it is lost.
+
+    ``AsyncClient(url, token=..., ca=...)``; every argument defaults from the
+    environment and ``$CONVEYOR_HOME`` (see README).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        home: str | Path | None = None,
+        name: str = "producer",
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        self.endpoint = make_endpoint(url, token, ca, cert, key, home, name)
+        self.reconnect_timeout = reconnect_timeout
+        self._conn: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        conn = AsyncConnection(self.endpoint, agent="conveyor-async-client")
+        await conn.connect()
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _ensure(self) -> AsyncConnection:
+        async with self._lock:
+            if self._conn is not None and not self._conn.closed.is_set():
+                return self._conn
+            deadline = time.monotonic() + self.reconnect_timeout
+            delay = 0.05
+            while True:
+                try:
+                    await self.connect()
+                    assert self._conn is not None
+                    return self._conn
+                except (OSError, ConnectionLost, TimeoutError):
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    delay = min(delay * 2, 2.0)
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send a request; after a lost connection, reconnect and send it again.
+
+        Every request is safe to resend: submits carry client-chosen job ids.
+        """
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            conn = await self._ensure()
+            try:
+                return await conn.request(frame)
+            except ConnectionLost:
+                if time.monotonic() > deadline:
+                    raise
+
+    # -- producing -----------------------------------------------------------------------
+    async def submit(
+        self, task: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncJob:
+        """Submit one job. Keyword arguments that are not submit options go to the task."""
+        opts, task_kwargs = split_options(options)
+        spec = job_spec(task, args, {**task_kwargs, **(kwargs or {})}, **opts)
+        reply = await self._request({"t": "submit", "jobs": [spec]})
+        return AsyncJob(self, reply["jobs"][0]["id"])
+
+    async def submit_many(self, items: Iterable[Any]) -> list[AsyncJob]:
+        """Submit many jobs in one round trip per 10,000."""
+        specs = [batch_item(i) for i in items]
+        out: list[AsyncJob] = []
+        for chunk in chunks(specs):
+            if chunk:
+                reply = await self._request({"t": "submit", "jobs": chunk})
+                out.extend(AsyncJob(self, j["id"]) for j in reply["jobs"])
+        return out
+
+    def job(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self, job_id)
+
+    # -- reading -------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job:
+        return Job.from_wire((await self._request({"t": "get", "id": job_id}))["job"])
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once final, or (after ``timeout`` seconds) as it is then."""
+        frame: dict[str, Any] = {"t": "wait", "id": job_id}
+        if timeout is not None:
+            frame["timeout"] = timeout
+        return Job.from_wire((await self._request(frame))["job"])
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:
+        job = await self.wait(job_id, timeout)
+        if not job.state.is_final:
+            raise ResultTimeout(f"job {job_id} is still {job.state.value} after {timeout}s")
+        return final_result(job)
+
+    async def cancel(self, job_id: str) -> Job:
+        return Job.from_wire((await self._request({"t": "cancel", "id": job_id}))["job"])
+
+    async def list_jobs(
+        self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
+        if state:
+            frame["state"] = state
+        if queue:
+            frame["queue"] = queue
+        return [Job.from_wire(j) for j in (await self._request(frame))["jobs"]]
+
+    async def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = (await self._request({"t": "stats"}))["stats"]
+        return stats
+
+    async def dlq_retry(self, ids: list[str] | None = None) -> int:
+        frame: dict[str, Any] = {"t": "dlq_retry"}
+        frame.update({"ids": ids} if ids is not None else {"all": True})
+        return int((await self._request(frame))["count"])
+
+    async def dlq_purge(self, ids: list[str] | None = None) -> int:
+        frame: dict[str, Any] = {"t": "dlq_purge"}
+        if ids is not None:
+            frame["ids"] = ids
+        return int((await self._request(frame))["count"])

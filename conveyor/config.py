@@ -1,0 +1,195 @@
+"""Where settings come from: a CLI flag beats the environment, which beats files in the home.
+
+The home directory (``$CONVEYOR_HOME``, default ``./.conveyor``) holds what the broker
+makes on first start and what local clients read from it::
+
+    ca.pem ca.key server.pem server.key    certificates (conveyor.security.certs)
+    tokens.json                            token hashes (conveyor.security.tokens)
+    admin.token                            the first admin token, plaintext, mode 0600
+
+Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
+``CONVEYOR_CA``, ``CONVEYOR_CERT``, ``CONVEYOR_KEY``. An empty variable counts as unset.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from conveyor.errors import ConfigError
+from conveyor.security import certs
+from conveyor.security.tokens import Role, TokenRegistry
+
+DEFAULT_BROKER_PORT = 65432
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BROKER_URL = f"conveyor://{DEFAULT_HOST}:{DEFAULT_BROKER_PORT}"
+SCHEME = "conveyor"
+
+CA_FILE = "ca.pem"
+CERT_FILE = "server.pem"
+KEY_FILE = "server.key"
+TOKENS_FILE = "tokens.json"
+ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_NAME = "admin"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The Conveyor home: ``explicit``, else ``$CONVEYOR_HOME``, else ``./.conveyor``."""
+    if explicit is not None and str(explicit):
+        return Path(explicit).expanduser()
+    env = _env("CONVEYOR_HOME")
+    if env is not None:
+        return Path(env).expanduser()
+    return Path.cwd() / ".conveyor"
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``conveyor://host[:port]`` or ``host:port`` (IPv6 in brackets) -> ``(host, port)``."""
+    text = url.strip()
+    hint = "expected conveyor://HOST[:PORT] or HOST:PORT (IPv6 in brackets: [::1]:65432)"
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() != SCHEME:
+            raise ConfigError(f"broker URL {url!r} has scheme {scheme!r}; {hint}")
+        default_port: int | None = DEFAULT_BROKER_PORT
+    else:
+        rest, default_port = text, None
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigError(f"invalid broker URL {url!r} ({exc}); {hint}") from None
+    if not host or any(c.isspace() for c in host) or "@" in parts.netloc:
+        raise ConfigError(f"invalid broker URL {url!r}; {hint}")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(f"broker URL {url!r} must not have a path or query; {hint}")
+    if port is None:
+        if default_port is None:
+            raise ConfigError(f"broker address {url!r} lacks a port; {hint}")
+        port = default_port
+    if port == 0:
+        raise ConfigError(f"broker URL {url!r} has port 0; {hint}")
+    return host, port
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How a client reaches and authenticates to the broker."""
+
+    broker_url: str
+    token: str | None
+    ca_file: Path | None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_broker_url(self.broker_url)
+
+
+def resolve_client_settings(
+    broker_url: str | None = None,
+    token: str | None = None,
+    ca: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> ClientSettings:
+    """Resolve client settings: argument > environment > files in the home directory.
+
+    Raises :class:`ConfigError` for a malformed URL or a named file that does not exist.
+    """
+    home_path = home_dir(home)
+    url = broker_url or _env("CONVEYOR_BROKER_URL") or DEFAULT_BROKER_URL
+    parse_broker_url(url)
+    tok = token or _env("CONVEYOR_TOKEN") or _read_token_file(home_path / ADMIN_TOKEN_FILE)
+    ca_file = _named_file(ca, "CONVEYOR_CA", "CA certificate")
+    if ca_file is None and (home_path / CA_FILE).is_file():
+        ca_file = home_path / CA_FILE
+    cert_file = _named_file(cert, "CONVEYOR_CERT", "client certificate")
+    key_file = _named_file(key, "CONVEYOR_KEY", "client key")
+    if key_file is not None and cert_file is None:
+        raise ConfigError("a client key was given without a client certificate")
+    return ClientSettings(url, tok, ca_file, cert_file, key_file)
+
+
+def _named_file(arg: str | os.PathLike[str] | None, env: str, what: str) -> Path | None:
+    value = str(arg) if arg is not None and str(arg) else _env(env)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        source = "given" if arg else f"named by ${env}"
+        raise ConfigError(f"the {what} file {source} does not exist: {path}")
+    return path
+
+
+def _read_token_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """The files a broker runs from, all inside its home directory."""
+
+    home: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    tokens_file: Path
+    admin_token_file: Path
+
+    @classmethod
+    def in_home(cls, home: Path) -> BrokerFiles:
+        return cls(
+            home=home,
+            ca_file=home / CA_FILE,
+            cert_file=home / CERT_FILE,
+            key_file=home / KEY_FILE,
+            tokens_file=home / TOKENS_FILE,
+            admin_token_file=home / ADMIN_TOKEN_FILE,
+        )
+
+
+def ensure_broker_files(
+    home: Path, hosts: Sequence[str] | None = None, *, now: float
+) -> tuple[BrokerFiles, list[str]]:
+    """Create whatever the broker needs in ``home`` and is missing; keep everything else.
+
+    Makes the directory (0700), the CA and server certificate, the token registry and, if
+    ``admin.token`` is missing, a fresh admin token named ``admin`` (replacing any old
+    registry entry of that name, whose plaintext is lost). Returns the files and one
+    human-readable line per thing created, for the broker to print.
+    """
+    files = BrokerFiles.in_home(Path(home))
+    lines: list[str] = []
+    if not files.home.exists():
+        files.home.mkdir(mode=0o700, parents=True)
+        lines.append(f"created Conveyor home {files.home}")
+    elif files.home.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        lines.append(f"warning: {files.home} is readable by other users; chmod 700 it")
+    lines += certs.ensure_ca_and_server(files.home, hosts, now=now)
+    registry = TokenRegistry(files.tokens_file)
+    if not files.tokens_file.exists():
+        registry.save()
+        lines.append(f"created token registry {files.tokens_file}")
+    if not files.admin_token_file.exists():
+        replaced = registry.remove(ADMIN_TOKEN_NAME)
+        token, _ = registry.create(Role.ADMIN, ADMIN_TOKEN_NAME, now=now)
+        certs.write_private_file(files.admin_token_file, (token + "\n").encode("ascii"))
+        verb = "replaced the lost" if replaced else "created"
+        lines.append(f"{verb} admin token in {files.admin_token_file} (mode 0600)")
+    return files, lines

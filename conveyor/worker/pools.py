@@ -1,0 +1,212 @@
+"""Execution pools: where a worker runs its jobs. Three kinds, one interface (:class:`Pool`).
+
+* ``thread`` (:class:`ThreadPool`) — sync tasks in a ``ThreadPoolExecutor``; an
+  ``async def`` task runs there too, under its own ``asyncio.run``.
+* ``process`` (:class:`~conveyor.worker.procpool.ProcessPool`) — one child process per
+  slot; a timed-out or crashed child is killed/reaped and replaced.
+* ``async`` (:class:`AsyncPool`) — ``async def`` tasks on the worker's own event loop;
+  sync tasks on it run in threads, as in the thread pool.
+
+``run()`` never raises for what a task does: every outcome is a :class:`RunResult`
+(see :mod:`conveyor.worker.execute` for the map). Timeouts: the job's, else the
+task's, capped at :data:`conveyor.job.MAX_TIMEOUT`.
+
+**A thread cannot be killed.** When a job running in a thread times out, its result
+is a ``TimeoutError`` at once, but the thread runs on until the function returns and
+keeps its slot until then (so the pool never runs more than ``concurrency`` threads).
+A task that never returns holds its slot for good and, because ``ThreadPoolExecutor``
+joins its threads at interpreter exit, also delays exit: use the process pool for
+code that may hang, or have the task honour its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from conveyor.worker import execute
+from conveyor.worker.execute import RunRequest, RunResult
+from conveyor.worker.procpool import ProcessPool
+from conveyor.worker.tasks import TaskDef, TaskRegistry
+
+__all__ = ["AsyncPool", "Pool", "ProcessPool", "RunRequest", "RunResult", "ThreadPool", "make_pool"]
+
+POOL_KINDS = ("thread", "process", "async")
+
+
+class Pool(Protocol):
+    """What the runner drives: start, run jobs (at most ``concurrency`` at once), close."""
+
+    kind: str
+    concurrency: int
+
+    async def start(self) -> None:
+        """Get ready to run jobs (the process pool starts its children here)."""
+        ...
+
+    async def run(self, job: RunRequest) -> RunResult:
+        """Run one job (waiting for a free slot first); never raises for task errors."""
+        ...
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask a running job to stop; True if the pool could act on it."""
+        ...
+
+    async def close(self, wait: bool = True) -> None:
+        """Stop: with ``wait``, let running jobs finish; otherwise abandon them."""
+        ...
+
+
+_THREAD_NOTE = "the thread keeps running until the task returns"
+
+
+class _LocalPool:
+    """Jobs run in this process: sync ones in threads, async ones on the loop or in threads."""
+
+    kind = "local"
+    _async_on_loop = False
+
+    def __init__(self, registry: TaskRegistry, concurrency: int) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.registry = registry
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_loop: dict[str, asyncio.Task[RunResult]] = {}
+        self._cancel_requested: set[str] = set()
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix=f"conveyor-{self.kind}"
+        )
+
+    async def run(self, job: RunRequest) -> RunResult:
+        if self._closed or self._executor is None:
+            raise RuntimeError(f"{self.kind} pool is not running (start() it; not after close())")
+        definition = self.registry.get(job.task)
+        if definition is None:
+            return execute.unknown_task(job.task)
+        timeout = execute.effective_timeout(job.timeout, definition.timeout)
+        await self._slots.acquire()  # released by whatever runs the job, once it is really done
+        if self._closed:
+            self._slots.release()
+            raise RuntimeError(f"{self.kind} pool closed while the job waited for a slot")
+        if definition.is_async and self._async_on_loop:
+            return await self._run_on_loop(job, definition, timeout)
+        return await self._run_in_thread(job, definition, timeout)
+
+    def _release_slot(self, _: object = None) -> None:
+        """Give a slot back; safe from any thread, and after the loop has closed."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the slot
+            self._loop.call_soon_threadsafe(self._slots.release)
+
+    async def _run_in_thread(
+        self, job: RunRequest, definition: TaskDef, timeout: float
+    ) -> RunResult:
+        assert self._executor is not None
+        try:
+            cfuture = self._executor.submit(execute.run_sync, definition, job.args, job.kwargs)
+        except RuntimeError:  # the executor shut down under us
+            self._slots.release()
+            raise
+        cfuture.add_done_callback(self._release_slot)
+        future = asyncio.wrap_future(cfuture)
+        self._waiting.add(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return execute.timed_out(timeout, _THREAD_NOTE)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if cfuture.cancelled() and not (current and current.cancelling()):
+                return execute.failure(
+                    execute.WORKER_SHUTDOWN, "pool closed before the job started"
+                )
+            raise
+        finally:
+            self._waiting.discard(future)
+
+    async def _run_on_loop(self, job: RunRequest, definition: TaskDef, timeout: float) -> RunResult:
+        task = asyncio.ensure_future(execute.run_async(definition, job.args, job.kwargs))
+        task.add_done_callback(lambda _: self._slots.release())
+        self._on_loop[job.job_id] = task
+        self._waiting.add(task)
+        try:
+            return await asyncio.wait_for(task, timeout)
+        except TimeoutError:
+            return execute.timed_out(timeout)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if job.job_id in self._cancel_requested and not (current and current.cancelling()):
+                return execute.cancelled()
+            raise  # our caller was cancelled, not the job
+        finally:
+            self._on_loop.pop(job.job_id, None)
+            self._cancel_requested.discard(job.job_id)
+            self._waiting.discard(task)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel an ``async def`` job running on the loop; threads cannot be (False)."""
+        task = self._on_loop.get(job_id)
+        if task is None or task.done():
+            return False
+        self._cancel_requested.add(job_id)
+        task.cancel()
+        return True
+
+    async def close(self, wait: bool = True) -> None:
+        """With ``wait``, wait for jobs still inside ``run()``; threads stuck past a timeout
+        are not waited for. Without it, cancel loop tasks and queued thread jobs."""
+        if self._closed:
+            return
+        self._closed = True
+        if wait and self._waiting:
+            await asyncio.wait(set(self._waiting))
+        elif not wait:
+            for task in list(self._on_loop.values()):
+                task.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=not wait)
+
+
+class ThreadPool(_LocalPool):
+    """``concurrency`` threads. ``async def`` tasks run in a thread under ``asyncio.run``."""
+
+    kind = "thread"
+
+
+class AsyncPool(_LocalPool):
+    """``async def`` tasks on the worker's event loop, at most ``concurrency`` at once.
+
+    Timeouts and :meth:`cancel` cancel the asyncio task (a task that swallows
+    ``CancelledError`` runs on until it returns). Sync tasks given to this pool run in
+    threads of its own, counted against the same ``concurrency``.
+    """
+
+    kind = "async"
+    _async_on_loop = True
+
+
+def make_pool(
+    kind: str, registry: TaskRegistry, concurrency: int, modules: Sequence[str] = ()
+) -> Pool:
+    """A pool of ``kind`` (``thread``, ``process`` or ``async``) over ``registry``.
+
+    ``modules`` are the task modules the process pool's children import by name.
+    """
+    if kind == "thread":
+        return ThreadPool(registry, concurrency)
+    if kind == "async":
+        return AsyncPool(registry, concurrency)
+    if kind == "process":
+        return ProcessPool(registry, concurrency, modules)
+    raise ValueError(f"unknown pool kind {kind!r}; choose one of {', '.join(POOL_KINDS)}")

@@ -1,0 +1,275 @@
+"""The worker's network side: connect, announce, take pushed jobs, run them, report.
+
+Theory of operation
+-------------------
+After READY the broker pushes DISPATCH frames up to our credit (concurrency +
+prefetch). Each job waits for one of ``concurrency`` slots, then runs in the pool.
+Results are batched: every result that finishes in one loop iteration leaves in one
+REPORT frame. Heartbeats keep our leases alive.
+
+If the connection drops, the broker requeues everything we held, so results of that
+connection's jobs are dropped (a *generation* number tells them apart) and jobs still
+waiting for a slot are abandoned; the worker reconnects with backoff and carries on.
+
+``stop()`` (SIGTERM/SIGINT) drains: DRAIN tells the broker to send nothing more,
+prefetched jobs that never started go back at once (RELEASE), running ones finish
+and are reported, then the worker says goodbye and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor.client._base import make_endpoint
+from conveyor.client._conn import AsyncConnection
+from conveyor.errors import BrokerError, ConnectionLost
+from conveyor.worker.execute import RunRequest, RunResult
+from conveyor.worker.pools import Pool, make_pool
+from conveyor.worker.tasks import TaskRegistry, load_tasks
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class _Held:
+    """A job the broker gave us, under one connection generation."""
+
+    id: str
+    lease: int
+    generation: int
+    started: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    reconnects: int = 0
+    acked: int = 0
+    by_task: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs tasks from ``modules`` for a broker until stopped."""
+
+    def __init__(
+        self,
+        modules: Sequence[str] = ("conveyor.examples",),
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        home: str | Path | None = None,
+        concurrency: int = 4,
+        pool: str = "thread",
+        queues: Sequence[str] | None = None,
+        prefetch: int | None = None,
+        name: str | None = None,
+        registry: TaskRegistry | None = None,
+    ) -> None:
+        self.modules = list(modules)
+        self.registry = registry if registry is not None else load_tasks(self.modules)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.endpoint = make_endpoint(url, token, ca, cert, key, home, self.name)
+        self.concurrency = concurrency
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self.pool_kind = pool
+        self.queues = list(queues) if queues else (self.registry.queues() or ["default"])
+        self.pool: Pool = make_pool(pool, self.registry, concurrency, self.modules)
+        self.stats = WorkerStats()
+        self.worker_id = ""
+        self.connected = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._held: dict[str, _Held] = {}
+        self._conn: AsyncConnection | None = None
+        self._generation = 0
+        self._reports: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; reconnect with backoff whenever the broker is lost."""
+        await self.pool.start()
+        delay = 0.1
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session()
+                    delay = 0.1
+                except (OSError, ConnectionLost, TimeoutError) as exc:
+                    log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                except BrokerError as exc:
+                    if exc.code in ("unauthorized", "forbidden"):
+                        raise
+                    log.warning("broker refused us (%s); retrying in %.1fs", exc, delay)
+                if self._stopping.is_set():
+                    break
+                self.stats.reconnects += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        finally:
+            await self.pool.close(wait=True)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe to call from a signal handler on the loop)."""
+        self._stopping.set()
+
+    async def _session(self) -> None:
+        conn = AsyncConnection(
+            self.endpoint, self._on_push, agent=f"conveyor-worker/{self.pool_kind}"
+        )
+        welcome = await conn.connect()
+        self._generation += 1
+        self._conn = conn
+        try:
+            reply = await conn.request(
+                {
+                    "t": "ready",
+                    "tasks": self.registry.names(),
+                    "queues": self.queues,
+                    "concurrency": self.concurrency,
+                    "prefetch": self.prefetch,
+                    "pool": self.pool_kind,
+                }
+            )
+            self.worker_id = str(reply.get("worker", ""))
+            log.info(
+                "worker %s ready: %d task(s), queues %s, concurrency %d (%s pool)",
+                self.worker_id,
+                len(self.registry),
+                ",".join(self.queues),
+                self.concurrency,
+                self.pool_kind,
+            )
+            self.connected.set()
+            beat = asyncio.get_running_loop().create_task(
+                self._heartbeat(conn, float(welcome.get("heartbeat", 5.0)))
+            )
+            stop = asyncio.get_running_loop().create_task(self._stopping.wait())
+            closed = asyncio.get_running_loop().create_task(conn.closed.wait())
+            await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
+            beat.cancel()
+            stop.cancel()
+            closed.cancel()
+            if self._stopping.is_set() and not conn.closed.is_set():
+                await self._drain(conn)
+        finally:
+            self.connected.clear()
+            self._abandon(self._generation)
+            await conn.close()
+            self._conn = None
+
+    async def _heartbeat(self, conn: AsyncConnection, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionLost):
+                conn.send(
+                    {"t": "heartbeat", "running": [h.id for h in self._held.values() if h.started]}
+                )
+
+    async def _drain(self, conn: AsyncConnection) -> None:
+        """Graceful stop: no more jobs, give back unstarted ones, finish running ones."""
+        conn.send({"t": "drain"})
+        unstarted = [h for h in self._held.values() if not h.started]
+        if unstarted:
+            conn.send({"t": "release", "jobs": [{"id": h.id, "lease": h.lease} for h in unstarted]})
+            for h in unstarted:
+                if h.task is not None:
+                    h.task.cancel()
+                self._held.pop(h.id, None)
+            self.stats.released += len(unstarted)
+        running = [h.task for h in self._held.values() if h.task is not None]
+        if running:
+            log.info("draining: waiting for %d running job(s)", len(running))
+            await asyncio.gather(*running, return_exceptions=True)
+        self._flush_reports()
+        await conn.drain()
+
+    def _abandon(self, generation: int) -> None:
+        """The connection is gone: the broker requeued our jobs; forget the unstarted ones."""
+        for h in list(self._held.values()):
+            if h.generation == generation and not h.started and h.task is not None:
+                h.task.cancel()
+                self._held.pop(h.id, None)
+
+    # -- pushed frames -------------------------------------------------------------------
+    def _on_push(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("t")
+        if kind == "dispatch":
+            loop = asyncio.get_running_loop()
+            for raw in frame["jobs"]:
+                held = _Held(raw["id"], raw["lease"], self._generation)
+                self._held[held.id] = held
+                held.task = loop.create_task(self._execute(held, raw))
+            self.stats.received += len(frame["jobs"])
+        elif kind == "abort":
+            held = self._held.get(str(frame.get("id")))
+            if held is not None:
+                log.info("job %s cancelled by the broker", held.id)
+                if not self.pool.cancel(held.id) and not held.started and held.task is not None:
+                    held.task.cancel()
+        elif kind == "acked":
+            self.stats.acked += len(frame.get("ids", ()))
+        elif kind == "goodbye":
+            log.warning("broker said goodbye: %s", frame.get("reason", ""))
+        elif kind == "error":
+            log.warning("broker error: %s: %s", frame.get("code"), frame.get("message"))
+
+    async def _execute(self, held: _Held, raw: dict[str, Any]) -> None:
+        async with self._slots:
+            if self._stopping.is_set() or held.generation != self._generation:
+                return  # released or abandoned while waiting for a slot
+            held.started = True
+            request = RunRequest(
+                raw["id"],
+                raw["task"],
+                raw.get("args") or [],
+                raw.get("kwargs") or {},
+                raw.get("timeout"),
+            )
+            result = await self.pool.run(request)
+        self._held.pop(held.id, None)
+        if held.generation != self._generation or self._conn is None:
+            return  # the broker already requeued it when the connection dropped
+        self._queue_report(held, result)
+
+    def _queue_report(self, held: _Held, result: RunResult) -> None:
+        report: dict[str, Any] = {"id": held.id, "lease": held.lease, "ok": result.ok}
+        if result.ok:
+            report["result"] = result.result
+            self.stats.completed += 1
+        else:
+            report["error"] = result.error
+            if result.retry_delay is not None:
+                report["retry_delay"] = result.retry_delay
+            if result.reject:
+                report["reject"] = True
+            self.stats.failed += 1
+        self._reports.append(report)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_reports)
+
+    def _flush_reports(self) -> None:
+        self._flush_scheduled = False
+        if not self._reports or self._conn is None:
+            return
+        reports, self._reports = self._reports, []
+        with contextlib.suppress(ConnectionLost):
+            self._conn.send({"t": "report", "results": reports})

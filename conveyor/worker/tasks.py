@@ -1,0 +1,246 @@
+"""Tasks: the ``@task`` decorator, the registry it fills, and :func:`load_tasks`.
+
+A task is a plain function (sync or ``async def``) registered under a name. Jobs
+name the task they want; a worker only runs tasks from modules named on its
+command line (:func:`load_tasks` is the one place that imports code), so nothing
+in a message can make a worker import or call anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from conveyor.errors import ConfigError, InvalidJob
+from conveyor.job import (
+    DEFAULT_QUEUE,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    MAX_TIMEOUT,
+)
+from conveyor.validation import MAX_QUEUE_NAME, MAX_RETRIES, MAX_TASK_NAME, check_name
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_MODULE_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDef:
+    """Everything a worker needs to know about one registered task."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str = DEFAULT_QUEUE
+    retries: int = DEFAULT_RETRIES
+    timeout: float | None = None
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    non_retryable: tuple[type[BaseException], ...] = ()
+    is_async: bool = False
+
+    @property
+    def module(self) -> str:
+        """The module the task function was defined in."""
+        return str(getattr(self.fn, "__module__", "") or "")
+
+    @property
+    def qualname(self) -> str:
+        """``module.qualname`` of the task function, for messages."""
+        return f"{self.module}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+
+
+class TaskRegistry:
+    """Task definitions by name. Registering a second function under a taken name fails."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDef] = {}
+        self._lock = threading.Lock()
+
+    def register(self, definition: TaskDef) -> TaskDef:
+        """Add ``definition``; the same function again (even reloaded) replaces the old entry."""
+        with self._lock:
+            old = self._tasks.get(definition.name)
+            if old is not None and old.qualname != definition.qualname:
+                raise ValueError(
+                    f"task name {definition.name!r} is already registered by {old.qualname}; "
+                    f"{definition.qualname} needs another name (@task(name=...))"
+                )
+            self._tasks[definition.name] = definition
+        return definition
+
+    def get(self, name: str) -> TaskDef | None:
+        return self._tasks.get(name)
+
+    def __getitem__(self, name: str) -> TaskDef:
+        return self._tasks[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[TaskDef]:
+        """The task definitions, sorted by name."""
+        return iter([self._tasks[name] for name in sorted(self._tasks)])
+
+    def names(self) -> list[str]:
+        """Registered task names, sorted (what a worker offers the broker)."""
+        return sorted(self._tasks)
+
+    def queues(self) -> list[str]:
+        """The queues the registered tasks default to, sorted."""
+        return sorted({t.queue for t in self._tasks.values()})
+
+    def __repr__(self) -> str:
+        return f"TaskRegistry({self.names()!r})"
+
+
+default_registry = TaskRegistry()
+"""The registry ``@task`` fills unless told otherwise."""
+
+
+class Task(Generic[P, R]):
+    """What ``@task`` returns: the function, still directly callable, plus ``.task``."""
+
+    def __init__(self, fn: Callable[P, R], definition: TaskDef) -> None:
+        self.fn = fn
+        self.task = definition
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self.task.name!r} {self.task.qualname}>"
+
+
+def _check_options(
+    name: str, queue: str, retries: int, timeout: float | None, backoff: float, backoff_max: float
+) -> None:
+    try:
+        check_name(name, "task", MAX_TASK_NAME)
+        check_name(queue, "queue", MAX_QUEUE_NAME)
+    except InvalidJob as exc:
+        raise ValueError(f"@task {name!r}: {exc.message}") from exc
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"@task {name!r}: retries must be an integer from 0 to {MAX_RETRIES}")
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"@task {name!r}: timeout must be in (0, {MAX_TIMEOUT:g}] seconds")
+    if backoff < 0 or backoff_max < 0:
+        raise ValueError(f"@task {name!r}: retry_backoff and retry_backoff_max must be >= 0")
+
+
+def _non_retryable(value: Any, name: str) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"@task {name!r}: non_retryable must hold exception classes")
+    return tuple(items)
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float | None = None,
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+    non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
+    registry: TaskRegistry | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float | None = None,
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+    non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
+    registry: TaskRegistry | None = None,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Register a function as a task; use bare (``@task``) or with options (``@task(...)``).
+
+    The name defaults to the function's ``__name__``. ``non_retryable`` exceptions fail
+    the job at once, as :class:`~conveyor.errors.Reject` does.
+    """
+
+    def decorate(func: Callable[P, R]) -> Task[P, R]:
+        if not callable(func):
+            raise TypeError("@task decorates a function; give options by keyword: @task(name=...)")
+        task_name = name if name is not None else getattr(func, "__name__", "")
+        _check_options(task_name, queue, retries, timeout, retry_backoff, retry_backoff_max)
+        definition = TaskDef(
+            name=task_name,
+            fn=func,
+            queue=queue,
+            retries=retries,
+            timeout=None if timeout is None else float(timeout),
+            retry_backoff=float(retry_backoff),
+            retry_backoff_max=float(retry_backoff_max),
+            non_retryable=_non_retryable(non_retryable, task_name),
+            is_async=inspect.iscoroutinefunction(func),
+        )
+        (default_registry if registry is None else registry).register(definition)
+        return Task(func, definition)
+
+    return decorate if fn is None else decorate(fn)
+
+
+def _import(module_name: str) -> Any:
+    if not _MODULE_RE.fullmatch(module_name):
+        raise ConfigError(f"task module {module_name!r} is not a dotted module name")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise  # the module exists but imports something missing: show the real error
+        raise ConfigError(
+            f"cannot import task module {module_name!r}: {exc} (check the module name and "
+            "PYTHONPATH)"
+        ) from exc
+
+
+def load_tasks(modules: Iterable[str], registry: TaskRegistry | None = None) -> TaskRegistry:
+    """Import ``modules`` by dotted name; return a new registry of the tasks they define.
+
+    A module's tasks are those registered (into ``registry``, default the global one)
+    by functions defined in it or in its submodules, plus any task it exposes as a
+    module attribute. A name that cannot be imported raises :class:`ConfigError`;
+    errors raised by the module's own code propagate unchanged.
+    """
+    source = default_registry if registry is None else registry
+    loaded = TaskRegistry()
+    for module_name in modules:
+        module = _import(module_name)
+        for definition in source:
+            if definition.module == module_name or definition.module.startswith(module_name + "."):
+                loaded.register(definition)
+        for value in list(vars(module).values()):
+            if isinstance(value, Task):
+                loaded.register(value.task)
+    return loaded
