@@ -128,7 +128,9 @@ class TLSServer:
                 self.metrics["rejected_plaintext"] += 1
                 log.warning("rejected non-TLS connection from %s", peer)
                 with contextlib.suppress(OSError):
+                    conn.recv(65536)  # consume what it sent, or close() would reset
                     conn.send(_PLAINTEXT_REFUSAL)
+                    conn.shutdown(socket.SHUT_WR)
                 return
             loop = asyncio.get_running_loop()
             try:

@@ -61,6 +61,7 @@ def token_group() -> None:
 @click.option(
     "--ttl",
     default=None,
+    metavar="DURATION",
     callback=duration_option,
     help="Lifetime, e.g. 3600, 30m, 12h, 30d [default: never expires].",
 )
@@ -73,7 +74,7 @@ def create_command(role: str, name: str | None, ttl: float | None, home: Path | 
     except DuplicateTokenName as exc:
         raise click.ClickException(f"{exc}; pick another --name") from None
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.UsageError(str(exc)) from None
     click.echo(token)
     expiry = f", expires {_when(info.expires_at)}" if info.expires_at is not None else ""
     click.echo(f"created {info.role.value} token {info.name!r}{expiry}", err=True)

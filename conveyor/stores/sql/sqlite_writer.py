@@ -1,0 +1,226 @@
+"""One thread, one SQLite connection, group commit.
+
+Theory of operation
+-------------------
+The event loop *stages* changes (a dict keyed by row id, so the last write wins and a
+row changed ten times between commits is written once) and awaits :meth:`durable`.
+The writer thread sleeps until something is staged, then takes *everything* staged so
+far together with every waiter registered so far, writes it in one transaction,
+commits, and resolves those waiters on the loop (``call_soon_threadsafe``). Whatever is
+staged while a commit is in progress goes into the next one, so a batch grows by itself
+with the load: one commit per disk round trip instead of one per change, and no timer
+adds latency when the system is idle.
+
+Reads and maintenance run on the same thread through :meth:`call`, right after the
+changes staged before them are committed: they always see the loop's own writes, and
+the loop never blocks on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+S = TypeVar("S")  # a staged row
+R = TypeVar("R")  # what writing a batch reports back to the loop
+T = TypeVar("T")
+
+log = logging.getLogger("conveyor.store")
+
+RETRY_AFTER_ERROR = 0.1  # seconds before a failed batch is written again
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class GroupCommitWriter(Generic[S, R]):
+    """Owns the connection and the thread; see the module docstring.
+
+    ``write(conn, batch, meta)`` runs inside the transaction with the staged rows
+    (``None`` means delete) and the latest ``meta`` (counters); its return value is
+    handed to ``on_commit`` on the loop thread once the commit is done.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        write: Callable[[sqlite3.Connection, dict[str, S | None], dict[str, int] | None], R],
+        on_commit: Callable[[R], None],
+    ) -> None:
+        self._connect = connect
+        self._write = write
+        self._on_commit = on_commit
+        self._cond = threading.Condition()
+        self._pending: dict[str, S | None] = {}
+        self._meta: dict[str, int] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._busy = False  # a batch is being written
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        #: transactions committed with staged changes (tests and benchmarks read it)
+        self.commits = 0
+
+    # -- loop side -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the thread and open the connection on it; raise what connecting raised."""
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="conveyor-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    def stage(self, rows: Iterable[tuple[str, S | None]], meta: dict[str, int] | None) -> None:
+        """Queue rows for the next commit. Cheap: dict stores under a lock."""
+        with self._cond:
+            self._pending.update(rows)
+            if meta is not None:
+                self._meta = meta
+            self._cond.notify()
+
+    async def durable(self) -> None:
+        """Return once everything staged before this call is committed."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the SQLite store is closed")
+            if self._loop is None:
+                raise RuntimeError("the SQLite store is not open: await store.open(now) first")
+            if not self._pending and self._meta is None and not self._busy:
+                return
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            self._cond.notify()
+        await waiter
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in a transaction on the writer thread, after pending changes."""
+        if self._loop is None:
+            raise RuntimeError("the SQLite store is not open: await store.open(now) first")
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the SQLite store is closed")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return await future
+
+    async def close(self) -> None:
+        """Commit what is staged, then stop the thread and close the connection."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._post(_settle, [ready], exc)
+            return
+        self._post(_settle, [ready], None)
+        try:
+            while self._round(conn):
+                pass
+        finally:
+            conn.close()
+
+    def _round(self, conn: sqlite3.Connection) -> bool:
+        """Write one batch and serve the calls queued with it; False once closed and idle."""
+        with self._cond:
+            while not self._work_waiting() and not self._closing:
+                self._cond.wait()
+            batch, self._pending = self._pending, {}
+            meta, self._meta = self._meta, None
+            waiters, self._waiters = self._waiters, []
+            calls, self._calls = self._calls, []
+            self._busy = True
+        failed = False
+        if batch or meta is not None:
+            failed = not self._commit(conn, batch, meta, waiters)
+        else:
+            self._post(_settle, waiters, None)
+        for fn, future in calls:
+            try:
+                with transaction(conn):
+                    result = fn(conn)
+            except Exception as exc:
+                self._post(_settle, [future], exc)
+            else:
+                self._post(_resolve, future, result)
+        with self._cond:
+            self._busy = False
+            if self._closing and (failed or not self._work_waiting()):
+                return False
+        if failed:
+            time.sleep(RETRY_AFTER_ERROR)
+        return True
+
+    def _work_waiting(self) -> bool:
+        return bool(self._pending or self._meta is not None or self._waiters or self._calls)
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        batch: dict[str, S | None],
+        meta: dict[str, int] | None,
+        waiters: list[asyncio.Future[None]],
+    ) -> bool:
+        try:
+            with transaction(conn):
+                result = self._write(conn, batch, meta)
+        except Exception as exc:
+            log.exception("SQLite store: writing %d changes failed; will retry", len(batch))
+            with self._cond:  # put the batch back under anything staged since
+                batch.update(self._pending)
+                self._pending = batch
+                if self._meta is None:
+                    self._meta = meta
+            self._post(_settle, waiters, exc)
+            return False
+        self.commits += 1
+        self._post(self._committed, waiters, result)
+        return True
+
+    def _committed(self, waiters: list[asyncio.Future[None]], result: R) -> None:
+        self._on_commit(result)
+        _settle(waiters, None)
+
+
+def _settle(futures: list[asyncio.Future[Any]], exc: BaseException | None) -> None:
+    for future in futures:
+        if not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
