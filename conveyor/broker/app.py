@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from conveyor.broker.config import BrokerConfig
@@ -37,7 +37,7 @@ class Broker:
         self.clock = clock
         self.store = store if store is not None else open_store(config.store_url)
         self.tokens = TokenRegistry(config.tokens_file or config.home / "tokens.json")
-        self.dispatcher = Dispatcher(self.store, clock, config.lease)
+        self.dispatcher = Dispatcher(self.store, clock, config.lease, self.changed)
         self.waiters = Waiters()
         self.sessions: set[Session] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -58,10 +58,12 @@ class Broker:
             config.limits,
             self.metrics,
         )
-        self.reaper = LeaseReaper(self.store, clock, self._requeued)
+        self.reaper = LeaseReaper(self.store, clock, self._leases_expired)
         self.promoter = Promoter(self.store, clock, self.dispatcher.trigger)
         self.cleaner = RetentionCleaner(self.store, clock, config.retention)
+        self.reaper.interval = min(1.0, config.lease / 4)
         self._stopped = asyncio.Event()
+        self._changed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -99,6 +101,17 @@ class Broker:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def changed(self) -> None:
+        """Something observable happened (worker joined/left, job reported)."""
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking whenever the broker changes."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
@@ -108,7 +121,6 @@ class Broker:
     def authenticate(self, token: Any) -> TokenInfo | None:
         if not isinstance(token, str) or not token:
             return None
-        self.tokens.reload_if_changed()
         return self.tokens.verify(token, self.clock.now())
 
     def new_session_id(self) -> str:
@@ -126,6 +138,7 @@ class Broker:
         if worker is not None and self.dispatcher.remove(worker.id) is not None:
             log.info("worker %s left (%d job(s) held)", worker.id, len(worker.holding))
             self.spawn(self._worker_lost(worker))
+        self.changed()
 
     async def _worker_lost(self, worker: WorkerRef) -> None:
         jobs = await self.store.job_requeue_worker(worker.id, "worker lost", self.clock.now())
@@ -144,6 +157,7 @@ class Broker:
             worker.concurrency,
         )
         self.dispatcher.add(worker)
+        self.changed()
 
     # -- job events ----------------------------------------------------------------------
     def jobs_inserted(self, inserted: list[Inserted]) -> None:
@@ -152,16 +166,28 @@ class Broker:
         self.dispatcher.trigger()
 
     def job_reported(self, job: Job) -> None:
+        self.changed()
         if job.state.is_final:
             self.waiters.finished(job)
         elif job.state is JobState.SCHEDULED:
             self.promoter.wake()
+
+    def _leases_expired(self, jobs: list[Job]) -> None:
+        """A connected worker let leases lapse (hung, stopped): stop feeding it."""
+        for job in jobs:
+            lost_by = job.events[-1].get("worker", "") if job.events else ""
+            worker = self.dispatcher.workers.get(lost_by)
+            if worker is not None and not worker.stalled:
+                worker.stalled = True
+                log.warning("worker %s stopped heartbeating; no new jobs until it does", worker.id)
+        self._requeued(jobs)
 
     def _requeued(self, jobs: list[Job]) -> None:
         for job in jobs:
             for worker in self.dispatcher.workers.values():
                 worker.holding.discard(job.id)
         self.metrics["requeued"] += len(jobs)
+        self.changed()
         self.dispatcher.trigger()
 
     def abort_running(self, job: Job) -> None:

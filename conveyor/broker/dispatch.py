@@ -43,6 +43,7 @@ class WorkerRef:
     connected_at: float = 0.0
     holding: set[str] = field(default_factory=set)  # job ids dispatched, not reported
     draining: bool = False
+    stalled: bool = False  # its leases expired: no new jobs until it heartbeats again
     completed: int = 0
     failed: int = 0
     last_heartbeat: float = 0.0
@@ -54,7 +55,9 @@ class WorkerRef:
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else self.capacity - len(self.holding)
+        if self.draining or self.stalled:
+            return 0
+        return self.capacity - len(self.holding)
 
     @property
     def load(self) -> float:
@@ -75,6 +78,7 @@ class WorkerRef:
             "peer": self.peer,
             "running": len(self.holding),
             "draining": self.draining,
+            "stalled": self.stalled,
             "completed": self.completed,
             "failed": self.failed,
             "connected_at": self.connected_at,
@@ -85,7 +89,14 @@ class WorkerRef:
 class Dispatcher:
     """Owns the set of connected workers and moves queued jobs to them."""
 
-    def __init__(self, store: Store, clock: Clock, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        lease_seconds: float,
+        on_dispatch: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_dispatch = on_dispatch
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
@@ -154,5 +165,7 @@ class Dispatcher:
             worker.holding.update(j.id for j in jobs)
             self.dispatched += len(jobs)
             worker.send_jobs(jobs)
+            if self.on_dispatch is not None:
+                self.on_dispatch()
             if worker.free > 0:
                 heapq.heappush(heap, (worker.load, worker.order, worker))

@@ -339,7 +339,15 @@ def heartbeat(session: Session, frame: dict[str, Any]) -> Reply:
     worker = _worker_of(session)
     broker = session.broker
     worker.last_heartbeat = broker.clock.now()
-    return broker.store.job_extend_leases(worker.id, broker.config.lease, worker.last_heartbeat)  # type: ignore[return-value]
+    if worker.stalled:
+        worker.stalled = False
+        broker.dispatcher.trigger()
+    return _heartbeat(session, worker)
+
+
+async def _heartbeat(session: Session, worker: WorkerRef) -> None:
+    broker = session.broker
+    await broker.store.job_extend_leases(worker.id, broker.config.lease, worker.last_heartbeat)
 
 
 def release(session: Session, frame: dict[str, Any]) -> Reply:

@@ -1,0 +1,165 @@
+"""Workers that die, hang or fail: nothing is lost, every attempt is on record."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from conveyor import AsyncClient, JobState
+from conveyor.broker.app import Broker
+from conveyor.broker.config import BrokerConfig
+from conveyor.errors import BrokerError
+from tests.fault.helpers import spawn_worker, worker_id
+
+pytestmark = pytest.mark.slow
+
+
+
+async def test_kill_9_worker_mid_job_another_completes_it(
+    broker: Broker, client: AsyncClient, home: Path, start_worker
+) -> None:
+    doomed = await spawn_worker(broker, home, "doomed", "--concurrency", "1")
+    handle = await client.submit("slow_task", seconds=0.5, retries=0)
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    job = await client.get(handle.id)
+    assert job.state is JobState.RUNNING and job.worker == worker_id(broker, "doomed")
+    await doomed.kill()
+    survivor = await start_worker()
+    assert await handle.result(timeout=15) == 0.5
+    job = await client.get(handle.id)
+    assert job.worker == survivor.worker_id
+    requeued = [e for e in job.events if e["event"] == "requeued"]
+    assert len(requeued) == 1 and requeued[0]["reason"] == "worker lost"
+    assert (await client.stats())["totals"]["requeued"] == 1
+
+
+@pytest.fixture
+def broker_config(home: Path) -> BrokerConfig:
+    # short leases so a hung worker loses its job quickly
+    return BrokerConfig(port=0, store_url="memory://", home=home, lease=1.0, heartbeat=0.25)
+
+
+async def test_sigstop_worker_loses_its_job_when_the_lease_expires(
+    broker: Broker, client: AsyncClient, home: Path, start_worker
+) -> None:
+    hung = await spawn_worker(broker, home, "hung", "--concurrency", "1")
+    handle = await client.submit("slow_task", seconds=0.3, retries=0)
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    hung.signal(signal.SIGSTOP)
+    try:
+        survivor = await start_worker()
+        assert await handle.result(timeout=15) == 0.3
+        job = await client.get(handle.id)
+        assert job.worker == survivor.worker_id
+        reasons = [e.get("reason") for e in job.events if e["event"] == "requeued"]
+        assert reasons == ["lease expired"]
+    finally:
+        hung.signal(signal.SIGCONT)
+        await hung.kill()
+    # the stopped worker's late report (stale lease) changed nothing
+    assert (await client.get(handle.id)).state is JobState.COMPLETED
+
+
+async def test_flaky_tasks_complete_or_die_with_every_attempt_recorded(
+    client: AsyncClient, start_worker
+) -> None:
+    await start_worker(concurrency=4)
+    handles = await client.submit_many(
+        [{"task": "flaky", "kwargs": {"p": 0.5}, "retries": 5, "retry_backoff": 0.01,
+          "retry_backoff_max": 0.05} for _ in range(40)]
+    )
+    outcomes = {"completed": 0, "dead": 0}
+    for h in handles:
+        job = await h.wait(timeout=30)
+        assert job.state in (JobState.COMPLETED, JobState.DEAD)
+        outcomes[job.state.value] += 1
+        started = [e for e in job.events if e["event"] == "started"]
+        failed = [e for e in job.events if e["event"] == "failed"]
+        assert job.attempts == len(started)
+        assert [e["attempt"] for e in failed] == list(range(1, len(failed) + 1))
+        if job.state is JobState.DEAD:
+            assert job.attempts == 6
+        else:
+            assert len(failed) == job.attempts - 1
+    assert outcomes["completed"] > 0  # with p=0.5 and 6 tries, dead is a 1-in-64 event
+
+
+async def test_fail_goes_dead_then_dlq_retry_runs_it_again(
+    client: AsyncClient, start_worker
+) -> None:
+    await start_worker()
+    handle = await client.submit("fail", message="nope", retries=2, retry_backoff=0.01)
+    job = await handle.wait(timeout=15)
+    assert job.state is JobState.DEAD and job.attempts == 3
+    assert [j.id for j in await client.list_jobs(state="dead")] == [handle.id]
+    assert await client.dlq_retry([handle.id]) == 1
+    job = await handle.wait(timeout=15)
+    assert job.state is JobState.DEAD
+    assert "dlq retry" in [e.get("reason") for e in job.events if e["event"] == "retried"]
+    assert len([e for e in job.events if e["event"] == "started"]) == 6
+    assert await client.dlq_purge() == 1
+    with pytest.raises(BrokerError, match="not_found"):
+        await client.get(handle.id)
+
+
+async def test_delayed_job_runs_on_time(client: AsyncClient, start_worker) -> None:
+    await start_worker()
+    handle = await client.submit("noop", delay=0.3)
+    assert (await handle.get()).state is JobState.SCHEDULED
+    job = await handle.wait(timeout=10)
+    started = next(e["at"] for e in job.events if e["event"] == "started")
+    assert job.eta is not None and started >= job.eta
+    assert started - job.eta < 0.25  # the promoter sleeps until the ETA, not a polling tick
+
+
+async def test_unique_key_dedups_while_live(client: AsyncClient, start_worker) -> None:
+    first = await client.submit("noop", unique_key="invoice-42")
+    again = await client.submit("noop", unique_key="invoice-42")
+    assert again.id == first.id
+    await start_worker()
+    await first.wait(timeout=10)
+    later = await client.submit("noop", unique_key="invoice-42")
+    assert later.id != first.id
+
+
+async def test_client_chosen_id_makes_resubmit_idempotent(client: AsyncClient) -> None:
+    a = await client.submit("noop", job_id="order-7")
+    b = await client.submit("noop", job_id="order-7")
+    assert a.id == b.id == "order-7"
+    assert (await client.stats())["totals"]["submitted"] == 1
+
+
+async def test_cancel_in_each_state(
+    broker: Broker, client: AsyncClient, start_worker
+) -> None:
+    queued = await client.submit("noop")
+    scheduled = await client.submit("noop", delay=60)
+    assert (await queued.cancel()).state is JobState.CANCELLED
+    assert (await scheduled.cancel()).state is JobState.CANCELLED
+    # running, sync task: marked, cancelled when the worker reports
+    await start_worker(concurrency=2)
+    running = await client.submit("slow_task", seconds=0.3)
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    job = await running.cancel()
+    assert job.state is JobState.RUNNING and job.cancel_requested
+    assert (await running.wait(timeout=10)).state is JobState.CANCELLED
+    # completed: conflict
+    done = await client.submit("noop")
+    await done.wait(timeout=10)
+    with pytest.raises(BrokerError, match="conflict"):
+        await done.cancel()
+
+
+async def test_cancel_running_async_task_is_cooperative(
+    broker: Broker, client: AsyncClient, start_worker
+) -> None:
+    await start_worker(pool="async", concurrency=2)
+    handle = await client.submit("async_sleep", seconds=30)
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    await asyncio.sleep(0.05)  # let the worker enter the task before it is cancelled
+    await handle.cancel()
+    job = await handle.wait(timeout=5)  # far less than the 30 s it would sleep
+    assert job.state is JobState.CANCELLED
