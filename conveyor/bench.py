@@ -49,7 +49,7 @@ class LocalSystem:
         self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-bench-")
         self.home = Path(self._tmp.name)
         self.url = ""
-        self.procs: list[subprocess.Popen[str]] = []
+        self.procs: list[subprocess.Popen[Any]] = []
 
     def start_broker(self) -> None:
         store = self.store.replace("{home}", str(self.home))
@@ -273,7 +273,7 @@ def machine() -> dict[str, Any]:
     try:
         import uvloop
 
-        loop = f"uvloop {uvloop.__version__}"
+        loop = f"uvloop {getattr(uvloop, '__version__', '?')}"
     except ImportError:
         loop = "asyncio"
     return {
@@ -367,7 +367,8 @@ def _run(run_loop: Any, coro: Any) -> dict[str, Any]:
 
 def _report(r: dict[str, Any]) -> None:
     table = Table(
-        title=f"conveyor bench — {r['store']}, {r['workers']} workers × {r['concurrency']} ({r['pool']})"
+        title=f"conveyor bench: {r['store']}, {r['workers']} workers x {r['concurrency']} "
+        f"({r['pool']})"
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -380,5 +381,5 @@ def _report(r: dict[str, Any]) -> None:
     if demo:
         table.add_row("urgent mean wait, FIFO (ms)", f"{demo['fifo']['mean_wait_ms']:.1f}")
         table.add_row("urgent mean wait, priority (ms)", f"{demo['priority']['mean_wait_ms']:.1f}")
-        table.add_row("speed-up", f"{demo['speedup']:.1f}×")
+        table.add_row("speed-up", f"{demo['speedup']:.1f}x")
     Console().print(table)

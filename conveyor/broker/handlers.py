@@ -16,6 +16,7 @@ from conveyor.broker.dispatch import WorkerRef
 from conveyor.errors import BrokerError, InvalidJob, JobNotFound
 from conveyor.job import Job, JobState
 from conveyor.protocol.frames import ErrorCode, FrameType
+from conveyor.security.tokens import Role, TokenInfo
 from conveyor.stores.base import Outcome
 from conveyor.validation import MAX_QUEUE_NAME, MAX_TASK_NAME, check_name, parse_job_spec
 
@@ -193,6 +194,55 @@ async def _dlq_purge(session: Session, rid: int, ids: list[str] | None) -> None:
     session.send({"t": "ok", "rid": rid, "count": count})
 
 
+# -- admin: tokens --------------------------------------------------------------------
+def _token_map(info: TokenInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "role": info.role.value,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked": info.revoked,
+        "hash_prefix": info.hash_prefix,
+    }
+
+
+def token_create(session: Session, frame: dict[str, Any]) -> Reply:
+    try:
+        role = Role(frame["role"])
+    except ValueError:
+        raise _invalid("role", "role must be producer, worker or admin") from None
+    return _token_create(session, frame["rid"], role, frame.get("name"), frame.get("ttl"))
+
+
+async def _token_create(
+    session: Session, rid: int, role: Role, name: str | None, ttl: float | None
+) -> None:
+    broker = session.broker
+    try:  # the registry locks and fsyncs its file: keep that off the event loop
+        token, info = await asyncio.to_thread(
+            broker.tokens.create, role, name, ttl, now=broker.clock.now()
+        )
+    except ValueError as exc:  # bad name/ttl, or DuplicateTokenName
+        raise _invalid("name" if "name" in str(exc) else "ttl", str(exc)) from None
+    session.send({"t": "ok", "rid": rid, "token": token, "info": _token_map(info)})
+
+
+def token_list(session: Session, frame: dict[str, Any]) -> Reply:
+    tokens = [_token_map(t) for t in session.broker.tokens.list()]
+    session.send({"t": "ok", "rid": frame["rid"], "tokens": tokens})
+    return None
+
+
+def token_revoke(session: Session, frame: dict[str, Any]) -> Reply:
+    return _token_revoke(session, frame["rid"], frame["name"])
+
+
+async def _token_revoke(session: Session, rid: int, name: str) -> None:
+    if not await asyncio.to_thread(session.broker.tokens.revoke, name):
+        raise JobNotFound(ErrorCode.NOT_FOUND, f"no token named {name!r}")
+    session.send({"t": "ok", "rid": rid, "revoked": name})
+
+
 def ping(session: Session, frame: dict[str, Any]) -> Reply:
     reply: dict[str, Any] = {"t": "pong"}
     if "rid" in frame:
@@ -298,7 +348,7 @@ def _outcome(raw: Any) -> Outcome:
         lease=lease,
         ok=ok,
         result=raw.get("result"),
-        error=_clean_error(error_map) if not ok else None,
+        error=_clean_error(error_map) if isinstance(error_map, dict) and not ok else None,
         retry_delay=delay,
         reject=bool(raw.get("reject", False)),
     )
@@ -383,6 +433,9 @@ HANDLERS: dict[FrameType, Handler] = {
     FrameType.STATS: stats,
     FrameType.DLQ_RETRY: dlq_retry,
     FrameType.DLQ_PURGE: dlq_purge,
+    FrameType.TOKEN_CREATE: token_create,
+    FrameType.TOKEN_LIST: token_list,
+    FrameType.TOKEN_REVOKE: token_revoke,
     FrameType.PING: ping,
     FrameType.PONG: pong,
     FrameType.GOODBYE: goodbye,

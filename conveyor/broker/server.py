@@ -155,7 +155,12 @@ class TLSServer:
         loop = asyncio.get_running_loop()
         readable = loop.create_future()
         fd = conn.fileno()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, on_readable)
         try:
             await asyncio.wait_for(readable, self.limits.handshake_timeout)
         except TimeoutError:

@@ -18,8 +18,18 @@ def main() -> None:
 
 
 for command in (
-    broker, worker, dev, submit, result, status, cancel, jobs_command, stats, dlq,
-    certs_command, token_group,
+    broker,
+    worker,
+    dev,
+    submit,
+    result,
+    status,
+    cancel,
+    jobs_command,
+    stats,
+    dlq,
+    certs_command,
+    token_group,
 ):
     main.add_command(command)
 

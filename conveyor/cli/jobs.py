@@ -14,7 +14,6 @@ from rich.table import Table
 from conveyor.cli._client import echo_json, with_client
 from conveyor.cli._util import duration_option
 from conveyor.client.sync import Client
-from conveyor.errors import JobFailed, ResultTimeout
 from conveyor.job import Job, JobState
 
 console = Console()
@@ -206,10 +205,9 @@ def stats(client: Client, as_json: bool) -> None:
     click.echo(f"workers: {len(data['workers'])}")
     for w in data["workers"]:
         click.echo(
-            f"  {w['id']}  {w['pool']}×{w['concurrency']}  running {w['running']}  "
+            f"  {w['id']}  {w['pool']} x{w['concurrency']}  running {w['running']}  "
             f"done {w['completed']}  failed {w['failed']}  queues {','.join(w['queues'])}"
         )
     b = data["broker"]
-    click.echo(
-        f"broker:  {b['url']}  store {b['store']}  up {time.strftime('%H:%M:%S', time.gmtime(b['uptime']))}"
-    )
+    uptime = time.strftime("%H:%M:%S", time.gmtime(b["uptime"]))
+    click.echo(f"broker:  {b['url']}  store {b['store']}  up {uptime}")

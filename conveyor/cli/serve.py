@@ -40,17 +40,31 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @click.command()
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to bind")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_BROKER_PORT, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=DEFAULT_BROKER_PORT, show_default=True
+)
 @click.option("--store", "store_url", help="memory:// or sqlite:///path [sqlite in $CONVEYOR_HOME]")
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="server certificate")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="its private key")
-@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False),
-              help="require client certificates signed by this CA (mutual TLS)")
-@click.option("--hosts", default="localhost,127.0.0.1,::1", show_default=True,
-              help="names/IPs for the generated server certificate")
-@click.option("--retention", callback=duration_option, default="7d", show_default=True,
-              help="keep completed/cancelled jobs this long")
+@click.option(
+    "--client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="require client certificates signed by this CA (mutual TLS)",
+)
+@click.option(
+    "--hosts",
+    default="localhost,127.0.0.1,::1",
+    show_default=True,
+    help="names/IPs for the generated server certificate",
+)
+@click.option(
+    "--retention",
+    callback=duration_option,
+    default="7d",
+    show_default=True,
+    help="keep completed/cancelled jobs this long",
+)
 @click.option("--heartbeat", type=float, default=5.0, show_default=True, help="worker heartbeat, s")
 @click.option("--lease", type=float, default=30.0, show_default=True, help="job lease, s")
 @click.option("--max-connections", type=int, default=10_000, show_default=True)
@@ -95,7 +109,9 @@ async def _serve_broker(config: BrokerConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     click.echo(f"broker ready on {b.url}  (store {b.store.url}, home {config.home})", err=False)
-    click.echo(f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})")
+    click.echo(
+        f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})"
+    )
     sys.stdout.flush()
     await stopping.wait()
     logging.getLogger("conveyor.broker").info("stopping: flushing the store, saying goodbye")
@@ -103,11 +119,18 @@ async def _serve_broker(config: BrokerConfig) -> None:
 
 
 @click.command()
-@click.option("--tasks", "modules", multiple=True, default=("conveyor.examples",), show_default=True,
-              help="module(s) with @task functions, comma-separated or repeated")
+@click.option(
+    "--tasks",
+    "modules",
+    multiple=True,
+    default=("conveyor.examples",),
+    show_default=True,
+    help="module(s) with @task functions, comma-separated or repeated",
+)
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
-@click.option("--pool", type=click.Choice(["thread", "process", "async"]), default="thread",
-              show_default=True)
+@click.option(
+    "--pool", type=click.Choice(["thread", "process", "async"]), default="thread", show_default=True
+)
 @click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
 @click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
 @click.option("--name", help="worker name [host-pid]")
@@ -159,7 +182,9 @@ def dev(port: int, workers: int, home: str | None) -> None:
     try:
         _wait_for_port(port, procs[0])
         for i in range(workers):
-            procs.append(subprocess.Popen([*cmd, "worker", "--name", f"dev-worker-{i + 1}"], env=env))
+            procs.append(
+                subprocess.Popen([*cmd, "worker", "--name", f"dev-worker-{i + 1}"], env=env)
+            )
         click.echo(
             f"\nConveyor is up: broker conveyor://127.0.0.1:{port}, {workers} workers "
             f"(home {env['CONVEYOR_HOME']}).\n"

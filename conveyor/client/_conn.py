@@ -41,7 +41,7 @@ class AsyncConnection:
 
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
         ep = self.endpoint
-        self._reader, self._writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 ep.host,
                 ep.port,
@@ -51,7 +51,8 @@ class AsyncConnection:
             ),
             timeout,
         )
-        self._writer.write(self._conn.hello(ep.token, ep.name, self.agent))
+        self._reader, self._writer = reader, writer
+        writer.write(self._conn.hello(ep.token, ep.name, self.agent))
         welcome = await asyncio.wait_for(self._read_frame(), timeout)
         if welcome is None:
             raise ConnectionLost("the broker closed the connection during the handshake")

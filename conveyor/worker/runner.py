@@ -219,11 +219,11 @@ class Worker:
                 held.task = loop.create_task(self._execute(held, raw))
             self.stats.received += len(frame["jobs"])
         elif kind == "abort":
-            held = self._held.get(str(frame.get("id")))
-            if held is not None:
-                log.info("job %s cancelled by the broker", held.id)
-                if not self.pool.cancel(held.id) and not held.started and held.task is not None:
-                    held.task.cancel()
+            target = self._held.get(str(frame.get("id")))
+            if target is not None:
+                log.info("job %s cancelled by the broker", target.id)
+                if not self.pool.cancel(target.id) and not target.started and target.task:
+                    target.task.cancel()
         elif kind == "acked":
             self.stats.acked += len(frame.get("ids", ()))
         elif kind == "goodbye":

@@ -16,8 +16,7 @@ from conveyor import AsyncClient, Client, InvalidJob, JobState, task
 from conveyor.broker.app import Broker
 from conveyor.errors import AuthenticationError, JobFailed
 from conveyor.protocol.codec import FrameDecoder
-from conveyor.worker.tasks import TaskRegistry, load_tasks
-
+from conveyor.worker.tasks import TaskRegistry
 from tests.broker.conftest_helpers import Gate, gated_registry
 
 
@@ -229,8 +228,13 @@ async def test_cli_submit_result_status_round_trip(
 
     async def cli(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "conveyor", *args, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "conveyor",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()

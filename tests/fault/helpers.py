@@ -34,8 +34,19 @@ async def spawn_worker(
 ) -> WorkerProcess:
     """``conveyor worker`` in a child process; waits until the broker has seen it."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "conveyor", "worker", "--broker", broker.url, "--home", str(home),
-        "--name", name, "--log-level", "WARNING", *args,
+        sys.executable,
+        "-m",
+        "conveyor",
+        "worker",
+        "--broker",
+        broker.url,
+        "--home",
+        str(home),
+        "--name",
+        name,
+        "--log-level",
+        "WARNING",
+        *args,
     )
     worker = WorkerProcess(proc, name)
     if wait:

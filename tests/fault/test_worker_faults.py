@@ -17,7 +17,6 @@ from tests.fault.helpers import spawn_worker, worker_id
 pytestmark = pytest.mark.slow
 
 
-
 async def test_kill_9_worker_mid_job_another_completes_it(
     broker: Broker, client: AsyncClient, home: Path, start_worker
 ) -> None:
@@ -68,8 +67,16 @@ async def test_flaky_tasks_complete_or_die_with_every_attempt_recorded(
 ) -> None:
     await start_worker(concurrency=4)
     handles = await client.submit_many(
-        [{"task": "flaky", "kwargs": {"p": 0.5}, "retries": 5, "retry_backoff": 0.01,
-          "retry_backoff_max": 0.05} for _ in range(40)]
+        [
+            {
+                "task": "flaky",
+                "kwargs": {"p": 0.5},
+                "retries": 5,
+                "retry_backoff": 0.01,
+                "retry_backoff_max": 0.05,
+            }
+            for _ in range(40)
+        ]
     )
     outcomes = {"completed": 0, "dead": 0}
     for h in handles:
@@ -132,9 +139,7 @@ async def test_client_chosen_id_makes_resubmit_idempotent(client: AsyncClient) -
     assert (await client.stats())["totals"]["submitted"] == 1
 
 
-async def test_cancel_in_each_state(
-    broker: Broker, client: AsyncClient, start_worker
-) -> None:
+async def test_cancel_in_each_state(broker: Broker, client: AsyncClient, start_worker) -> None:
     queued = await client.submit("noop")
     scheduled = await client.submit("noop", delay=60)
     assert (await queued.cancel()).state is JobState.CANCELLED
