@@ -186,7 +186,10 @@ async def _dlq_retry(session: Session, rid: int, ids: list[str] | None) -> None:
 
 
 def dlq_purge(session: Session, frame: dict[str, Any]) -> Reply:
-    return _dlq_purge(session, frame["rid"], _ids(frame))
+    ids = _ids(frame)
+    if ids is None and not frame.get("all"):
+        raise _invalid("ids", "give ids, or all: true")
+    return _dlq_purge(session, frame["rid"], ids)
 
 
 async def _dlq_purge(session: Session, rid: int, ids: list[str] | None) -> None:
@@ -363,12 +366,23 @@ def _clean_error(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(session: Session, frame: dict[str, Any]) -> Reply:
+    """Apply a batch of results. A malformed entry is refused on its own; the rest apply."""
     worker = _worker_of(session)
-    outcomes = [_outcome(r) for r in frame["results"]]
+    outcomes: list[Outcome] = []
+    refused: list[str] = []
+    for raw in frame["results"]:
+        try:
+            outcomes.append(_outcome(raw))
+        except BrokerError as exc:
+            refused.append(exc.message)
     for o in outcomes:
         worker.holding.discard(o.id)  # the credit comes back at once, before the commit
     session.broker.dispatcher.trigger()
-    return _report(session, worker, outcomes)
+    if refused:
+        session.error(
+            ErrorCode.INVALID, f"{len(refused)} result(s) refused: {refused[0]}", None, "results"
+        )
+    return _report(session, worker, outcomes) if outcomes else None
 
 
 async def _report(session: Session, worker: WorkerRef, outcomes: list[Outcome]) -> None:

@@ -189,6 +189,5 @@ class AsyncClient:
 
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
         frame: dict[str, Any] = {"t": "dlq_purge"}
-        if ids is not None:
-            frame["ids"] = ids
+        frame.update({"ids": ids} if ids is not None else {"all": True})
         return int((await self._request(frame))["count"])

@@ -267,6 +267,5 @@ class Client:
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         frame: dict[str, Any] = {"t": "dlq_purge"}
-        if ids is not None:
-            frame["ids"] = ids
+        frame.update({"ids": ids} if ids is not None else {"all": True})
         return int(self._request(frame)["count"])

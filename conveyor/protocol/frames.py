@@ -143,7 +143,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.STATS_REPLY: {**_RID, "stats": (_MAP, True)},
     FrameType.CANCEL: {**_RID, "id": (_STR, True)},
     FrameType.DLQ_RETRY: {**_RID, "ids": (_LIST, False), "all": (_BOOL, False)},
-    FrameType.DLQ_PURGE: {**_RID, "ids": (_LIST, False)},
+    FrameType.DLQ_PURGE: {**_RID, "ids": (_LIST, False), "all": (_BOOL, False)},
     FrameType.TOKEN_CREATE: {
         **_RID,
         "role": (_STR, True),
