@@ -67,7 +67,7 @@ def test_minimal_spec_gets_defaults() -> None:
 
 
 def test_full_spec() -> None:
-    raw = {
+    raw: dict[str, Any] = {
         "task": "mail.send_v2:fast-path",
         "args": [1, 2.5, "x", None, True, [1, {"a": []}]],
         "kwargs": {"to": "a@b.c", "opts": {"retry": False}},
@@ -149,7 +149,8 @@ def test_payload_at_the_limit_is_accepted() -> None:
 
 
 def test_job_must_be_a_map() -> None:
-    for raw in (None, [], "task", 5):
+    raws: list[Any] = [None, [], "task", 5]
+    for raw in raws:
         assert invalid(raw).field == "job"
 
 

@@ -208,6 +208,8 @@ class TokenRegistry:
         except FileNotFoundError:
             self._entries, self._stamp = {}, None
             return
+        except OSError as exc:  # e.g. `conveyor token` was run as another user
+            raise ConfigError(f"cannot read token file {self.path}: {exc.strerror}") from None
         self._entries = _parse(raw, self.path)
         self._stamp = stamp
 

@@ -13,6 +13,7 @@ raised :class:`~conveyor.errors.Retry`          no     no      its delay
 raised :class:`~conveyor.errors.Reject`         no     yes     None
 raised one of the task's ``non_retryable``      no     yes     None
 returned a value msgpack cannot encode          no     yes     None
+returned more than ``MAX_RESULT_BYTES``         no     yes     None
 raised anything else, or timed out              no     no      None
 task not registered (``UnknownTask``)           no     yes     None
 process pool child died (``WorkerCrashed``)     no     no      None
@@ -33,10 +34,13 @@ import msgpack
 
 from conveyor.errors import Reject, Retry
 from conveyor.job import MAX_TIMEOUT
+from conveyor.validation import DEFAULT_MAX_PAYLOAD
 from conveyor.worker.tasks import TaskDef
 
 MAX_MESSAGE = 2_000  # characters of an error message we keep
 MAX_TRACEBACK = 20_000  # characters of a traceback we keep (the end: where it was raised)
+MAX_RESULT_BYTES = DEFAULT_MAX_PAYLOAD  # encoded size of a result: it must fit in a report frame
+MAX_RETRY_DELAY = 365 * 86400.0  # a Retry(delay=...) is clamped to [0, this]
 
 UNKNOWN_TASK = "UnknownTask"
 TIMEOUT = "TimeoutError"
@@ -44,6 +48,7 @@ CANCELLED = "CancelledError"
 WORKER_CRASHED = "WorkerCrashed"
 WORKER_SHUTDOWN = "WorkerShutdown"
 UNSERIALIZABLE = "UnserializableResult"
+TOO_LARGE = "ResultTooLarge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +105,46 @@ def from_exception(exc: BaseException, definition: TaskDef | None = None) -> Run
     if tb_start is not None and tb_start.tb_frame.f_code.co_filename == __file__:
         tb_start = tb_start.tb_next  # drop our own frame: the traceback starts in the task
     tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
-    delay = None
-    if isinstance(exc, Retry) and exc.delay is not None:
-        delay = max(0.0, float(exc.delay))
     reject = isinstance(exc, Reject) or (
         definition is not None and isinstance(exc, definition.non_retryable)
     )
-    return failure(type(exc).__name__, str(exc), tb, reject=reject, retry_delay=delay)
+    delay = _retry_delay(exc) if isinstance(exc, Retry) else None
+    return failure(type(exc).__name__, _message(exc), tb, reject=reject, retry_delay=delay)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a task's exception whose __str__ itself fails
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _retry_delay(exc: Retry) -> float | None:
+    try:
+        delay = float(exc.delay)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if delay != delay:  # NaN
+        return None
+    return min(max(0.0, delay), MAX_RETRY_DELAY)
 
 
 def success(value: Any) -> RunResult:
-    """A successful result, or an ``UnserializableResult`` failure if msgpack can't carry it."""
+    """A successful result, unless msgpack can't carry it or it is over ``MAX_RESULT_BYTES``."""
     try:
-        msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
+        size = len(msgpack.packb(value, use_bin_type=True))
+    except Exception as exc:
         return failure(
             UNSERIALIZABLE,
             f"the task returned {type(value).__name__}, which is not JSON/msgpack-compatible: "
             f"{exc}",
+            reject=True,
+        )
+    if size > MAX_RESULT_BYTES:
+        return failure(
+            TOO_LARGE,
+            f"the result is {size} bytes encoded; the limit is {MAX_RESULT_BYTES} "
+            "(store big outputs elsewhere and return a reference)",
             reject=True,
         )
     return RunResult(ok=True, result=value)

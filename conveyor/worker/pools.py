@@ -126,12 +126,9 @@ class _LocalPool:
         except TimeoutError:
             return execute.timed_out(timeout, _THREAD_NOTE)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if cfuture.cancelled() and not (current and current.cancelling()):
-                return execute.failure(
-                    execute.WORKER_SHUTDOWN, "pool closed before the job started"
-                )
-            raise
+            if (outcome := self._interrupted(job.job_id)) is None:
+                raise
+            return outcome
         finally:
             self._waiting.discard(future)
 
@@ -145,14 +142,25 @@ class _LocalPool:
         except TimeoutError:
             return execute.timed_out(timeout)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if job.job_id in self._cancel_requested and not (current and current.cancelling()):
-                return execute.cancelled()
-            raise  # our caller was cancelled, not the job
+            if (outcome := self._interrupted(job.job_id)) is None:
+                raise
+            return outcome
         finally:
             self._on_loop.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
             self._waiting.discard(task)
+
+    def _interrupted(self, job_id: str) -> RunResult | None:
+        """Why the job's future was cancelled: by cancel(), by close(wait=False), or (None)
+        because our caller was cancelled, which must propagate."""
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            return None
+        if job_id in self._cancel_requested:
+            return execute.cancelled()
+        if self._closed:
+            return execute.failure(execute.WORKER_SHUTDOWN, "pool closed while the job ran")
+        return None
 
     def cancel(self, job_id: str) -> bool:
         """Cancel an ``async def`` job running on the loop; threads cannot be (False)."""
@@ -164,16 +172,17 @@ class _LocalPool:
         return True
 
     async def close(self, wait: bool = True) -> None:
-        """With ``wait``, wait for jobs still inside ``run()``; threads stuck past a timeout
-        are not waited for. Without it, cancel loop tasks and queued thread jobs."""
+        """With ``wait``, wait for the jobs inside ``run()`` (not for threads stuck past their
+        timeout). Without it, those jobs end now as ``WorkerShutdown``: loop tasks are
+        cancelled, running threads are left to finish on their own."""
         if self._closed:
             return
         self._closed = True
         if wait and self._waiting:
             await asyncio.wait(set(self._waiting))
         elif not wait:
-            for task in list(self._on_loop.values()):
-                task.cancel()
+            for future in list(self._waiting):
+                future.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=not wait)
 

@@ -50,6 +50,7 @@ log = logging.getLogger("conveyor.worker")
 
 CONTEXTS = ("spawn", "forkserver")
 _STOP_WAIT = 5.0  # seconds to wait for a SIGKILLed child to be reaped
+_MAX_REPLY = execute.MAX_RESULT_BYTES + 64 * 1024  # result + capped error + framing
 
 
 def _pack(value: Any) -> bytes:
@@ -80,9 +81,14 @@ def _child_main(conn: Connection, modules: list[str], sys_path: list[str]) -> No
             outcome = execute.unknown_task(name)
         else:
             outcome = execute.run_sync(definition, args, kwargs)
-        conn.send_bytes(
-            _pack([outcome.ok, outcome.result, outcome.error, outcome.retry_delay, outcome.reject])
-        )
+        try:
+            conn.send_bytes(
+                _pack(
+                    [outcome.ok, outcome.result, outcome.error, outcome.retry_delay, outcome.reject]
+                )
+            )
+        except OSError:
+            return  # the pool is gone
 
 
 def _decode(data: bytes) -> RunResult:
@@ -92,7 +98,7 @@ def _decode(data: bytes) -> RunResult:
 
 def _round_trip(conn: Connection, payload: bytes) -> bytes:
     conn.send_bytes(payload)
-    return conn.recv_bytes()
+    return conn.recv_bytes(_MAX_REPLY)  # a longer reply is an OSError: the child is replaced
 
 
 def _describe_exit(code: int | None) -> str:
@@ -199,12 +205,17 @@ class ProcessPool:
             args=(theirs, self.modules, list(sys.path)),
             name="conveyor-task-process",
         )
-        process.start()
-        theirs.close()
+        try:
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         child = _Child(process, ours)
         self._children.add(child)
         try:
-            child.pending = self._io.submit(ours.recv_bytes)
+            child.pending = self._io.submit(ours.recv_bytes, _MAX_REPLY)
             ready, detail = _unpack(
                 await asyncio.wait_for(asyncio.wrap_future(child.pending), self.start_timeout)
             )
@@ -341,7 +352,7 @@ class ProcessPool:
         if child.pending is not None:
             # The reader thread wakes with EOF now that the child is gone; only then is it
             # safe to close the pipe (closing under a blocked read could recycle the fd).
-            with suppress(BaseException):
+            with suppress(Exception):  # EOFError, OSError or TimeoutError: all fine here
                 await asyncio.wait_for(asyncio.wrap_future(child.pending), _STOP_WAIT)
         if child.pending is None or child.pending.done():
             child.conn.close()

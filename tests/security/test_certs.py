@@ -91,7 +91,9 @@ def test_bad_hosts_are_refused(tmp_path: Path, bad: list[str]) -> None:
 def test_client_cert_names_the_client(tmp_path: Path) -> None:
     certs.make_ca(tmp_path)
     paths = certs.make_client_cert(tmp_path, "worker-7")
-    assert paths == certs.CertPaths(tmp_path / "client-worker-7.pem", tmp_path / "client-worker-7.key")
+    assert paths == certs.CertPaths(
+        tmp_path / "client-worker-7.pem", tmp_path / "client-worker-7.key"
+    )
     cert = load(paths.cert)
     cert.verify_directly_issued_by(load(tmp_path / "ca.pem"))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "worker-7"
@@ -189,5 +191,5 @@ def test_ensure_refuses_a_server_cert_whose_ca_is_gone(tmp_path: Path) -> None:
 def test_ensure_refuses_half_a_pair(tmp_path: Path) -> None:
     certs.ensure_ca_and_server(tmp_path)
     (tmp_path / "server.key").unlink()
-    with pytest.raises(ConfigError, match="found .*server.pem but not .*server.key"):
+    with pytest.raises(ConfigError, match=r"found .*server\.pem but not .*server\.key"):
         certs.ensure_ca_and_server(tmp_path)

@@ -25,7 +25,12 @@ def test_created_token_verifies_with_its_role(path: Path) -> None:
     reg = TokenRegistry(path)
     token, info = reg.create(Role.WORKER, "w1", now=NOW)
     assert re.fullmatch(r"cvy_[A-Za-z0-9_-]{43}", token)
-    assert (info.name, info.role, info.created_at, info.expires_at) == ("w1", Role.WORKER, NOW, None)
+    assert (info.name, info.role, info.created_at, info.expires_at) == (
+        "w1",
+        Role.WORKER,
+        NOW,
+        None,
+    )
     assert info.revoked is False
     assert info.hash_prefix == hashlib.sha256(token.encode()).hexdigest()[:8]
     assert reg.verify(token, NOW + 1) == info

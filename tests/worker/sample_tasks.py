@@ -63,6 +63,11 @@ def unserializable() -> object:
     return object()
 
 
+@task(name="sample.big")
+def big(size: int) -> str:
+    return "x" * size
+
+
 @task(name="sample.sleep")
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
