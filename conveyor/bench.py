@@ -148,7 +148,7 @@ async def _wait_completed(c: AsyncClient, target: int, update: Any, timeout: flo
         update(done)
         if done >= target:
             return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # stats is a full snapshot: poll it gently
     raise click.ClickException(f"timed out waiting for {target} completions")
 
 

@@ -1,0 +1,68 @@
+"""Graceful stops: a worker drains on SIGTERM; the broker says goodbye on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from conveyor import AsyncClient, JobState
+from conveyor.broker.app import Broker
+from tests.fault.helpers import spawn_worker
+
+pytestmark = pytest.mark.slow
+
+
+async def test_worker_sigterm_finishes_running_and_releases_prefetched(
+    broker: Broker, client: AsyncClient, home: Path, start_worker
+) -> None:
+    leaving = await spawn_worker(broker, home, "leaving", "--concurrency", "2", "--prefetch", "4")
+    handles = await client.submit_many([("slow_task", {"seconds": 0.4}) for _ in range(6)])
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 6)
+    leaving.signal(signal.SIGTERM)
+    assert await asyncio.wait_for(leaving.proc.wait(), 15) == 0
+    stayer = await start_worker(concurrency=4)
+    jobs = [await h.wait(timeout=15) for h in handles]
+    assert all(j.state is JobState.COMPLETED for j in jobs)
+    by_leaver = [j for j in jobs if j.worker != stayer.worker_id]
+    assert len(by_leaver) == 2  # the two it was running when told to stop
+    released = [j for j in jobs if j.worker == stayer.worker_id]
+    assert len(released) == 4
+    for job in released:  # given back unstarted: no attempt was spent, nothing "requeued"
+        assert job.attempts == 1
+        assert not [e for e in job.events if e["event"] == "requeued"]
+
+
+async def test_broker_stop_says_goodbye_and_clients_reconnect(
+    broker: Broker, client: AsyncClient, home: Path
+) -> None:
+    handle = await client.submit("noop")
+    conn = client._conn
+    assert conn is not None
+    goodbye: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+    conn.on_push = lambda f: goodbye.done() or goodbye.set_result(f)  # type: ignore[func-returns-value]
+    await broker.stop()
+    frame = await asyncio.wait_for(goodbye, 5)
+    assert frame == {"t": "goodbye", "reason": "shutting down"}
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    # a new broker on the same port: the client reconnects on its own and carries on
+    restarted = Broker(broker.config.__class__(**{**_fields(broker), "port": broker.port}))
+    await restarted.start()
+    try:
+        again = await client.submit("noop")
+        assert (await again.get()).state is JobState.QUEUED
+        assert handle.id != again.id
+    finally:
+        await restarted.stop()
+        broker.stop = _noop  # type: ignore[method-assign]  # the fixture must not stop it twice
+
+
+async def _noop() -> None:
+    return None
+
+
+def _fields(broker: Broker) -> dict[str, object]:
+    cfg = broker.config
+    return {name: getattr(cfg, name) for name in cfg.__dataclass_fields__}
