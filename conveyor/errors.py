@@ -14,6 +14,7 @@
     │   └── JobNotFound            code "not_found"
     ├── JobFailed                  the job ended dead/cancelled; has .job
     ├── ResultTimeout              result() ran out of time (also a TimeoutError)
+    ├── PayloadDecryptError        an encrypted payload did not open (no key, wrong key, altered)
     └── ConfigError                missing certificate, token or bad URL
 
 Task code may raise :class:`Retry` to ask for a retry and :class:`Reject` to fail
@@ -109,6 +110,10 @@ class JobFailed(ConveyorError):
 
 class ResultTimeout(ConveyorError, TimeoutError):
     """The job did not finish within the timeout given to result()."""
+
+
+class PayloadDecryptError(ConveyorError):
+    """An end-to-end encrypted payload could not be opened: no key fits, or it was altered."""
 
 
 class Retry(Exception):

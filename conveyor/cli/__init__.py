@@ -7,6 +7,7 @@ import click
 from conveyor.cli.certs import certs_command
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, result, stats, status, submit
+from conveyor.cli.keys import keygen_command
 from conveyor.cli.serve import broker, dev, worker
 from conveyor.cli.tokens import token_group
 
@@ -30,6 +31,7 @@ for command in (
     dlq,
     certs_command,
     token_group,
+    keygen_command,
 ):
     main.add_command(command)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -13,10 +14,28 @@ from rich.table import Table
 
 from conveyor.cli._client import echo_json, with_client
 from conveyor.cli._util import duration_option
+from conveyor.client._base import read_job
 from conveyor.client.sync import Client
 from conveyor.job import Job, JobState
+from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call, load_payload_keys
 
 console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def payload_key_option(fn: F) -> F:
+    """--payload-key-file: seal what is sent and open what comes back with these keys."""
+    return click.option(
+        "--payload-key-file",
+        type=click.Path(exists=True, dir_okay=False),
+        envvar="CONVEYOR_PAYLOAD_KEY_FILE",
+        help="end-to-end payload encryption keys (conveyor keygen) [env CONVEYOR_PAYLOAD_KEY_FILE]",
+    )(fn)
+
+
+def use_payload_keys(client: Client, key_file: str | None) -> None:
+    if key_file is not None:
+        client.cipher = load_payload_keys(key_file)
 
 
 def parse_pairs(pairs: tuple[str, ...], json_text: str | None) -> dict[str, Any]:
@@ -49,6 +68,10 @@ def _when(ts: float | None) -> str:
 
 def _print_result(job: Job) -> None:
     if job.state is JobState.COMPLETED:
+        if is_sealed(job.result):
+            raise click.ClickException(
+                f"the result of job {job.id} is encrypted; pass --payload-key-file with its key"
+            )
         click.echo(json.dumps(job.result, default=str))
         return
     err = job.error or {}
@@ -70,6 +93,7 @@ def _print_result(job: Job) -> None:
 @click.option("--id", "job_id", help="choose the job id (a resubmit is then idempotent)")
 @click.option("--wait", is_flag=True, help="wait for the result and print it")
 @click.option("--wait-timeout", type=float, default=None, help="seconds to wait with --wait")
+@payload_key_option
 @with_client
 def submit(
     client: Client,
@@ -79,9 +103,11 @@ def submit(
     wait: bool,
     wait_timeout: float | None,
     job_timeout: float | None,
+    payload_key_file: str | None,
     **options: Any,
 ) -> None:
     """Submit a job: conveyor submit fibonacci n=30 --priority 1 --wait"""
+    use_payload_keys(client, payload_key_file)
     kwargs = parse_pairs(payload, json_text)
     handle = client.submit(task, kwargs=kwargs, timeout=job_timeout, **options)
     if not wait:
@@ -101,9 +127,13 @@ def _wait(client: Client, job_id: str, timeout: float | None) -> Job:
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="wait until the job is final")
 @click.option("--timeout", type=float, default=None, help="seconds to wait with --wait")
+@payload_key_option
 @with_client
-def result(client: Client, job_id: str, wait: bool, timeout: float | None) -> None:
+def result(
+    client: Client, job_id: str, wait: bool, timeout: float | None, payload_key_file: str | None
+) -> None:
     """Print a job's result (JSON); exits 1 if it failed or is not done."""
+    use_payload_keys(client, payload_key_file)
     job = _wait(client, job_id, timeout) if wait else client.get(job_id)
     if not job.state.is_final:
         raise click.ClickException(f"job {job_id} is {job.state.value}; use --wait to wait")
@@ -113,14 +143,16 @@ def result(client: Client, job_id: str, wait: bool, timeout: float | None) -> No
 @click.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="print the whole job as JSON")
+@payload_key_option
 @with_client
-def status(client: Client, job_id: str, as_json: bool) -> None:
+def status(client: Client, job_id: str, as_json: bool, payload_key_file: str | None) -> None:
     """Show a job's state, attempts, worker and history."""
+    use_payload_keys(client, payload_key_file)
     reply = client._request({"t": "get", "id": job_id})["job"]
+    job = read_job(reply, client.cipher)  # opened where the key fits
     if as_json:
-        echo_json(reply)
+        echo_json({**reply, **job.to_wire()})
         return
-    job = Job.from_wire(reply)
     click.echo(f"{job.id}  {job.state.value}")
     click.echo(f"  task {job.task}  queue {job.queue}  priority {job.priority}")
     click.echo(f"  attempts {job.attempts}/{job.max_retries + 1}  worker {job.worker or '-'}")
@@ -128,11 +160,22 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
         click.echo(f"  waiting: {reply['waiting']}")
     if job.eta and job.state is JobState.SCHEDULED:
         click.echo(f"  runs at {_when(job.eta)} UTC")
+    if is_sealed_call(job.args, job.kwargs):
+        click.echo("  payload: encrypted")
     if job.error:
-        click.echo(f"  error {job.error.get('type')}: {job.error.get('message')}")
+        message = job.error.get("message")
+        shown = "(encrypted)" if is_sealed(message) else message
+        click.echo(f"  error {job.error.get('type')}: {shown}")
     for ev in job.events:
-        extra = "  ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "at"))
+        extra = "  ".join(f"{k}={_shown(v)}" for k, v in ev.items() if k not in ("event", "at"))
         click.echo(f"  {_when(ev.get('at'))}  {ev.get('event'):<10} {extra}")
+
+
+def _shown(value: Any) -> Any:
+    """An event detail, with a sealed error message shown as ``(encrypted)``."""
+    if isinstance(value, str) and TEXT_PREFIX in value:
+        return value.partition(TEXT_PREFIX)[0] + "(encrypted)"
+    return value
 
 
 @click.command()

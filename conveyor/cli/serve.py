@@ -138,6 +138,13 @@ async def _serve_broker(config: BrokerConfig) -> None:
 @click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
 @click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
+@click.option(
+    "--payload-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="CONVEYOR_PAYLOAD_KEY_FILE",
+    help="open end-to-end encrypted jobs with these keys (conveyor keygen) "
+    "[env CONVEYOR_PAYLOAD_KEY_FILE]",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def worker(**opts: object) -> None:
     """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
@@ -161,6 +168,7 @@ async def _serve_worker(opts: dict[str, object]) -> None:
             queues=_split(opts["queues"]) or None,  # type: ignore[arg-type]
             prefetch=opts["prefetch"],  # type: ignore[arg-type]
             name=opts["name"],  # type: ignore[arg-type]
+            payload_key_file=opts["payload_key_file"],  # type: ignore[arg-type]
         )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,10 @@
 
 The twins differ only in how they move bytes. Job ids are chosen here, on the
 client, so that resending a submit after a lost connection is idempotent.
+
+With a payload key, specs are sealed here before they leave (:func:`seal_spec`)
+and jobs are opened here as they arrive (:func:`read_job`); see
+:mod:`conveyor.security.payload`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ from typing import Any
 
 from conveyor._ids import new_job_id
 from conveyor.config import ClientSettings, parse_broker_url, resolve_client_settings
-from conveyor.errors import BrokerError, ConfigError, InvalidJob, JobFailed
+from conveyor.errors import BrokerError, ConfigError, InvalidJob, JobFailed, PayloadDecryptError
 from conveyor.job import Job, JobState
 from conveyor.protocol.frames import DEFAULT_MAX_BATCH
+from conveyor.security.payload import (
+    CALL,
+    PayloadCipher,
+    context,
+    is_sealed,
+    is_sealed_call,
+)
 from conveyor.security.tls import client_context
 
 SUBMIT_OPTIONS = (
@@ -96,18 +107,38 @@ def job_spec(
     return spec
 
 
-def batch_item(item: Any) -> dict[str, Any]:
+def batch_item(item: Any, cipher: PayloadCipher | None = None) -> dict[str, Any]:
     """Normalise one submit_many item: (task, kwargs), (task, args, kwargs), or a spec map."""
     if isinstance(item, Mapping):
         spec = dict(item)
         spec.setdefault("id", new_job_id())
-        return spec
+        return seal_spec(spec, cipher)
     if isinstance(item, tuple | list):
         if len(item) == 2 and isinstance(item[1], Mapping):
-            return job_spec(item[0], (), item[1])
+            return seal_spec(job_spec(item[0], (), item[1]), cipher)
         if len(item) == 3:
-            return job_spec(item[0], item[1], item[2])
+            return seal_spec(job_spec(item[0], item[1], item[2]), cipher)
     raise TypeError("submit_many items are (task, kwargs), (task, args, kwargs) or spec maps")
+
+
+def seal_spec(spec: dict[str, Any], cipher: PayloadCipher | None) -> dict[str, Any]:
+    """The spec with its args and kwargs sealed, bound to its id and task (no key: as is)."""
+    if cipher is None:
+        return spec
+    args, kwargs = spec.get("args", []), spec.get("kwargs", {})
+    if is_sealed_call(args, kwargs):
+        return spec
+    spec["id"] = spec.get("id") or new_job_id()  # the seal is bound to it: it must be ours
+    ctx = context(CALL, str(spec["id"]), str(spec.get("task", "")))
+    spec.pop("args", None)
+    _, spec["kwargs"] = cipher.seal_call(args, kwargs, ctx=ctx)
+    return spec
+
+
+def read_job(wire: dict[str, Any], cipher: PayloadCipher | None) -> Job:
+    """A job map from the broker as a Job, its sealed parts opened where the key fits."""
+    job = Job.from_wire(wire)
+    return job if cipher is None else cipher.open_job(job)
 
 
 def chunks(
@@ -123,8 +154,12 @@ def reply_error(frame: dict[str, Any]) -> BrokerError | None:
 
 
 def final_result(job: Job) -> Any:
-    """The job's result, or JobFailed if it ended without one."""
+    """The job's result; JobFailed if it ended without one; PayloadDecryptError if sealed."""
     if job.state is JobState.COMPLETED:
+        if is_sealed(job.result):
+            raise PayloadDecryptError(
+                f"the result of job {job.id} is encrypted and no configured payload key opens it"
+            )
         return job.result
     raise JobFailed(job)
 

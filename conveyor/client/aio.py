@@ -16,11 +16,14 @@ from conveyor.client._base import (
     final_result,
     job_spec,
     make_endpoint,
+    read_job,
+    seal_spec,
     split_options,
 )
 from conveyor.client._conn import AsyncConnection
 from conveyor.errors import ConnectionLost, ResultTimeout
 from conveyor.job import Job, JobState
+from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
 
 class AsyncJob:
@@ -55,7 +58,8 @@ class AsyncClient:
     """Talks to a broker from asyncio code. Reconnects with backoff when it is lost.
 
     ``AsyncClient(url, token=..., ca=...)``; every argument defaults from the
-    environment and ``$CONVEYOR_HOME`` (see README).
+    environment and ``$CONVEYOR_HOME`` (see README). ``payload_key`` turns on end-to-end
+    payload encryption, exactly as for :class:`~conveyor.client.sync.Client`.
     """
 
     def __init__(
@@ -69,8 +73,10 @@ class AsyncClient:
         home: str | Path | None = None,
         name: str = "producer",
         reconnect_timeout: float = 30.0,
+        payload_key: PayloadKey | PayloadCipher | None = None,
     ) -> None:
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, name)
+        self.cipher: PayloadCipher | None = resolve_cipher(payload_key)
         self.reconnect_timeout = reconnect_timeout
         self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
@@ -125,6 +131,9 @@ class AsyncClient:
                 if time.monotonic() > deadline:
                     raise
 
+    def _job(self, wire: dict[str, Any]) -> Job:
+        return read_job(wire, self.cipher)
+
     # -- producing -----------------------------------------------------------------------
     async def submit(
         self, task: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
@@ -132,12 +141,13 @@ class AsyncClient:
         """Submit one job. Keyword arguments that are not submit options go to the task."""
         opts, task_kwargs = split_options(options)
         spec = job_spec(task, args, {**task_kwargs, **(kwargs or {})}, **opts)
+        seal_spec(spec, self.cipher)
         reply = await self._request({"t": "submit", "jobs": [spec]})
         return AsyncJob(self, reply["jobs"][0]["id"])
 
     async def submit_many(self, items: Iterable[Any]) -> list[AsyncJob]:
         """Submit many jobs in one round trip per 10,000."""
-        specs = [batch_item(i) for i in items]
+        specs = [batch_item(i, self.cipher) for i in items]
         out: list[AsyncJob] = []
         for chunk in chunks(specs):
             if chunk:
@@ -150,14 +160,14 @@ class AsyncClient:
 
     # -- reading -------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
-        return Job.from_wire((await self._request({"t": "get", "id": job_id}))["job"])
+        return self._job((await self._request({"t": "get", "id": job_id}))["job"])
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
         frame: dict[str, Any] = {"t": "wait", "id": job_id}
         if timeout is not None:
             frame["timeout"] = timeout
-        return Job.from_wire((await self._request(frame))["job"])
+        return self._job((await self._request(frame))["job"])
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         job = await self.wait(job_id, timeout)
@@ -166,7 +176,7 @@ class AsyncClient:
         return final_result(job)
 
     async def cancel(self, job_id: str) -> Job:
-        return Job.from_wire((await self._request({"t": "cancel", "id": job_id}))["job"])
+        return self._job((await self._request({"t": "cancel", "id": job_id}))["job"])
 
     async def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
@@ -176,7 +186,7 @@ class AsyncClient:
             frame["state"] = state
         if queue:
             frame["queue"] = queue
-        return [Job.from_wire(j) for j in (await self._request(frame))["jobs"]]
+        return [self._job(j) for j in (await self._request(frame))["jobs"]]
 
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = (await self._request({"t": "stats"}))["stats"]

@@ -19,12 +19,15 @@ from conveyor.client._base import (
     final_result,
     job_spec,
     make_endpoint,
+    read_job,
     reply_error,
+    seal_spec,
     split_options,
 )
 from conveyor.errors import ConnectionLost, ProtocolError, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.protocol.connection import ClientConnection, ConnState
+from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
 
 class JobHandle:
@@ -128,6 +131,13 @@ class Client:
     ``Client(url, token=..., ca=...)``; every argument defaults from the environment
     and ``$CONVEYOR_HOME`` (see README). Use as a context manager. Not thread-safe:
     give each thread its own Client.
+
+    ``payload_key`` (one Fernet key, several with the primary first, or a
+    :class:`~conveyor.security.payload.PayloadCipher`; default: the key file named by
+    ``$CONVEYOR_PAYLOAD_KEY_FILE``) turns on end-to-end encryption: arguments are sealed
+    before they leave, and results and error messages are opened as they come back.
+    Sealed parts that no key opens are returned as they are; ``result()`` then raises
+    :class:`~conveyor.errors.PayloadDecryptError`. ``self.cipher`` may be set later.
     """
 
     def __init__(
@@ -141,8 +151,10 @@ class Client:
         home: str | Path | None = None,
         name: str = "producer",
         reconnect_timeout: float = 30.0,
+        payload_key: PayloadKey | PayloadCipher | None = None,
     ) -> None:
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, name)
+        self.cipher: PayloadCipher | None = resolve_cipher(payload_key)
         self.reconnect_timeout = reconnect_timeout
         self._conn: _SyncConnection | None = None
 
@@ -193,6 +205,9 @@ class Client:
                 if time.monotonic() > deadline:
                     raise
 
+    def _job(self, wire: dict[str, Any]) -> Job:
+        return read_job(wire, self.cipher)
+
     # -- producing -----------------------------------------------------------------------
     def submit(
         self, task: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
@@ -205,6 +220,7 @@ class Client:
         """
         opts, task_kwargs = split_options(options)
         spec = job_spec(task, args, {**task_kwargs, **(kwargs or {})}, **opts)
+        seal_spec(spec, self.cipher)
         reply = self._request({"t": "submit", "jobs": [spec]})
         return JobHandle(self, reply["jobs"][0]["id"])
 
@@ -213,7 +229,7 @@ class Client:
 
         Items: ``(task, kwargs)``, ``(task, args, kwargs)`` or full spec maps.
         """
-        specs = [batch_item(i) for i in items]
+        specs = [batch_item(i, self.cipher) for i in items]
         out: list[JobHandle] = []
         for chunk in chunks(specs):
             if chunk:
@@ -226,7 +242,7 @@ class Client:
 
     # -- reading -------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
-        return Job.from_wire(self._request({"t": "get", "id": job_id})["job"])
+        return self._job(self._request({"t": "get", "id": job_id})["job"])
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
@@ -234,7 +250,7 @@ class Client:
         if timeout is not None:
             frame["timeout"] = timeout
         read_timeout = None if timeout is None else timeout + 30.0
-        return Job.from_wire(self._request(frame, read_timeout)["job"])
+        return self._job(self._request(frame, read_timeout)["job"])
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result; JobFailed if it died or was cancelled; ResultTimeout if late."""
@@ -244,7 +260,7 @@ class Client:
         return final_result(job)
 
     def cancel(self, job_id: str) -> Job:
-        return Job.from_wire(self._request({"t": "cancel", "id": job_id})["job"])
+        return self._job(self._request({"t": "cancel", "id": job_id})["job"])
 
     def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
@@ -254,7 +270,7 @@ class Client:
             frame["state"] = state
         if queue:
             frame["queue"] = queue
-        return [Job.from_wire(j) for j in self._request(frame)["jobs"]]
+        return [self._job(j) for j in self._request(frame)["jobs"]]
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self._request({"t": "stats"})["stats"]

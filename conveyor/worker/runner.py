@@ -11,6 +11,10 @@ If the connection drops, the broker requeues everything we held, so results of t
 connection's jobs are dropped (a *generation* number tells them apart) and jobs still
 waiting for a slot are abandoned; the worker reconnects with backoff and carries on.
 
+With a payload key (``payload_key_file``), sealed arguments are opened just before a
+job runs and its result or error is sealed again before it is reported
+(:mod:`conveyor.worker.sealed`); the broker never sees them in the clear.
+
 ``stop()`` (SIGTERM/SIGINT) drains: DRAIN tells the broker to send nothing more,
 prefetched jobs that never started go back at once (RELEASE), running ones finish
 and are reported, then the worker says goodbye and exits.
@@ -32,8 +36,10 @@ from typing import Any
 from conveyor.client._base import make_endpoint
 from conveyor.client._conn import AsyncConnection
 from conveyor.errors import BrokerError, ConnectionLost
-from conveyor.worker.execute import RunRequest, RunResult
+from conveyor.security.payload import PayloadCipher, resolve_cipher
+from conveyor.worker.execute import RunResult
 from conveyor.worker.pools import Pool, make_pool
+from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
 
 log = logging.getLogger("conveyor.worker")
@@ -62,7 +68,11 @@ class WorkerStats:
 
 
 class Worker:
-    """Runs tasks from ``modules`` for a broker until stopped."""
+    """Runs tasks from ``modules`` for a broker until stopped.
+
+    ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
+    or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
+    """
 
     def __init__(
         self,
@@ -80,11 +90,17 @@ class Worker:
         prefetch: int | None = None,
         name: str | None = None,
         registry: TaskRegistry | None = None,
+        payload_key_file: str | Path | PayloadCipher | None = None,
     ) -> None:
         self.modules = list(modules)
         self.registry = registry if registry is not None else load_tasks(self.modules)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, self.name)
+        self.cipher: PayloadCipher | None = (
+            payload_key_file
+            if isinstance(payload_key_file, PayloadCipher)
+            else resolve_cipher(key_file=payload_key_file)
+        )
         self.concurrency = concurrency
         self.prefetch = concurrency if prefetch is None else prefetch
         self.pool_kind = pool
@@ -236,14 +252,11 @@ class Worker:
             if self._stopping.is_set() or held.generation != self._generation:
                 return  # released or abandoned while waiting for a slot
             held.started = True
-            request = RunRequest(
-                raw["id"],
-                raw["task"],
-                raw.get("args") or [],
-                raw.get("kwargs") or {},
-                raw.get("timeout"),
-            )
-            result = await self.pool.run(request)
+            request = open_request(raw, self.cipher)
+            if isinstance(request, RunResult):
+                result = request  # sealed, and this worker cannot open it
+            else:
+                result = seal_result(await self.pool.run(request), self.cipher, raw)
         self._held.pop(held.id, None)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
