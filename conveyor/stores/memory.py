@@ -331,9 +331,12 @@ class MemoryStore(Store):
     async def job_extend_leases(self, worker: str, lease_seconds: float, now: float) -> int:
         ids = self._running.get(worker, ())
         until = now + lease_seconds
+        extended = []
         for job_id in ids:
-            old = self._jobs[job_id]
-            self._jobs[job_id] = old.replace(lease_expires=until)
+            job = self._jobs[job_id].replace(lease_expires=until)
+            self._jobs[job_id] = job
+            extended.append(job)
+        self._persist(extended)  # lazily: a lost heartbeat is harmless
         return len(ids)
 
     async def job_promote_due(self, now: float) -> int:
@@ -375,6 +378,8 @@ class MemoryStore(Store):
     ) -> list[Job]:
         out: list[Job] = []
         skipped = 0
+        if limit <= 0:
+            return out
         for job in reversed(self._jobs.values()):
             if (state and job.state.value != state) or (queue and job.queue != queue):
                 continue
@@ -421,6 +426,8 @@ class MemoryStore(Store):
                 ),
             )
             self._push_ready(job)
+            if job.unique_key:  # live again: it holds its key, unless another job took it
+                self._unique.setdefault(job.unique_key, job.id)
             jobs.append(job)
         self._persist(jobs)
         await self._durable()

@@ -29,24 +29,23 @@ class WorkerProcess:
             await self.proc.wait()
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 async def spawn_worker(
-    broker: Broker, home: Path, name: str, *args: str, wait: bool = True
+    broker: Broker,
+    home: Path,
+    name: str,
+    *args: str,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """``conveyor worker`` in a child process; waits until the broker has seen it."""
+    log_level = os.environ.get("CONVEYOR_TEST_WORKER_LOG", "WARNING")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "conveyor",
-        "worker",
-        "--broker",
-        broker.url,
-        "--home",
-        str(home),
-        "--name",
-        name,
-        "--log-level",
-        "WARNING",
-        *args,
+        *(sys.executable, "-m", "conveyor", "worker", "--broker", broker.url),
+        *("--home", str(home), "--name", name, "--log-level", log_level, *args),
+        env={**os.environ, **(env or {})},
     )
     worker = WorkerProcess(proc, name)
     if wait:

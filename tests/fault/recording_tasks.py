@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from conveyor import task
 
@@ -14,4 +15,12 @@ def record(i: int) -> int:
         os.write(fd, f"{i}\n".encode())
     finally:
         os.close(fd)
+    return i
+
+
+@task(name="record_slow")
+def record_slow(i: int, seconds: float) -> int:
+    """Record that the job started, then take ``seconds``."""
+    record(i)
+    time.sleep(seconds)
     return i

@@ -10,20 +10,35 @@ import pytest
 
 from conveyor import AsyncClient, JobState
 from conveyor.broker.app import Broker
-from tests.fault.helpers import spawn_worker
+from conveyor.worker.tasks import load_tasks
+from tests.fault.helpers import REPO, spawn_worker
 
 pytestmark = pytest.mark.slow
 
 
 async def test_worker_sigterm_finishes_running_and_releases_prefetched(
-    broker: Broker, client: AsyncClient, home: Path, start_worker
+    broker: Broker,
+    client: AsyncClient,
+    home: Path,
+    start_worker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    leaving = await spawn_worker(broker, home, "leaving", "--concurrency", "2", "--prefetch", "4")
-    handles = await client.submit_many([("slow_task", {"seconds": 0.4}) for _ in range(6)])
-    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 6)
+    started = tmp_path / "started.txt"
+    monkeypatch.setenv("CONVEYOR_TEST_RECORD", str(tmp_path / "stayer.txt"))
+    leaving = await spawn_worker(
+        *(broker, home, "leaving", "--concurrency", "2", "--prefetch", "4"),
+        *("--tasks", "tests.fault.recording_tasks"),
+        env={"CONVEYOR_TEST_RECORD": str(started), "PYTHONPATH": str(REPO)},
+    )
+    handles = await client.submit_many(
+        [("record_slow", {"i": i, "seconds": 0.4}) for i in range(6)]
+    )
+    while not started.exists() or len(started.read_text().split()) < 2:
+        await asyncio.sleep(0.01)  # until the worker has started its two jobs
     leaving.signal(signal.SIGTERM)
     assert await asyncio.wait_for(leaving.proc.wait(), 15) == 0
-    stayer = await start_worker(concurrency=4)
+    stayer = await start_worker(load_tasks(["tests.fault.recording_tasks"]), concurrency=4)
     jobs = [await h.wait(timeout=15) for h in handles]
     assert all(j.state is JobState.COMPLETED for j in jobs)
     by_leaver = [j for j in jobs if j.worker != stayer.worker_id]

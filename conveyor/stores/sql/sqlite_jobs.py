@@ -13,9 +13,10 @@ The schema version is ``PRAGMA user_version``: migration *n* moves it from n-1 t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -49,21 +50,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 CHUNK = 500  # ids per IN (...) list: well under every SQLite's variable limit
+#: Rows per multi-row upsert. Python's sqlite3 releases the GIL around every statement
+#: step, and a thread that wants it back waits up to the switch interval (5 ms) while the
+#: event loop is busy: one statement per row would crawl under load. A few big statements
+#: per batch, in power-of-two sizes so their prepared forms are cached, avoid that.
+MAX_ROWS_PER_STATEMENT = 256
 
 _COLUMNS = "id, state, queue, task, priority, eta, unique_key, created_at, finished_at, data"
-_UPSERT = """
+_INSERT = """
     INSERT INTO jobs (id, state, queue, task, priority, eta, unique_key, created_at,
                       finished_at, seq, data)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES {values}
     ON CONFLICT (id) DO UPDATE SET
         state = excluded.state, queue = excluded.queue, task = excluded.task,
         priority = excluded.priority, eta = excluded.eta, unique_key = excluded.unique_key,
         created_at = excluded.created_at, finished_at = excluded.finished_at,
         seq = coalesce(excluded.seq, jobs.seq), data = excluded.data
 """
-_DELETE = "DELETE FROM jobs WHERE id = ?"
-_SET_COUNTER = (
-    "INSERT INTO counters (name, value) VALUES (?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_WIDTH = 11
+_SET_COUNTERS = (
+    "INSERT INTO counters (name, value) VALUES {values}"
     " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 )
 _ACTIVE = "('queued', 'scheduled', 'running')"
@@ -151,6 +158,25 @@ def row_to_job(row: Sequence[Any]) -> Job:
 
 
 # -- writes ------------------------------------------------------------------------------------
+def statement_sizes(rows: int, largest: int) -> Iterator[int]:
+    """Split ``rows`` into statement sizes: ``largest`` (a power of two), then halves."""
+    size = max(1, 1 << (largest.bit_length() - 1))
+    while rows:
+        while size > rows:
+            size //= 2
+        yield size
+        rows -= size
+
+
+@functools.cache
+def _upsert_sql(rows: int) -> str:
+    return _INSERT.format(values=", ".join([_ROW] * rows))
+
+
+def _variable_limit(conn: sqlite3.Connection) -> int:
+    return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
 def write_batch(
     conn: sqlite3.Connection,
     batch: dict[str, tuple[Job, int | None] | None],
@@ -158,22 +184,29 @@ def write_batch(
 ) -> list[Job]:
     """Upsert or delete the staged jobs and set the counters; return the final jobs written."""
     upserts: list[tuple[Any, ...]] = []
-    deletes: list[tuple[str]] = []
+    deletes: list[str] = []
     finals: list[Job] = []
     for job_id, staged in batch.items():
         if staged is None:
-            deletes.append((job_id,))
+            deletes.append(job_id)
             continue
         job, seq = staged
         upserts.append(job_to_row(job, seq))
         if job.state in FINAL_STATES:
             finals.append(job)
-    if deletes:
-        conn.executemany(_DELETE, deletes)
-    if upserts:
-        conn.executemany(_UPSERT, upserts)
+    for where, ids in _id_filters("1", deletes):
+        conn.execute(f"DELETE FROM jobs WHERE {where}", ids)
+    width = min(MAX_ROWS_PER_STATEMENT, _variable_limit(conn) // _ROW_WIDTH)
+    start = 0
+    for size in statement_sizes(len(upserts), width):
+        params = [value for row in upserts[start : start + size] for value in row]
+        conn.execute(_upsert_sql(size), params)
+        start += size
     if counters:
-        conn.executemany(_SET_COUNTER, counters.items())
+        values = ", ".join(["(?, ?)"] * len(counters))
+        conn.execute(
+            _SET_COUNTERS.format(values=values), [x for kv in counters.items() for x in kv]
+        )
     return finals
 
 
@@ -197,7 +230,7 @@ def prune_chunk(
     Returns how many per (state, queue); fewer than ``limit`` in all means done.
     """
     rows = conn.execute(
-        f"SELECT rowid, state, queue FROM jobs WHERE {_PRUNABLE} LIMIT ?",
+        f"SELECT rowid, state, queue FROM jobs INDEXED BY jobs_prunable WHERE {_PRUNABLE} LIMIT ?",
         (finished_before, limit),
     ).fetchall()
     conn.executemany("DELETE FROM jobs WHERE rowid = ?", [(r[0],) for r in rows])

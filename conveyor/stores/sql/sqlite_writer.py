@@ -4,12 +4,16 @@ Theory of operation
 -------------------
 The event loop *stages* changes (a dict keyed by row id, so the last write wins and a
 row changed ten times between commits is written once) and awaits :meth:`durable`.
-The writer thread sleeps until something is staged, then takes *everything* staged so
-far together with every waiter registered so far, writes it in one transaction,
-commits, and resolves those waiters on the loop (``call_soon_threadsafe``). Whatever is
-staged while a commit is in progress goes into the next one, so a batch grows by itself
-with the load: one commit per disk round trip instead of one per change, and no timer
-adds latency when the system is idle.
+Staging does not wake the writer thread at once: it schedules a *kick* with
+``loop.call_soon``, which runs after every callback already due in this turn of the
+loop. So everything the loop does in one turn (a burst of hundreds of requests) is
+staged before the writer looks, and becomes one transaction.
+
+On a kick the writer takes *everything* staged so far together with every waiter
+registered so far, writes it in one transaction, commits, and resolves those waiters on
+the loop (``call_soon_threadsafe``). Whatever is staged while a commit is in progress
+goes into the next one, so a batch grows by itself with the load: one commit per disk
+round trip instead of one per change, and no timer adds latency when the system idles.
 
 Reads and maintenance run on the same thread through :meth:`call`, right after the
 changes staged before them are committed: they always see the loop's own writes, and
@@ -25,11 +29,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 S = TypeVar("S")  # a staged row
 R = TypeVar("R")  # what writing a batch reports back to the loop
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger("conveyor.store")
 
@@ -66,13 +71,15 @@ class GroupCommitWriter(Generic[S, R]):
         self._connect = connect
         self._write = write
         self._on_commit = on_commit
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards everything below that both sides touch
         self._pending: dict[str, S | None] = {}
         self._meta: dict[str, int] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._busy = False  # a batch is being written
+        self._kicked = False  # the loop asks for a round
+        self._busy = False  # a round is in progress
         self._closing = False
+        self._kick_scheduled = False  # loop thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         #: transactions committed with staged changes (tests and benchmarks read it)
@@ -95,31 +102,30 @@ class GroupCommitWriter(Generic[S, R]):
             self._pending.update(rows)
             if meta is not None:
                 self._meta = meta
-            self._cond.notify()
+        self._kick_soon()
 
     async def durable(self) -> None:
         """Return once everything staged before this call is committed."""
+        loop = self._check_open()
         with self._cond:
-            if self._closing:
-                raise RuntimeError("the SQLite store is closed")
-            if self._loop is None:
-                raise RuntimeError("the SQLite store is not open: await store.open(now) first")
             if not self._pending and self._meta is None and not self._busy:
                 return
-            waiter = self._loop.create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
-            self._cond.notify()
+        self._kick_soon()
         await waiter
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in a transaction on the writer thread, after pending changes."""
-        if self._loop is None:
-            raise RuntimeError("the SQLite store is not open: await store.open(now) first")
-        future: asyncio.Future[T] = self._loop.create_future()
+    async def call(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(conn, ...)`` in a transaction on the writer thread, after pending changes."""
+        future: asyncio.Future[T] = self._check_open().create_future()
         with self._cond:
-            if self._closing:
-                raise RuntimeError("the SQLite store is closed")
-            self._calls.append((fn, future))
+            self._calls.append((lambda conn: fn(conn, *args, **kwargs), future))
+            self._kicked = True
             self._cond.notify()
         return await future
 
@@ -130,6 +136,24 @@ class GroupCommitWriter(Generic[S, R]):
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    def _check_open(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the SQLite store is not open: await store.open(now) first")
+        if self._closing:
+            raise RuntimeError("the SQLite store is closed")
+        return self._loop
+
+    def _kick_soon(self) -> None:
+        if not self._kick_scheduled and self._loop is not None:
+            self._kick_scheduled = True
+            self._loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        with self._cond:
+            self._kicked = True
+            self._cond.notify()
 
     # -- writer thread ---------------------------------------------------------------------
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
@@ -147,14 +171,22 @@ class GroupCommitWriter(Generic[S, R]):
         try:
             while self._round(conn):
                 pass
+        except BaseException as exc:  # a bug: fail loudly rather than leave waiters hanging
+            log.exception("SQLite store: the writer thread stopped")
+            with self._cond:
+                self._closing = True
+                waiters = self._waiters + [future for _, future in self._calls]
+                self._waiters, self._calls = [], []
+            self._post(_settle, waiters, exc)
         finally:
             conn.close()
 
     def _round(self, conn: sqlite3.Connection) -> bool:
         """Write one batch and serve the calls queued with it; False once closed and idle."""
         with self._cond:
-            while not self._work_waiting() and not self._closing:
+            while not self._kicked and not self._closing:
                 self._cond.wait()
+            self._kicked = False
             batch, self._pending = self._pending, {}
             meta, self._meta = self._meta, None
             waiters, self._waiters = self._waiters, []
@@ -163,7 +195,7 @@ class GroupCommitWriter(Generic[S, R]):
         failed = False
         if batch or meta is not None:
             failed = not self._commit(conn, batch, meta, waiters)
-        else:
+        elif waiters:
             self._post(_settle, waiters, None)
         for fn, future in calls:
             try:
@@ -175,14 +207,13 @@ class GroupCommitWriter(Generic[S, R]):
                 self._post(_resolve, future, result)
         with self._cond:
             self._busy = False
-            if self._closing and (failed or not self._work_waiting()):
+            more = bool(self._pending or self._meta is not None or self._waiters or self._calls)
+            if self._closing and (failed or not more):
                 return False
+            self._kicked = self._kicked or failed or (self._closing and more)
         if failed:
             time.sleep(RETRY_AFTER_ERROR)
         return True
-
-    def _work_waiting(self) -> bool:
-        return bool(self._pending or self._meta is not None or self._waiters or self._calls)
 
     def _commit(
         self,
