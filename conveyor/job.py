@@ -119,7 +119,14 @@ class Job:
     events: tuple[dict[str, Any], ...] = ()
 
     def replace(self, **changes: Any) -> Job:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (a hand-rolled dataclasses.replace: this is
+        on every state change of every job, and copying slots directly is ~2x faster)."""
+        new = _new_job(Job)
+        for name in _JOB_FIELDS:
+            _set_field(new, name, getattr(self, name))
+        for name, value in changes.items():
+            _set_field(new, name, value)  # an unknown name raises AttributeError (slots)
+        return new
 
     def to_wire(self, *, events: bool = True) -> dict[str, Any]:
         """The job as a protocol/JSON map (see docs/protocol.md, "Job map")."""
@@ -139,6 +146,11 @@ class Job:
         kwargs["state"] = JobState(kwargs.get("state", "queued"))
         kwargs["events"] = tuple(kwargs.get("events", ()))
         return cls(**kwargs)
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
+_new_job = object.__new__
+_set_field = object.__setattr__
 
 
 def event(kind: EventKind, at: float, **details: Any) -> dict[str, Any]:

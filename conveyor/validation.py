@@ -18,9 +18,6 @@ from conveyor.errors import InvalidJob
 from conveyor.job import (
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_BACKOFF,
-    DEFAULT_RETRY_BACKOFF_MAX,
     MAX_PRIORITY,
     MAX_TIMEOUT,
     MIN_PRIORITY,
@@ -46,9 +43,11 @@ class JobSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     queue: str = DEFAULT_QUEUE
     priority: int = DEFAULT_PRIORITY
-    max_retries: int = DEFAULT_RETRIES
-    retry_backoff: float = DEFAULT_RETRY_BACKOFF
-    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    # None: not given by the producer; the broker fills in the task's own defaults
+    # (announced by workers) or the global ones
+    max_retries: int | None = None
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
     timeout: float | None = None
     eta: float | None = None  # absolute UTC epoch seconds
     unique_key: str | None = None
@@ -130,11 +129,13 @@ def parse_job_spec(raw: Any, now: float, max_payload: int = DEFAULT_MAX_PAYLOAD)
         size = len(msgpack.packb([args, kwargs], use_bin_type=True))
         if size > max_payload:
             raise _invalid("payload", f"is {size} bytes; the limit is {max_payload}")
-    retries = raw.get("retries", DEFAULT_RETRIES)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+    retries = raw.get("retries")
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+    ):
         raise _invalid("retries", f"must be an integer from 0 to {MAX_RETRIES}")
-    backoff = _number(raw, "retry_backoff", DEFAULT_RETRY_BACKOFF, 0, 86400)
-    backoff_max = _number(raw, "retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX, 0, 7 * 86400)
+    backoff = _number(raw, "retry_backoff", None, 0, 86400)
+    backoff_max = _number(raw, "retry_backoff_max", None, 0, 7 * 86400)
     timeout = _number(raw, "timeout", None, 0.001, MAX_TIMEOUT)
     delay = _number(raw, "delay", None, 0, 365 * 86400)
     eta = _number(raw, "eta", None, 0, 1e11)
@@ -157,8 +158,8 @@ def parse_job_spec(raw: Any, now: float, max_payload: int = DEFAULT_MAX_PAYLOAD)
         queue=queue,
         priority=priority,
         max_retries=retries,
-        retry_backoff=float(backoff),
-        retry_backoff_max=float(backoff_max),
+        retry_backoff=None if backoff is None else float(backoff),
+        retry_backoff_max=None if backoff_max is None else float(backoff_max),
         timeout=None if timeout is None else float(timeout),
         eta=None if eta is None or eta <= now else float(eta),
         unique_key=unique_key,

@@ -57,9 +57,12 @@ def test_minimal_spec_gets_defaults() -> None:
     assert spec.kwargs == {}
     assert spec.queue == DEFAULT_QUEUE == "default"
     assert spec.priority == DEFAULT_PRIORITY == 5
-    assert spec.max_retries == DEFAULT_RETRIES == 3
-    assert spec.retry_backoff == DEFAULT_RETRY_BACKOFF == 1.0
-    assert spec.retry_backoff_max == DEFAULT_RETRY_BACKOFF_MAX == 300.0
+    # unset retry options stay None: the broker fills in the task's @task options,
+    # else the global defaults (DEFAULT_RETRIES == 3, backoff 1 s, cap 300 s)
+    assert spec.max_retries is None
+    assert spec.retry_backoff is None
+    assert spec.retry_backoff_max is None
+    assert (DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX) == (3, 1.0, 300.0)
     assert spec.timeout is None
     assert spec.eta is None
     assert spec.unique_key is None

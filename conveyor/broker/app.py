@@ -39,6 +39,8 @@ class Broker:
         self.tokens = TokenRegistry(config.tokens_file or config.home / "tokens.json")
         self.dispatcher = Dispatcher(self.store, clock, config.lease, self.changed)
         self.waiters = Waiters()
+        # the @task options workers announced: used when a producer leaves them unset
+        self.task_defaults: dict[str, dict[str, Any]] = {}
         self.sessions: set[Session] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.metrics: Counter[str] = Counter()
@@ -186,6 +188,8 @@ class Broker:
         for job in jobs:
             for worker in self.dispatcher.workers.values():
                 worker.holding.discard(job.id)
+            if job.state.is_final:  # a cancel asked for while it ran took effect
+                self.waiters.finished(job)
         self.metrics["requeued"] += len(jobs)
         self.changed()
         self.dispatcher.trigger()

@@ -8,6 +8,7 @@ then either replies at once or returns a coroutine the session runs as a task.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,13 @@ from conveyor.job import Job, JobState
 from conveyor.protocol.frames import ErrorCode, FrameType
 from conveyor.security.tokens import Role, TokenInfo
 from conveyor.stores.base import Outcome
-from conveyor.validation import MAX_QUEUE_NAME, MAX_TASK_NAME, check_name, parse_job_spec
+from conveyor.validation import (
+    MAX_QUEUE_NAME,
+    MAX_TASK_NAME,
+    JobSpec,
+    check_name,
+    parse_job_spec,
+)
 
 if TYPE_CHECKING:
     from conveyor.broker.session import Session
@@ -53,7 +60,56 @@ def submit(session: Session, frame: dict[str, Any]) -> Reply:
         except InvalidJob as exc:
             prefix = f"jobs[{i}]: " if len(raw_jobs) > 1 else ""
             raise InvalidJob(ErrorCode.INVALID, prefix + exc.message, exc.field) from None
+    defaults = broker.task_defaults
+    specs = [_with_task_defaults(s, defaults.get(s.task)) for s in specs]
     return _submit(session, frame["rid"], specs, now)
+
+
+def _with_task_defaults(spec: JobSpec, task: dict[str, Any] | None) -> JobSpec:
+    """Fill what the producer left unset from the task's own @task options."""
+    if not task:
+        return spec
+    changes = {
+        field: task[key]
+        for field, key in _DEFAULT_FIELDS
+        if getattr(spec, field) is None and key in task
+    }
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+_DEFAULT_FIELDS = (
+    ("max_retries", "retries"),
+    ("retry_backoff", "retry_backoff"),
+    ("retry_backoff_max", "retry_backoff_max"),
+)
+
+
+def _parse_defaults(raw: Any) -> dict[str, dict[str, Any]]:
+    """READY's ``defaults``: {task: {retries, retry_backoff, retry_backoff_max}}."""
+    if raw is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in raw.items():
+        if not isinstance(name, str) or not isinstance(options, dict):
+            raise _invalid("defaults", "defaults must map task names to option maps")
+        probe = {
+            "task": name,
+            **{
+                k: options[k]
+                for k in ("retries", "retry_backoff", "retry_backoff_max")
+                if k in options
+            },
+        }
+        try:
+            spec = parse_job_spec(probe, 0.0)
+        except InvalidJob as exc:
+            raise _invalid("defaults", f"defaults for {name}: {exc.message}") from None
+        out[name] = {
+            key: getattr(spec, field)
+            for field, key in _DEFAULT_FIELDS
+            if getattr(spec, field) is not None
+        }
+    return out
 
 
 async def _submit(session: Session, rid: int, specs: list[Any], now: float) -> None:
@@ -286,6 +342,7 @@ def ready(session: Session, frame: dict[str, Any]) -> Reply:
     prefetch = frame.get("prefetch", concurrency)
     if not 0 <= prefetch <= 10_000:
         raise _invalid("prefetch", "prefetch must be from 0 to 10000")
+    broker.task_defaults.update(_parse_defaults(frame.get("defaults")))
     name = session.client_name or "worker"
     worker = WorkerRef(
         id=f"{name}#{next(_worker_seq)}",

@@ -160,6 +160,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "concurrency": (_INT, True),
         "prefetch": (_INT, False),
         "pool": (_STR, False),
+        "defaults": (_MAP, False),
     },
     FrameType.DISPATCH: {"jobs": (_LIST, True)},
     FrameType.REPORT: {"results": (_LIST, True)},

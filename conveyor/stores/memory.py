@@ -17,16 +17,32 @@ import heapq
 import itertools
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor._ids import new_job_id
 from conveyor.errors import BrokerError, JobNotFound
-from conveyor.job import FINAL_STATES, EventKind, Job, JobState, event
+from conveyor.job import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    FINAL_STATES,
+    EventKind,
+    Job,
+    JobState,
+    event,
+)
 from conveyor.retry import next_retry_at
 from conveyor.stores.base import Claimant, Inserted, Outcome, Store
 from conveyor.validation import JobSpec
 
 _ACTIVE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING})
+T = TypeVar("T")
+
+
+def _default(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
 _TOTALS = ("submitted", "completed", "failed", "retried", "requeued", "dead", "cancelled")
 
 
@@ -39,6 +55,7 @@ class MemoryStore(Store):
         self._seq = itertools.count(1)
         self._front_seq = itertools.count(-1, -1)
         self._job_seq: dict[str, int] = {}  # queued job -> its live heap sequence
+        self._waiting: Counter[tuple[str, str]] = Counter()  # queued jobs by (queue, task)
         self._ready: dict[str, dict[str, list[tuple[int, int, str]]]] = {}
         self._scheduled: list[tuple[float, str]] = []
         self._running: dict[str, set[str]] = {}  # worker -> job ids
@@ -77,9 +94,26 @@ class MemoryStore(Store):
 
     def _push_ready(self, job: Job, front: bool = False) -> None:
         seq = next(self._front_seq) if front else next(self._seq)
-        self._job_seq[job.id] = seq
+        self._index_ready(job, seq)
         by_task = self._ready.setdefault(job.queue, {})
         heapq.heappush(by_task.setdefault(job.task, []), (job.priority, seq, job.id))
+
+    def _index_ready(self, job: Job, seq: int) -> None:
+        """Note that ``job`` is queued under ``seq`` (its heap entry is the caller's job)."""
+        if job.id not in self._job_seq:
+            self._waiting[(job.queue, job.task)] += 1
+        self._job_seq[job.id] = seq
+
+    def _unindex_ready(self, job_id: str) -> bool:
+        """Forget a queued job's heap entry (left in the heap, skipped lazily)."""
+        if self._job_seq.pop(job_id, None) is None:
+            return False
+        job = self._jobs[job_id]
+        key = (job.queue, job.task)
+        self._waiting[key] -= 1
+        if not self._waiting[key]:
+            del self._waiting[key]
+        return True
 
     def _place(self, job: Job, front: bool = False) -> None:
         """Index a job that just became queued or scheduled."""
@@ -117,9 +151,9 @@ class MemoryStore(Store):
                 queue=spec.queue,
                 priority=spec.priority,
                 state=JobState.SCHEDULED if scheduled else JobState.QUEUED,
-                max_retries=spec.max_retries,
-                retry_backoff=spec.retry_backoff,
-                retry_backoff_max=spec.retry_backoff_max,
+                max_retries=_default(spec.max_retries, DEFAULT_RETRIES),
+                retry_backoff=_default(spec.retry_backoff, DEFAULT_RETRY_BACKOFF),
+                retry_backoff_max=_default(spec.retry_backoff_max, DEFAULT_RETRY_BACKOFF_MAX),
                 timeout=spec.timeout,
                 eta=spec.eta,
                 unique_key=spec.unique_key,
@@ -169,7 +203,7 @@ class MemoryStore(Store):
                 return None
             _, seq, job_id = heapq.heappop(best)
             if self._job_seq.get(job_id) == seq:
-                del self._job_seq[job_id]
+                self._unindex_ready(job_id)
                 return job_id
 
     async def job_claim(
@@ -281,8 +315,13 @@ class MemoryStore(Store):
         )
 
     def _requeue(self, old: Job, now: float, reason: str, count_attempt: bool = True) -> Job:
-        """A running job goes back to the front of its priority."""
+        """A running job goes back to the front of its priority (or, if a cancel was
+        asked for while it ran, it is cancelled now instead of running again)."""
         self._unrun(old)
+        if old.cancel_requested:
+            job = self._set(old, self._cancelled(old, now, f"cancelled while running ({reason})"))
+            self._finish(job)
+            return job
         job = old.replace(
             state=JobState.QUEUED,
             attempts=old.attempts if count_attempt else max(0, old.attempts - 1),
@@ -309,8 +348,10 @@ class MemoryStore(Store):
 
     async def job_requeue_worker(self, worker: str, reason: str, now: float) -> list[Job]:
         ids = self._running.pop(worker, set())
-        jobs = [self._requeue(self._jobs[i], now, reason) for i in sorted(ids)]
-        self.totals["requeued"] += len(jobs)
+        # each requeue goes in front of the last: newest first leaves the oldest in front
+        jobs = [self._requeue(self._jobs[i], now, reason) for i in sorted(ids, reverse=True)]
+        jobs.reverse()
+        self.totals["requeued"] += sum(1 for j in jobs if j.state is JobState.QUEUED)
         self._persist(jobs)
         await self._durable()
         return jobs
@@ -322,8 +363,10 @@ class MemoryStore(Store):
             for i in ids
             if (self._jobs[i].lease_expires or 0.0) <= now
         ]
+        expired.sort(key=lambda j: j.id, reverse=True)
         jobs = [self._requeue(j, now, "lease expired") for j in expired]
-        self.totals["requeued"] += len(jobs)
+        jobs.reverse()
+        self.totals["requeued"] += sum(1 for j in jobs if j.state is JobState.QUEUED)
         self._persist(jobs)
         await self._durable()
         return jobs
@@ -362,7 +405,7 @@ class MemoryStore(Store):
             job = old.replace(cancel_requested=True)
             self._jobs[job_id] = job
         else:
-            self._job_seq.pop(job_id, None)
+            self._unindex_ready(job_id)
             job = self._set(old, self._cancelled(old, now, "cancelled"))
             self._finish(job)
         self._persist([job])
@@ -401,11 +444,7 @@ class MemoryStore(Store):
         return None
 
     async def queue_tasks_waiting(self) -> dict[tuple[str, str], int]:
-        waiting: Counter[tuple[str, str]] = Counter()
-        for job_id in self._job_seq:
-            job = self._jobs[job_id]
-            waiting[(job.queue, job.task)] += 1
-        return dict(waiting)
+        return dict(self._waiting)
 
     # -- dead letters and retention ------------------------------------------------------
     def _dead(self, ids: Sequence[str] | None) -> list[Job]:

@@ -207,7 +207,7 @@ class SqliteStore(MemoryStore):
                 self._unique[job.unique_key] = job.id
             if job.state is JobState.QUEUED:
                 seq = next(self._seq) if seq is None else seq
-                self._job_seq[job.id] = seq
+                self._index_ready(job, seq)
                 by_task = self._ready.setdefault(job.queue, {})
                 by_task.setdefault(job.task, []).append((job.priority, seq, job.id))
             elif job.state is JobState.SCHEDULED:

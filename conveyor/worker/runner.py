@@ -162,6 +162,14 @@ class Worker:
                     "concurrency": self.concurrency,
                     "prefetch": self.prefetch,
                     "pool": self.pool_kind,
+                    "defaults": {
+                        t.name: {
+                            "retries": t.retries,
+                            "retry_backoff": t.retry_backoff,
+                            "retry_backoff_max": t.retry_backoff_max,
+                        }
+                        for t in self.registry
+                    },
                 }
             )
             self.worker_id = str(reply.get("worker", ""))

@@ -168,3 +168,22 @@ async def test_cancel_running_async_task_is_cooperative(
     await handle.cancel()
     job = await handle.wait(timeout=5)  # far less than the 30 s it would sleep
     assert job.state is JobState.CANCELLED
+
+
+async def test_task_retry_options_apply_when_the_producer_leaves_them_unset(
+    client: AsyncClient, start_worker
+) -> None:
+    from conveyor import task
+    from conveyor.worker.tasks import TaskRegistry
+
+    registry = TaskRegistry()
+
+    @task(name="fragile", retries=1, retry_backoff=0.01, registry=registry)
+    def fragile() -> None:
+        raise RuntimeError("always")
+
+    await start_worker(registry)
+    by_task = await (await client.submit("fragile")).wait(timeout=10)
+    assert by_task.state is JobState.DEAD and by_task.attempts == 2  # the task's retries=1
+    explicit = await (await client.submit("fragile", retries=0)).wait(timeout=10)
+    assert explicit.state is JobState.DEAD and explicit.attempts == 1  # the producer's wins

@@ -321,6 +321,34 @@ async def test_cancel_running_waits_for_the_report(store: Store) -> None:
     assert await state_of(store, job.id) is JobState.CANCELLED
 
 
+async def test_cancel_running_then_worker_lost_ends_cancelled(store: Store) -> None:
+    await insert(store, spec())
+    (job,) = await claim(store)
+    await store.job_cancel(job.id, T0 + 1)
+    (gone,) = await store.job_requeue_worker("w1", "worker lost", T0 + 2)
+    assert gone.state is JobState.CANCELLED  # not run again
+    assert await claim(store, worker="w2", now=T0 + 3) == []
+    assert (await store.stats())["totals"]["requeued"] == 0
+
+
+async def test_requeued_jobs_keep_their_order_at_the_front(store: Store) -> None:
+    jobs = await insert(store, *(spec() for _ in range(4)))
+    await claim(store, limit=3)
+    await store.job_requeue_worker("w1", "worker lost", T0 + 1)
+    got = await claim(store, worker="w2", now=T0 + 2)
+    assert [j.id for j in got] == [j.id for j in jobs]
+
+
+async def test_waiting_counts_follow_queued_jobs(store: Store) -> None:
+    a, _, _ = await insert(store, spec("x"), spec("x"), spec("y", queue="q2"))
+    assert await store.queue_tasks_waiting() == {("default", "x"): 2, ("q2", "y"): 1}
+    await store.job_cancel(a.id, T0 + 1)
+    await claim(store, tasks=("x",))
+    assert await store.queue_tasks_waiting() == {("q2", "y"): 1}
+    await store.job_requeue_worker("w1", "worker lost", T0 + 2)
+    assert await store.queue_tasks_waiting() == {("default", "x"): 1, ("q2", "y"): 1}
+
+
 async def test_cancel_final_conflicts_and_unknown_is_not_found(store: Store) -> None:
     await insert(store, spec())
     (job,) = await claim(store)
