@@ -100,7 +100,12 @@ class TLSServer:
                 conn.close()
                 continue
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # e.g. EINVAL (macOS) if the peer already reset
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Count the connection now, not when _serve starts: sock_accept returns without
+            # yielding while the backlog holds connections, so a burst would all be admitted.
+            self.open_connections += 1
+            self.per_ip[ip] += 1
             task = loop.create_task(self._serve(conn, ip, peer))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -117,8 +122,6 @@ class TLSServer:
             del self.per_ip[ip]
 
     async def _serve(self, conn: socket.socket, ip: str, peer: str) -> None:
-        self.open_connections += 1
-        self.per_ip[ip] += 1
         handed_over = False
         try:
             first = await self._peek(conn)

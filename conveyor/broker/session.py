@@ -43,7 +43,8 @@ class Session(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._inflight = 0
-        self._paused = False
+        self._paused = False  # reading paused: too many requests in flight, or write_blocked
+        self._write_blocked = False  # the transport's write buffer is above its high-water mark
         self._timer: asyncio.TimerHandle | None = None
         self._last_frame = 0.0
         self._submit_tokens = 0.0
@@ -65,7 +66,16 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.conn.receive_data(data)
-            while not self.closed:
+        except RemoteProtocolError as exc:
+            log.info("protocol error from %s: %s", self.peer, exc)
+            self.fatal(exc.code, str(exc))
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """Handle buffered frames until none is left or reading is paused (backpressure)."""
+        try:
+            while not self.closed and not self._paused:
                 frame = self.conn.next_frame()
                 if frame is None:
                     break
@@ -73,6 +83,33 @@ class Session(asyncio.Protocol):
         except RemoteProtocolError as exc:
             log.info("protocol error from %s: %s", self.peer, exc)
             self.fatal(exc.code, str(exc))
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies as fast as it sends requests: take no new
+        # requests until it does, or its replies pile up in our memory without bound.
+        self.broker.metrics["write_paused"] += 1
+        self._write_blocked = True
+        self._pause_reading()
+        self.broker.changed()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        self._maybe_resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        limit = self.broker.config.limits.max_inflight_requests
+        if not self._paused or self._write_blocked or self._inflight > limit // 2:
+            return
+        self._paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            asyncio.get_running_loop().call_soon(self._process)  # frames buffered meanwhile
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -197,10 +234,8 @@ class Session(asyncio.Protocol):
 
     def _spawn(self, coro: Coroutine[Any, Any, None], rid: Any) -> None:
         self._inflight += 1
-        if self._inflight >= self.broker.config.limits.max_inflight_requests and not self._paused:
-            self._paused = True
-            if self.transport is not None:
-                self.transport.pause_reading()
+        if self._inflight >= self.broker.config.limits.max_inflight_requests:
+            self._pause_reading()
         task = asyncio.get_running_loop().create_task(self._run(coro, rid))
         self.broker.tasks.add(task)
         task.add_done_callback(self.broker.tasks.discard)
@@ -215,13 +250,7 @@ class Session(asyncio.Protocol):
             self.error(ErrorCode.INTERNAL, "internal broker error", rid)
         finally:
             self._inflight -= 1
-            if (
-                self._paused
-                and self._inflight < self.broker.config.limits.max_inflight_requests // 2
-            ):
-                self._paused = False
-                if self.transport is not None and not self.closed:
-                    self.transport.resume_reading()
+            self._maybe_resume_reading()
 
     def take_submit_budget(self, n: int) -> bool:
         """Token bucket on submitted jobs per second (when a limit is configured)."""

@@ -1,0 +1,390 @@
+"""The role table, enforced by a running broker: every client frame type, every role.
+
+Each case opens its own raw TLS connection (no client library in between), sends one
+minimal, schema-valid frame of one type and checks what the broker does with it:
+a frame the role may not send gets ERROR ``forbidden`` echoing its rid, and the
+connection stays usable; a frame the role may send gets anything but ``forbidden``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from conveyor.broker.app import Broker
+from conveyor.client.aio import AsyncClient
+from conveyor.errors import AuthenticationError, PermissionDenied
+from conveyor.protocol.codec import EOF, FrameDecoder, encode_frame
+from conveyor.protocol.frames import PROTOCOL_VERSION, FrameType
+from conveyor.security.roles import BROKER_ONLY_FRAMES, ROLE_PERMISSIONS, may_send
+from conveyor.security.tls import client_context
+from conveyor.security.tokens import Role, TokenRegistry, hash_token
+
+F = FrameType
+CLIENT_FRAMES = frozenset(FrameType) - BROKER_ONLY_FRAMES
+
+
+class Raw:
+    """A bare TLS connection speaking frames: no client library logic in between."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(max_frame_size=2**31)  # read whatever the broker sends
+        self._rid = 1000
+
+    @classmethod
+    async def open(cls, port: int, home: Path, token: str | None = None) -> Raw:
+        """Connect with TLS; with ``token``, also complete HELLO/WELCOME."""
+        ctx = client_context(home / "ca.pem")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"), 5
+        )
+        raw = cls(reader, writer)
+        if token is not None:
+            welcome = await raw.hello(token)
+            assert welcome is not None and welcome["t"] == "welcome", welcome
+        return raw
+
+    def rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.writer.write(encode_frame(frame, max_frame_size=2**31))
+
+    async def hello(self, token: str, v: int = PROTOCOL_VERSION) -> dict[str, Any] | None:
+        self.send({"t": "hello", "v": v, "token": token, "name": "raw"})
+        return await self.recv()
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next frame, or None once the broker closed the connection."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = self.decoder.next_frame()
+                if isinstance(frame, dict):
+                    return frame
+                if frame is EOF:
+                    return None
+                try:
+                    data = await self.reader.read(65536)
+                except (ConnectionError, OSError):
+                    data = b""
+                self.decoder.receive_data(data)
+
+    async def until(self, rid: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Every frame up to and including the first that carries ``rid``."""
+        seen: list[dict[str, Any]] = []
+        while True:
+            frame = await self.recv(timeout)
+            assert frame is not None, f"connection closed before a reply to rid {rid}: {seen}"
+            seen.append(frame)
+            if frame.get("rid") == rid:
+                return seen
+
+    async def ping(self) -> None:
+        """The connection still works: a PING gets its PONG."""
+        rid = self.rid()
+        self.send({"t": "ping", "rid": rid})
+        assert (await self.until(rid))[-1]["t"] == "pong"
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
+    """A schema-valid frame of ``ftype`` that is harmless to the other cases."""
+    frames: dict[FrameType, dict[str, Any]] = {
+        F.HELLO: {"v": PROTOCOL_VERSION, "token": "cvy_x"},
+        F.ERROR: {"code": "invalid", "message": "a client-side note"},  # not a fatal code
+        F.PING: {},
+        F.PONG: {},
+        F.GOODBYE: {"reason": "bye"},
+        F.SUBMIT: {"jobs": [{"task": "add", "args": [1, 2]}]},
+        F.GET: {"id": "no-such-job"},
+        F.WAIT: {"id": "no-such-job", "timeout": 0},
+        F.LIST: {"limit": 1},
+        F.STATS: {},
+        F.CANCEL: {"id": "no-such-job"},
+        F.DLQ_RETRY: {"ids": []},
+        F.DLQ_PURGE: {"ids": []},  # an empty list: purge nothing (no ids would purge all)
+        F.TOKEN_CREATE: {"role": "producer", "name": f"made-{rid}"},
+        F.TOKEN_LIST: {},
+        F.TOKEN_REVOKE: {"name": "no-such-token"},
+        F.READY: {"tasks": ["add"], "queues": ["default"], "concurrency": 1},
+        F.REPORT: {"results": []},
+        F.HEARTBEAT: {"running": []},
+        F.RELEASE: {"jobs": []},
+        F.DRAIN: {},
+    }
+    # every frame carries a rid, even types whose schema has none (extra fields are
+    # ignored), so that a FORBIDDEN reply can be matched to it
+    return {"t": ftype.value, "rid": rid, **frames[ftype]}
+
+
+# frames the broker answers with a reply carrying the request's rid (when allowed)
+ANSWERED = frozenset(
+    {
+        F.PING,
+        F.SUBMIT,
+        F.GET,
+        F.WAIT,
+        F.LIST,
+        F.STATS,
+        F.CANCEL,
+        F.DLQ_RETRY,
+        F.DLQ_PURGE,
+        F.TOKEN_CREATE,
+        F.TOKEN_LIST,
+        F.TOKEN_REVOKE,
+        F.READY,
+    }
+)
+# frames the broker may answer without a rid, or not at all; checked with a PING after them
+# (HELLO and GOODBYE end or break the session and have their own tests)
+UNANSWERED = CLIENT_FRAMES - ANSWERED - {F.HELLO, F.GOODBYE}
+WORKER_FRAMES_NEEDING_READY = (F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN)
+
+
+def new_token(home: Path, role: Role, **kwargs: Any) -> str:
+    token, _ = TokenRegistry(home / "tokens.json").create(role, now=time.time(), **kwargs)
+    return token
+
+
+def test_every_client_frame_type_is_covered() -> None:
+    # a new frame type fails here until it has a minimal frame and a place in the matrix
+    assert {F(minimal_frame(t, 1)["t"]) for t in CLIENT_FRAMES} == CLIENT_FRAMES
+    assert ANSWERED | UNANSWERED | {F.HELLO, F.GOODBYE} == CLIENT_FRAMES
+    assert set(ROLE_PERMISSIONS) == set(Role)
+
+
+@pytest.mark.parametrize("ftype", sorted(ANSWERED | UNANSWERED), ids=str)
+@pytest.mark.parametrize("role", list(Role), ids=str)
+async def test_role_matrix(broker: Broker, home: Path, role: Role, ftype: FrameType) -> None:
+    raw = await Raw.open(broker.port, home, new_token(home, role))
+    try:
+        if ftype in WORKER_FRAMES_NEEDING_READY and may_send(role, F.READY):
+            # a worker's frames after READY reach their handler (not a "send ready" conflict)
+            ready_rid = raw.rid()
+            raw.send(minimal_frame(F.READY, ready_rid))
+            assert (await raw.until(ready_rid))[-1]["t"] == "ok"
+        rid = raw.rid()
+        raw.send(minimal_frame(ftype, rid))
+        if ftype in ANSWERED:
+            replies = await raw.until(rid)
+        else:
+            ping_rid = raw.rid()
+            raw.send({"t": "ping", "rid": ping_rid})
+            replies = await raw.until(ping_rid)
+        mine = [f for f in replies if f.get("rid") == rid]
+        if may_send(role, ftype):
+            assert all(f.get("code") != "forbidden" for f in replies), replies
+            if ftype in ANSWERED:
+                assert mine[-1]["t"] != "error" or mine[-1]["code"] in {"not_found"}, mine
+        else:
+            assert len(mine) == 1, replies
+            assert mine[0]["t"] == "error" and mine[0]["code"] == "forbidden", mine
+            assert role.value in mine[0]["message"] and ftype.value in mine[0]["message"]
+        # forbidden or not, the session goes on
+        await raw.ping()
+    finally:
+        await raw.close()
+    assert broker.metrics["forbidden"] == (0 if may_send(role, ftype) else 1)
+
+
+@pytest.mark.parametrize(
+    ("role", "ftype"),
+    [
+        (Role.WORKER, F.SUBMIT),
+        (Role.WORKER, F.CANCEL),
+        (Role.WORKER, F.DLQ_PURGE),
+        (Role.WORKER, F.TOKEN_CREATE),
+        (Role.PRODUCER, F.READY),
+        (Role.PRODUCER, F.REPORT),
+        (Role.PRODUCER, F.HEARTBEAT),
+        (Role.PRODUCER, F.DLQ_RETRY),
+        (Role.PRODUCER, F.DLQ_PURGE),
+        (Role.PRODUCER, F.TOKEN_CREATE),
+        (Role.PRODUCER, F.TOKEN_LIST),
+        (Role.PRODUCER, F.TOKEN_REVOKE),
+    ],
+    ids=str,
+)
+async def test_escalations_spelled_out(
+    broker: Broker, home: Path, role: Role, ftype: FrameType
+) -> None:
+    # independent of ROLE_PERMISSIONS: these must stay forbidden whatever the table says
+    raw = await Raw.open(broker.port, home, new_token(home, role))
+    try:
+        for _ in range(2):  # twice: the first refusal did not break anything
+            rid = raw.rid()
+            raw.send(minimal_frame(ftype, rid))
+            [reply] = [f for f in await raw.until(rid) if f.get("rid") == rid]
+            assert (reply["t"], reply["code"]) == ("error", "forbidden")
+            await raw.ping()
+    finally:
+        await raw.close()
+    assert broker.metrics["forbidden"] == 2
+    assert len(TokenRegistry(home / "tokens.json").list()) == 2  # admin + the one above
+
+
+async def test_admin_may_send_everything(broker: Broker, home: Path, start_worker) -> None:
+    await start_worker()
+    raw = await Raw.open(broker.port, home, (home / "admin.token").read_text().strip())
+    try:
+        rid = raw.rid()
+        raw.send(minimal_frame(F.SUBMIT, rid))
+        [submitted] = [f for f in await raw.until(rid) if f.get("rid") == rid]
+        job_id = submitted["jobs"][0]["id"]
+        rid = raw.rid()
+        raw.send({"t": "wait", "rid": rid, "id": job_id, "timeout": 10})
+        [done] = [f for f in await raw.until(rid) if f.get("rid") == rid]
+        assert done["job"]["state"] == "completed" and done["job"]["result"] == 3
+        for ftype in sorted(CLIENT_FRAMES - {F.HELLO, F.GOODBYE}):
+            rid = raw.rid()
+            raw.send(minimal_frame(ftype, rid))
+            await raw.ping()
+        assert broker.metrics["forbidden"] == 0
+        raw.send(minimal_frame(F.GOODBYE, raw.rid()))
+        late = []  # replies of async handlers may still come; then goodbye closes
+        while (frame := await raw.recv()) is not None:
+            late.append(frame)
+        assert all(f.get("code") != "forbidden" for f in late), late
+    finally:
+        await raw.close()
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+async def test_a_second_hello_is_a_fatal_bad_frame(broker: Broker, home: Path, role: Role) -> None:
+    token = new_token(home, role)
+    raw = await Raw.open(broker.port, home, token)
+    try:
+        reply = await raw.hello(token)
+        assert reply is not None and (reply["t"], reply["code"]) == ("error", "bad_frame")
+        assert await raw.recv() is None
+    finally:
+        await raw.close()
+
+
+# -- tokens: expired, revoked, managed over the protocol ----------------------------------
+async def refused(broker: Broker, home: Path, token: str) -> None:
+    """HELLO with ``token`` gets ERROR unauthorized, then the broker closes."""
+    raw = await Raw.open(broker.port, home)
+    try:
+        reply = await raw.hello(token)
+        assert reply is not None, "closed without an ERROR frame"
+        assert (reply["t"], reply["code"]) == ("error", "unauthorized"), reply
+        assert await raw.recv() is None
+    finally:
+        await raw.close()
+
+
+async def test_expired_token_is_refused(broker: Broker, home: Path) -> None:
+    # made 100 s ago with a 1 s ttl: expired by the broker's clock
+    registry = TokenRegistry(home / "tokens.json")
+    expired, info = registry.create(Role.ADMIN, "old", ttl=1, now=time.time() - 100)
+    assert info.expires_at is not None and info.expires_at < broker.clock.now()
+    fresh, _ = registry.create(Role.ADMIN, "fresh", ttl=3600, now=time.time())
+    await refused(broker, home, expired)
+    assert broker.metrics["auth_failures"] == 1
+    raw = await Raw.open(broker.port, home, fresh)  # a ttl alone does not refuse
+    await raw.ping()
+    await raw.close()
+
+
+async def test_revoked_token_is_refused(home: Path, broker_config) -> None:
+    registry = TokenRegistry(home / "tokens.json")
+    token, _ = registry.create(Role.PRODUCER, "gone", now=time.time())
+    assert registry.revoke("gone")
+    broker = Broker(broker_config)  # starts with the token already revoked
+    await broker.start()
+    try:
+        await refused(broker, home, token)
+    finally:
+        await broker.stop()
+
+
+async def test_revocation_while_the_broker_runs(broker: Broker, home: Path) -> None:
+    registry = TokenRegistry(home / "tokens.json")  # like `conveyor token` in another process
+    token, _ = registry.create(Role.PRODUCER, "leaky", now=time.time())
+    first = await Raw.open(broker.port, home, token)  # works before the revoke
+    await first.close()
+    assert registry.revoke("leaky")
+    await refused(broker, home, token)
+    # other tokens are untouched
+    other = await Raw.open(broker.port, home, new_token(home, Role.PRODUCER))
+    await other.ping()
+    await other.close()
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+async def test_tokens_managed_over_the_protocol(broker: Broker, home: Path, role: Role) -> None:
+    admin = await Raw.open(broker.port, home, (home / "admin.token").read_text().strip())
+    try:
+        rid = admin.rid()
+        admin.send({"t": "token_create", "rid": rid, "role": role.value, "name": "svc", "ttl": 60})
+        created = (await admin.until(rid))[-1]
+        assert created["t"] == "ok", created
+        token = created["token"]
+        assert token.startswith("cvy_")
+        assert created["info"]["name"] == "svc" and created["info"]["role"] == role.value
+
+        # the new token works, with exactly its role
+        user = await Raw.open(broker.port, home)
+        welcome = await user.hello(token)
+        assert welcome is not None and welcome["t"] == "welcome" and welcome["role"] == role.value
+        probe = F.TOKEN_LIST if role is not Role.ADMIN else F.STATS
+        rid = user.rid()
+        user.send(minimal_frame(probe, rid))
+        reply = (await user.until(rid))[-1]
+        assert (reply.get("code") == "forbidden") is (role is not Role.ADMIN)
+        await user.close()
+
+        # listed, without the secret or its full hash
+        rid = admin.rid()
+        admin.send({"t": "token_list", "rid": rid})
+        listed = (await admin.until(rid))[-1]
+        [svc] = [t for t in listed["tokens"] if t["name"] == "svc"]
+        assert svc["role"] == role.value and svc["revoked"] is False
+        assert set(svc) == {"name", "role", "created_at", "expires_at", "revoked", "hash_prefix"}
+        wire = msgpack.packb(listed)
+        assert token.encode() not in wire and token[4:].encode() not in wire
+        assert hash_token(token).encode() not in wire
+
+        # revoked over the protocol: the next HELLO fails
+        rid = admin.rid()
+        admin.send({"t": "token_revoke", "rid": rid, "name": "svc"})
+        assert (await admin.until(rid))[-1] == {"t": "ok", "rid": rid, "revoked": "svc"}
+        await refused(broker, home, token)
+        rid = admin.rid()
+        admin.send({"t": "token_revoke", "rid": rid, "name": "never-was"})
+        assert (await admin.until(rid))[-1]["code"] == "not_found"
+    finally:
+        await admin.close()
+
+
+async def test_client_library_sees_the_same_refusals(broker: Broker, home: Path) -> None:
+    worker_token = new_token(home, Role.WORKER)
+    c = AsyncClient(broker.url, home=home, token=worker_token, reconnect_timeout=0)
+    await c.connect()
+    try:
+        with pytest.raises(PermissionDenied):
+            await c.submit("add", a=1, b=2)
+        assert "broker" in await c.stats()  # still connected, and allowed stats
+    finally:
+        await c.close()
+    TokenRegistry(home / "tokens.json").revoke(
+        next(t.name for t in TokenRegistry(home / "tokens.json").list() if t.role is Role.WORKER)
+    )
+    again = AsyncClient(broker.url, home=home, token=worker_token, reconnect_timeout=0)
+    with pytest.raises(AuthenticationError):
+        await again.connect()
+    assert broker.metrics["auth_failures"] == 1
