@@ -131,7 +131,7 @@ class Broker:
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
-        self.metrics["connections"] += 1
+        self.metrics["connections_total"] += 1
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -221,9 +221,9 @@ class Broker:
             "store": self.store.url,
             "pid": os.getpid(),
             "uptime": self.clock.now() - self.started_at,
+            **dict(self.metrics),
             "connections": len(self.sessions),
             "dispatched": self.dispatcher.dispatched,
             "waiters": len(self.waiters),
-            **dict(self.metrics),
         }
         return data

@@ -13,6 +13,8 @@ import itertools
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.errors import BrokerError, InvalidJob, JobNotFound
 from conveyor.job import Job, JobState
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 Reply = Coroutine[Any, Any, None] | None
 Handler = Callable[["Session", dict[str, Any]], Reply]
 MAX_LIST = 1000
+MAX_WAITS = 10_000  # outstanding WAITs per connection: each holds broker memory
 _worker_seq = itertools.count(1)
 
 
@@ -140,22 +143,32 @@ async def _get(session: Session, rid: int, job_id: str) -> None:
 
 def wait(session: Session, frame: dict[str, Any]) -> Reply:
     timeout = frame.get("timeout")
-    if timeout is not None and timeout < 0:
-        raise _invalid("timeout", "timeout must be >= 0")
+    if timeout is not None and not 0 <= timeout <= 86_400:  # also refuses NaN
+        raise _invalid("timeout", "timeout must be from 0 to 86400 seconds")
+    if session.waits >= MAX_WAITS:
+        raise BrokerError(
+            ErrorCode.RATE_LIMITED, f"at most {MAX_WAITS} outstanding waits per connection"
+        )
+    session.waits += 1  # counted at once, so a burst of WAITs cannot slip past the cap
     return _wait(session, frame["rid"], frame["id"], timeout)
 
 
 async def _wait(session: Session, rid: int, job_id: str, timeout: float | None) -> None:
+    """Reply with the job once it is final (or when ``timeout`` passes); no polling."""
     broker = session.broker
-    job = await broker.store.job_get(job_id)
+    try:
+        job = await broker.store.job_get(job_id)
+    except BaseException:
+        session.waits -= 1
+        raise
     if job is None:
+        session.waits -= 1
         raise JobNotFound(ErrorCode.NOT_FOUND, f"no job {job_id}")
     if job.state.is_final or timeout == 0:
+        session.waits -= 1
         session.send({"t": "job", "rid": rid, "job": broker.describe_job(job)})
         return
-    loop = asyncio.get_running_loop()
     timer: asyncio.TimerHandle | None = None
-    session.waits += 1
 
     def done(final: Job) -> None:
         if timer is not None:
@@ -166,11 +179,11 @@ async def _wait(session: Session, rid: int, job_id: str, timeout: float | None) 
     def expired() -> None:
         broker.waiters.discard(job_id, done)
         session.waits -= 1
-        session.broker.spawn(_get(session, rid, job_id))
+        broker.spawn(_get(session, rid, job_id))
 
     broker.waiters.add(job_id, session, done)
     if timeout is not None:
-        timer = loop.call_later(timeout, expired)
+        timer = asyncio.get_running_loop().call_later(timeout, expired)
 
 
 def cancel(session: Session, frame: dict[str, Any]) -> Reply:
@@ -207,7 +220,20 @@ async def _list(
     session: Session, rid: int, state: str | None, queue: str | None, limit: int, offset: int
 ) -> None:
     jobs = await session.broker.store.job_list(state, queue, limit, offset)
-    session.send({"t": "jobs", "rid": rid, "jobs": [j.to_wire(events=False) for j in jobs]})
+    wire = [j.to_wire(events=False) for j in jobs]
+    # Big payloads can make a full page exceed the frame limit: send the longest prefix
+    # that fits and say so; the client asks again with a larger offset.
+    budget = session.broker.config.limits.max_frame_size - 1024
+    size, fits = 0, len(wire)
+    for i, job in enumerate(wire):
+        size += len(msgpack.packb(job, use_bin_type=True))
+        if size > budget:
+            fits = max(1, i)
+            break
+    reply: dict[str, Any] = {"t": "jobs", "rid": rid, "jobs": wire[:fits]}
+    if fits < len(wire):
+        reply["truncated"] = True
+    session.send(reply)
 
 
 def stats(session: Session, frame: dict[str, Any]) -> Reply:
@@ -401,7 +427,7 @@ def _outcome(raw: Any) -> Outcome:
     if not ok and not isinstance(error_map, dict):
         raise _invalid("results", "a failed result needs an error map")
     delay = raw.get("retry_delay")
-    if delay is not None and (not isinstance(delay, int | float) or delay < 0):
+    if delay is not None and (not isinstance(delay, int | float) or not 0 <= delay <= 365 * 86400):
         raise _invalid("results", "retry_delay must be a number >= 0")
     return Outcome(
         id=job_id,

@@ -19,7 +19,14 @@ from typing import Any
 
 from conveyor._ids import new_job_id
 from conveyor.config import ClientSettings, parse_broker_url, resolve_client_settings
-from conveyor.errors import BrokerError, ConfigError, InvalidJob, JobFailed, PayloadDecryptError
+from conveyor.errors import (
+    BrokerError,
+    ConfigError,
+    InvalidJob,
+    JobFailed,
+    LocalProtocolError,
+    PayloadDecryptError,
+)
 from conveyor.job import Job, JobState
 from conveyor.protocol.frames import DEFAULT_MAX_BATCH
 from conveyor.security.payload import (
@@ -169,3 +176,15 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     opts = {k: options[k] for k in (*SUBMIT_OPTIONS, "job_id") if k in options}
     rest = {k: v for k, v in options.items() if k not in opts}
     return opts, rest
+
+
+def split_oversized(
+    chunk: list[dict[str, Any]], exc: LocalProtocolError
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Halves of a batch whose SUBMIT frame was too large; re-raise when it cannot split."""
+    if exc.code != "frame_too_large":
+        raise exc
+    if len(chunk) == 1:
+        raise InvalidJob("invalid", f"payload is too large to send: {exc}", "payload") from exc
+    mid = len(chunk) // 2
+    return chunk[:mid], chunk[mid:]

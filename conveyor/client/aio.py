@@ -19,9 +19,10 @@ from conveyor.client._base import (
     read_job,
     seal_spec,
     split_options,
+    split_oversized,
 )
 from conveyor.client._conn import AsyncConnection
-from conveyor.errors import ConnectionLost, ResultTimeout
+from conveyor.errors import ConnectionLost, LocalProtocolError, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
@@ -151,9 +152,18 @@ class AsyncClient:
         out: list[AsyncJob] = []
         for chunk in chunks(specs):
             if chunk:
-                reply = await self._request({"t": "submit", "jobs": chunk})
-                out.extend(AsyncJob(self, j["id"]) for j in reply["jobs"])
+                out.extend(AsyncJob(self, j["id"]) for j in await self._submit_chunk(chunk))
         return out
+
+    async def _submit_chunk(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Submit one batch; one too big for a frame is split in halves until it fits."""
+        try:
+            reply = await self._request({"t": "submit", "jobs": chunk})
+        except LocalProtocolError as exc:
+            halves = split_oversized(chunk, exc)
+            return [*await self._submit_chunk(halves[0]), *await self._submit_chunk(halves[1])]
+        jobs: list[dict[str, Any]] = reply["jobs"]
+        return jobs
 
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id)

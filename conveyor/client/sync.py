@@ -23,8 +23,9 @@ from conveyor.client._base import (
     reply_error,
     seal_spec,
     split_options,
+    split_oversized,
 )
-from conveyor.errors import ConnectionLost, ProtocolError, ResultTimeout
+from conveyor.errors import ConnectionLost, LocalProtocolError, ProtocolError, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.protocol.connection import ClientConnection, ConnState
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
@@ -233,9 +234,18 @@ class Client:
         out: list[JobHandle] = []
         for chunk in chunks(specs):
             if chunk:
-                reply = self._request({"t": "submit", "jobs": chunk})
-                out.extend(JobHandle(self, j["id"]) for j in reply["jobs"])
+                out.extend(JobHandle(self, j["id"]) for j in self._submit_chunk(chunk))
         return out
+
+    def _submit_chunk(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Submit one batch; one too big for a frame is split in halves until it fits."""
+        try:
+            reply = self._request({"t": "submit", "jobs": chunk})
+        except LocalProtocolError as exc:
+            halves = split_oversized(chunk, exc)
+            return [*self._submit_chunk(halves[0]), *self._submit_chunk(halves[1])]
+        jobs: list[dict[str, Any]] = reply["jobs"]
+        return jobs
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)

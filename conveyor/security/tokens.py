@@ -101,7 +101,8 @@ class TokenRegistry:
         found: TokenInfo | None = None
         # Compare against every entry in constant time. The digests are of 256-bit random
         # secrets, so a timing leak would not help much anyway; this keeps it a non-issue.
-        for entry in self._entries.values():
+        # tuple(): create/revoke may run in a thread and replace entries meanwhile
+        for entry in tuple(self._entries.values()):
             if hmac.compare_digest(entry.digest, digest):
                 found = entry.info
         if found is None or not found.is_active(now):

@@ -125,7 +125,7 @@ async def test_bad_client_certificates_are_refused(
     await lib.close()
     await job_done_by_certified_client(broker, home)  # the broker keeps serving
     assert broker.metrics["tls_failures"] == 2
-    assert broker.metrics["connections"] == 2  # only the worker and alice got a session
+    assert broker.metrics["connections_total"] == 2  # only the worker and alice got a session
     assert "TLS handshake with 127.0.0.1:" in caplog.text
 
 
