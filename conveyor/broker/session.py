@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from conveyor.broker.handlers import HANDLERS
 from conveyor.errors import BrokerError, LocalProtocolError, RemoteProtocolError
 from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import ErrorCode, FrameType
@@ -188,8 +189,6 @@ class Session(asyncio.Protocol):
                 rid if isinstance(rid, int) else None,
             )
             return
-        from conveyor.broker.handlers import HANDLERS
-
         handler = HANDLERS.get(ftype)
         if handler is None:  # a reply type sent by a client
             self.fatal(ErrorCode.BAD_FRAME, f"{ftype.value} frames are sent by the broker only")

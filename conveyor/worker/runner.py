@@ -35,9 +35,9 @@ from typing import Any
 
 from conveyor.client._base import make_endpoint
 from conveyor.client._conn import AsyncConnection
-from conveyor.errors import BrokerError, ConnectionLost
+from conveyor.errors import BrokerError, ConnectionLost, LocalProtocolError
 from conveyor.security.payload import PayloadCipher, resolve_cipher
-from conveyor.worker.execute import RunResult
+from conveyor.worker.execute import RunResult, cancelled, failure
 from conveyor.worker.pools import Pool, make_pool
 from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
@@ -246,8 +246,13 @@ class Worker:
             target = self._held.get(str(frame.get("id")))
             if target is not None:
                 log.info("job %s cancelled by the broker", target.id)
-                if not self.pool.cancel(target.id) and not target.started and target.task:
+                if not target.started and target.task is not None:
+                    # never started: drop it and say so, so the broker can finish it
                     target.task.cancel()
+                    self._held.pop(target.id, None)
+                    self._queue_report(target, cancelled("cancelled before it started"))
+                else:
+                    self.pool.cancel(target.id)  # cooperative where the pool can
         elif kind == "acked":
             self.stats.acked += len(frame.get("ids", ()))
         elif kind == "goodbye":
@@ -293,4 +298,33 @@ class Worker:
             return
         reports, self._reports = self._reports, []
         with contextlib.suppress(ConnectionLost):
-            self._conn.send({"t": "report", "results": reports})
+            self._send_reports(self._conn, reports)
+
+    def _send_reports(self, conn: AsyncConnection, reports: list[dict[str, Any]]) -> None:
+        """One REPORT frame; halves when that would exceed the frame size limit."""
+        try:
+            conn.send({"t": "report", "results": reports})
+        except LocalProtocolError as exc:
+            if exc.code != "frame_too_large":
+                raise
+            if len(reports) > 1:
+                mid = len(reports) // 2
+                self._send_reports(conn, reports[:mid])
+                self._send_reports(conn, reports[mid:])
+                return
+            (alone,) = reports  # one result too big even on its own: fail the job instead
+            error = failure("ResultTooLarge", f"the result does not fit in a frame: {exc}")
+            conn.send(
+                {
+                    "t": "report",
+                    "results": [
+                        {
+                            "id": alone["id"],
+                            "lease": alone["lease"],
+                            "ok": False,
+                            "error": error.error,
+                            "reject": True,
+                        }
+                    ],
+                }
+            )

@@ -247,3 +247,20 @@ async def test_cli_submit_result_status_round_trip(
     assert job_id in status and "completed" in status
     assert "completed" in await cli("jobs", "--state", "completed", "--limit", "5")
     assert "completed 2" in await cli("stats")
+
+
+async def test_cancel_of_a_prefetched_job_is_immediate(
+    client: AsyncClient, broker: Broker, start_worker
+) -> None:
+    gate = Gate()
+    await start_worker(gated_registry(gate), concurrency=1, prefetch=1)
+    blocker = await client.submit("gated", kwargs={"label": "blocker"})
+    await asyncio.to_thread(gate.wait_started, "blocker")
+    waiting = await client.submit("gated", kwargs={"label": "never"})
+    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 2)  # held by the worker
+    await waiting.cancel()
+    job = await waiting.wait(timeout=5)  # while the blocker still runs
+    assert job.state is JobState.CANCELLED
+    gate.open()
+    assert await blocker.result(timeout=10) == "blocker"
+    assert gate.order == ["blocker"]

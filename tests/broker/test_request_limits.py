@@ -8,7 +8,7 @@ import pytest
 
 from conveyor import AsyncClient, InvalidJob
 from conveyor.broker.app import Broker
-from conveyor.broker.handlers import MAX_WAITS
+from conveyor.broker.producer import MAX_WAITS
 from conveyor.errors import BrokerError
 
 
@@ -33,7 +33,7 @@ async def test_a_page_of_big_jobs_is_truncated_to_fit_a_frame(client: AsyncClien
 async def test_outstanding_waits_per_connection_are_capped(
     client: AsyncClient, broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("conveyor.broker.handlers.MAX_WAITS", 3)
+    monkeypatch.setattr("conveyor.broker.producer.MAX_WAITS", 3)
     handle = await client.submit("noop")
     conn = client._conn
     assert conn is not None
