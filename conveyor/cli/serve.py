@@ -19,7 +19,9 @@ from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
 from conveyor.cli._util import duration_option
 from conveyor.config import DEFAULT_BROKER_PORT, DEFAULT_HOST, ensure_broker_files, home_dir
+from conveyor.protocol.frames import DEFAULT_MAX_FRAME_SIZE
 from conveyor.stores import default_store_url
+from conveyor.validation import DEFAULT_MAX_PAYLOAD
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -70,6 +72,34 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--max-connections", type=int, default=10_000, show_default=True)
 @click.option("--max-connections-per-ip", type=int, default=1_000, show_default=True)
 @click.option("--submit-rate", type=float, default=0.0, help="jobs/s per connection; 0 = no limit")
+@click.option(
+    "--max-frame-size",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_FRAME_SIZE,
+    show_default=True,
+    help="bytes per protocol frame",
+)
+@click.option(
+    "--max-payload",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_PAYLOAD,
+    show_default=True,
+    help="bytes of args+kwargs per job",
+)
+@click.option(
+    "--handshake-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="seconds for a new connection to finish TLS and HELLO",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="seconds a producer connection may stay silent",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def broker(**opts: object) -> None:
     """Run the broker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
@@ -95,6 +125,10 @@ def broker(**opts: object) -> None:
             max_connections=int(opts["max_connections"]),  # type: ignore[call-overload]
             max_connections_per_ip=int(opts["max_connections_per_ip"]),  # type: ignore[call-overload]
             submits_per_second=float(opts["submit_rate"]),  # type: ignore[arg-type]
+            max_frame_size=int(opts["max_frame_size"]),  # type: ignore[call-overload]
+            max_payload=int(opts["max_payload"]),  # type: ignore[call-overload]
+            handshake_timeout=float(opts["handshake_timeout"]),  # type: ignore[arg-type]
+            idle_timeout=float(opts["idle_timeout"]),  # type: ignore[arg-type]
         ),
     )
     run_loop(_serve_broker(config))

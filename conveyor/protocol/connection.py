@@ -151,6 +151,10 @@ class ClientConnection(_Connection):
     def _check_turn(self, frame: Frame) -> None:
         if self.state is ConnState.AWAIT_WELCOME:
             if frame["t"] == FrameType.WELCOME:
+                # speak the broker's frame limit from now on, both ways
+                limit = frame.get("max_frame_size")
+                if isinstance(limit, int) and limit >= 1024:
+                    self.max_frame_size = self.decoder.max_frame_size = limit
                 self._move(ConnState.OPEN)
             elif frame["t"] != FrameType.ERROR:
                 raise RemoteProtocolError(f"expected welcome, got {frame['t']}", "bad_frame")

@@ -281,3 +281,17 @@ def test_receive_respects_max_frame_size() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         small.to_server(encode_frame({"t": "get", "rid": 1, "id": "x" * 200}))
     assert info.value.code == "frame_too_large"
+
+
+def test_client_adopts_the_brokers_frame_limit() -> None:
+    from conveyor.protocol.codec import encode_frame
+    from conveyor.protocol.connection import ClientConnection
+
+    client = ClientConnection()
+    client.hello("t")
+    welcome = {"t": "welcome", "v": 1, "session": "s", "role": "admin", "max_frame_size": 4 << 20}
+    client.receive_data(encode_frame(welcome))
+    assert client.next_frame() is not None
+    assert client.decoder.max_frame_size == 4 << 20
+    big = {"t": "ping", "rid": 1, "pad": "x" * (2 << 20)}
+    assert len(client.send(big)) > 2 << 20  # would have been refused at the 1 MiB default
