@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_options(fn: F) -> F:
-    """--broker, --token, --ca, --home: flag > environment > $CONVEYOR_HOME files."""
+    """--broker, --token, --ca, --cert, --key, --home: flag > environment > $CONVEYOR_HOME."""
     for option in reversed(
         [
             click.option(
@@ -38,6 +38,12 @@ def client_options(fn: F) -> F:
                 help="CA certificate to verify the broker "
                 "[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]",
             ),
+            click.option(
+                "--cert",
+                metavar="FILE",
+                help="client certificate, for mutual TLS [env CONVEYOR_CERT]",
+            ),
+            click.option("--key", metavar="FILE", help="its private key [env CONVEYOR_KEY]"),
             click.option("--home", metavar="DIR", help="[env CONVEYOR_HOME; default ./.conveyor]"),
         ]
     ):
@@ -53,6 +59,8 @@ def connect(opts: dict[str, Any]) -> Iterator[Client]:
             opts.get("broker_url"),
             token=opts.get("token"),
             ca=opts.get("ca"),
+            cert=opts.get("cert"),
+            key=opts.get("key"),
             home=opts.get("home"),
             name="cli",
             reconnect_timeout=0,
@@ -81,7 +89,7 @@ def errors_as_exit() -> Iterator[None]:
 
 
 def pop_client_opts(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs.pop(k) for k in ("broker_url", "token", "ca", "home")}
+    return {k: kwargs.pop(k) for k in ("broker_url", "token", "ca", "cert", "key", "home")}
 
 
 def echo_json(data: Any) -> None:

@@ -171,6 +171,8 @@ async def _serve_broker(config: BrokerConfig) -> None:
 @click.option("--broker", "broker_url", metavar="URL", help="[env CONVEYOR_BROKER_URL]")
 @click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
 @click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")
+@click.option("--cert", help="client certificate, for mutual TLS [env CONVEYOR_CERT]")
+@click.option("--key", help="its private key [env CONVEYOR_KEY]")
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
 @click.option(
     "--payload-key-file",
@@ -196,6 +198,8 @@ async def _serve_worker(opts: dict[str, object]) -> None:
             url=opts["broker_url"],  # type: ignore[arg-type]
             token=opts["token"],  # type: ignore[arg-type]
             ca=opts["ca"],  # type: ignore[arg-type]
+            cert=opts["cert"],  # type: ignore[arg-type]
+            key=opts["key"],  # type: ignore[arg-type]
             home=opts["home"],  # type: ignore[arg-type]
             concurrency=int(opts["concurrency"]),  # type: ignore[call-overload]
             pool=str(opts["pool"]),

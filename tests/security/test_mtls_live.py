@@ -146,3 +146,28 @@ async def test_a_certificate_does_not_replace_the_token(
     await c.close()
     assert broker.metrics["auth_failures"] == 1
     await job_done_by_certified_client(broker, home)
+
+
+async def test_cli_passes_client_certificates(broker: Broker, home: Path, certified_worker) -> None:
+    import os
+    import sys
+
+    paths = certs.make_client_cert(home, "cli-user")
+    env = dict(os.environ, CONVEYOR_HOME=str(home), CONVEYOR_BROKER_URL=broker.url)
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "conveyor", *args),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode or 0, out.decode()
+
+    code, out = await cli(
+        "submit", "add", "a=1", "b=2", "--wait", "--cert", str(paths.cert), "--key", str(paths.key)
+    )
+    assert (code, out.strip()) == (0, "3")
+    code, out = await cli("stats")  # no certificate: refused
+    assert code == 1 and "Error" in out
