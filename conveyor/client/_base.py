@@ -188,3 +188,25 @@ def split_oversized(
         raise InvalidJob("invalid", f"payload is too large to send: {exc}", "payload") from exc
     mid = len(chunk) // 2
     return chunk[:mid], chunk[mid:]
+
+
+# -- request frames: built once here, sent by either twin -----------------------------------
+def wait_frame(job_id: str, timeout: float | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"t": "wait", "id": job_id}
+    if timeout is not None:
+        frame["timeout"] = timeout
+    return frame
+
+
+def list_frame(state: str | None, queue: str | None, limit: int, offset: int) -> dict[str, Any]:
+    frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
+    if state:
+        frame["state"] = state
+    if queue:
+        frame["queue"] = queue
+    return frame
+
+
+def dlq_frame(kind: str, ids: list[str] | None) -> dict[str, Any]:
+    """DLQ_RETRY or DLQ_PURGE of these ids, or of every dead job when ids is None."""
+    return {"t": kind, **({"ids": ids} if ids is not None else {"all": True})}

@@ -13,13 +13,16 @@ from typing import Any
 from conveyor.client._base import (
     batch_item,
     chunks,
+    dlq_frame,
     final_result,
     job_spec,
+    list_frame,
     make_endpoint,
     read_job,
     seal_spec,
     split_options,
     split_oversized,
+    wait_frame,
 )
 from conveyor.client._conn import AsyncConnection
 from conveyor.errors import ConnectionLost, LocalProtocolError, ResultTimeout
@@ -174,9 +177,7 @@ class AsyncClient:
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
-        frame: dict[str, Any] = {"t": "wait", "id": job_id}
-        if timeout is not None:
-            frame["timeout"] = timeout
+        frame = wait_frame(job_id, timeout)
         return self._job((await self._request(frame))["job"])
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
@@ -191,11 +192,7 @@ class AsyncClient:
     async def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Job]:
-        frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
-        if state:
-            frame["state"] = state
-        if queue:
-            frame["queue"] = queue
+        frame = list_frame(state, queue, limit, offset)
         return [self._job(j) for j in (await self._request(frame))["jobs"]]
 
     async def stats(self) -> dict[str, Any]:
@@ -203,11 +200,9 @@ class AsyncClient:
         return stats
 
     async def dlq_retry(self, ids: list[str] | None = None) -> int:
-        frame: dict[str, Any] = {"t": "dlq_retry"}
-        frame.update({"ids": ids} if ids is not None else {"all": True})
+        frame = dlq_frame("dlq_retry", ids)
         return int((await self._request(frame))["count"])
 
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
-        frame: dict[str, Any] = {"t": "dlq_purge"}
-        frame.update({"ids": ids} if ids is not None else {"all": True})
+        frame = dlq_frame("dlq_purge", ids)
         return int((await self._request(frame))["count"])

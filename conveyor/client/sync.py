@@ -16,14 +16,17 @@ from conveyor.client._base import (
     Endpoint,
     batch_item,
     chunks,
+    dlq_frame,
     final_result,
     job_spec,
+    list_frame,
     make_endpoint,
     read_job,
     reply_error,
     seal_spec,
     split_options,
     split_oversized,
+    wait_frame,
 )
 from conveyor.errors import ConnectionLost, LocalProtocolError, ProtocolError, ResultTimeout
 from conveyor.job import Job, JobState
@@ -256,9 +259,7 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
-        frame: dict[str, Any] = {"t": "wait", "id": job_id}
-        if timeout is not None:
-            frame["timeout"] = timeout
+        frame = wait_frame(job_id, timeout)
         read_timeout = None if timeout is None else timeout + 30.0
         return self._job(self._request(frame, read_timeout)["job"])
 
@@ -275,11 +276,7 @@ class Client:
     def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Job]:
-        frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
-        if state:
-            frame["state"] = state
-        if queue:
-            frame["queue"] = queue
+        frame = list_frame(state, queue, limit, offset)
         return [self._job(j) for j in self._request(frame)["jobs"]]
 
     def stats(self) -> dict[str, Any]:
@@ -287,11 +284,9 @@ class Client:
         return stats
 
     def dlq_retry(self, ids: list[str] | None = None) -> int:
-        frame: dict[str, Any] = {"t": "dlq_retry"}
-        frame.update({"ids": ids} if ids is not None else {"all": True})
+        frame = dlq_frame("dlq_retry", ids)
         return int(self._request(frame)["count"])
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
-        frame: dict[str, Any] = {"t": "dlq_purge"}
-        frame.update({"ids": ids} if ids is not None else {"all": True})
+        frame = dlq_frame("dlq_purge", ids)
         return int(self._request(frame)["count"])

@@ -30,13 +30,12 @@ import pytest
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.client.aio import AsyncClient
-from conveyor.protocol.codec import EOF, FrameDecoder, encode_frame
-from conveyor.protocol.frames import PROTOCOL_VERSION
+from conveyor.protocol.codec import FrameDecoder, encode_frame
 from conveyor.security.tls import client_context
 from conveyor.security.tokens import Role, TokenRegistry
+from tests.security.rawconn import BIG, Raw, admin_token
 
 StillServes = Callable[[], Awaitable[None]]
-BIG = 2**31  # encode/decode limit for frames we build on purpose
 
 
 @pytest.fixture
@@ -59,81 +58,6 @@ async def still_serves(client: AsyncClient, start_worker) -> StillServes:
         assert await (await client.submit("add", a=2, b=3)).result(timeout=10) == 5
 
     return check
-
-
-def admin_token(home: Path) -> str:
-    return (home / "admin.token").read_text().strip()
-
-
-class Raw:
-    """A bare connection (TLS unless told otherwise) speaking raw bytes and frames."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.decoder = FrameDecoder(max_frame_size=BIG)
-
-    @classmethod
-    async def open(
-        cls, port: int, home: Path, *, tls: bool = True, hello: bool = False, rcvbuf: int = 0
-    ) -> Raw:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:  # a small receive window: the broker's replies back up quickly
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    sock=sock,
-                    ssl=client_context(home / "ca.pem") if tls else None,
-                    server_hostname="127.0.0.1" if tls else None,
-                ),
-                5,
-            )
-        except BaseException:
-            sock.close()
-            raise
-        raw = cls(reader, writer)
-        if hello:
-            raw.send({"t": "hello", "v": PROTOCOL_VERSION, "token": admin_token(home)})
-            welcome = await raw.recv()
-            assert welcome is not None and welcome["t"] == "welcome", welcome
-        return raw
-
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.writer.write(encode_frame(frame, BIG))
-
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """The next frame, or None once the broker closed the connection."""
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = self.decoder.next_frame()
-                if isinstance(frame, dict):
-                    return frame
-                if frame is EOF:
-                    return None
-                try:
-                    data = await self.reader.read(65536)
-                except (ConnectionError, ssl.SSLError):
-                    data = b""
-                self.decoder.receive_data(data)
-
-    async def expect_fatal(self, code: str) -> dict[str, Any]:
-        """An ERROR with ``code``, then the broker closes the connection."""
-        frame = await self.recv()
-        assert frame is not None, f"closed without an ERROR {code}"
-        assert (frame["t"], frame["code"]) == ("error", code), frame
-        assert await self.recv() is None, "the broker kept the connection open"
-        return frame
-
-    async def close(self) -> None:
-        self.writer.transport.abort()  # gone at once, whatever state TLS is in
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1)
 
 
 async def open_slots_back_to(broker: Broker, n: int) -> None:

@@ -8,8 +8,6 @@ connection stays usable; a frame the role may send gets anything but ``forbidden
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,84 +18,13 @@ import pytest
 from conveyor.broker.app import Broker
 from conveyor.client.aio import AsyncClient
 from conveyor.errors import AuthenticationError, PermissionDenied
-from conveyor.protocol.codec import EOF, FrameDecoder, encode_frame
 from conveyor.protocol.frames import PROTOCOL_VERSION, FrameType
 from conveyor.security.roles import BROKER_ONLY_FRAMES, ROLE_PERMISSIONS, may_send
-from conveyor.security.tls import client_context
 from conveyor.security.tokens import Role, TokenRegistry, hash_token
+from tests.security.rawconn import Raw
 
 F = FrameType
 CLIENT_FRAMES = frozenset(FrameType) - BROKER_ONLY_FRAMES
-
-
-class Raw:
-    """A bare TLS connection speaking frames: no client library logic in between."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.decoder = FrameDecoder(max_frame_size=2**31)  # read whatever the broker sends
-        self._rid = 1000
-
-    @classmethod
-    async def open(cls, port: int, home: Path, token: str | None = None) -> Raw:
-        """Connect with TLS; with ``token``, also complete HELLO/WELCOME."""
-        ctx = client_context(home / "ca.pem")
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"), 5
-        )
-        raw = cls(reader, writer)
-        if token is not None:
-            welcome = await raw.hello(token)
-            assert welcome is not None and welcome["t"] == "welcome", welcome
-        return raw
-
-    def rid(self) -> int:
-        self._rid += 1
-        return self._rid
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.writer.write(encode_frame(frame, max_frame_size=2**31))
-
-    async def hello(self, token: str, v: int = PROTOCOL_VERSION) -> dict[str, Any] | None:
-        self.send({"t": "hello", "v": v, "token": token, "name": "raw"})
-        return await self.recv()
-
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """The next frame, or None once the broker closed the connection."""
-        async with asyncio.timeout(timeout):
-            while True:
-                frame = self.decoder.next_frame()
-                if isinstance(frame, dict):
-                    return frame
-                if frame is EOF:
-                    return None
-                try:
-                    data = await self.reader.read(65536)
-                except (ConnectionError, OSError):
-                    data = b""
-                self.decoder.receive_data(data)
-
-    async def until(self, rid: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Every frame up to and including the first that carries ``rid``."""
-        seen: list[dict[str, Any]] = []
-        while True:
-            frame = await self.recv(timeout)
-            assert frame is not None, f"connection closed before a reply to rid {rid}: {seen}"
-            seen.append(frame)
-            if frame.get("rid") == rid:
-                return seen
-
-    async def ping(self) -> None:
-        """The connection still works: a PING gets its PONG."""
-        rid = self.rid()
-        self.send({"t": "ping", "rid": rid})
-        assert (await self.until(rid))[-1]["t"] == "pong"
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
 
 
 def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
@@ -169,7 +96,7 @@ def test_every_client_frame_type_is_covered() -> None:
 @pytest.mark.parametrize("ftype", sorted(ANSWERED | UNANSWERED), ids=str)
 @pytest.mark.parametrize("role", list(Role), ids=str)
 async def test_role_matrix(broker: Broker, home: Path, role: Role, ftype: FrameType) -> None:
-    raw = await Raw.open(broker.port, home, new_token(home, role))
+    raw = await Raw.open(broker.port, home, token=new_token(home, role))
     try:
         if ftype in WORKER_FRAMES_NEEDING_READY and may_send(role, F.READY):
             # a worker's frames after READY reach their handler (not a "send ready" conflict)
@@ -222,7 +149,7 @@ async def test_escalations_spelled_out(
     broker: Broker, home: Path, role: Role, ftype: FrameType
 ) -> None:
     # independent of ROLE_PERMISSIONS: these must stay forbidden whatever the table says
-    raw = await Raw.open(broker.port, home, new_token(home, role))
+    raw = await Raw.open(broker.port, home, token=new_token(home, role))
     try:
         for _ in range(2):  # twice: the first refusal did not break anything
             rid = raw.rid()
@@ -238,7 +165,7 @@ async def test_escalations_spelled_out(
 
 async def test_admin_may_send_everything(broker: Broker, home: Path, start_worker) -> None:
     await start_worker()
-    raw = await Raw.open(broker.port, home, (home / "admin.token").read_text().strip())
+    raw = await Raw.open(broker.port, home, token=(home / "admin.token").read_text().strip())
     try:
         rid = raw.rid()
         raw.send(minimal_frame(F.SUBMIT, rid))
@@ -265,7 +192,7 @@ async def test_admin_may_send_everything(broker: Broker, home: Path, start_worke
 @pytest.mark.parametrize("role", list(Role), ids=str)
 async def test_a_second_hello_is_a_fatal_bad_frame(broker: Broker, home: Path, role: Role) -> None:
     token = new_token(home, role)
-    raw = await Raw.open(broker.port, home, token)
+    raw = await Raw.open(broker.port, home, token=token)
     try:
         reply = await raw.hello(token)
         assert reply is not None and (reply["t"], reply["code"]) == ("error", "bad_frame")
@@ -295,7 +222,7 @@ async def test_expired_token_is_refused(broker: Broker, home: Path) -> None:
     fresh, _ = registry.create(Role.ADMIN, "fresh", ttl=3600, now=time.time())
     await refused(broker, home, expired)
     assert broker.metrics["auth_failures"] == 1
-    raw = await Raw.open(broker.port, home, fresh)  # a ttl alone does not refuse
+    raw = await Raw.open(broker.port, home, token=fresh)  # a ttl alone does not refuse
     await raw.ping()
     await raw.close()
 
@@ -315,19 +242,19 @@ async def test_revoked_token_is_refused(home: Path, broker_config) -> None:
 async def test_revocation_while_the_broker_runs(broker: Broker, home: Path) -> None:
     registry = TokenRegistry(home / "tokens.json")  # like `conveyor token` in another process
     token, _ = registry.create(Role.PRODUCER, "leaky", now=time.time())
-    first = await Raw.open(broker.port, home, token)  # works before the revoke
+    first = await Raw.open(broker.port, home, token=token)  # works before the revoke
     await first.close()
     assert registry.revoke("leaky")
     await refused(broker, home, token)
     # other tokens are untouched
-    other = await Raw.open(broker.port, home, new_token(home, Role.PRODUCER))
+    other = await Raw.open(broker.port, home, token=new_token(home, Role.PRODUCER))
     await other.ping()
     await other.close()
 
 
 @pytest.mark.parametrize("role", list(Role), ids=str)
 async def test_tokens_managed_over_the_protocol(broker: Broker, home: Path, role: Role) -> None:
-    admin = await Raw.open(broker.port, home, (home / "admin.token").read_text().strip())
+    admin = await Raw.open(broker.port, home, token=(home / "admin.token").read_text().strip())
     try:
         rid = admin.rid()
         admin.send({"t": "token_create", "rid": rid, "role": role.value, "name": "svc", "ttl": 60})
