@@ -18,7 +18,13 @@ from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
 from conveyor.cli._util import duration_option
-from conveyor.config import DEFAULT_BROKER_PORT, DEFAULT_HOST, ensure_broker_files, home_dir
+from conveyor.config import (
+    DEFAULT_BROKER_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    ensure_broker_files,
+    home_dir,
+)
 from conveyor.protocol.frames import DEFAULT_MAX_FRAME_SIZE
 from conveyor.stores import default_store_url
 from conveyor.validation import DEFAULT_MAX_PAYLOAD
@@ -44,6 +50,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to bind")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=DEFAULT_BROKER_PORT, show_default=True
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_HTTP_PORT,
+    show_default=True,
+    help="port for the HTTP API and dashboard (not served by this version yet)",
 )
 @click.option("--store", "store_url", help="memory:// or sqlite:///path [sqlite in $CONVEYOR_HOME]")
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
@@ -109,6 +122,7 @@ def broker(**opts: object) -> None:
         files, created = ensure_broker_files(home, _split((str(opts["hosts"]),)), now=time.time())
     for line in created:
         click.echo(line)
+    click.echo("HTTP API and dashboard: not part of this version (--http-port is reserved)")
     config = BrokerConfig(
         host=str(opts["host"]),
         port=int(opts["port"]),  # type: ignore[call-overload]
