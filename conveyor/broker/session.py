@@ -79,8 +79,13 @@ class Session(asyncio.Protocol):
             while not self.closed and not self._paused:
                 frame = self.conn.next_frame()
                 if frame is None:
+                    if self.conn.state is ConnState.CLOSED:
+                        self.close()  # EOF, or the peer sent a GOODBYE / fatal ERROR
                     break
                 self._on_frame(frame)
+                if self.conn.state is ConnState.CLOSED:
+                    self.close()
+                    break
         except RemoteProtocolError as exc:
             log.info("protocol error from %s: %s", self.peer, exc)
             self.fatal(exc.code, str(exc))

@@ -106,11 +106,19 @@ class _Connection(abc.ABC):
         return self.send(frame)
 
 
+HANDSHAKE_MAX_FRAME_SIZE = 16 * 1024  # a HELLO is tiny; nobody unauthenticated gets 1 MiB
+
+
 class ServerConnection(_Connection):
-    """The broker's side of one connection."""
+    """The broker's side of one connection.
+
+    Until the HELLO is accepted, frames are limited to HANDSHAKE_MAX_FRAME_SIZE, so an
+    unauthenticated peer cannot make the broker buffer a full-size frame.
+    """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(ConnState.AWAIT_HELLO, max_frame_size)
+        self.decoder.max_frame_size = min(max_frame_size, HANDSHAKE_MAX_FRAME_SIZE)
 
     def _check_turn(self, frame: Frame) -> None:
         if self.state is ConnState.AWAIT_HELLO:
@@ -130,6 +138,7 @@ class ServerConnection(_Connection):
     def accept(self, welcome: Frame) -> bytes:
         """Send WELCOME and open the connection (the caller checked the credentials)."""
         data = self.send({"t": "welcome", "v": PROTOCOL_VERSION, **welcome})
+        self.decoder.max_frame_size = self.max_frame_size
         self._move(ConnState.OPEN)
         return data
 

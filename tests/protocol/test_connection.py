@@ -295,3 +295,24 @@ def test_client_adopts_the_brokers_frame_limit() -> None:
     assert client.decoder.max_frame_size == 4 << 20
     big = {"t": "ping", "rid": 1, "pad": "x" * (2 << 20)}
     assert len(client.send(big)) > 2 << 20  # would have been refused at the 1 MiB default
+
+
+def test_frames_before_hello_are_limited_to_the_handshake_size() -> None:
+    from conveyor.errors import RemoteProtocolError
+    from conveyor.protocol.codec import encode_frame
+    from conveyor.protocol.connection import HANDSHAKE_MAX_FRAME_SIZE, ServerConnection
+
+    server = ServerConnection()
+    header = (HANDSHAKE_MAX_FRAME_SIZE + 1).to_bytes(4, "big")
+    server.receive_data(header)
+    with pytest.raises(RemoteProtocolError) as info:
+        server.next_frame()
+    assert info.value.code == "frame_too_large"
+    # after the handshake the full limit applies
+    server = ServerConnection()
+    server.receive_data(encode_frame({"t": "hello", "v": 1, "token": "t"}))
+    assert server.next_frame() is not None
+    server.accept({"session": "s", "role": "admin"})
+    big = encode_frame({"t": "ping", "rid": 1, "pad": "x" * 100_000})
+    server.receive_data(big)
+    assert server.next_frame() is not None

@@ -568,3 +568,23 @@ async def test_soak_hostile_storm_while_jobs_flow(
     # read may hold at most about 2 x max_inflight_requests replies each, not 3,000 each.
     assert after - baseline < RSS_GROWTH_AFTER_MIB
     assert peak - baseline < RSS_GROWTH_PEAK_MIB
+
+
+async def test_a_client_that_sends_a_fatal_error_is_disconnected(
+    broker: Broker, home: Path, still_serves: StillServes
+) -> None:
+    raw = await Raw.open(broker.port, home, hello=True)
+    raw.send({"t": "error", "code": "bad_frame", "message": "client gives up"})
+    assert await raw.recv() is None  # the broker closed its side too, at once
+    await raw.close()
+    await still_serves()
+
+
+async def test_a_big_frame_before_hello_is_refused(
+    broker: Broker, home: Path, still_serves: StillServes
+) -> None:
+    raw = await Raw.open(broker.port, home)
+    raw.write((100_000).to_bytes(4, "big"))  # under 1 MiB, over the 16 KiB handshake limit
+    await raw.expect_fatal("frame_too_large")
+    await raw.close()
+    await still_serves()
