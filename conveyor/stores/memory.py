@@ -35,7 +35,6 @@ from conveyor.retry import next_retry_at
 from conveyor.stores.base import Claimant, Inserted, Outcome, Store
 from conveyor.validation import JobSpec
 
-_ACTIVE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.RUNNING})
 T = TypeVar("T")
 
 
@@ -503,6 +502,3 @@ class MemoryStore(Store):
             "queues": {q: {s: n for s, n in c.items() if n} for q, c in self._queue_counts.items()},
             "totals": dict(self.totals),
         }
-
-    def active_count(self) -> int:
-        return sum(self._counts[s] for s in _ACTIVE)

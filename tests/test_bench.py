@@ -1,0 +1,46 @@
+"""`conveyor bench` runs end to end and reports every figure (no timing asserts here:
+performance is measured and written up in docs/benchmarks.md, not asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _bench(tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "bench", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "end to end jobs per s" in proc.stdout
+    report: dict[str, object] = json.loads(out.read_text())
+    return report
+
+
+def test_bench_reports_throughput_and_latency(tmp_path: Path) -> None:
+    report = _bench(tmp_path, "--jobs", "400", "--samples", "20", "--workers", "1")
+    for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "end_to_end_jobs_per_s"):
+        assert isinstance(report[key], float) and report[key] > 0
+    latency = report["latency_ms"]
+    assert isinstance(latency, dict)
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert report["machine"]["cpus"]  # type: ignore[index]
+
+
+def test_bench_on_the_durable_store(tmp_path: Path) -> None:
+    report = _bench(
+        tmp_path, "--jobs", "300", "--samples", "10", "--store", "sqlite:///{home}/b.db"
+    )
+    assert str(report["store"]).startswith("sqlite:///")
+    assert isinstance(report["end_to_end_jobs_per_s"], float)
