@@ -156,5 +156,7 @@ _set_field = object.__setattr__
 def event(kind: EventKind, at: float, **details: Any) -> dict[str, Any]:
     """One history entry: ``{"event": kind, "at": time, ...details}`` (None details dropped)."""
     entry: dict[str, Any] = {"event": kind.value, "at": at}
-    entry.update((k, v) for k, v in details.items() if v is not None)
+    for key, value in details.items():
+        if value is not None:
+            entry[key] = value
     return entry

@@ -106,8 +106,39 @@ def _number(raw: dict[str, Any], fld: str, default: float | None, lo: float, hi:
     return value
 
 
-def parse_job_spec(raw: Any, now: float, max_payload: int = DEFAULT_MAX_PAYLOAD) -> JobSpec:
-    """Validate one submission map; raise :class:`InvalidJob` naming the bad field."""
+def _retry_options(
+    raw: dict[str, Any], defaults: dict[str, Any] | None
+) -> tuple[int | None, float | None, float | None]:
+    """retries, retry_backoff, retry_backoff_max: the producer's, else the task's, else None."""
+    retries = raw.get("retries")
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+    ):
+        raise _invalid("retries", f"must be an integer from 0 to {MAX_RETRIES}")
+    backoff = _number(raw, "retry_backoff", None, 0, 86400)
+    backoff_max = _number(raw, "retry_backoff_max", None, 0, 7 * 86400)
+    if defaults:  # already validated when the worker announced them
+        retries = defaults.get("retries") if retries is None else retries
+        backoff = defaults.get("retry_backoff") if backoff is None else backoff
+        backoff_max = defaults.get("retry_backoff_max") if backoff_max is None else backoff_max
+    return (
+        retries,
+        None if backoff is None else float(backoff),
+        None if backoff_max is None else float(backoff_max),
+    )
+
+
+def parse_job_spec(
+    raw: Any,
+    now: float,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    task_defaults: dict[str, dict[str, Any]] | None = None,
+) -> JobSpec:
+    """Validate one submission map; raise :class:`InvalidJob` naming the bad field.
+
+    Retry options the map leaves unset come from ``task_defaults[task]`` (what workers
+    announced for the task), else stay None for the store's global defaults.
+    """
     if not isinstance(raw, dict):
         raise _invalid("job", "must be a map")
     task = check_name(raw.get("task"), "task", MAX_TASK_NAME)
@@ -129,13 +160,9 @@ def parse_job_spec(raw: Any, now: float, max_payload: int = DEFAULT_MAX_PAYLOAD)
         size = len(msgpack.packb([args, kwargs], use_bin_type=True))
         if size > max_payload:
             raise _invalid("payload", f"is {size} bytes; the limit is {max_payload}")
-    retries = raw.get("retries")
-    if retries is not None and (
-        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
-    ):
-        raise _invalid("retries", f"must be an integer from 0 to {MAX_RETRIES}")
-    backoff = _number(raw, "retry_backoff", None, 0, 86400)
-    backoff_max = _number(raw, "retry_backoff_max", None, 0, 7 * 86400)
+    retries, backoff, backoff_max = _retry_options(
+        raw, task_defaults.get(task) if task_defaults else None
+    )
     timeout = _number(raw, "timeout", None, 0.001, MAX_TIMEOUT)
     delay = _number(raw, "delay", None, 0, 365 * 86400)
     eta = _number(raw, "eta", None, 0, 1e11)
@@ -158,8 +185,8 @@ def parse_job_spec(raw: Any, now: float, max_payload: int = DEFAULT_MAX_PAYLOAD)
         queue=queue,
         priority=priority,
         max_retries=retries,
-        retry_backoff=None if backoff is None else float(backoff),
-        retry_backoff_max=None if backoff_max is None else float(backoff_max),
+        retry_backoff=backoff,
+        retry_backoff_max=backoff_max,
         timeout=None if timeout is None else float(timeout),
         eta=None if eta is None or eta <= now else float(eta),
         unique_key=unique_key,

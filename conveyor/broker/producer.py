@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -12,7 +11,7 @@ from conveyor.broker._reply import Reply, invalid
 from conveyor.errors import BrokerError, InvalidJob, JobNotFound
 from conveyor.job import Job, JobState
 from conveyor.protocol.frames import ErrorCode
-from conveyor.validation import MAX_QUEUE_NAME, JobSpec, check_name, parse_job_spec
+from conveyor.validation import MAX_QUEUE_NAME, check_name, parse_job_spec
 
 if TYPE_CHECKING:
     from conveyor.broker.session import Session
@@ -33,28 +32,15 @@ def submit(session: Session, frame: dict[str, Any]) -> Reply:
         raise BrokerError(ErrorCode.RATE_LIMITED, "too many submits per second; slow down")
     now = broker.clock.now()
     max_payload = broker.config.limits.max_payload
+    defaults = broker.task_defaults
     specs = []
     for i, raw in enumerate(raw_jobs):
         try:
-            specs.append(parse_job_spec(raw, now, max_payload))
+            specs.append(parse_job_spec(raw, now, max_payload, defaults))
         except InvalidJob as exc:
             prefix = f"jobs[{i}]: " if len(raw_jobs) > 1 else ""
             raise InvalidJob(ErrorCode.INVALID, prefix + exc.message, exc.field) from None
-    defaults = broker.task_defaults
-    specs = [_with_task_defaults(s, defaults.get(s.task)) for s in specs]
     return _submit(session, frame["rid"], specs, now)
-
-
-def _with_task_defaults(spec: JobSpec, task: dict[str, Any] | None) -> JobSpec:
-    """Fill what the producer left unset from the task's own @task options."""
-    if not task:
-        return spec
-    changes = {
-        field: task[key]
-        for field, key in _DEFAULT_FIELDS
-        if getattr(spec, field) is None and key in task
-    }
-    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 _DEFAULT_FIELDS = (

@@ -81,7 +81,10 @@ class MemoryStore(Store):
             self._counts[old.state] -= 1
             self._queue_counts[old.queue][old.state.value] -= 1
         self._counts[new.state] += 1
-        self._queue_counts.setdefault(new.queue, Counter())[new.state.value] += 1
+        counts = self._queue_counts.get(new.queue)
+        if counts is None:
+            counts = self._queue_counts[new.queue] = Counter()
+        counts[new.state.value] += 1
         self._jobs[new.id] = new
         if (
             new.state in FINAL_STATES
