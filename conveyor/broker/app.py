@@ -99,6 +99,10 @@ class Broker:
             await service.stop()
         for session in list(self.sessions):
             session.goodbye("shutting down")
+        # let the closed connections run their callbacks (a lost worker's requeue is a
+        # task) before the store closes under them
+        with contextlib.suppress(TimeoutError):
+            await self.wait_until(lambda: not self.sessions, 2.0)
         for task in list(self.tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 2.0)
@@ -192,7 +196,7 @@ class Broker:
     def _requeued(self, jobs: list[Job]) -> None:
         for job in jobs:
             for worker in self.dispatcher.workers.values():
-                worker.holding.discard(job.id)
+                worker.holding.pop(job.id, None)
             if job.state.is_final:  # a cancel asked for while it ran took effect
                 self.waiters.finished(job)
         self.metrics["requeued"] += len(jobs)

@@ -8,6 +8,8 @@ from pathlib import Path
 from conveyor.protocol.frames import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_SIZE
 from conveyor.validation import DEFAULT_MAX_PAYLOAD
 
+FRAME_OVERHEAD = 1024  # room for a job's id (<=100), task (<=200), queue (<=100) and fields
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -22,6 +24,15 @@ class Limits:
     idle_timeout: float = 300.0  # seconds without a frame before a connection is dropped
     submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
     max_inflight_requests: int = 256  # per connection: reading pauses above this
+
+    def __post_init__(self) -> None:
+        # one job (payload plus its id, names and fields) must always fit in one frame,
+        # or it could be accepted and then never dispatched
+        if self.max_payload > self.max_frame_size - FRAME_OVERHEAD:
+            raise ValueError(
+                f"max_payload ({self.max_payload}) must be at most max_frame_size - "
+                f"{FRAME_OVERHEAD} ({self.max_frame_size - FRAME_OVERHEAD})"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,9 @@ class WorkerRef:
     pool: str = "thread"
     peer: str = ""
     connected_at: float = 0.0
-    holding: set[str] = field(default_factory=set)  # job ids dispatched, not reported
+    # job id -> lease of each job dispatched to it and not yet reported or released; a
+    # report counts only for a job this worker holds under that very lease
+    holding: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     stalled: bool = False  # its leases expired: no new jobs until it heartbeats again
     completed: int = 0
@@ -162,7 +164,7 @@ class Dispatcher:
                 # the worker left while we claimed: give the jobs straight back
                 await self.store.job_requeue_worker(worker.id, "worker lost", now)
                 continue
-            worker.holding.update(j.id for j in jobs)
+            worker.holding.update((j.id, j.lease or 0) for j in jobs)
             self.dispatched += len(jobs)
             worker.send_jobs(jobs)
             if self.on_dispatch is not None:

@@ -230,6 +230,19 @@ class Session(asyncio.Protocol):
             )
         )
 
+    def send_batch(self, kind: str, key: str, items: list[Any]) -> None:
+        """Send ``{"t": kind, key: items}``, split over several frames if one is too big."""
+        try:
+            data = self.conn.send({"t": kind, key: items})
+        except LocalProtocolError as exc:
+            if exc.code != "frame_too_large" or len(items) == 1:
+                raise  # Limits keeps one job's payload well under a frame
+            mid = len(items) // 2
+            self.send_batch(kind, key, items[:mid])
+            self.send_batch(kind, key, items[mid:])
+            return
+        self.send_raw(data)
+
     def send_raw(self, data: bytes) -> None:
         self._out.append(data)
         if not self._flush_scheduled:

@@ -60,24 +60,23 @@ def ready(session: Session, frame: dict[str, Any]) -> Reply:
 
 
 def _send_jobs(session: Session, jobs: list[Job]) -> None:
-    session.send(
-        {
-            "t": "dispatch",
-            "jobs": [
-                {
-                    "id": j.id,
-                    "task": j.task,
-                    "args": j.args,
-                    "kwargs": j.kwargs,
-                    "queue": j.queue,
-                    "priority": j.priority,
-                    "lease": j.lease,
-                    "attempt": j.attempts,
-                    "timeout": j.timeout,
-                }
-                for j in jobs
-            ],
-        }
+    session.send_batch(
+        "dispatch",
+        "jobs",
+        [
+            {
+                "id": j.id,
+                "task": j.task,
+                "args": j.args,
+                "kwargs": j.kwargs,
+                "queue": j.queue,
+                "priority": j.priority,
+                "lease": j.lease,
+                "attempt": j.attempts,
+                "timeout": j.timeout,
+            }
+            for j in jobs
+        ],
     )
 
 
@@ -110,6 +109,18 @@ def _outcome(raw: Any) -> Outcome:
     )
 
 
+def _refused_outcome(raw: Any, why: str) -> Outcome | None:
+    """A failure for a malformed result that still names its job and lease."""
+    if (
+        isinstance(raw, dict)
+        and isinstance(raw.get("id"), str)
+        and isinstance(raw.get("lease"), int)
+    ):
+        error = {"type": "InvalidReport", "message": f"the worker sent a bad result: {why}"}
+        return Outcome(id=raw["id"], lease=raw["lease"], ok=False, error=error)
+    return None
+
+
 def _clean_error(raw: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": str(raw.get("type", "Error"))[:200],
@@ -119,17 +130,26 @@ def _clean_error(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(session: Session, frame: dict[str, Any]) -> Reply:
-    """Apply a batch of results. A malformed entry is refused on its own; the rest apply."""
+    """Apply a batch of results.
+
+    Only results for jobs this worker holds, under the lease it holds them by, count:
+    a stale result (the job was requeued) or one for another worker's job is ignored.
+    A malformed entry is refused on its own; if it still names a held job, that job
+    fails (and is retried per policy) rather than staying running for ever.
+    """
     worker = _worker_of(session)
     outcomes: list[Outcome] = []
     refused: list[str] = []
     for raw in frame["results"]:
+        outcome: Outcome | None
         try:
-            outcomes.append(_outcome(raw))
+            outcome = _outcome(raw)
         except BrokerError as exc:
             refused.append(exc.message)
-    for o in outcomes:
-        worker.holding.discard(o.id)  # the credit comes back at once, before the commit
+            outcome = _refused_outcome(raw, exc.message)
+        if outcome is not None and worker.holding.get(outcome.id) == outcome.lease:
+            del worker.holding[outcome.id]  # the credit comes back at once, before the commit
+            outcomes.append(outcome)
     session.broker.dispatcher.trigger()
     if refused:
         session.error(
@@ -175,14 +195,19 @@ def release(session: Session, frame: dict[str, Any]) -> Reply:
             raise invalid("jobs", "each released job needs id and lease")
         if not isinstance(raw.get("lease"), int):
             raise invalid("jobs", "each released job needs id and lease")
-        pairs.append((raw["id"], raw["lease"]))
-        worker.holding.discard(raw["id"])
-    return _release(session, pairs)
+        if worker.holding.get(raw["id"]) == raw["lease"]:
+            del worker.holding[raw["id"]]
+            pairs.append((raw["id"], raw["lease"]))
+    return _release(session, pairs) if pairs else None
 
 
 async def _release(session: Session, pairs: list[tuple[str, int]]) -> None:
     broker = session.broker
     await broker.store.job_release_many(pairs, broker.clock.now())
+    for job_id, _ in pairs:  # a release that crossed a CANCEL ended the job: tell waiters
+        job = await broker.store.job_get(job_id)
+        if job is not None and job.state.is_final:
+            broker.waiters.finished(job)
     broker.dispatcher.trigger()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -135,17 +136,24 @@ def broker(**opts: object) -> None:
         heartbeat=float(opts["heartbeat"]),  # type: ignore[arg-type]
         lease=float(opts["lease"]),  # type: ignore[arg-type]
         retention=float(opts["retention"]),  # type: ignore[arg-type]
-        limits=Limits(
-            max_connections=int(opts["max_connections"]),  # type: ignore[call-overload]
-            max_connections_per_ip=int(opts["max_connections_per_ip"]),  # type: ignore[call-overload]
-            submits_per_second=float(opts["submit_rate"]),  # type: ignore[arg-type]
-            max_frame_size=int(opts["max_frame_size"]),  # type: ignore[call-overload]
-            max_payload=int(opts["max_payload"]),  # type: ignore[call-overload]
-            handshake_timeout=float(opts["handshake_timeout"]),  # type: ignore[arg-type]
-            idle_timeout=float(opts["idle_timeout"]),  # type: ignore[arg-type]
-        ),
+        limits=_limits(opts),
     )
     run_loop(_serve_broker(config))
+
+
+def _limits(opts: dict[str, Any]) -> Limits:
+    try:
+        return Limits(
+            max_connections=int(opts["max_connections"]),
+            max_connections_per_ip=int(opts["max_connections_per_ip"]),
+            submits_per_second=float(opts["submit_rate"]),
+            max_frame_size=int(opts["max_frame_size"]),
+            max_payload=int(opts["max_payload"]),
+            handshake_timeout=float(opts["handshake_timeout"]),
+            idle_timeout=float(opts["idle_timeout"]),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 async def _serve_broker(config: BrokerConfig) -> None:

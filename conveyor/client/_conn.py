@@ -52,13 +52,17 @@ class AsyncConnection:
             timeout,
         )
         self._reader, self._writer = reader, writer
-        writer.write(self._conn.hello(ep.token, ep.name, self.agent))
-        welcome = await asyncio.wait_for(self._read_frame(), timeout)
-        if welcome is None:
-            raise ConnectionLost("the broker closed the connection during the handshake")
-        err = reply_error(welcome)
-        if err is not None:
-            raise err
+        try:
+            writer.write(self._conn.hello(ep.token, ep.name, self.agent))
+            welcome = await asyncio.wait_for(self._read_frame(), timeout)
+            if welcome is None:
+                raise ConnectionLost("the broker closed the connection during the handshake")
+            err = reply_error(welcome)
+            if err is not None:
+                raise err
+        except BaseException:
+            writer.close()  # refused, timed out or cut off: do not leak the socket
+            raise
         self.welcome = welcome
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
         return welcome

@@ -84,6 +84,7 @@ class AsyncClient:
         self.reconnect_timeout = reconnect_timeout
         self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
+        self._reconnect_failures = 0
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -105,9 +106,14 @@ class AsyncClient:
             self._conn = None
 
     async def _ensure(self) -> AsyncConnection:
+        """The live connection, reconnecting with backoff (one task at a time) if needed."""
+        failures = self._reconnect_failures
         async with self._lock:
             if self._conn is not None and not self._conn.closed.is_set():
                 return self._conn
+            if self._reconnect_failures != failures:
+                # another task just spent the whole reconnect budget while we queued
+                raise ConnectionLost("the broker is unreachable (reconnecting timed out)")
             deadline = time.monotonic() + self.reconnect_timeout
             delay = 0.05
             while True:
@@ -117,23 +123,30 @@ class AsyncClient:
                     return self._conn
                 except (OSError, ConnectionLost, TimeoutError):
                     if time.monotonic() + delay > deadline:
+                        self._reconnect_failures += 1
                         raise
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
                     delay = min(delay * 2, 2.0)
 
-    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, frame: dict[str, Any], resend: bool = True) -> dict[str, Any]:
         """Send a request; after a lost connection, reconnect and send it again.
 
-        Every request is safe to resend: submits carry client-chosen job ids.
+        Submits (client-chosen job ids), reads and waits are safe to resend; requests
+        that change state otherwise (cancel, DLQ) pass ``resend=False`` and raise
+        ConnectionLost instead, since the broker may have applied them already. The
+        reconnect budget starts when the connection is lost, not when the request began.
         """
-        deadline = time.monotonic() + self.reconnect_timeout
+        deadline: float | None = None
         while True:
             conn = await self._ensure()
             try:
                 return await conn.request(frame)
             except ConnectionLost:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if not resend or (deadline is not None and now > deadline):
                     raise
+                if deadline is None:
+                    deadline = now + self.reconnect_timeout
 
     def _job(self, wire: dict[str, Any]) -> Job:
         return read_job(wire, self.cipher)
@@ -187,7 +200,7 @@ class AsyncClient:
         return final_result(job)
 
     async def cancel(self, job_id: str) -> Job:
-        return self._job((await self._request({"t": "cancel", "id": job_id}))["job"])
+        return self._job((await self._request({"t": "cancel", "id": job_id}, resend=False))["job"])
 
     async def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
@@ -201,8 +214,8 @@ class AsyncClient:
 
     async def dlq_retry(self, ids: list[str] | None = None) -> int:
         frame = dlq_frame("dlq_retry", ids)
-        return int((await self._request(frame))["count"])
+        return int((await self._request(frame, resend=False))["count"])
 
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
         frame = dlq_frame("dlq_purge", ids)
-        return int((await self._request(frame))["count"])
+        return int((await self._request(frame, resend=False))["count"])

@@ -77,8 +77,12 @@ class _SyncConnection:
         self.sock.settimeout(None)
         self._rids = itertools.count(1)
         self._early: dict[int, dict[str, Any]] = {}
-        self.sock.sendall(self.conn.hello(endpoint.token, endpoint.name, "conveyor-client"))
-        welcome = self._read_frame(connect_timeout)
+        try:
+            self.sock.sendall(self.conn.hello(endpoint.token, endpoint.name, "conveyor-client"))
+            welcome = self._read_frame(connect_timeout)
+        except BaseException:
+            self.sock.close()
+            raise
         err = reply_error(welcome)
         if err is not None:
             self.close()
@@ -192,22 +196,33 @@ class Client:
                 time.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 2.0)
 
-    def _request(self, frame: dict[str, Any], timeout: float | None = 60.0) -> dict[str, Any]:
+    def _request(
+        self, frame: dict[str, Any], timeout: float | None = 60.0, resend: bool = True
+    ) -> dict[str, Any]:
         """Send a request; after a lost connection, reconnect and send it again.
 
-        Every request is safe to resend: submits carry client-chosen job ids.
+        Submits (client-chosen job ids), reads and waits are safe to resend; requests
+        that change state otherwise (cancel, DLQ) pass ``resend=False`` and raise
+        ConnectionLost instead, since the broker may have applied them already. The
+        reconnect budget starts when the connection is lost, not when the request began.
         """
-        deadline = time.monotonic() + self.reconnect_timeout
+        deadline: float | None = None
         while True:
             try:
-                conn = self._conn or self._reconnect(deadline)
+                if self._conn is None:
+                    deadline = deadline or time.monotonic() + self.reconnect_timeout
+                    conn = self._reconnect(deadline)
+                else:
+                    conn = self._conn
                 return conn.request(frame, timeout)
             except ConnectionLost:
                 if self._conn is not None:
                     self._conn.sock.close()
                 self._conn = None
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if not resend or (deadline is not None and now > deadline):
                     raise
+                deadline = deadline or now + self.reconnect_timeout
 
     def _job(self, wire: dict[str, Any]) -> Job:
         return read_job(wire, self.cipher)
@@ -271,7 +286,7 @@ class Client:
         return final_result(job)
 
     def cancel(self, job_id: str) -> Job:
-        return self._job(self._request({"t": "cancel", "id": job_id})["job"])
+        return self._job(self._request({"t": "cancel", "id": job_id}, resend=False)["job"])
 
     def list_jobs(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
@@ -285,8 +300,8 @@ class Client:
 
     def dlq_retry(self, ids: list[str] | None = None) -> int:
         frame = dlq_frame("dlq_retry", ids)
-        return int(self._request(frame)["count"])
+        return int(self._request(frame, resend=False)["count"])
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         frame = dlq_frame("dlq_purge", ids)
-        return int(self._request(frame)["count"])
+        return int(self._request(frame, resend=False)["count"])

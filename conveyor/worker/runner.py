@@ -188,11 +188,13 @@ class Worker:
             stop = asyncio.get_running_loop().create_task(self._stopping.wait())
             closed = asyncio.get_running_loop().create_task(conn.closed.wait())
             await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
-            beat.cancel()
             stop.cancel()
             closed.cancel()
-            if self._stopping.is_set() and not conn.closed.is_set():
-                await self._drain(conn)
+            try:
+                if self._stopping.is_set() and not conn.closed.is_set():
+                    await self._drain(conn)  # heartbeats go on: running jobs keep their leases
+            finally:
+                beat.cancel()
         finally:
             self.connected.clear()
             self._abandon(self._generation)
@@ -216,7 +218,7 @@ class Worker:
             for h in unstarted:
                 if h.task is not None:
                     h.task.cancel()
-                self._held.pop(h.id, None)
+                self._forget(h)
             self.stats.released += len(unstarted)
         running = [h.task for h in self._held.values() if h.task is not None]
         if running:
@@ -230,7 +232,13 @@ class Worker:
         for h in list(self._held.values()):
             if h.generation == generation and not h.started and h.task is not None:
                 h.task.cancel()
-                self._held.pop(h.id, None)
+                self._forget(h)
+
+    def _forget(self, held: _Held) -> None:
+        """Drop ``held``, unless the same job id was dispatched again since (a requeued job
+        can come back to this worker under a new lease while the old run still finishes)."""
+        if self._held.get(held.id) is held:
+            del self._held[held.id]
 
     # -- pushed frames -------------------------------------------------------------------
     def _on_push(self, frame: dict[str, Any]) -> None:
@@ -249,7 +257,7 @@ class Worker:
                 if not target.started and target.task is not None:
                     # never started: drop it and say so, so the broker can finish it
                     target.task.cancel()
-                    self._held.pop(target.id, None)
+                    self._forget(target)
                     self._queue_report(target, cancelled("cancelled before it started"))
                 else:
                     self.pool.cancel(target.id)  # cooperative where the pool can
@@ -270,7 +278,7 @@ class Worker:
                 result = request  # sealed, and this worker cannot open it
             else:
                 result = seal_result(await self.pool.run(request), self.cipher, raw)
-        self._held.pop(held.id, None)
+        self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
         self._queue_report(held, result)

@@ -314,7 +314,7 @@ async def test_batch_over_max_batch_is_invalid(
     await still_serves()
 
 
-@with_limits(max_frame_size=4096)
+@with_limits(max_frame_size=4096, max_payload=2048)
 async def test_frame_above_max_frame_size(
     broker: Broker, home: Path, still_serves: StillServes
 ) -> None:
