@@ -452,7 +452,8 @@ class MemoryStore(Store):
     def _dead(self, ids: Sequence[str] | None) -> list[Job]:
         if ids is None:
             return [j for j in self._jobs.values() if j.state is JobState.DEAD]
-        return [j for i in ids if (j := self._jobs.get(i)) and j.state is JobState.DEAD]
+        unique = dict.fromkeys(ids)  # a repeated id must not be retried or purged twice
+        return [j for i in unique if (j := self._jobs.get(i)) and j.state is JobState.DEAD]
 
     async def dlq_retry(self, ids: Sequence[str] | None, now: float) -> int:
         jobs = []

@@ -181,10 +181,14 @@ class SqliteStore(MemoryStore):
         running.sort(key=lambda staged: (staged[0].priority, staged[1] or 0), reverse=True)
         requeued = [self._requeue(job, now, "broker restart") for job, _ in running]
         requeued.reverse()
-        self.totals["requeued"] += len(requeued)
+        # a job whose cancel was asked for while it ran ends cancelled, not requeued
+        self.totals["requeued"] += sum(1 for j in requeued if j.state is JobState.QUEUED)
         self._persist(requeued)
+        # Stage the counters even when nothing was running: the lease high-water mark
+        # (raised by the restart gap) must be on disk before any new lease is handed out.
+        self._writer.stage([], self._counters())
         await self._durable()
-        return requeued
+        return [j for j in requeued if j.state is JobState.QUEUED]
 
     def _restore(self, snapshot: Snapshot) -> list[_Staged]:
         """Rebuild counters and the index from the database; return the running jobs."""

@@ -501,3 +501,14 @@ async def test_job_list_filters_newest_first(store: Store) -> None:
     assert [j.id for j in page] == [jobs[4].id, jobs[3].id]
     assert await store.job_list(state="dead") == []
     assert await store.job_list(limit=0) == []
+
+
+async def test_repeated_ids_in_dlq_calls_count_once(store: Store) -> None:
+    (dead,) = await _make_dead(store, 1)
+    assert await store.dlq_retry([dead.id, dead.id], T0 + 10) == 1
+    states = (await store.stats())["states"]
+    assert (states["dead"], states["queued"]) == (0, 1)
+    (again,) = await claim(store, now=T0 + 11)
+    await fail(store, again, T0 + 12, reject=True)
+    assert await store.dlq_purge([dead.id, dead.id]) == 1
+    assert (await store.stats())["states"]["dead"] == 0

@@ -381,3 +381,79 @@ async def test_a_failed_commit_is_reported_then_retried(monkeypatch: pytest.Monk
         await writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         await writer.durable()
+
+
+def _failing_writer(
+    failures: list[Exception], written: list[dict[str, int | None]]
+) -> sqlite_writer.GroupCommitWriter[int, int]:
+    def write(conn: sqlite3.Connection, batch: dict[str, int | None], meta: object) -> int:
+        if failures:
+            raise failures[0]
+        written.append(dict(batch))
+        return len(batch)
+
+    return sqlite_writer.GroupCommitWriter(
+        lambda: sqlite3.connect(":memory:", isolation_level=None), write, lambda _: None
+    )
+
+
+async def test_a_call_after_a_failed_commit_fails_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call must never run against rows older than changes staged before it."""
+    monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
+    failures: list[Exception] = [RuntimeError("disk full")]
+    written: list[dict[str, int | None]] = []
+    writer = _failing_writer(failures, written)
+    await writer.start()
+    ran: list[int] = []
+    try:
+        writer.stage([("a", 1)], None)
+        call = writer.call(lambda conn: ran.append(1))
+        with pytest.raises(RuntimeError, match="disk full"):
+            await call
+        assert ran == []  # it did not run while "a" was not on disk
+        failures.clear()
+        await writer.durable()
+        await writer.call(lambda conn: ran.append(2))
+        assert ran == [2] and written[-1] == {"a": 1}
+    finally:
+        await writer.close()
+
+
+async def test_close_while_commits_fail_settles_every_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
+    writer = _failing_writer([RuntimeError("disk full")], [])
+    await writer.start()
+    writer.stage([("a", 1)], None)
+    waits = [asyncio.ensure_future(writer.durable()) for _ in range(3)]
+    await writer.close()
+    results = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
+    assert all(isinstance(r, Exception) for r in results)  # none left hanging
+
+
+async def test_cancelled_while_running_is_not_requeued_at_restart(reopen: Reopen) -> None:
+    store = await reopen()
+    await store.job_insert_many([JobSpec(task="t", id="a")], T0)
+    await claim(store, "w1", 1)
+    await store.job_cancel("a", T0 + 1)
+    await store.close()
+    again = await reopen(T0 + 2)
+    assert (await again.job_get("a")).state is JobState.CANCELLED  # type: ignore[union-attr]
+    totals = (await again.stats())["totals"]
+    assert (totals["requeued"], totals["cancelled"]) == (0, 1)
+
+
+async def test_the_lease_high_water_mark_is_on_disk_right_after_open(reopen: Reopen) -> None:
+    store = await reopen()
+    await store.job_insert_many([JobSpec(task="t")], T0)
+    (job,) = await claim(store, "w1", 1)
+    await store.job_report_many([ok(job)], T0)  # nothing is running at the restart
+    await store.close()
+    again = await reopen(T0 + 1)
+    on_disk = await again._writer.call(
+        lambda conn: dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    )
+    # the restart raised the mark above every lease of the last run, and that is already
+    # on disk: a crash before the next commit cannot hand the same lease out twice
+    assert max(on_disk.values()) > (job.lease or 0)

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
+from conveyor.errors import ConveyorError
+
 S = TypeVar("S")  # a staged row
 R = TypeVar("R")  # what writing a batch reports back to the loop
 T = TypeVar("T")
@@ -192,11 +194,17 @@ class GroupCommitWriter(Generic[S, R]):
             waiters, self._waiters = self._waiters, []
             calls, self._calls = self._calls, []
             self._busy = True
-        failed = False
+        failure: Exception | None = None
         if batch or meta is not None:
-            failed = not self._commit(conn, batch, meta, waiters)
+            failure = self._commit(conn, batch, meta, waiters)
         elif waiters:
             self._post(_settle, waiters, None)
+        failed = failure is not None
+        if failure is not None:
+            # A call must see every change staged before it, and those are not on disk:
+            # fail it with the commit's error rather than run it against stale rows.
+            self._post(_settle, [future for _, future in calls], failure)
+            calls = []
         for fn, future in calls:
             try:
                 with transaction(conn):
@@ -208,12 +216,24 @@ class GroupCommitWriter(Generic[S, R]):
         with self._cond:
             self._busy = False
             more = bool(self._pending or self._meta is not None or self._waiters or self._calls)
-            if self._closing and (failed or not more):
+            if self._closing and failed:
+                self._abandon_on_close()
+                return False
+            if self._closing and not more:
                 return False
             self._kicked = self._kicked or failed or (self._closing and more)
         if failed:
             time.sleep(RETRY_AFTER_ERROR)
         return True
+
+    def _abandon_on_close(self) -> None:
+        """Closing while commits fail: settle everyone still waiting, say what was lost."""
+        lost = len(self._pending)
+        waiters = self._waiters + [future for _, future in self._calls]
+        self._pending, self._meta, self._waiters, self._calls = {}, None, [], []
+        if lost:
+            log.error("SQLite store closed with %d unwritten change(s) (never acknowledged)", lost)
+        self._post(_settle, waiters, ConveyorError("the SQLite store closed before writing"))
 
     def _commit(
         self,
@@ -221,7 +241,8 @@ class GroupCommitWriter(Generic[S, R]):
         batch: dict[str, S | None],
         meta: dict[str, int] | None,
         waiters: list[asyncio.Future[None]],
-    ) -> bool:
+    ) -> Exception | None:
+        """Write and commit one batch; the error if it failed (the batch is kept to retry)."""
         try:
             with transaction(conn):
                 result = self._write(conn, batch, meta)
@@ -233,10 +254,10 @@ class GroupCommitWriter(Generic[S, R]):
                 if self._meta is None:
                     self._meta = meta
             self._post(_settle, waiters, exc)
-            return False
+            return exc
         self.commits += 1
         self._post(self._committed, waiters, result)
-        return True
+        return None
 
     def _committed(self, waiters: list[asyncio.Future[None]], result: R) -> None:
         self._on_commit(result)
