@@ -1,11 +1,9 @@
-"""``memory://``: the volatile engine, and the in-memory scheduling index others reuse.
+"""``memory://``: the volatile engine, whose job semantics the SQLite engine reuses.
 
-Queued jobs sit in one heap per (queue, task) ordered by (priority, sequence). A
-claim looks only at the heaps the worker can serve and takes the best head each
-time, so priority holds across queues and FIFO holds within a priority. Requeued
-jobs get a negative sequence, which puts them in front of their priority. Heap
-entries are deleted lazily: an entry counts only if the job is still queued under
-the same sequence number.
+Every job lives in a dict; queued ones are also in the :class:`ReadyIndex`
+(``_index.py``), which hands out the most urgent job a worker can run. Sequence numbers
+come from one counter (new jobs count up; requeued jobs count down from -1, which puts
+them in front of their priority); leases are drawn from the same counter.
 
 Subclasses persist changes by overriding :meth:`_persist` (called with every job
 that changed) and :meth:`_durable` (awaited before anything is acknowledged).
@@ -32,6 +30,7 @@ from conveyor.job import (
     event,
 )
 from conveyor.retry import next_retry_at
+from conveyor.stores._index import ReadyIndex
 from conveyor.stores.base import Claimant, Inserted, Outcome, Store
 from conveyor.validation import JobSpec
 
@@ -53,9 +52,7 @@ class MemoryStore(Store):
         self._jobs: dict[str, Job] = {}
         self._seq = itertools.count(1)
         self._front_seq = itertools.count(-1, -1)
-        self._job_seq: dict[str, int] = {}  # queued job -> its live heap sequence
-        self._waiting: Counter[tuple[str, str]] = Counter()  # queued jobs by (queue, task)
-        self._ready: dict[str, dict[str, list[tuple[int, int, str]]]] = {}
+        self._ready = ReadyIndex()
         self._scheduled: list[tuple[float, str]] = []
         self._running: dict[str, set[str]] = {}  # worker -> job ids
         self._unique: dict[str, str] = {}  # live unique_key -> job id
@@ -95,27 +92,7 @@ class MemoryStore(Store):
         return new
 
     def _push_ready(self, job: Job, front: bool = False) -> None:
-        seq = next(self._front_seq) if front else next(self._seq)
-        self._index_ready(job, seq)
-        by_task = self._ready.setdefault(job.queue, {})
-        heapq.heappush(by_task.setdefault(job.task, []), (job.priority, seq, job.id))
-
-    def _index_ready(self, job: Job, seq: int) -> None:
-        """Note that ``job`` is queued under ``seq`` (its heap entry is the caller's job)."""
-        if job.id not in self._job_seq:
-            self._waiting[(job.queue, job.task)] += 1
-        self._job_seq[job.id] = seq
-
-    def _unindex_ready(self, job_id: str) -> bool:
-        """Forget a queued job's heap entry (left in the heap, skipped lazily)."""
-        if self._job_seq.pop(job_id, None) is None:
-            return False
-        job = self._jobs[job_id]
-        key = (job.queue, job.task)
-        self._waiting[key] -= 1
-        if not self._waiting[key]:
-            del self._waiting[key]
-        return True
+        self._ready.push(job, next(self._front_seq) if front else next(self._seq))
 
     def _place(self, job: Job, front: bool = False) -> None:
         """Index a job that just became queued or scheduled."""
@@ -182,44 +159,15 @@ class MemoryStore(Store):
                 return self._jobs[job_id]
         return None
 
-    def _candidate_heaps(self, claimant: Claimant) -> list[list[tuple[int, int, str]]]:
-        heaps: list[list[tuple[int, int, str]]] = []
-        for queue in claimant.queues:
-            by_task = self._ready.get(queue)
-            if not by_task:
-                continue
-            if len(by_task) <= len(claimant.tasks):
-                heaps.extend(h for t, h in by_task.items() if h and t in claimant.tasks)
-            else:
-                heaps.extend(by_task[t] for t in claimant.tasks if by_task.get(t))
-        return heaps
-
-    def _pop_best(self, heaps: list[list[tuple[int, int, str]]]) -> str | None:
-        """Pop the most urgent live entry among the heaps' heads."""
-        while True:
-            best: list[tuple[int, int, str]] | None = None
-            for heap in heaps:
-                if heap and (best is None or heap[0] < best[0]):
-                    best = heap
-            if best is None:
-                return None
-            _, seq, job_id = heapq.heappop(best)
-            if self._job_seq.get(job_id) == seq:
-                self._unindex_ready(job_id)
-                return job_id
-
     async def job_claim(
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
     ) -> list[Job]:
-        heaps = self._candidate_heaps(claimant)
-        if not heaps:
+        taken = self._ready.pop(claimant.queues, claimant.tasks, limit)
+        if not taken:
             return []
         claimed: list[Job] = []
         running = self._running.setdefault(claimant.worker, set())
-        while len(claimed) < limit:
-            job_id = self._pop_best(heaps)
-            if job_id is None:
-                break
+        for job_id in taken:
             old = self._jobs[job_id]
             job = old.replace(
                 state=JobState.RUNNING,
@@ -407,7 +355,7 @@ class MemoryStore(Store):
             job = old.replace(cancel_requested=True)
             self._jobs[job_id] = job
         else:
-            self._unindex_ready(job_id)
+            self._ready.discard(job_id)
             job = self._set(old, self._cancelled(old, now, "cancelled"))
             self._finish(job)
         self._persist([job])
@@ -446,7 +394,7 @@ class MemoryStore(Store):
         return None
 
     async def queue_tasks_waiting(self) -> dict[tuple[str, str], int]:
-        return dict(self._waiting)
+        return self._ready.waiting()
 
     # -- dead letters and retention ------------------------------------------------------
     def _dead(self, ids: Sequence[str] | None) -> list[Job]:

@@ -143,7 +143,7 @@ class SqliteStore(MemoryStore):
         staged: list[tuple[str, _Staged | None]] = []
         hwm = self._hwm
         for job in jobs:
-            seq = self._job_seq.get(job.id)
+            seq = self._ready.seq_of(job.id)
             staged.append((job.id, (job, seq)))
             hwm = max(hwm, seq or 0, job.lease or 0)
         if staged:
@@ -211,16 +211,12 @@ class SqliteStore(MemoryStore):
                 self._unique[job.unique_key] = job.id
             if job.state is JobState.QUEUED:
                 seq = next(self._seq) if seq is None else seq
-                self._index_ready(job, seq)
-                by_task = self._ready.setdefault(job.queue, {})
-                by_task.setdefault(job.task, []).append((job.priority, seq, job.id))
+                self._ready.load(job, seq)
             elif job.state is JobState.SCHEDULED:
                 self._scheduled.append((job.eta or 0.0, job.id))
             else:
                 running.append((job, seq))
-        for by_task in self._ready.values():
-            for heap in by_task.values():
-                heapq.heapify(heap)
+        self._ready.heapify()
         heapq.heapify(self._scheduled)
         return running
 
