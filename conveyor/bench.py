@@ -33,6 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from conveyor.client.aio import AsyncClient
+from conveyor.worker import POOL_KINDS
 
 console = Console(stderr=True)
 BATCH = 1000
@@ -290,9 +291,7 @@ def machine() -> dict[str, Any]:
 @click.option("--jobs", type=click.IntRange(1), default=20_000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 1000), default=16, show_default=True)
-@click.option(
-    "--pool", type=click.Choice(["thread", "process", "async"]), default="thread", show_default=True
-)
+@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
 @click.option(
     "--store",
     default="memory://",

@@ -29,6 +29,7 @@ from conveyor.config import (
 from conveyor.protocol.frames import DEFAULT_MAX_FRAME_SIZE
 from conveyor.stores import default_store_url
 from conveyor.validation import DEFAULT_MAX_PAYLOAD
+from conveyor.worker import POOL_KINDS
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -184,9 +185,7 @@ async def _serve_broker(config: BrokerConfig) -> None:
     help="module(s) with @task functions, comma-separated or repeated",
 )
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
-@click.option(
-    "--pool", type=click.Choice(["thread", "process", "async"]), default="thread", show_default=True
-)
+@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
 @click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
 @click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
 @click.option("--name", help="worker name [host-pid]")

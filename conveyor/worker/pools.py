@@ -27,14 +27,12 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from conveyor.worker import execute
+from conveyor.worker import POOL_KINDS, execute
 from conveyor.worker.execute import RunRequest, RunResult
 from conveyor.worker.procpool import ProcessPool
 from conveyor.worker.tasks import TaskDef, TaskRegistry
 
 __all__ = ["AsyncPool", "Pool", "ProcessPool", "RunRequest", "RunResult", "ThreadPool", "make_pool"]
-
-POOL_KINDS = ("thread", "process", "async")
 
 
 class Pool(Protocol):
