@@ -89,6 +89,8 @@ class LocalSystem:
                 "-m",
                 "conveyor",
                 "worker",
+                "--tasks",
+                "conveyor.examples",
                 "--broker",
                 self.url,
                 "--home",

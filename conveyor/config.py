@@ -91,6 +91,7 @@ class ClientSettings:
     ca_file: Path | None
     cert_file: Path | None = None
     key_file: Path | None = None
+    home: Path = Path(".conveyor")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -120,7 +121,7 @@ def resolve_client_settings(
     key_file = _named_file(key, "CONVEYOR_KEY", "client key")
     if key_file is not None and cert_file is None:
         raise ConfigError("a client key was given without a client certificate")
-    return ClientSettings(url, tok, ca_file, cert_file, key_file)
+    return ClientSettings(url, tok, ca_file, cert_file, key_file, home_path)
 
 
 def _named_file(arg: str | os.PathLike[str] | None, env: str, what: str) -> Path | None:

@@ -7,15 +7,19 @@
     │   ├── LocalProtocolError     ... and it was ours
     │   └── RemoteProtocolError    ... and it was the peer's
     ├── ConnectionLost             the broker went away mid-request
+    │   └── BrokerUnavailable      no broker answers at the address (first connect failed)
     ├── BrokerError                the broker answered with an ERROR frame (has .code, .field)
     │   ├── AuthenticationError    code "unauthorized"
     │   ├── PermissionDenied       code "forbidden"
-    │   ├── InvalidJob             code "invalid" (see .field)
-    │   └── JobNotFound            code "not_found"
+    │   ├── InvalidJob             code "invalid" (see .field); also raised before sending
+    │   ├── JobNotFound            code "not_found"
+    │   ├── Conflict               code "conflict"
+    │   └── RateLimited            code "rate_limited"
     ├── JobFailed                  the job ended dead/cancelled; has .job
     ├── ResultTimeout              result() ran out of time (also a TimeoutError)
     ├── PayloadDecryptError        an encrypted payload did not open (no key, wrong key, altered)
-    └── ConfigError                missing certificate, token or bad URL
+    ├── ConfigError                missing certificate, token or bad URL
+    └── IllegalTransition          a job state change the transitions table forbids (a bug)
 
 Task code may raise :class:`Retry` to ask for a retry and :class:`Reject` to fail
 at once without retries; neither is a ConveyorError.
@@ -23,10 +27,18 @@ at once without retries; neither is a ConveyorError.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from conveyor.job import Job
+
+class _JobLike(Protocol):
+    """What JobFailed needs of a job (conveyor.job.Job); no import, so no cycle."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> Any: ...
+    @property
+    def error(self) -> dict[str, Any] | None: ...
 
 
 class ConveyorError(Exception):
@@ -51,6 +63,10 @@ class RemoteProtocolError(ProtocolError):
 
 class ConnectionLost(ConveyorError):
     """The connection to the broker closed before the reply arrived."""
+
+
+class BrokerUnavailable(ConnectionLost):
+    """No broker answered at the address (the first connection attempt failed)."""
 
 
 class ConfigError(ConveyorError):
@@ -89,23 +105,33 @@ class JobNotFound(BrokerError):
     """No job has that id."""
 
 
+class Conflict(BrokerError):
+    """The job's state forbids the request (cancel of a finished job, ...)."""
+
+
+class RateLimited(BrokerError):
+    """Too many requests; slow down and retry later."""
+
+
 _ERROR_CLASSES: dict[str, type[BrokerError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDenied,
     "invalid": InvalidJob,
     "not_found": JobNotFound,
+    "conflict": Conflict,
+    "rate_limited": RateLimited,
 }
 
 
 class JobFailed(ConveyorError):
     """The job ended without a result (dead or cancelled)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: _JobLike) -> None:
         err = job.error or {}
-        super().__init__(
-            f"job {job.id} is {job.state.value}: {err.get('type', '')}: {err.get('message', '')}"
-        )
-        self.job = job
+        state = getattr(job.state, "value", job.state)
+        detail = ": ".join(str(p) for p in (err.get("type"), err.get("message")) if p)
+        super().__init__(f"job {job.id} is {state}" + (f": {detail}" if detail else ""))
+        self.job: Any = job
 
 
 class ResultTimeout(ConveyorError, TimeoutError):
@@ -114,6 +140,10 @@ class ResultTimeout(ConveyorError, TimeoutError):
 
 class PayloadDecryptError(ConveyorError):
     """An end-to-end encrypted payload could not be opened: no key fits, or it was altered."""
+
+
+class IllegalTransition(ConveyorError):
+    """A job state change that conveyor.job.TRANSITIONS does not allow: a bug, never input."""
 
 
 class Retry(Exception):

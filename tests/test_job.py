@@ -9,13 +9,16 @@ import pytest
 
 from conveyor.job import (
     FINAL_STATES,
+    RECORD_FIELDS,
     TRANSITIONS,
     EventKind,
     Job,
+    JobRecord,
     JobState,
     can_move,
     event,
 )
+from conveyor.protocol.payload import pack, pack_call
 
 
 def test_every_state_has_a_transitions_entry() -> None:
@@ -92,6 +95,8 @@ def test_states_and_events_are_wire_strings() -> None:
     assert {e.value for e in EventKind} == {
         "submitted",
         "started",
+        "released",
+        "cancel_requested",
         "requeued",
         "retried",
         "completed",
@@ -179,9 +184,25 @@ def test_wire_without_events() -> None:
 
 
 def test_from_wire_ignores_unknown_fields_and_defaults_state() -> None:
-    job = Job.from_wire({"id": "x", "task": "t", "waiting": "no worker offers t"})
-    assert job == Job(id="x", task="t")
+    job = Job.from_wire({"id": "x", "task": "t", "waiting": "no worker offers t", "new": 1})
+    assert job == Job(id="x", task="t", waiting="no worker offers t")
     assert job.state is JobState.QUEUED
+
+
+def test_from_wire_reads_packed_payload_and_result() -> None:
+    wire = {"id": "x", "task": "t", "state": "completed"}
+    wire |= {"payload": pack_call([1, 2**70], {"k": "v"}), "result": pack({"big": -(2**80)})}
+    job = Job.from_wire(wire)
+    assert (job.args, job.kwargs, job.result) == ([1, 2**70], {"k": "v"}, {"big": -(2**80)})
+
+
+def test_record_replace_copies_and_refuses_unknown_fields() -> None:
+    record = JobRecord(id="x", task="t", payload=b"\x92\x90\x80")
+    moved = record.replace(state=JobState.RUNNING, attempts=1)
+    assert (moved.state, moved.attempts, record.state) == (JobState.RUNNING, 1, JobState.QUEUED)
+    assert {f.name for f in dataclasses.fields(JobRecord)} == set(RECORD_FIELDS)
+    with pytest.raises(TypeError, match="nope"):
+        record.replace(nope=1)
 
 
 def test_from_wire_rejects_unknown_state() -> None:
@@ -193,6 +214,3 @@ def test_job_is_frozen() -> None:
     job = Job(id="x", task="t")
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.state = JobState.RUNNING  # type: ignore[misc]
-    moved = job.replace(state=JobState.RUNNING)
-    assert moved.state is JobState.RUNNING
-    assert job.state is JobState.QUEUED

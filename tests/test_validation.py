@@ -7,27 +7,23 @@ from typing import Any
 import pytest
 
 from conveyor.errors import BrokerError, InvalidJob
-from conveyor.job import (
-    DEFAULT_PRIORITY,
-    DEFAULT_QUEUE,
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_BACKOFF,
-    DEFAULT_RETRY_BACKOFF_MAX,
-    MAX_TIMEOUT,
-)
-from conveyor.validation import (
-    DEFAULT_MAX_PAYLOAD,
+from conveyor.job import DEFAULT_PRIORITY, JobRecord, JobState
+from conveyor.limits import (
     MAX_DEPTH,
-    MAX_ID_LENGTH,
+    MAX_JOB_ID,
+    MAX_PAYLOAD,
     MAX_QUEUE_NAME,
     MAX_RETRIES,
     MAX_TASK_NAME,
+    MAX_TIMEOUT,
     MAX_UNIQUE_KEY,
-    JobSpec,
-    parse_job_spec,
 )
+from conveyor.protocol.payload import pack_call, unpack_call
+from conveyor.validation import parse_job, parse_task_options
 
 NOW = 1_700_000_000.0
+MAX_ID_LENGTH = MAX_JOB_ID
+DEFAULT_MAX_PAYLOAD = MAX_PAYLOAD
 
 
 def nested(depth: int) -> Any:
@@ -39,34 +35,32 @@ def nested(depth: int) -> Any:
 
 def invalid(raw: Any, max_payload: int = DEFAULT_MAX_PAYLOAD) -> InvalidJob:
     with pytest.raises(InvalidJob) as info:
-        parse_job_spec(raw, NOW, max_payload)
+        parse_job(raw, NOW, max_payload)
     err = info.value
     assert isinstance(err, BrokerError)
     assert err.code == "invalid"
-    assert err.message.startswith(f"{err.field} ")  # "priority must be ..."
+    assert err.message.startswith(err.field or "?")  # "priority must be ...", "args[0] is ..."
     return err
+
+
+def call(job: JobRecord) -> tuple[list[Any], dict[str, Any]]:
+    return unpack_call(job.payload)
 
 
 # -- valid input ----------------------------------------------------------------------------
 
 
 def test_minimal_spec_gets_defaults() -> None:
-    spec = parse_job_spec({"task": "add"}, NOW)
-    assert spec == JobSpec(task="add")
-    assert spec.args == []
-    assert spec.kwargs == {}
-    assert spec.queue == DEFAULT_QUEUE == "default"
-    assert spec.priority == DEFAULT_PRIORITY == 5
-    # unset retry options stay None: the broker fills in the task's @task options,
-    # else the global defaults (DEFAULT_RETRIES == 3, backoff 1 s, cap 300 s)
-    assert spec.max_retries is None
-    assert spec.retry_backoff is None
-    assert spec.retry_backoff_max is None
-    assert (DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX) == (3, 1.0, 300.0)
-    assert spec.timeout is None
-    assert spec.eta is None
-    assert spec.unique_key is None
-    assert spec.id is None
+    job = parse_job({"task": "add"}, NOW)
+    assert call(job) == ([], {})
+    assert job.queue == ""  # routed by its task when stored
+    assert job.priority == DEFAULT_PRIORITY == 5
+    assert job.state is JobState.QUEUED
+    # unset retry options stay None: a worker's claim resolves them from the task's own
+    # definition, else the global defaults
+    assert (job.max_retries, job.retry_backoff, job.retry_backoff_max) == (None, None, None)
+    assert (job.timeout, job.eta, job.unique_key) == (None, None, None)
+    assert job.id  # chosen by the broker when the producer did not
 
 
 def test_full_spec() -> None:
@@ -84,11 +78,11 @@ def test_full_spec() -> None:
         "unique_key": "user:42 welcome mail",
         "id": "order-42.mail:1",
     }
-    spec = parse_job_spec(raw, NOW)
-    assert spec == JobSpec(
+    job = parse_job(raw, NOW)
+    assert job == JobRecord(
+        id="order-42.mail:1",
         task=raw["task"],
-        args=raw["args"],
-        kwargs=raw["kwargs"],
+        payload=pack_call(raw["args"], raw["kwargs"]),
         queue="emails.high",
         priority=1,
         max_retries=0,
@@ -97,33 +91,43 @@ def test_full_spec() -> None:
         timeout=30.0,
         eta=NOW + 3600,
         unique_key="user:42 welcome mail",
-        id="order-42.mail:1",
     )
-    assert isinstance(spec.retry_backoff_max, float)
-    assert isinstance(spec.timeout, float)
+    assert isinstance(job.retry_backoff_max, float)
+    assert isinstance(job.timeout, float)
+
+
+def test_a_packed_payload_is_taken_as_it_is() -> None:
+    payload = pack_call([1], {"k": "v"})
+    assert parse_job({"task": "t", "payload": payload}, NOW).payload is payload
+    assert invalid({"task": "t", "payload": b"\x91\x90"}).field == "payload"  # not [a, k]
+    assert invalid({"task": "t", "payload": "text"}).field == "payload"
+    assert invalid({"task": "t", "payload": payload, "args": [1]}).field == "payload"
+    big = pack_call(["x" * 2000], {})
+    assert invalid({"task": "t", "payload": big}, max_payload=1000).field == "payload"
 
 
 def test_unknown_fields_are_ignored() -> None:
-    assert parse_job_spec({"task": "t", "colour": "blue"}, NOW) == JobSpec(task="t")
+    job = parse_job({"task": "t", "colour": "blue", "id": "x"}, NOW)
+    assert job == parse_job({"task": "t", "id": "x"}, NOW)
 
 
 def test_delay_becomes_eta() -> None:
-    assert parse_job_spec({"task": "t", "delay": 10}, NOW).eta == NOW + 10
-    assert parse_job_spec({"task": "t", "delay": 0.25}, NOW).eta == NOW + 0.25
+    assert parse_job({"task": "t", "delay": 10}, NOW).eta == NOW + 10
+    assert parse_job({"task": "t", "delay": 0.25}, NOW).eta == NOW + 0.25
 
 
 def test_zero_delay_runs_now() -> None:
-    assert parse_job_spec({"task": "t", "delay": 0}, NOW).eta is None
+    assert parse_job({"task": "t", "delay": 0}, NOW).eta is None
 
 
 def test_past_eta_runs_now() -> None:
-    assert parse_job_spec({"task": "t", "eta": NOW - 5}, NOW).eta is None
-    assert parse_job_spec({"task": "t", "eta": NOW}, NOW).eta is None
+    assert parse_job({"task": "t", "eta": NOW - 5}, NOW).eta is None
+    assert parse_job({"task": "t", "eta": NOW}, NOW).eta is None
 
 
 @pytest.mark.parametrize("priority", [1, 5, 10])
 def test_priority_bounds_accepted(priority: int) -> None:
-    assert parse_job_spec({"task": "t", "priority": priority}, NOW).priority == priority
+    assert parse_job({"task": "t", "priority": priority}, NOW).priority == priority
 
 
 def test_limits_at_the_edge_are_accepted() -> None:
@@ -134,18 +138,28 @@ def test_limits_at_the_edge_are_accepted() -> None:
         "unique_key": "u" * MAX_UNIQUE_KEY,
         "retries": MAX_RETRIES,
         "timeout": MAX_TIMEOUT,
-        "args": [nested(MAX_DEPTH - 1)],
-        "kwargs": {"big": 2**64 - 1, "small": -(2**63)},
+        "args": [nested(MAX_DEPTH - 1)],  # args is level 1: the innermost list is level 32
+        "kwargs": {"big": 2**64, "small": -(2**63) - 1, "huge": 10**40},
     }
-    spec = parse_job_spec(raw, NOW)
-    assert spec.max_retries == MAX_RETRIES
+    job = parse_job(raw, NOW)
+    assert job.max_retries == MAX_RETRIES
+    assert call(job)[1]["huge"] == 10**40  # big integers travel (as an extension type)
 
 
 def test_payload_at_the_limit_is_accepted() -> None:
     # [["x"*n], {}] packs as fixarray, fixarray, str16 header (3 bytes), n bytes, fixmap
     n = 1000 - 6
-    parse_job_spec({"task": "t", "args": ["x" * n]}, NOW, max_payload=1000)
+    parse_job({"task": "t", "args": ["x" * n]}, NOW, max_payload=1000)
     assert invalid({"task": "t", "args": ["x" * (n + 1)]}, max_payload=1000).field == "payload"
+
+
+def test_task_options_from_ready() -> None:
+    options = parse_task_options({"t": {"retries": 0, "timeout": 5}})
+    assert options["t"].retries == 0 and options["t"].timeout == 5.0
+    for bad in ({"t": {"retries": -1}}, {"t": 5}, [1], {"t": {"timeout": 0}}):
+        with pytest.raises(InvalidJob) as info:
+            parse_task_options(bad)
+        assert info.value.field == "defaults"
 
 
 # -- invalid input, one field at a time -----------------------------------------------------
@@ -173,7 +187,6 @@ def test_job_must_be_a_map() -> None:
         ({"task": "t" * (MAX_TASK_NAME + 1)}, "task"),
         # queue
         ({"task": "t", "queue": ""}, "queue"),
-        ({"task": "t", "queue": None}, "queue"),
         ({"task": "t", "queue": "a b"}, "queue"),
         ({"task": "t", "queue": "q" * (MAX_QUEUE_NAME + 1)}, "queue"),
         # priority
@@ -202,10 +215,9 @@ def test_job_must_be_a_map() -> None:
         ({"task": "t", "kwargs": {"x": [float("nan")]}}, "kwargs"),
         ({"task": "t", "args": [float("inf")]}, "args"),
         ({"task": "t", "args": [float("-inf")]}, "args"),
-        ({"task": "t", "args": [2**64]}, "args"),
-        ({"task": "t", "kwargs": {"n": -(2**63) - 1}}, "kwargs"),
         ({"task": "t", "args": [{1, 2}]}, "args"),
         ({"task": "t", "args": [object()]}, "args"),
+        ({"task": "t", "args": [nested(MAX_DEPTH)]}, "args"),  # 33 levels with args
         ({"task": "t", "args": [nested(MAX_DEPTH + 1)]}, "args"),
         ({"task": "t", "kwargs": {"deep": nested(MAX_DEPTH + 1)}}, "kwargs"),
         # retries
@@ -265,7 +277,7 @@ def test_oversized_payload_names_payload() -> None:
 def test_payload_counts_args_and_kwargs_together() -> None:
     half = {"task": "t", "args": ["x" * 600], "kwargs": {"k": "y" * 600}}
     assert invalid(half, max_payload=1000).field == "payload"
-    parse_job_spec(half, NOW, max_payload=2000)
+    parse_job(half, NOW, max_payload=2000)
 
 
 def test_first_bad_field_wins() -> None:

@@ -5,25 +5,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conveyor.protocol.frames import DEFAULT_MAX_BATCH, DEFAULT_MAX_FRAME_SIZE
-from conveyor.validation import DEFAULT_MAX_PAYLOAD
-
-FRAME_OVERHEAD = 1024  # room for a job's id (<=100), task (<=200), queue (<=100) and fields
+from conveyor.limits import (
+    FRAME_OVERHEAD,
+    MAX_BATCH,
+    MAX_ERROR_MESSAGE,
+    MAX_FRAME_SIZE,
+    MAX_LIST,
+    MAX_PAYLOAD,
+    MAX_TRACEBACK,
+    MAX_WAITS,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Safe defaults; every one is configurable."""
 
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_payload: int = DEFAULT_MAX_PAYLOAD
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_frame_size: int = MAX_FRAME_SIZE
+    max_payload: int = MAX_PAYLOAD
+    max_batch: int = MAX_BATCH
     max_connections: int = 10_000
     max_connections_per_ip: int = 1_000
     handshake_timeout: float = 5.0  # seconds to finish TLS and send HELLO (slowloris)
     idle_timeout: float = 300.0  # seconds without a frame before a connection is dropped
     submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
     max_inflight_requests: int = 256  # per connection: reading pauses above this
+
+    def announced(self) -> dict[str, int]:
+        """The limits a client must honour, as WELCOME ``limits`` announces them."""
+        return {
+            "max_frame_size": self.max_frame_size,
+            "max_payload": self.max_payload,
+            "max_batch": self.max_batch,
+            "max_inflight_requests": self.max_inflight_requests,
+            "max_error_message": MAX_ERROR_MESSAGE,
+            "max_traceback": MAX_TRACEBACK,
+            "max_waits": MAX_WAITS,
+            "max_list": MAX_LIST,
+        }
 
     def __post_init__(self) -> None:
         # one job (payload plus its id, names and fields) must always fit in one frame,
@@ -46,7 +65,8 @@ class BrokerConfig:
     client_ca_file: Path | None = None  # set: mutual TLS, client certificates required
     tokens_file: Path | None = None  # default: $home/tokens.json
     heartbeat: float = 5.0  # seconds between worker heartbeats
-    lease: float = 30.0  # a running job's lease; renewed by heartbeats
+    lease: float = 30.0  # a worker silent this long loses its jobs (each heartbeat renews)
+    deadline_grace: float = 10.0  # a run past its timeout by this much is failed by the broker
     retention: float = 7 * 86400.0  # completed/cancelled jobs kept this long
     limits: Limits = field(default_factory=Limits)
     name: str = "conveyor-broker"

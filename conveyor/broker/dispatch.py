@@ -4,8 +4,8 @@ Each connected worker announced its tasks, queues and concurrency. Its credit is
 ``concurrency + prefetch`` minus the jobs it holds (dispatched, not yet reported or
 released). A dispatch pass repeatedly takes the worker with the lowest load ratio
 that has credit, claims a small slice of jobs for it from the store (the store
-orders by priority, then FIFO) and sends them in one DISPATCH frame. Slices are a
-quarter of the worker's capacity so that equal workers alternate and share the work.
+orders by priority, then FIFO) and hands them to the worker's link in one go. Slices are
+a quarter of the worker's capacity so that equal workers alternate and share the work.
 Passes are coalesced: many triggers in one loop iteration cause one pass.
 """
 
@@ -15,21 +15,35 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.clock import Clock
-from conveyor.job import Job
+from conveyor.job import JobRecord
+from conveyor.lifecycle import TaskOptions
 from conveyor.stores.base import Claimant, Store
 
 log = logging.getLogger("conveyor.broker")
 _order = itertools.count()
 
 
+class WorkerLink(Protocol):
+    """How the broker reaches one connected worker (its protocol session implements it)."""
+
+    def dispatch(self, jobs: list[JobRecord]) -> None:
+        """Send these jobs (now running under their leases) to the worker."""
+
+    def abort(self, job_id: str, lease: int | None) -> None:
+        """Tell the worker to stop a job it runs (cancelled, or past its deadline)."""
+
+    def close(self, reason: str) -> None:
+        """End the worker's connection with a GOODBYE naming the reason."""
+
+
 @dataclass(eq=False, slots=True)
 class WorkerRef:
-    """A connected worker as the dispatcher sees it."""
+    """A connected worker as the broker sees it."""
 
     id: str
     name: str
@@ -37,19 +51,29 @@ class WorkerRef:
     queues: tuple[str, ...]
     concurrency: int
     prefetch: int
-    send_jobs: Callable[[list[Job]], None]
+    link: WorkerLink
+    options: Mapping[str, TaskOptions] = field(default_factory=dict)
     pool: str = "thread"
     peer: str = ""
     connected_at: float = 0.0
     # job id -> lease of each job dispatched to it and not yet reported or released; a
     # report counts only for a job this worker holds under that very lease
     holding: dict[str, int] = field(default_factory=dict)
+    # job id -> when the worker said it started it (a HEARTBEAT listing it); a held job
+    # that is not here was only prefetched
+    started: dict[str, float] = field(default_factory=dict)
+    # job id -> its run's time limit (the job's, else the task's), for the broker's deadline
+    timeouts: dict[str, float] = field(default_factory=dict)
     draining: bool = False
-    stalled: bool = False  # its leases expired: no new jobs until it heartbeats again
+    stalled: bool = False  # its heartbeats stopped: no new jobs until one arrives
     completed: int = 0
     failed: int = 0
     last_heartbeat: float = 0.0
     order: int = field(default_factory=lambda: next(_order))
+    claimant: Claimant = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.claimant = Claimant(self.id, self.queues, self.tasks, self.options)
 
     @property
     def capacity(self) -> int:
@@ -65,8 +89,20 @@ class WorkerRef:
     def load(self) -> float:
         return len(self.holding) / self.capacity
 
-    def claimant(self) -> Claimant:
-        return Claimant(self.id, self.queues, self.tasks)
+    def give_back(self, job_id: str) -> None:
+        """The job left this worker's hands (reported, released, requeued)."""
+        self.holding.pop(job_id, None)
+        self.started.pop(job_id, None)
+        self.timeouts.pop(job_id, None)
+
+    def took(self, jobs: list[JobRecord]) -> None:
+        """These jobs were dispatched to this worker."""
+        for job in jobs:
+            self.holding[job.id] = job.lease or 0
+            options = self.options.get(job.task)
+            timeout = job.timeout if job.timeout is not None else options and options.timeout
+            if timeout:
+                self.timeouts[job.id] = timeout
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -79,6 +115,8 @@ class WorkerRef:
             "pool": self.pool,
             "peer": self.peer,
             "running": len(self.holding),
+            "busy": len(self.started),
+            "jobs": sorted(self.started),
             "draining": self.draining,
             "stalled": self.stalled,
             "completed": self.completed,
@@ -96,12 +134,14 @@ class Dispatcher:
         store: Store,
         clock: Clock,
         lease_seconds: float,
+        on_orphans: Callable[[WorkerRef, list[JobRecord]], Awaitable[None]],
         on_dispatch: Callable[[], None] | None = None,
     ) -> None:
-        self.on_dispatch = on_dispatch
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
+        self.on_orphans = on_orphans
+        self.on_dispatch = on_dispatch
         self.workers: dict[str, WorkerRef] = {}
         self._pending = False
         self._running = False
@@ -157,16 +197,15 @@ class Dispatcher:
             if worker.id not in self.workers or worker.free <= 0:
                 continue
             want = min(worker.free, max(1, worker.capacity // 4))
-            jobs = await self.store.job_claim(worker.claimant(), want, self.lease_seconds, now)
+            jobs = await self.store.job_claim(worker.claimant, want, self.lease_seconds, now)
             if not jobs:
                 continue  # nothing this worker can run; drop it from this pass
             if worker.id not in self.workers:
-                # the worker left while we claimed: give the jobs straight back
-                await self.store.job_requeue_worker(worker.id, "worker lost", now)
+                await self.on_orphans(worker, jobs)  # it left while we claimed: back they go
                 continue
-            worker.holding.update((j.id, j.lease or 0) for j in jobs)
+            worker.took(jobs)
             self.dispatched += len(jobs)
-            worker.send_jobs(jobs)
+            worker.link.dispatch(jobs)
             if self.on_dispatch is not None:
                 self.on_dispatch()
             if worker.free > 0:

@@ -1,9 +1,12 @@
 """Background services of the broker: each a ``run_once(now)`` and a thin loop around it.
 
-- :class:`LeaseReaper` requeues running jobs whose lease expired (hung or stopped worker).
+- :class:`LeaseReaper`: workers that stopped heartbeating lose their jobs; runs past their
+  deadline fail (both in :meth:`BrokerCore.reap <conveyor.broker.core.BrokerCore.reap>`).
 - :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
   sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
 - :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
+
+Tests call ``run_once(now)`` with a fake clock's time instead of sleeping.
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
+from conveyor.broker.core import BrokerCore
 from conveyor.clock import Clock
-from conveyor.job import Job
-from conveyor.stores.base import Store
 
 log = logging.getLogger("conveyor.broker")
 
@@ -26,8 +27,8 @@ class Service(abc.ABC):
 
     interval = 1.0
 
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self.store = store
+    def __init__(self, core: BrokerCore, clock: Clock) -> None:
+        self.core = core
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -64,32 +65,18 @@ class Service(abc.ABC):
 
 
 class LeaseReaper(Service):
-    def __init__(
-        self, store: Store, clock: Clock, on_requeued: Callable[[list[Job]], None]
-    ) -> None:
-        super().__init__(store, clock)
-        self.on_requeued = on_requeued
-
     async def run_once(self, now: float) -> None:
-        jobs = await self.store.job_rescue_expired(now)
-        if jobs:
-            log.warning("lease expired for %d job(s); requeued", len(jobs))
-            self.on_requeued(jobs)
+        await self.core.reap(now)
 
 
 class Promoter(Service):
     max_sleep = 1.0
 
-    def __init__(self, store: Store, clock: Clock, on_promoted: Callable[[], None]) -> None:
-        super().__init__(store, clock)
-        self.on_promoted = on_promoted
-
     async def run_once(self, now: float) -> None:
-        if await self.store.job_promote_due(now):
-            self.on_promoted()
+        await self.core.promote(now)
 
     async def next_delay(self) -> float:
-        eta = await self.store.job_next_eta()
+        eta = await self.core.store.job_next_eta()
         if eta is None:
             return self.max_sleep
         return min(self.max_sleep, eta - self.clock.now())
@@ -98,11 +85,7 @@ class Promoter(Service):
 class RetentionCleaner(Service):
     interval = 60.0
 
-    def __init__(self, store: Store, clock: Clock, retention: float) -> None:
-        super().__init__(store, clock)
-        self.retention = retention
-
     async def run_once(self, now: float) -> None:
-        pruned = await self.store.job_prune(now - self.retention)
+        pruned = await self.core.prune(now)
         if pruned:
             log.info("retention: pruned %d finished job(s)", pruned)

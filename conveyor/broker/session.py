@@ -1,9 +1,11 @@
-"""One client connection on the broker: bytes → frames → handlers, replies → bytes.
+"""One client connection on the broker: the asyncio protocol, the handshake, backpressure.
 
-The session enforces the handshake (via the sans-IO ServerConnection), checks the
-token and the role's permissions for every frame, and runs each request's handler.
-Replies are coalesced: frames queued during one loop iteration leave in one write
-(one TLS record), which is what makes small jobs cheap.
+The session feeds bytes to the sans-IO :class:`~conveyor.protocol.connection.ServerConnection`,
+checks the token at HELLO and the role for every frame, and hands each frame to its route
+(``routes/``). Replies are coalesced: frames queued during one loop iteration leave in
+one write (one TLS record), which is what makes small jobs cheap. A peer that sends
+requests faster than it reads replies has its reading paused (it cannot make the broker
+buffer without bound).
 """
 
 from __future__ import annotations
@@ -11,36 +13,57 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from conveyor.broker.handlers import HANDLERS
+from conveyor.broker.config import Limits
+from conveyor.broker.core import BrokerCore
+from conveyor.broker.dispatch import WorkerRef
+from conveyor.broker.routes import ROUTES
 from conveyor.errors import BrokerError, LocalProtocolError, RemoteProtocolError
+from conveyor.limits import MAX_CLIENT_NAME
 from conveyor.protocol.connection import ConnState, ServerConnection
-from conveyor.protocol.frames import ErrorCode, FrameType
+from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
+from conveyor.protocol.session import split_to_fit
 from conveyor.security.roles import may_send
 from conveyor.security.tokens import Role
-
-if TYPE_CHECKING:
-    from conveyor.broker.app import Broker
-    from conveyor.broker.dispatch import WorkerRef
 
 log = logging.getLogger("conveyor.broker")
 
 
-class Session(asyncio.Protocol):
-    """The broker's side of one TLS connection."""
+class SessionHost(Protocol):
+    """What a session needs of the broker that runs it (the app implements it)."""
 
-    def __init__(self, broker: Broker, peer: str, on_close: Callable[[], None]) -> None:
-        self.broker = broker
+    name: str
+
+    def session_opened(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session) -> None: ...
+
+    def new_session_id(self) -> str: ...
+
+
+class Session(asyncio.Protocol):
+    """The broker's side of one TLS connection (and the :class:`~conveyor.broker.routes.Peer`
+    its routes serve)."""
+
+    def __init__(
+        self, core: BrokerCore, host: SessionHost, peer: str, on_close: Callable[[], None]
+    ) -> None:
+        self.core = core
+        self.host = host
+        self.limits: Limits = core.config.limits
         self.peer = peer
         self._on_close = on_close
-        self.conn = ServerConnection(broker.config.limits.max_frame_size)
+        self.conn = ServerConnection(self.limits.max_frame_size)
         self.transport: asyncio.Transport | None = None
-        self.role: Role | None = None
+        self._role: Role | None = None
+        self.features: frozenset[str] = frozenset()
         self.token_name = ""
         self.client_name = ""
         self.session_id = ""
         self.worker: WorkerRef | None = None
+        self.waits = 0  # WAIT requests this session has outstanding
+        self.closed = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._inflight = 0
@@ -50,8 +73,15 @@ class Session(asyncio.Protocol):
         self._last_frame = 0.0
         self._submit_tokens = 0.0
         self._submit_stamp = 0.0
-        self.closed = False
-        self.waits = 0  # WAIT requests this session has outstanding
+
+    @property
+    def role(self) -> Role:
+        assert self._role is not None, "no role before the handshake"
+        return self._role
+
+    @property
+    def packed(self) -> bool:
+        return "packed" in self.features
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,10 +89,8 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
         self._last_frame = loop.time()
-        self._timer = loop.call_later(
-            self.broker.config.limits.handshake_timeout, self._check_timeouts
-        )
-        self.broker.session_opened(self)
+        self._timer = loop.call_later(self.limits.handshake_timeout, self._check_timeouts)
+        self.host.session_opened(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -93,10 +121,9 @@ class Session(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The peer does not read its replies as fast as it sends requests: take no new
         # requests until it does, or its replies pile up in our memory without bound.
-        self.broker.metrics["write_paused"] += 1
+        self.core.metrics["write_paused"] += 1
         self._write_blocked = True
         self._pause_reading()
-        self.broker.changed()
 
     def resume_writing(self) -> None:
         self._write_blocked = False
@@ -109,7 +136,7 @@ class Session(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def _maybe_resume_reading(self) -> None:
-        limit = self.broker.config.limits.max_inflight_requests
+        limit = self.limits.max_inflight_requests
         if not self._paused or self._write_blocked or self._inflight > limit // 2:
             return
         self._paused = False
@@ -125,7 +152,10 @@ class Session(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._on_close()
-        self.broker.session_closed(self)
+        self.core.waiters.drop_owner(self)
+        if self.worker is not None:
+            self.core.worker_left(self.worker)
+        self.host.session_closed(self)
 
     # -- sending -----------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
@@ -133,14 +163,26 @@ class Session(asyncio.Protocol):
         if self.closed:
             return
         try:
-            self._out.append(self.conn.send(frame))
+            data = self.conn.send(frame)
         except LocalProtocolError as exc:
             log.error("refusing to send a bad frame to %s: %s", self.peer, exc)
             rid = frame.get("rid")
-            self._out.append(self.conn.error(ErrorCode.INTERNAL, str(exc), rid))
+            data = self.conn.error(
+                ErrorCode.INTERNAL, str(exc), rid if isinstance(rid, int) else None
+            )
+        self.send_raw(data)
+
+    def send_raw(self, data: bytes) -> None:
+        self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_batch(self, kind: str, key: str, items: list[Any]) -> None:
+        """Send ``{"t": kind, key: items}``, split over several frames if one is too big
+        (Limits keeps one job's payload well under a frame, so one item always fits)."""
+        for data in split_to_fit(items, lambda part: self.conn.send({"t": kind, key: part})):
+            self.send_raw(data)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -165,105 +207,92 @@ class Session(asyncio.Protocol):
         if self.closed:
             return
         self.error(code, message)
-        self._flush()
         self.close()
 
     def goodbye(self, reason: str) -> None:
         self.send({"t": "goodbye", "reason": reason})
-        self._flush()
         self.close()
 
     def close(self) -> None:
+        """Close after writing every frame already queued (replies to pipelined requests)."""
+        if self.closed and (self.transport is None or self.transport.is_closing()):
+            return
         self.closed = True
         if self.transport is not None and not self.transport.is_closing():
+            if self._out:
+                self.transport.write(b"".join(self._out))
+                self._out.clear()
             self.transport.close()
 
     # -- receiving ---------------------------------------------------------------------
     def _on_frame(self, frame: dict[str, Any]) -> None:
         self._last_frame = asyncio.get_running_loop().time()
         ftype = FrameType(frame["t"])
-        if self.role is None:
+        if self._role is None:
             self._hello(frame)
             return
         rid = frame.get("rid")
-        if not may_send(self.role, ftype):
-            self.broker.metrics["forbidden"] += 1
+        rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+        if not may_send(self._role, ftype):
+            self.core.metrics["forbidden"] += 1
             self.error(
-                ErrorCode.FORBIDDEN,
-                f"role {self.role.value} may not send {ftype.value}",
-                rid if isinstance(rid, int) else None,
+                ErrorCode.FORBIDDEN, f"role {self._role.value} may not send {ftype.value}", rid
             )
             return
-        handler = HANDLERS.get(ftype)
-        if handler is None:  # a reply type sent by a client
+        route = ROUTES.get(ftype)
+        if route is None:  # a reply type sent by a client
             self.fatal(ErrorCode.BAD_FRAME, f"{ftype.value} frames are sent by the broker only")
             return
         try:
-            coro = handler(self, frame)
+            reply = route(self, frame)
         except BrokerError as exc:
             self.error(exc.code, exc.message, rid, exc.field)
             return
-        if coro is not None:
-            self._spawn(coro, rid)
+        if reply is not None:
+            self._spawn(reply, rid)
 
     def _hello(self, frame: dict[str, Any]) -> None:
-        broker = self.broker
-        info = broker.authenticate(frame.get("token"))
+        info = self.core.authenticate(frame.get("token"))
         if info is None:
             log.warning("rejected bad token from %s", self.peer)
-            broker.metrics["auth_failures"] += 1
+            self.core.metrics["auth_failures"] += 1
             self.fatal(ErrorCode.UNAUTHORIZED, "unknown, revoked or expired token")
             return
-        self.role = info.role
+        self._role = info.role
         self.token_name = info.name
-        self.client_name = str(frame.get("name", ""))[:100]
-        self.session_id = broker.new_session_id()
+        self.client_name = str(frame.get("name", ""))[:MAX_CLIENT_NAME]
+        self.session_id = self.host.new_session_id()
+        wanted = frame.get("features") or ()
+        self.features = frozenset(f for f in wanted if f in FEATURES)
+        config, limits = self.core.config, self.limits
         self.send_raw(
             self.conn.accept(
                 {
                     "session": self.session_id,
                     "role": info.role.value,
-                    "server": broker.config.name,
-                    "max_frame_size": broker.config.limits.max_frame_size,
-                    "heartbeat": broker.config.heartbeat,
+                    "server": self.host.name,
+                    "max_frame_size": limits.max_frame_size,
+                    "heartbeat": config.heartbeat,
+                    "lease": config.lease,
+                    "features": sorted(self.features),
+                    "limits": limits.announced(),
                 }
             )
         )
 
-    def send_batch(self, kind: str, key: str, items: list[Any]) -> None:
-        """Send ``{"t": kind, key: items}``, split over several frames if one is too big."""
-        try:
-            data = self.conn.send({"t": kind, key: items})
-        except LocalProtocolError as exc:
-            if exc.code != "frame_too_large" or len(items) == 1:
-                raise  # Limits keeps one job's payload well under a frame
-            mid = len(items) // 2
-            self.send_batch(kind, key, items[:mid])
-            self.send_batch(kind, key, items[mid:])
-            return
-        self.send_raw(data)
-
-    def send_raw(self, data: bytes) -> None:
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], rid: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], rid: int | None) -> None:
         self._inflight += 1
-        if self._inflight >= self.broker.config.limits.max_inflight_requests:
+        if self._inflight >= self.limits.max_inflight_requests:
             self._pause_reading()
-        task = asyncio.get_running_loop().create_task(self._run(coro, rid))
-        self.broker.tasks.add(task)
-        task.add_done_callback(self.broker.tasks.discard)
+        self.core.spawn(self._run(coro, rid))
 
-    async def _run(self, coro: Coroutine[Any, Any, None], rid: Any) -> None:
+    async def _run(self, coro: Coroutine[Any, Any, None], rid: int | None) -> None:
         try:
             await coro
         except BrokerError as exc:
-            self.error(exc.code, exc.message, rid if isinstance(rid, int) else None, exc.field)
+            self.error(exc.code, exc.message, rid, exc.field)
         except Exception:
-            log.exception("handler failed for %s", self.peer)
+            log.exception("request from %s failed", self.peer)
             self.error(ErrorCode.INTERNAL, "internal broker error", rid)
         finally:
             self._inflight -= 1
@@ -271,7 +300,7 @@ class Session(asyncio.Protocol):
 
     def take_submit_budget(self, n: int) -> bool:
         """Token bucket on submitted jobs per second (when a limit is configured)."""
-        rate = self.broker.config.limits.submits_per_second
+        rate = self.limits.submits_per_second
         if rate <= 0:
             return True
         now = asyncio.get_running_loop().time()
@@ -287,15 +316,15 @@ class Session(asyncio.Protocol):
 
     def _check_timeouts(self) -> None:
         loop = asyncio.get_running_loop()
-        limits = self.broker.config.limits
         if self.closed:
             return
-        if self.role is None:
-            log.info("dropping %s: no hello within %.1fs", self.peer, limits.handshake_timeout)
+        if self._role is None:
+            log.info("dropping %s: no hello within %.1fs", self.peer, self.limits.handshake_timeout)
             self.fatal(ErrorCode.HANDSHAKE_TIMEOUT, "no hello in time")
             return
         idle = loop.time() - self._last_frame
-        if self.worker is None and not self.waits and idle >= limits.idle_timeout:
-            self.fatal(ErrorCode.IDLE_TIMEOUT, f"idle for {limits.idle_timeout:.0f}s")
+        timeout = self.limits.idle_timeout
+        if self.worker is None and not self.waits and idle >= timeout:
+            self.fatal(ErrorCode.IDLE_TIMEOUT, f"idle for {timeout:.0f}s")
             return
-        self._timer = loop.call_later(max(1.0, limits.idle_timeout - idle), self._check_timeouts)
+        self._timer = loop.call_later(max(1.0, timeout - idle), self._check_timeouts)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conveyor.job import Job
+from conveyor.job import JobRecord
 
-Notify = Callable[[Job], None]
+Notify = Callable[[JobRecord], None]
 
 
 class Waiters:
@@ -32,7 +32,7 @@ class Waiters:
         if not entries:
             del self._by_job[job_id]
 
-    def finished(self, job: Job) -> None:
+    def finished(self, job: JobRecord) -> None:
         """Tell everyone waiting on ``job`` (call only for a final job)."""
         for _, notify in self._by_job.pop(job.id, ()):
             notify(job)

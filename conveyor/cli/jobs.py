@@ -14,7 +14,6 @@ from rich.table import Table
 
 from conveyor.cli._client import echo_json, with_client
 from conveyor.cli._util import duration_option
-from conveyor.client._base import read_job
 from conveyor.client.sync import Client
 from conveyor.job import Job, JobState
 from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call, load_payload_keys
@@ -148,16 +147,15 @@ def result(
 def status(client: Client, job_id: str, as_json: bool, payload_key_file: str | None) -> None:
     """Show a job's state, attempts, worker and history."""
     use_payload_keys(client, payload_key_file)
-    reply = client._request({"t": "get", "id": job_id})["job"]
-    job = read_job(reply, client.cipher)  # opened where the key fits
+    job = client.get(job_id)  # opened where the key fits
     if as_json:
-        echo_json({**reply, **job.to_wire()})
+        echo_json(job.to_wire())
         return
     click.echo(f"{job.id}  {job.state.value}")
     click.echo(f"  task {job.task}  queue {job.queue}  priority {job.priority}")
     click.echo(f"  attempts {job.attempts}/{job.max_retries + 1}  worker {job.worker or '-'}")
-    if reply.get("waiting"):
-        click.echo(f"  waiting: {reply['waiting']}")
+    if job.waiting:
+        click.echo(f"  waiting: {job.waiting}")
     if job.eta and job.state is JobState.SCHEDULED:
         click.echo(f"  runs at {_when(job.eta)} UTC")
     if is_sealed_call(job.args, job.kwargs):

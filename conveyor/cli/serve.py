@@ -26,9 +26,8 @@ from conveyor.config import (
     ensure_broker_files,
     home_dir,
 )
-from conveyor.protocol.frames import DEFAULT_MAX_FRAME_SIZE
+from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
 from conveyor.stores import default_store_url
-from conveyor.validation import DEFAULT_MAX_PAYLOAD
 from conveyor.worker import POOL_KINDS
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -90,14 +89,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option(
     "--max-frame-size",
     type=click.IntRange(1024),
-    default=DEFAULT_MAX_FRAME_SIZE,
+    default=MAX_FRAME_SIZE,
     show_default=True,
     help="bytes per protocol frame",
 )
 @click.option(
     "--max-payload",
     type=click.IntRange(1),
-    default=DEFAULT_MAX_PAYLOAD,
+    default=MAX_PAYLOAD,
     show_default=True,
     help="bytes of args+kwargs per job",
 )
@@ -180,9 +179,10 @@ async def _serve_broker(config: BrokerConfig) -> None:
     "--tasks",
     "modules",
     multiple=True,
-    default=("conveyor.examples",),
-    show_default=True,
-    help="module(s) with @task functions, comma-separated or repeated",
+    envvar="CONVEYOR_TASKS",
+    required=True,
+    help="module(s) with @task functions, comma-separated or repeated "
+    "(conveyor.examples has demo tasks) [env CONVEYOR_TASKS]",
 )
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
 @click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
@@ -250,7 +250,17 @@ def dev(port: int, workers: int, home: str | None) -> None:
         _wait_for_port(port, procs[0])
         for i in range(workers):
             procs.append(
-                subprocess.Popen([*cmd, "worker", "--name", f"dev-worker-{i + 1}"], env=env)
+                subprocess.Popen(
+                    [
+                        *cmd,
+                        "worker",
+                        "--tasks",
+                        "conveyor.examples",
+                        "--name",
+                        f"dev-worker-{i + 1}",
+                    ],
+                    env=env,
+                )
             )
         click.echo(
             f"\nConveyor is up: broker conveyor://127.0.0.1:{port}, {workers} workers "

@@ -1,42 +1,28 @@
-"""What Client and AsyncClient share: settings, request frames, reply parsing.
+"""What Client and AsyncClient share: settings, building and checking requests, reading replies.
 
-The twins differ only in how they move bytes. Job ids are chosen here, on the
-client, so that resending a submit after a lost connection is idempotent.
+The twins differ only in how they move bytes (``transport.py``). Everything a submit
+carries is checked here, before anything is sent: a value that is not JSON-compatible, a
+payload over the broker's limit or a bad option raises :class:`~conveyor.errors.InvalidJob`
+naming the argument at once. Job ids are chosen here, on the client, so that sending a
+submit again after a lost connection is idempotent. Payloads travel packed
+(:mod:`conveyor.protocol.payload`): packed once here, unpacked once by the worker.
 
-With a payload key, specs are sealed here before they leave (:func:`seal_spec`)
-and jobs are opened here as they arrive (:func:`read_job`); see
-:mod:`conveyor.security.payload`.
+With a payload key, calls are sealed here before they leave (:func:`seal_call`) and jobs
+are opened here as they arrive (:func:`read_job`); see :mod:`conveyor.security.payload`.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from conveyor._ids import new_job_id
-from conveyor.config import ClientSettings, parse_broker_url, resolve_client_settings
-from conveyor.errors import (
-    BrokerError,
-    ConfigError,
-    InvalidJob,
-    JobFailed,
-    LocalProtocolError,
-    PayloadDecryptError,
-)
+from conveyor.errors import InvalidJob, JobFailed, PayloadDecryptError
 from conveyor.job import Job, JobState
-from conveyor.protocol.frames import DEFAULT_MAX_BATCH
-from conveyor.security.payload import (
-    CALL,
-    PayloadCipher,
-    context,
-    is_sealed,
-    is_sealed_call,
-)
-from conveyor.security.tls import client_context
+from conveyor.limits import FRAME_OVERHEAD, MAX_BATCH, MAX_PAYLOAD
+from conveyor.protocol.payload import PayloadError, check_json, pack_call
+from conveyor.security.payload import CALL, PayloadCipher, context, is_sealed
 
 SUBMIT_OPTIONS = (
     "queue",
@@ -51,54 +37,44 @@ SUBMIT_OPTIONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-    ssl_context: ssl.SSLContext
-    token: str | None
-    name: str
-
-
-def make_endpoint(
-    url: str | None,
-    token: str | None,
-    ca: str | Path | None,
-    cert: str | Path | None,
-    key: str | Path | None,
-    home: str | Path | None,
-    name: str,
-) -> Endpoint:
-    settings: ClientSettings = resolve_client_settings(
-        broker_url=url,
-        token=token,
-        ca=str(ca) if ca is not None else None,
-        home=str(home) if home is not None else None,
-    )
-    host, port = parse_broker_url(settings.broker_url)
-    if settings.ca_file is None:
-        raise ConfigError(
-            "no CA certificate to verify the broker: pass ca=..., set CONVEYOR_CA, "
-            "or run where $CONVEYOR_HOME/ca.pem exists (conveyor broker creates it)"
-        )
-    ctx = client_context(
-        settings.ca_file,
-        Path(cert) if cert else settings.cert_file,
-        Path(key) if key else settings.key_file,
-    )
-    return Endpoint(host, port, ctx, settings.token, name)
+def seal_call(
+    job_id: str, task: str, args: list[Any], kwargs: dict[str, Any], cipher: PayloadCipher | None
+) -> tuple[list[Any], dict[str, Any]]:
+    """The call as it leaves: sealed, bound to its id and task, when there is a key."""
+    if cipher is None:
+        return args, kwargs
+    return cipher.seal_call(args, kwargs, ctx=context(CALL, job_id, task))
 
 
 def job_spec(
-    task: str, args: Iterable[Any], kwargs: Mapping[str, Any], **options: Any
+    task: str,
+    args: Iterable[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    cipher: PayloadCipher | None = None,
+    max_payload: int = MAX_PAYLOAD,
+    **options: Any,
 ) -> dict[str, Any]:
-    """A submit map for one job; options left as None are not sent (broker defaults)."""
-    spec: dict[str, Any] = {"id": options.pop("job_id", None) or new_job_id(), "task": task}
-    args = list(args)
-    if args:
-        spec["args"] = args
-    if kwargs:
-        spec["kwargs"] = dict(kwargs)
+    """A checked submit map for one job, its payload packed; unset options are not sent."""
+    if not isinstance(task, str):
+        raise InvalidJob("invalid", f"task must be a task name, not {type(task).__name__}", "task")
+    job_id = options.pop("job_id", None) or new_job_id()
+    spec: dict[str, Any] = {"id": job_id, "task": task}
+    call_args, call_kwargs = list(args), dict(kwargs)
+    for value, fld in ((call_args, "args"), (call_kwargs, "kwargs")):
+        try:
+            check_json(value, fld)
+        except PayloadError as exc:
+            raise InvalidJob("invalid", str(exc), fld) from None
+    payload = pack_call(*seal_call(job_id, task, call_args, call_kwargs, cipher))
+    if len(payload) > max_payload:
+        raise InvalidJob(
+            "invalid",
+            f"payload is {len(payload):,} bytes packed; the broker's limit is {max_payload:,} "
+            "(store big inputs elsewhere and pass a reference)",
+            "payload",
+        )
+    spec["payload"] = payload
     eta = options.pop("eta", None)
     if isinstance(eta, datetime):
         if eta.tzinfo is None:
@@ -114,50 +90,54 @@ def job_spec(
     return spec
 
 
-def batch_item(item: Any, cipher: PayloadCipher | None = None) -> dict[str, Any]:
-    """Normalise one submit_many item: (task, kwargs), (task, args, kwargs), or a spec map."""
+def batch_item(item: Any, cipher: PayloadCipher | None, max_payload: int) -> dict[str, Any]:
+    """One submit_many item: (task, kwargs), (task, args, kwargs), or a spec map."""
     if isinstance(item, Mapping):
         spec = dict(item)
-        spec.setdefault("id", new_job_id())
-        return seal_spec(spec, cipher)
+        task = spec.pop("task", None)
+        args, kwargs = spec.pop("args", ()), spec.pop("kwargs", {})
+        if "id" in spec:
+            spec["job_id"] = spec.pop("id")
+        return job_spec(task, args, kwargs, cipher=cipher, max_payload=max_payload, **spec)
     if isinstance(item, tuple | list):
         if len(item) == 2 and isinstance(item[1], Mapping):
-            return seal_spec(job_spec(item[0], (), item[1]), cipher)
+            return job_spec(item[0], (), item[1], cipher=cipher, max_payload=max_payload)
         if len(item) == 3:
-            return seal_spec(job_spec(item[0], item[1], item[2]), cipher)
+            return job_spec(item[0], item[1], item[2], cipher=cipher, max_payload=max_payload)
     raise TypeError("submit_many items are (task, kwargs), (task, args, kwargs) or spec maps")
 
 
-def seal_spec(spec: dict[str, Any], cipher: PayloadCipher | None) -> dict[str, Any]:
-    """The spec with its args and kwargs sealed, bound to its id and task (no key: as is)."""
-    if cipher is None:
-        return spec
-    args, kwargs = spec.get("args", []), spec.get("kwargs", {})
-    if is_sealed_call(args, kwargs):
-        return spec
-    spec["id"] = spec.get("id") or new_job_id()  # the seal is bound to it: it must be ours
-    ctx = context(CALL, str(spec["id"]), str(spec.get("task", "")))
-    spec.pop("args", None)
-    _, spec["kwargs"] = cipher.seal_call(args, kwargs, ctx=ctx)
-    return spec
+def chunks(
+    specs: list[dict[str, Any]], max_batch: int = MAX_BATCH, max_frame: int = 1 << 20
+) -> list[list[dict[str, Any]]]:
+    """Split specs into SUBMIT batches that fit the broker's count and frame-size limits.
+
+    A spec costs its payload plus a bounded overhead (names, id, options: FRAME_OVERHEAD
+    at most), so batches never need to be encoded to be measured.
+    """
+    out: list[list[dict[str, Any]]] = []
+    batch: list[dict[str, Any]] = []
+    room = budget = max_frame - FRAME_OVERHEAD
+    for spec in specs:
+        cost = (
+            len(spec["payload"])
+            + FRAME_OVERHEAD // 4
+            + sum(len(v) for v in spec.values() if isinstance(v, str))
+        )
+        if batch and (len(batch) >= max_batch or cost > room):
+            out.append(batch)
+            batch, room = [], budget
+        batch.append(spec)
+        room -= cost
+    if batch:
+        out.append(batch)
+    return out
 
 
 def read_job(wire: dict[str, Any], cipher: PayloadCipher | None) -> Job:
     """A job map from the broker as a Job, its sealed parts opened where the key fits."""
     job = Job.from_wire(wire)
     return job if cipher is None else cipher.open_job(job)
-
-
-def chunks(
-    specs: list[dict[str, Any]], size: int = DEFAULT_MAX_BATCH
-) -> list[list[dict[str, Any]]]:
-    return [specs[i : i + size] for i in range(0, len(specs), size)] or [[]]
-
-
-def reply_error(frame: dict[str, Any]) -> BrokerError | None:
-    if frame.get("t") == "error":
-        return BrokerError.from_frame(frame)
-    return None
 
 
 def final_result(job: Job) -> Any:
@@ -178,35 +158,30 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return opts, rest
 
 
-def split_oversized(
-    chunk: list[dict[str, Any]], exc: LocalProtocolError
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Halves of a batch whose SUBMIT frame was too large; re-raise when it cannot split."""
-    if exc.code != "frame_too_large":
-        raise exc
-    if len(chunk) == 1:
-        raise InvalidJob("invalid", f"payload is too large to send: {exc}", "payload") from exc
-    mid = len(chunk) // 2
-    return chunk[:mid], chunk[mid:]
-
-
 # -- request frames: built once here, sent by either twin -----------------------------------
-def wait_frame(job_id: str, timeout: float | None) -> dict[str, Any]:
+def wait_frame(job_id: str, timeout: float | None, events: bool = True) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "wait", "id": job_id}
     if timeout is not None:
         frame["timeout"] = timeout
+    if not events:
+        frame["events"] = False
     return frame
 
 
-def list_frame(state: str | None, queue: str | None, limit: int, offset: int) -> dict[str, Any]:
+def list_frame(
+    state: str | None, queue: str | None, limit: int, offset: int, task: str | None = None
+) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
-    if state:
-        frame["state"] = state
-    if queue:
-        frame["queue"] = queue
+    for name, value in (("state", state), ("queue", queue), ("task", task)):
+        if value:
+            frame[name] = value
     return frame
 
 
 def dlq_frame(kind: str, ids: list[str] | None) -> dict[str, Any]:
     """DLQ_RETRY or DLQ_PURGE of these ids, or of every dead job when ids is None."""
     return {"t": kind, **({"ids": ids} if ids is not None else {"all": True})}
+
+
+def submitted_ids(reply: dict[str, Any]) -> list[str]:
+    return [str(j["id"]) for j in reply["jobs"]]

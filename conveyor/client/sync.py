@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import itertools
-import random
-import socket
-import ssl
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from conveyor.client._base import (
-    Endpoint,
     batch_item,
     chunks,
     dlq_frame,
     final_result,
     job_spec,
     list_frame,
-    make_endpoint,
     read_job,
-    reply_error,
-    seal_spec,
     split_options,
-    split_oversized,
+    submitted_ids,
     wait_frame,
 )
-from conveyor.errors import ConnectionLost, LocalProtocolError, ProtocolError, ResultTimeout
+from conveyor.client.endpoint import make_endpoint
+from conveyor.client.transport import SyncTransport
+from conveyor.errors import ResultTimeout
 from conveyor.job import Job, JobState
-from conveyor.protocol.connection import ClientConnection, ConnState
+from conveyor.limits import MAX_BATCH, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
 
@@ -62,83 +55,14 @@ class JobHandle:
         return self.client.cancel(self.id)
 
 
-class _SyncConnection:
-    """One blocking TLS connection; replies matched to requests by rid."""
-
-    def __init__(self, endpoint: Endpoint, connect_timeout: float = 10.0) -> None:
-        self.conn = ClientConnection()
-        raw = socket.create_connection((endpoint.host, endpoint.port), timeout=connect_timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=endpoint.host)
-        except BaseException:
-            raw.close()
-            raise
-        self.sock.settimeout(None)
-        self._rids = itertools.count(1)
-        self._early: dict[int, dict[str, Any]] = {}
-        try:
-            self.sock.sendall(self.conn.hello(endpoint.token, endpoint.name, "conveyor-client"))
-            welcome = self._read_frame(connect_timeout)
-        except BaseException:
-            self.sock.close()
-            raise
-        err = reply_error(welcome)
-        if err is not None:
-            self.close()
-            raise err
-        self.welcome = welcome
-
-    def _read_frame(self, timeout: float | None = None) -> dict[str, Any]:
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                frame = self.conn.next_frame()
-                if frame is not None:
-                    return frame
-                if self.conn.state is ConnState.CLOSED:
-                    raise ConnectionLost("the broker closed the connection")
-                self.conn.receive_data(self.sock.recv(262144))
-        except (OSError, ProtocolError) as exc:
-            if isinstance(exc, TimeoutError | socket.timeout):
-                raise ConnectionLost("no reply from the broker in time") from exc
-            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-
-    def request(self, frame: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        rid = next(self._rids)
-        try:
-            self.sock.sendall(self.conn.send({**frame, "rid": rid}))
-        except OSError as exc:
-            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-        while rid not in self._early:
-            reply = self._read_frame(timeout)
-            reply_rid = reply.get("rid")
-            if isinstance(reply_rid, int):
-                self._early[reply_rid] = reply
-            elif reply.get("t") in ("goodbye", "error"):
-                raise ConnectionLost(f"broker: {reply.get('reason') or reply.get('message')}")
-        reply = self._early.pop(rid)
-        err = reply_error(reply)
-        if err is not None:
-            raise err
-        return reply
-
-    def close(self) -> None:
-        try:
-            if self.conn.state is ConnState.OPEN:
-                self.sock.sendall(self.conn.send({"t": "goodbye", "reason": "client closing"}))
-        except (OSError, ssl.SSLError, ProtocolError):
-            pass
-        finally:
-            self.sock.close()
-
-
 class Client:
     """Talks to a broker from blocking code. Reconnects with backoff when it is lost.
 
     ``Client(url, token=..., ca=...)``; every argument defaults from the environment
     and ``$CONVEYOR_HOME`` (see README). Use as a context manager. Not thread-safe:
-    give each thread its own Client.
+    give each thread its own Client. The first connection is made by the first request
+    (or :meth:`connect`); if no broker answers it raises
+    :class:`~conveyor.errors.BrokerUnavailable` at once.
 
     ``payload_key`` (one Fernet key, several with the primary first, or a
     :class:`~conveyor.security.payload.PayloadCipher`; default: the key file named by
@@ -163,8 +87,7 @@ class Client:
     ) -> None:
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, name)
         self.cipher: PayloadCipher | None = resolve_cipher(payload_key)
-        self.reconnect_timeout = reconnect_timeout
-        self._conn: _SyncConnection | None = None
+        self._transport = SyncTransport(self.endpoint, reconnect_timeout=reconnect_timeout)
 
     def __enter__(self) -> Client:
         self.connect()
@@ -176,53 +99,16 @@ class Client:
         self.close()
 
     def connect(self) -> None:
-        self._conn = _SyncConnection(self.endpoint)
+        self._transport.connect()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._transport.close()
 
-    def _reconnect(self, deadline: float) -> _SyncConnection:
-        delay = 0.05
-        while True:
-            try:
-                self.connect()
-                assert self._conn is not None
-                return self._conn
-            except (OSError, ConnectionLost):
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 2.0)
+    def _request(self, frame: dict[str, Any], *, resend: bool = True) -> dict[str, Any]:
+        return self._transport.request(frame, resend=resend)
 
-    def _request(
-        self, frame: dict[str, Any], timeout: float | None = 60.0, resend: bool = True
-    ) -> dict[str, Any]:
-        """Send a request; after a lost connection, reconnect and send it again.
-
-        Submits (client-chosen job ids), reads and waits are safe to resend; requests
-        that change state otherwise (cancel, DLQ) pass ``resend=False`` and raise
-        ConnectionLost instead, since the broker may have applied them already. The
-        reconnect budget starts when the connection is lost, not when the request began.
-        """
-        deadline: float | None = None
-        while True:
-            try:
-                if self._conn is None:
-                    deadline = deadline or time.monotonic() + self.reconnect_timeout
-                    conn = self._reconnect(deadline)
-                else:
-                    conn = self._conn
-                return conn.request(frame, timeout)
-            except ConnectionLost:
-                if self._conn is not None:
-                    self._conn.sock.close()
-                self._conn = None
-                now = time.monotonic()
-                if not resend or (deadline is not None and now > deadline):
-                    raise
-                deadline = deadline or now + self.reconnect_timeout
+    def _limit(self, name: str, default: int) -> int:
+        return self._transport.session.limit(name, default)
 
     def _job(self, wire: dict[str, Any]) -> Job:
         return read_job(wire, self.cipher)
@@ -236,34 +122,35 @@ class Client:
         Submit options: queue, priority (1 most urgent … 10), retries, retry_backoff,
         retry_backoff_max, timeout, delay (s), eta (aware datetime or epoch s),
         unique_key, job_id. Pass ``kwargs={...}`` for task arguments with those names.
+        Raises :class:`~conveyor.errors.InvalidJob` naming the argument, before anything
+        is sent, for what the broker would refuse.
         """
         opts, task_kwargs = split_options(options)
-        spec = job_spec(task, args, {**task_kwargs, **(kwargs or {})}, **opts)
-        seal_spec(spec, self.cipher)
+        max_payload = self._limit("max_payload", MAX_PAYLOAD)
+        spec = job_spec(
+            task,
+            args,
+            {**task_kwargs, **(kwargs or {})},
+            cipher=self.cipher,
+            max_payload=max_payload,
+            **opts,
+        )
         reply = self._request({"t": "submit", "jobs": [spec]})
-        return JobHandle(self, reply["jobs"][0]["id"])
+        return JobHandle(self, submitted_ids(reply)[0])
 
     def submit_many(self, items: Iterable[Any]) -> list[JobHandle]:
-        """Submit many jobs in one round trip per 10,000.
+        """Submit many jobs, as few round trips as the broker's limits allow.
 
         Items: ``(task, kwargs)``, ``(task, args, kwargs)`` or full spec maps.
         """
-        specs = [batch_item(i, self.cipher) for i in items]
+        max_payload = self._limit("max_payload", MAX_PAYLOAD)
+        specs = [batch_item(i, self.cipher, max_payload) for i in items]
+        session = self._transport.session
         out: list[JobHandle] = []
-        for chunk in chunks(specs):
-            if chunk:
-                out.extend(JobHandle(self, j["id"]) for j in self._submit_chunk(chunk))
+        for batch in chunks(specs, self._limit("max_batch", MAX_BATCH), session.max_frame_size):
+            reply = self._request({"t": "submit", "jobs": batch})
+            out.extend(JobHandle(self, i) for i in submitted_ids(reply))
         return out
-
-    def _submit_chunk(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Submit one batch; one too big for a frame is split in halves until it fits."""
-        try:
-            reply = self._request({"t": "submit", "jobs": chunk})
-        except LocalProtocolError as exc:
-            halves = split_oversized(chunk, exc)
-            return [*self._submit_chunk(halves[0]), *self._submit_chunk(halves[1])]
-        jobs: list[dict[str, Any]] = reply["jobs"]
-        return jobs
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
@@ -274,13 +161,11 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
-        frame = wait_frame(job_id, timeout)
-        read_timeout = None if timeout is None else timeout + 30.0
-        return self._job(self._request(frame, read_timeout)["job"])
+        return self._job(self._request(wait_frame(job_id, timeout))["job"])
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result; JobFailed if it died or was cancelled; ResultTimeout if late."""
-        job = self.wait(job_id, timeout)
+        job = self._job(self._request(wait_frame(job_id, timeout, events=False))["job"])
         if not job.state.is_final:
             raise ResultTimeout(f"job {job_id} is still {job.state.value} after {timeout}s")
         return final_result(job)
@@ -289,9 +174,14 @@ class Client:
         return self._job(self._request({"t": "cancel", "id": job_id}, resend=False)["job"])
 
     def list_jobs(
-        self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        task: str | None = None,
     ) -> list[Job]:
-        frame = list_frame(state, queue, limit, offset)
+        frame = list_frame(state, queue, limit, offset, task)
         return [self._job(j) for j in self._request(frame)["jobs"]]
 
     def stats(self) -> dict[str, Any]:
@@ -299,9 +189,7 @@ class Client:
         return stats
 
     def dlq_retry(self, ids: list[str] | None = None) -> int:
-        frame = dlq_frame("dlq_retry", ids)
-        return int(self._request(frame, resend=False)["count"])
+        return int(self._request(dlq_frame("dlq_retry", ids), resend=False)["count"])
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
-        frame = dlq_frame("dlq_purge", ids)
-        return int(self._request(frame, resend=False)["count"])
+        return int(self._request(dlq_frame("dlq_purge", ids), resend=False)["count"])

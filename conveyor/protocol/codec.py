@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 
 from conveyor.errors import LocalProtocolError, RemoteProtocolError
-from conveyor.protocol.frames import DEFAULT_MAX_FRAME_SIZE, check_frame
+from conveyor.limits import MAX_FRAME_SIZE
+from conveyor.protocol.frames import check_frame
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
@@ -33,7 +34,7 @@ EOF = _Sentinel.EOF
 Frame = dict[str, Any]
 
 
-def encode_frame(frame: Frame, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+def encode_frame(frame: Frame, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """Serialise one frame; refuse (LocalProtocolError) one the peer would reject."""
     try:
         body: bytes = msgpack.packb(frame, use_bin_type=True)
@@ -62,7 +63,7 @@ class FrameDecoder:
 
     __slots__ = ("_buf", "_eof", "_pos", "max_frame_size")
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._pos = 0

@@ -19,9 +19,9 @@ import enum
 from typing import Any
 
 from conveyor.errors import RemoteProtocolError
+from conveyor.limits import HANDSHAKE_MAX_FRAME_SIZE, MAX_FRAME_SIZE
 from conveyor.protocol.codec import EOF, NEED_DATA, Frame, FrameDecoder, encode_frame
 from conveyor.protocol.frames import (
-    DEFAULT_MAX_FRAME_SIZE,
     FATAL_CODES,
     PROTOCOL_VERSION,
     ErrorCode,
@@ -106,9 +106,6 @@ class _Connection(abc.ABC):
         return self.send(frame)
 
 
-HANDSHAKE_MAX_FRAME_SIZE = 16 * 1024  # a HELLO is tiny; nobody unauthenticated gets 1 MiB
-
-
 class ServerConnection(_Connection):
     """The broker's side of one connection.
 
@@ -116,7 +113,7 @@ class ServerConnection(_Connection):
     unauthenticated peer cannot make the broker buffer a full-size frame.
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         super().__init__(ConnState.AWAIT_HELLO, max_frame_size)
         self.decoder.max_frame_size = min(max_frame_size, HANDSHAKE_MAX_FRAME_SIZE)
 
@@ -146,15 +143,19 @@ class ServerConnection(_Connection):
 class ClientConnection(_Connection):
     """A producer's or worker's side of one connection."""
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         super().__init__(ConnState.AWAIT_WELCOME, max_frame_size)
 
-    def hello(self, token: str | None, name: str = "", agent: str = "") -> bytes:
+    def hello(
+        self, token: str | None, name: str = "", agent: str = "", features: tuple[str, ...] = ()
+    ) -> bytes:
         frame: Frame = {"t": "hello", "v": PROTOCOL_VERSION, "token": token}
         if name:
             frame["name"] = name
         if agent:
             frame["agent"] = agent
+        if features:
+            frame["features"] = list(features)
         return self.send(frame)
 
     def _check_turn(self, frame: Frame) -> None:

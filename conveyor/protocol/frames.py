@@ -14,8 +14,8 @@ from typing import Any
 from conveyor.errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
-DEFAULT_MAX_FRAME_SIZE = 1024 * 1024  # 1 MiB
-DEFAULT_MAX_BATCH = 10_000  # jobs per submit/dispatch/report frame
+FEATURES = ("packed",)
+"""Optional features a v1 peer may ask for in HELLO (docs/protocol.md, section 4.2)."""
 
 
 class FrameType(enum.StrEnum):
@@ -108,6 +108,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "token": (_STR + _NONE, False),
         "name": (_STR, False),
         "agent": (_STR, False),
+        "features": (_LIST, False),
     },
     FrameType.WELCOME: {
         "v": (_INT, True),
@@ -116,6 +117,9 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "server": (_STR, False),
         "max_frame_size": (_INT, False),
         "heartbeat": (_NUM, False),
+        "lease": (_NUM, False),
+        "features": (_LIST, False),
+        "limits": (_MAP, False),
     },
     FrameType.ERROR: {
         "rid": (_INT + _NONE, False),
@@ -128,17 +132,29 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.GOODBYE: {"reason": (_STR, False)},
     FrameType.SUBMIT: {**_RID, "jobs": (_LIST, True)},
     FrameType.SUBMITTED: {**_RID, "jobs": (_LIST, True)},
-    FrameType.GET: {**_RID, "id": (_STR, True)},
-    FrameType.WAIT: {**_RID, "id": (_STR, True), "timeout": (_NUM + _NONE, False)},
+    FrameType.GET: {**_RID, "id": (_STR, True), "events": (_BOOL, False)},
+    FrameType.WAIT: {
+        **_RID,
+        "id": (_STR, True),
+        "timeout": (_NUM + _NONE, False),
+        "events": (_BOOL, False),
+    },
     FrameType.JOB: {**_RID, "job": (_MAP, True)},
     FrameType.LIST: {
         **_RID,
         "state": (_STR + _NONE, False),
         "queue": (_STR + _NONE, False),
+        "task": (_STR + _NONE, False),
         "limit": (_INT, False),
         "offset": (_INT, False),
+        "cursor": (_STR + _NONE, False),
     },
-    FrameType.JOBS: {**_RID, "jobs": (_LIST, True)},
+    FrameType.JOBS: {
+        **_RID,
+        "jobs": (_LIST, True),
+        "truncated": (_BOOL, False),
+        "cursor": (_STR, False),
+    },
     FrameType.STATS: {**_RID},
     FrameType.STATS_REPLY: {**_RID, "stats": (_MAP, True)},
     FrameType.CANCEL: {**_RID, "id": (_STR, True)},

@@ -38,12 +38,13 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from conveyor.errors import ConfigError, PayloadDecryptError
 from conveyor.job import Job
+from conveyor.limits import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 
 ENVELOPE_KEY: Final = "__conveyor_encrypted__"
 TEXT_PREFIX: Final = ENVELOPE_KEY + ":"
 KEY_FILE_ENV: Final = "CONVEYOR_PAYLOAD_KEY_FILE"
-MAX_SEALED_MESSAGE: Final = 10_000  # the broker keeps this many characters of a message
-MAX_SEALED_TRACEBACK: Final = 50_000  # ... and of a traceback (broker/handlers.py _clean_error)
+MAX_SEALED_MESSAGE: Final = MAX_ERROR_MESSAGE  # a sealed message must fit what the broker keeps
+MAX_SEALED_TRACEBACK: Final = MAX_TRACEBACK
 
 CALL, RESULT, MESSAGE, TRACEBACK = "call", "result", "message", "traceback"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conveyor.errors import ConfigError
-from conveyor.stores.base import Claimant, Inserted, Outcome, Store
+from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store
 from conveyor.stores.memory import MemoryStore
 from conveyor.stores.sqlite import SqliteStore
 
@@ -15,8 +15,9 @@ __all__ = [
     "DEFAULT_STORE_URL_TEMPLATE",
     "Claimant",
     "Inserted",
+    "JobFilter",
     "MemoryStore",
-    "Outcome",
+    "Page",
     "SqliteStore",
     "Store",
     "default_store_url",

@@ -16,7 +16,7 @@ import heapq
 from collections import Counter
 from collections.abc import Collection, Sequence
 
-from conveyor.job import Job
+from conveyor.job import JobRecord
 
 Entry = tuple[int, int, str]  # (priority, sequence, job id)
 
@@ -37,12 +37,12 @@ class ReadyIndex:
         """The sequence a queued job is indexed under (None if it is not queued)."""
         return self._seq.get(job_id)
 
-    def push(self, job: Job, seq: int) -> None:
+    def push(self, job: JobRecord, seq: int) -> None:
         """Index a job that just became queued."""
         self._note(job, seq)
         heapq.heappush(self._heap(job), (job.priority, seq, job.id))
 
-    def load(self, job: Job, seq: int) -> None:
+    def load(self, job: JobRecord, seq: int) -> None:
         """Like push, without keeping heap order; call :meth:`heapify` after a bulk load."""
         self._note(job, seq)
         self._heap(job).append((job.priority, seq, job.id))
@@ -78,14 +78,14 @@ class ReadyIndex:
         return dict(self._waiting)
 
     # -- internals ---------------------------------------------------------------------
-    def _note(self, job: Job, seq: int) -> None:
+    def _note(self, job: JobRecord, seq: int) -> None:
         if job.id not in self._seq:
             key = (job.queue, job.task)
             self._key[job.id] = key
             self._waiting[key] += 1
         self._seq[job.id] = seq
 
-    def _heap(self, job: Job) -> list[Entry]:
+    def _heap(self, job: JobRecord) -> list[Entry]:
         return self._heaps.setdefault(job.queue, {}).setdefault(job.task, [])
 
     def _candidates(self, queues: Sequence[str], tasks: Collection[str]) -> list[list[Entry]]:

@@ -1,148 +1,154 @@
-"""The store interface: queue operations, not rows. Every engine implements it.
+"""The store interface: persistence and indexes, no job logic. Every engine implements it.
 
-Methods are grouped by area and named noun-first. All take ``now`` (UTC epoch
-seconds) from the caller's clock instead of reading time themselves. A method that
-acknowledges something to a client (insert, report, cancel, dlq) returns only once
-the change is durable in that engine.
+Theory of operation
+-------------------
+Stores keep job records, their history and the indexes the broker's hot paths need (the
+most urgent queued job a worker can take, the next due ETA, live unique keys, counts).
+They decide nothing about a job's life: :mod:`conveyor.lifecycle` computes every change
+as a :class:`~conveyor.lifecycle.Transition` and a store applies it *conditionally*, only
+if the stored job is still at the version the transition was computed from (river's
+"set state if running" idea, generalised). Two operations pick jobs and change them in one
+step, so the engine calls the lifecycle itself: :meth:`Store.job_claim`
+(``lifecycle.claim``) and :meth:`Store.job_promote_due` (``lifecycle.promote``).
 
-Completion is conditional on the lease: a report whose lease no longer matches the
-job's (the job was requeued and claimed again) changes nothing and yields None.
+Methods are grouped by area and named noun-first. All take ``now`` (UTC epoch seconds)
+from the caller's clock instead of reading time themselves. A write that the broker
+acknowledges to a client returns only once it is durable in that engine (for SQLite,
+committed); claims and promotions need not be (a lost claim is simply run again).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.job import Job
-from conveyor.validation import JobSpec
+from conveyor.job import Event, JobRecord, JobState
+from conveyor.lifecycle import TaskOptions, Transition
+
+TOTALS = ("submitted", "completed", "failed", "retried", "requeued", "dead", "cancelled")
+"""Event counters every engine keeps (stats ``totals``): how many events of each kind."""
 
 
 @dataclass(frozen=True, slots=True)
 class Inserted:
-    job: Job
+    job: JobRecord
     created: bool  # False: an existing job was returned (same id, or same live unique_key)
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """A worker's report on one job it ran."""
-
-    id: str
-    lease: int
-    ok: bool
-    result: Any = None
-    error: dict[str, Any] | None = None  # {"type", "message", "traceback"}
-    retry_delay: float | None = None  # the task raised Retry(delay=...)
-    reject: bool = False  # the task raised Reject / a non-retryable error: no retries
-
-
-@dataclass(frozen=True, slots=True)
 class Claimant:
-    """What a worker can take: its name, queues and tasks."""
+    """What a worker can take: its id, queues, tasks, and the tasks' own retry options."""
 
     worker: str
     queues: Sequence[str]
     tasks: Collection[str]
+    options: Mapping[str, TaskOptions] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """LIST filters; None means any."""
+
+    state: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+    worker: str | None = None
+    id_prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing, newest first; ``cursor`` asks for the next page (None: last)."""
+
+    jobs: list[JobRecord]
+    cursor: str | None = None
 
 
 class Store(abc.ABC):
-    """Abstract base of every engine. See module docstring for the contract."""
+    """Abstract base of every engine. See the module docstring for the contract."""
 
-    #: the engine can wake other brokers itself (PostgreSQL LISTEN/NOTIFY)
-    supports_listen: bool = False
     #: jobs survive a restart of the broker
     durable: bool = False
-
     url: str = ""
 
-    async def open(self, now: float) -> list[Job]:
-        """Open the engine; return jobs that were running at the last stop, now requeued."""
+    async def open(self, now: float) -> list[JobRecord]:
+        """Open the engine; return the jobs it holds as running (from before a restart)."""
         return []
 
     async def close(self) -> None:
         """Flush and release resources."""
 
-    # -- jobs: write path --------------------------------------------------------------
+    # -- jobs: writes ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def job_insert_many(self, specs: Sequence[JobSpec], now: float) -> list[Inserted]:
-        """Insert jobs (queued, or scheduled if eta > now); dedupe by id and unique_key."""
+    async def job_insert_many(self, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
+        """Store new jobs (already born: queued or scheduled) with their first event.
+
+        A job whose id exists, or whose unique key a live job holds, is not stored: the
+        existing job is returned with ``created=False`` (also between jobs of one call).
+        """
 
     @abc.abstractmethod
     async def job_claim(
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
-    ) -> list[Job]:
-        """Move up to ``limit`` most urgent queued jobs the claimant can run to ``running``.
+    ) -> list[JobRecord]:
+        """Move up to ``limit`` of the most urgent queued jobs the claimant can run to running
+        (``lifecycle.claim``), by priority (1 first), then FIFO; each gets a fresh lease."""
 
-        Ordered by priority (1 first), then FIFO. A claim need not be durable before
-        the job is dispatched: an unrecorded claim is simply run again after a crash.
+    @abc.abstractmethod
+    async def job_promote_due(self, now: float) -> list[JobRecord]:
+        """Scheduled jobs whose eta has come become queued (``lifecycle.promote``)."""
+
+    @abc.abstractmethod
+    async def job_apply(
+        self, transitions: Sequence[Transition], *, durable: bool = True
+    ) -> list[JobRecord | None]:
+        """Apply each transition if the job is still at ``transition.old.version``.
+
+        Returns the new record, or None where the job changed meanwhile (or is gone): the
+        caller reads it again and decides anew.
         """
 
     @abc.abstractmethod
-    async def job_report_many(self, outcomes: Sequence[Outcome], now: float) -> list[Job | None]:
-        """Apply worker reports: completed, scheduled (retry) or dead. None = stale lease."""
+    async def dlq_purge(self, ids: Sequence[str] | None) -> int:
+        """Delete dead jobs (these, or all when None); return how many."""
 
     @abc.abstractmethod
-    async def job_release_many(self, leases: Sequence[tuple[str, int]], now: float) -> int:
-        """A worker gives back jobs it never started: queued again, attempt not counted."""
+    async def job_prune(self, finished_before: float) -> int:
+        """Delete completed and cancelled jobs finished before the given time."""
+
+    # -- jobs: reads -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def job_get(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
-    async def job_requeue_worker(self, worker: str, reason: str, now: float) -> list[Job]:
-        """The worker is gone: its running jobs go back to the front of their priority."""
+    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+        """The jobs with these ids that exist, in the order of ``ids`` (repeats once)."""
 
     @abc.abstractmethod
-    async def job_rescue_expired(self, now: float) -> list[Job]:
-        """Running jobs whose lease expired go back to the front of their priority."""
+    async def job_events(self, job_id: str) -> list[Event]:
+        """The job's history, oldest first (empty for an unknown job)."""
 
     @abc.abstractmethod
-    async def job_extend_leases(self, worker: str, lease_seconds: float, now: float) -> int:
-        """Heartbeat: push the lease expiry of the worker's running jobs to now + lease."""
-
-    @abc.abstractmethod
-    async def job_promote_due(self, now: float) -> int:
-        """Scheduled jobs whose eta has come become queued; return how many."""
-
-    @abc.abstractmethod
-    async def job_cancel(self, job_id: str, now: float) -> Job:
-        """Cancel: queued/scheduled at once; running marked to cancel on report.
-
-        Raises JobNotFound, or BrokerError("conflict") for a job already final.
-        """
-
-    # -- jobs: read path ---------------------------------------------------------------
-    @abc.abstractmethod
-    async def job_get(self, job_id: str) -> Job | None: ...
+    async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
+        """Dead jobs: these (those that are dead), or all when None; oldest first."""
 
     @abc.abstractmethod
     async def job_list(
-        self, state: str | None = None, queue: str | None = None, limit: int = 100, offset: int = 0
-    ) -> list[Job]:
-        """Newest first."""
+        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+    ) -> Page:
+        """Jobs matching ``where``, newest first (by submission)."""
 
     @abc.abstractmethod
     async def job_next_eta(self) -> float | None:
         """The earliest eta among scheduled jobs (for the promoter's sleep)."""
 
     @abc.abstractmethod
-    async def queue_tasks_waiting(self) -> dict[tuple[str, str], int]:
+    async def queue_waiting(self) -> dict[tuple[str, str], int]:
         """Queued job counts by (queue, task): tells the broker what is waiting for whom."""
 
-    # -- dead letters and retention ----------------------------------------------------
-    @abc.abstractmethod
-    async def dlq_retry(self, ids: Sequence[str] | None, now: float) -> int:
-        """Dead jobs (these, or all when None) go back to queued with fresh attempts."""
-
-    @abc.abstractmethod
-    async def dlq_purge(self, ids: Sequence[str] | None) -> int:
-        """Delete dead jobs (these, or all when None)."""
-
-    @abc.abstractmethod
-    async def job_prune(self, finished_before: float) -> int:
-        """Delete completed and cancelled jobs finished before the given time."""
-
-    # -- numbers -----------------------------------------------------------------------
+    # -- numbers -----------------------------------------------------------------------------
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:
-        """{"states": {state: n}, "queues": {queue: {state: n}}, "totals": {...}}."""
+        """``{"states": {state: n}, "queues": {queue: {state: n}}, "totals": {kind: n}}``."""

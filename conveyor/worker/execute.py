@@ -8,12 +8,15 @@ Outcome map (``reject`` means "do not retry", ``retry_delay`` overrides the back
 ==============================================  =====  ======  ===========
 what happened                                   ok     reject  retry_delay
 ==============================================  =====  ======  ===========
-returned a msgpack-able value                   yes    no      None
+returned a JSON-compatible value                yes    no      None
+the payload does not decode (``InvalidPayload``) no    yes     None
+arguments do not fit the signature
+(``InvalidArguments``)                          no     yes     None
 raised :class:`~conveyor.errors.Retry`          no     no      its delay
 raised :class:`~conveyor.errors.Reject`         no     yes     None
 raised one of the task's ``non_retryable``      no     yes     None
-returned a value msgpack cannot encode          no     yes     None
-returned more than ``MAX_RESULT_BYTES``         no     yes     None
+returned a value that is not JSON-compatible    no     yes     None
+returned more than ``MAX_RESULT`` bytes packed  no     yes     None
 raised anything else, or timed out              no     no      None
 task not registered (``UnknownTask``)           no     yes     None
 process pool child died (``WorkerCrashed``)     no     no      None
@@ -25,24 +28,27 @@ cancelled while running (``CancelledError``)    no     no      None
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import msgpack
-
 from conveyor.errors import Reject, Retry
-from conveyor.job import MAX_TIMEOUT
-from conveyor.validation import DEFAULT_MAX_PAYLOAD
+from conveyor.limits import (
+    MAX_ERROR_MESSAGE,
+    MAX_RESULT,
+    MAX_RETRY_DELAY,
+    MAX_TIMEOUT,
+    MAX_TRACEBACK,
+)
+from conveyor.protocol.payload import PayloadError, check_json, pack, unpack_call
 from conveyor.worker.tasks import TaskDef
 
-MAX_MESSAGE = 2_000  # characters of an error message we keep
-MAX_TRACEBACK = 20_000  # characters of a traceback we keep (the end: where it was raised)
-MAX_RESULT_BYTES = DEFAULT_MAX_PAYLOAD  # encoded size of a result: it must fit in a report frame
-MAX_RETRY_DELAY = 365 * 86400.0  # a Retry(delay=...) is clamped to [0, this]
-
 UNKNOWN_TASK = "UnknownTask"
+INVALID_PAYLOAD = "InvalidPayload"
+INVALID_ARGUMENTS = "InvalidArguments"
 TIMEOUT = "TimeoutError"
 CANCELLED = "CancelledError"
 WORKER_CRASHED = "WorkerCrashed"
@@ -53,21 +59,21 @@ TOO_LARGE = "ResultTooLarge"
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
-    """One job for a pool: which task, with what, and its own timeout (if any)."""
+    """One job for a pool: which task, its packed ``[args, kwargs]``, its own timeout."""
 
     job_id: str
     task: str
-    args: list[Any]
-    kwargs: dict[str, Any]
+    payload: bytes
     timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """How a run ended. ``error`` is ``{"type", "message", "traceback"}`` when not ``ok``."""
+    """How a run ended: ``result`` is the packed return value when ``ok``; otherwise
+    ``error`` is ``{"type", "message", "traceback"}``."""
 
     ok: bool
-    result: Any = None
+    result: bytes | None = None
     error: dict[str, str] | None = None
     retry_delay: float | None = None
     reject: bool = False
@@ -75,11 +81,6 @@ class RunResult:
     @property
     def error_type(self) -> str | None:
         return None if self.error is None else self.error["type"]
-
-    @property
-    def cancelled(self) -> bool:
-        """The job was cancelled while running (the runner reports it as cancelled)."""
-        return self.error_type == CANCELLED
 
 
 def failure(
@@ -91,8 +92,8 @@ def failure(
     retry_delay: float | None = None,
 ) -> RunResult:
     """A failed :class:`RunResult`, with message and traceback cut to their caps."""
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 3] + "..."
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 3] + "..."
     if len(tb) > MAX_TRACEBACK:
         tb = "...\n" + tb[-(MAX_TRACEBACK - 4) :]
     error = {"type": type_, "message": message, "traceback": tb}
@@ -130,24 +131,24 @@ def _retry_delay(exc: Retry) -> float | None:
 
 
 def success(value: Any) -> RunResult:
-    """A successful result, unless msgpack can't carry it or it is over ``MAX_RESULT_BYTES``."""
+    """The packed result, unless it is not JSON-compatible or is over ``MAX_RESULT`` bytes."""
     try:
-        size = len(msgpack.packb(value, use_bin_type=True))
-    except Exception as exc:
+        check_json(value, "result")
+        packed = pack(value)
+    except PayloadError as exc:
         return failure(
             UNSERIALIZABLE,
-            f"the task returned {type(value).__name__}, which is not JSON/msgpack-compatible: "
-            f"{exc}",
+            f"the task's return value cannot be stored: {exc}",
             reject=True,
         )
-    if size > MAX_RESULT_BYTES:
+    if len(packed) > MAX_RESULT:
         return failure(
             TOO_LARGE,
-            f"the result is {size} bytes encoded; the limit is {MAX_RESULT_BYTES} "
+            f"the result is {len(packed)} bytes packed; the limit is {MAX_RESULT} "
             "(store big outputs elsewhere and return a reference)",
             reject=True,
         )
-    return RunResult(ok=True, result=value)
+    return RunResult(ok=True, result=packed)
 
 
 def unknown_task(name: str) -> RunResult:
@@ -173,11 +174,49 @@ def effective_timeout(job_timeout: float | None, task_timeout: float | None) -> 
     return min(float(timeout), MAX_TIMEOUT)
 
 
-def run_sync(definition: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> RunResult:
+def prepare(definition: TaskDef, payload: bytes) -> tuple[list[Any], dict[str, Any]] | RunResult:
+    """The call's arguments, bound-checked against the task's signature; or the failure.
+
+    Neither a payload that does not decode nor arguments the function cannot take would
+    fare better on a second attempt: both fail at once, without retries.
+    """
+    try:
+        args, kwargs = unpack_call(payload)
+    except PayloadError as exc:
+        return failure(INVALID_PAYLOAD, f"the job's payload cannot be read: {exc}", reject=True)
+    if definition.signature is not None:
+        try:
+            definition.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            why = _unexpected(definition.signature, kwargs) or str(exc)
+            return failure(
+                INVALID_ARGUMENTS, f"{definition.name}{definition.signature}: {why}", reject=True
+            )
+    return args, kwargs
+
+
+def _unexpected(signature: inspect.Signature, kwargs: dict[str, Any]) -> str | None:
+    """ "unexpected keyword argument 'nme' (did you mean 'name'?)", the likeliest mistake."""
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    for name in kwargs:
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unexpected keyword argument {name!r}{hint}"
+    return None
+
+
+def run_sync(definition: TaskDef, payload: bytes) -> RunResult:
     """Call the task in this thread; an ``async def`` task gets its own event loop.
 
     Never raises: anything the task raises (even ``SystemExit``) becomes a result.
     """
+    call = prepare(definition, payload)
+    if isinstance(call, RunResult):
+        return call
+    args, kwargs = call
     try:
         if definition.is_async:
             value = asyncio.run(definition.fn(*args, **kwargs))
@@ -188,8 +227,12 @@ def run_sync(definition: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> Ru
     return success(value)
 
 
-async def run_async(definition: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> RunResult:
+async def run_async(definition: TaskDef, payload: bytes) -> RunResult:
     """Await an ``async def`` task on the running loop. Cancellation propagates."""
+    call = prepare(definition, payload)
+    if isinstance(call, RunResult):
+        return call
+    args, kwargs = call
     try:
         value = await definition.fn(*args, **kwargs)
     except Exception as exc:

@@ -5,8 +5,9 @@ Theory of operation
 ``start()`` spawns ``concurrency`` children. Each imports the task modules *by name*
 (the same list the worker was started with), answers "ready", then loops: read a
 request, run it, write the outcome. Both ways the pipe carries msgpack bytes only —
-``[task name, args, kwargs]`` down, ``[ok, result, error, retry_delay, reject]`` up —
-so no callable and no pickle of job data ever crosses it.
+``[task name, payload]`` down (the job's packed arguments, as they came from the
+broker: only the child unpacks them), ``[ok, packed result, error, retry_delay, reject]``
+up — so no callable and no pickle of job data ever crosses it.
 
 ``run()`` takes an idle child, sends the request and waits (in a small thread pool,
 one thread per slot, so the wait is portable) for the answer. If the job outlives
@@ -42,6 +43,7 @@ from typing import Any
 import msgpack
 
 from conveyor.errors import ConfigError
+from conveyor.limits import MAX_RESULT, MAX_TRACEBACK
 from conveyor.worker import execute
 from conveyor.worker.execute import RunRequest, RunResult
 from conveyor.worker.tasks import TaskRegistry, load_tasks
@@ -50,7 +52,7 @@ log = logging.getLogger("conveyor.worker")
 
 CONTEXTS = ("spawn", "forkserver")
 _STOP_WAIT = 5.0  # seconds to wait for a SIGKILLed child to be reaped
-_MAX_REPLY = execute.MAX_RESULT_BYTES + 64 * 1024  # result + capped error + framing
+_MAX_REPLY = MAX_RESULT + 2 * MAX_TRACEBACK + 64 * 1024  # result + capped error + framing
 
 
 def _pack(value: Any) -> bytes:
@@ -73,14 +75,14 @@ def _child_main(conn: Connection, modules: list[str], sys_path: list[str]) -> No
     conn.send_bytes(_pack([True, None]))
     while True:
         try:
-            name, args, kwargs = _unpack(conn.recv_bytes())
+            name, payload = _unpack(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the pool closed our pipe (or died): time to go
         definition = registry.get(name)
         if definition is None:
             outcome = execute.unknown_task(name)
         else:
-            outcome = execute.run_sync(definition, args, kwargs)
+            outcome = execute.run_sync(definition, payload)
         try:
             conn.send_bytes(
                 _pack(
@@ -245,12 +247,7 @@ class ProcessPool:
         if definition is None:
             return execute.unknown_task(job.task)
         timeout = execute.effective_timeout(job.timeout, definition.timeout)
-        try:
-            payload = _pack([job.task, job.args, job.kwargs])
-        except (TypeError, ValueError, OverflowError) as exc:
-            return execute.failure(
-                "TypeError", f"arguments are not msgpack-compatible: {exc}", reject=True
-            )
+        payload = _pack([job.task, job.payload])
         self._wanting += 1
         try:
             child = await self._idle.get()

@@ -4,20 +4,25 @@ Theory of operation
 -------------------
 After READY the broker pushes DISPATCH frames up to our credit (concurrency +
 prefetch). Each job waits for one of ``concurrency`` slots, then runs in the pool.
-Results are batched: every result that finishes in one loop iteration leaves in one
-REPORT frame. Heartbeats keep our leases alive.
+The moment a job takes a slot the worker says so (a HEARTBEAT listing it, written before
+the job is handed to the pool): should the job then kill this process, the broker knows
+the run had started and counts the attempt, so a job that crashes its worker cannot come
+back for ever. Results are batched: every result that finishes in one loop iteration
+leaves in one REPORT frame. Periodic heartbeats keep our jobs ours.
 
 If the connection drops, the broker requeues everything we held, so results of that
 connection's jobs are dropped (a *generation* number tells them apart) and jobs still
 waiting for a slot are abandoned; the worker reconnects with backoff and carries on.
 
-With a payload key (``payload_key_file``), sealed arguments are opened just before a
-job runs and its result or error is sealed again before it is reported
-(:mod:`conveyor.worker.sealed`); the broker never sees them in the clear.
+Payloads arrive packed and are handed to the pool as they are (the process pool's
+children unpack them); results come back packed. With a payload key
+(``payload_key_file``), sealed arguments are opened just before a job runs and its result
+or error is sealed again before it is reported (:mod:`conveyor.worker.sealed`); the
+broker never sees them in the clear.
 
 ``stop()`` (SIGTERM/SIGINT) drains: DRAIN tells the broker to send nothing more,
 prefetched jobs that never started go back at once (RELEASE), running ones finish
-and are reported, then the worker says goodbye and exits.
+and are reported, the worker waits for their ACKED, then says goodbye and exits.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conveyor.client._base import make_endpoint
-from conveyor.client._conn import AsyncConnection
-from conveyor.errors import BrokerError, ConnectionLost, LocalProtocolError
+from conveyor.client.endpoint import make_endpoint
+from conveyor.client.transport import AsyncConnection
+from conveyor.errors import BrokerError, ConfigError, ConnectionLost
+from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
 from conveyor.worker.execute import RunResult, cancelled, failure
 from conveyor.worker.pools import Pool, make_pool
@@ -43,6 +49,7 @@ from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
 
 log = logging.getLogger("conveyor.worker")
+ACK_WAIT = 5.0  # seconds a draining worker waits for the ACKED of its last reports
 
 
 @dataclass(slots=True)
@@ -68,7 +75,7 @@ class WorkerStats:
 
 
 class Worker:
-    """Runs tasks from ``modules`` for a broker until stopped.
+    """Runs tasks from ``modules`` (or a ready ``registry``) for a broker until stopped.
 
     ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
     or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
@@ -76,7 +83,7 @@ class Worker:
 
     def __init__(
         self,
-        modules: Sequence[str] = ("conveyor.examples",),
+        modules: Sequence[str] = (),
         *,
         url: str | None = None,
         token: str | None = None,
@@ -92,6 +99,8 @@ class Worker:
         registry: TaskRegistry | None = None,
         payload_key_file: str | Path | PayloadCipher | None = None,
     ) -> None:
+        if registry is None and not modules:
+            raise ConfigError("a worker needs task modules (--tasks myapp.tasks) or a registry")
         self.modules = list(modules)
         self.registry = registry if registry is not None else load_tasks(self.modules)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -114,7 +123,11 @@ class Worker:
         self._conn: AsyncConnection | None = None
         self._generation = 0
         self._reports: list[dict[str, Any]] = []
-        self._flush_scheduled = False
+        self._reports_scheduled = False
+        self._starts: list[str] = []
+        self._starts_scheduled = False
+        self._unacked: set[str] = set()
+        self._acked = asyncio.Event()
         self._stopping = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -146,32 +159,34 @@ class Worker:
         """Begin a graceful stop (safe to call from a signal handler on the loop)."""
         self._stopping.set()
 
+    def _ready_frame(self) -> dict[str, Any]:
+        defaults: dict[str, dict[str, Any]] = {}
+        for t in self.registry:
+            options: dict[str, Any] = {
+                "retries": t.retries,
+                "retry_backoff": t.retry_backoff,
+                "retry_backoff_max": t.retry_backoff_max,
+            }
+            if t.timeout is not None:
+                options["timeout"] = t.timeout
+            defaults[t.name] = options
+        return {
+            "t": "ready",
+            "tasks": self.registry.names(),
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "pool": self.pool_kind,
+            "defaults": defaults,
+        }
+
     async def _session(self) -> None:
-        conn = AsyncConnection(
-            self.endpoint, self._on_push, agent=f"conveyor-worker/{self.pool_kind}"
-        )
+        conn = AsyncConnection(self.endpoint, f"conveyor-worker/{self.pool_kind}", self._on_push)
         welcome = await conn.connect()
         self._generation += 1
         self._conn = conn
         try:
-            reply = await conn.request(
-                {
-                    "t": "ready",
-                    "tasks": self.registry.names(),
-                    "queues": self.queues,
-                    "concurrency": self.concurrency,
-                    "prefetch": self.prefetch,
-                    "pool": self.pool_kind,
-                    "defaults": {
-                        t.name: {
-                            "retries": t.retries,
-                            "retry_backoff": t.retry_backoff,
-                            "retry_backoff_max": t.retry_backoff_max,
-                        }
-                        for t in self.registry
-                    },
-                }
-            )
+            reply = await conn.request(self._ready_frame())
             self.worker_id = str(reply.get("worker", ""))
             log.info(
                 "worker %s ready: %d task(s), queues %s, concurrency %d (%s pool)",
@@ -182,17 +197,16 @@ class Worker:
                 self.pool_kind,
             )
             self.connected.set()
-            beat = asyncio.get_running_loop().create_task(
-                self._heartbeat(conn, float(welcome.get("heartbeat", 5.0)))
-            )
-            stop = asyncio.get_running_loop().create_task(self._stopping.wait())
-            closed = asyncio.get_running_loop().create_task(conn.closed.wait())
+            loop = asyncio.get_running_loop()
+            beat = loop.create_task(self._heartbeat(conn, float(welcome.get("heartbeat", 5.0))))
+            stop = loop.create_task(self._stopping.wait())
+            closed = loop.create_task(conn.closed.wait())
             await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             closed.cancel()
             try:
                 if self._stopping.is_set() and not conn.closed.is_set():
-                    await self._drain(conn)  # heartbeats go on: running jobs keep their leases
+                    await self._drain(conn)  # heartbeats go on: running jobs stay ours
             finally:
                 beat.cancel()
         finally:
@@ -205,9 +219,10 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionLost):
-                conn.send(
-                    {"t": "heartbeat", "running": [h.id for h in self._held.values() if h.started]}
-                )
+                conn.send({"t": "heartbeat", "running": self._running_ids()})
+
+    def _running_ids(self) -> list[str]:
+        return [h.id for h in self._held.values() if h.started]
 
     async def _drain(self, conn: AsyncConnection) -> None:
         """Graceful stop: no more jobs, give back unstarted ones, finish running ones."""
@@ -226,9 +241,18 @@ class Worker:
             await asyncio.gather(*running, return_exceptions=True)
         self._flush_reports()
         await conn.drain()
+        if self._unacked:  # outcomes count once ACKED says they are stored
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_acked(conn), ACK_WAIT)
+
+    async def _all_acked(self, conn: AsyncConnection) -> None:
+        while self._unacked and not conn.closed.is_set():
+            self._acked.clear()
+            await self._acked.wait()
 
     def _abandon(self, generation: int) -> None:
         """The connection is gone: the broker requeued our jobs; forget the unstarted ones."""
+        self._unacked.clear()
         for h in list(self._held.values()):
             if h.generation == generation and not h.started and h.task is not None:
                 h.task.cancel()
@@ -251,37 +275,60 @@ class Worker:
                 held.task = loop.create_task(self._execute(held, raw))
             self.stats.received += len(frame["jobs"])
         elif kind == "abort":
-            target = self._held.get(str(frame.get("id")))
-            if target is not None:
-                log.info("job %s cancelled by the broker", target.id)
-                if not target.started and target.task is not None:
-                    # never started: drop it and say so, so the broker can finish it
-                    target.task.cancel()
-                    self._forget(target)
-                    self._queue_report(target, cancelled("cancelled before it started"))
-                else:
-                    self.pool.cancel(target.id)  # cooperative where the pool can
+            self._abort(frame)
         elif kind == "acked":
-            self.stats.acked += len(frame.get("ids", ()))
+            ids = frame.get("ids", ())
+            self.stats.acked += len(ids)
+            self._unacked.difference_update(ids)
+            self._acked.set()
         elif kind == "goodbye":
             log.warning("broker said goodbye: %s", frame.get("reason", ""))
         elif kind == "error":
             log.warning("broker error: %s: %s", frame.get("code"), frame.get("message"))
+
+    def _abort(self, frame: dict[str, Any]) -> None:
+        target = self._held.get(str(frame.get("id")))
+        if target is None or frame.get("lease", target.lease) != target.lease:
+            return
+        log.info("job %s cancelled by the broker", target.id)
+        if not target.started and target.task is not None:
+            # never started: drop it and say so, so the broker can finish it
+            target.task.cancel()
+            self._forget(target)
+            self._queue_report(target, cancelled("cancelled before it started"))
+        else:
+            self.pool.cancel(target.id)  # cooperative where the pool can
 
     async def _execute(self, held: _Held, raw: dict[str, Any]) -> None:
         async with self._slots:
             if self._stopping.is_set() or held.generation != self._generation:
                 return  # released or abandoned while waiting for a slot
             held.started = True
+            self._note_started(held)
+            await asyncio.sleep(0)  # the start notice is written before the job can run
             request = open_request(raw, self.cipher)
             if isinstance(request, RunResult):
-                result = request  # sealed, and this worker cannot open it
+                result = request  # sealed and this worker cannot open it, or no payload
             else:
                 result = seal_result(await self.pool.run(request), self.cipher, raw)
         self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
         self._queue_report(held, result)
+
+    def _note_started(self, held: _Held) -> None:
+        self._starts.append(held.id)
+        if not self._starts_scheduled:
+            self._starts_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_starts)
+
+    def _flush_starts(self) -> None:
+        self._starts_scheduled = False
+        starts, self._starts = self._starts, []
+        if starts and self._conn is not None:
+            with contextlib.suppress(ConnectionLost):
+                self._conn.send({"t": "heartbeat", "running": starts})
+                self._conn.flush()  # now, not at the end of this loop turn
 
     def _queue_report(self, held: _Held, result: RunResult) -> None:
         report: dict[str, Any] = {"id": held.id, "lease": held.lease, "ok": result.ok}
@@ -296,43 +343,35 @@ class Worker:
                 report["reject"] = True
             self.stats.failed += 1
         self._reports.append(report)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self._reports_scheduled:
+            self._reports_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_reports)
 
     def _flush_reports(self) -> None:
-        self._flush_scheduled = False
-        if not self._reports or self._conn is None:
+        self._reports_scheduled = False
+        conn = self._conn
+        if not self._reports or conn is None:
             return
         reports, self._reports = self._reports, []
+        self._unacked.update(r["id"] for r in reports)
         with contextlib.suppress(ConnectionLost):
-            self._send_reports(self._conn, reports)
+            self._send_reports(conn, reports)
 
     def _send_reports(self, conn: AsyncConnection, reports: list[dict[str, Any]]) -> None:
-        """One REPORT frame; halves when that would exceed the frame size limit."""
-        try:
-            conn.send({"t": "report", "results": reports})
-        except LocalProtocolError as exc:
-            if exc.code != "frame_too_large":
-                raise
-            if len(reports) > 1:
-                mid = len(reports) // 2
-                self._send_reports(conn, reports[:mid])
-                self._send_reports(conn, reports[mid:])
-                return
-            (alone,) = reports  # one result too big even on its own: fail the job instead
-            error = failure("ResultTooLarge", f"the result does not fit in a frame: {exc}")
-            conn.send(
-                {
-                    "t": "report",
-                    "results": [
-                        {
-                            "id": alone["id"],
-                            "lease": alone["lease"],
-                            "ok": False,
-                            "error": error.error,
-                            "reject": True,
-                        }
-                    ],
-                }
-            )
+        """As few REPORT frames as fit; a result too big even alone fails its job instead."""
+        session = conn.session
+        for data in split_to_fit(
+            reports, lambda part: session.send({"t": "report", "results": part}), _too_large
+        ):
+            conn.write(data)
+
+
+def _too_large(report: dict[str, Any]) -> dict[str, Any]:
+    error = failure("ResultTooLarge", "the result does not fit in a protocol frame")
+    return {
+        "id": report["id"],
+        "lease": report["lease"],
+        "ok": False,
+        "error": error.error,
+        "reject": True,
+    }

@@ -4,6 +4,9 @@ A job whose arguments are sealed gets its result, error message and traceback se
 too; a plain job stays plain, even on a worker that has a key. A sealed job that this
 worker cannot open fails at once, without retries, with error type
 ``PayloadDecryptError``: running it again on the same worker would fail the same way.
+
+Payloads arrive packed; a sealed one is recognised by its first bytes (the packed
+``[[], {"__conveyor_encrypted__": …}]``), so plain jobs are never unpacked here.
 """
 
 from __future__ import annotations
@@ -11,23 +14,26 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.errors import PayloadDecryptError
-from conveyor.security.payload import (
-    CALL,
-    RESULT,
-    PayloadCipher,
-    context,
-    is_sealed_call,
-)
-from conveyor.worker.execute import MAX_RESULT_BYTES, TOO_LARGE, RunRequest, RunResult, failure
+from conveyor.limits import MAX_RESULT
+from conveyor.protocol.payload import PayloadError, pack, pack_call, unpack, unpack_call
+from conveyor.security.payload import CALL, ENVELOPE_KEY, RESULT, PayloadCipher, context
+from conveyor.worker.execute import INVALID_PAYLOAD, TOO_LARGE, RunRequest, RunResult, failure
 
 DECRYPT_ERROR = PayloadDecryptError.__name__
+SEALED_PREFIX = b"\x92\x90\x81" + pack(ENVELOPE_KEY)  # [[], {ENVELOPE_KEY: ...
+
+
+def is_sealed_payload(payload: bytes) -> bool:
+    return payload.startswith(SEALED_PREFIX)
 
 
 def open_request(raw: dict[str, Any], cipher: PayloadCipher | None) -> RunRequest | RunResult:
     """The RunRequest for a dispatched job map, or the failure to report if it won't open."""
     job_id, task = str(raw["id"]), str(raw["task"])
-    args, kwargs = raw.get("args") or [], raw.get("kwargs") or {}
-    if is_sealed_call(args, kwargs):
+    payload = raw.get("payload")
+    if not isinstance(payload, bytes):
+        return failure(INVALID_PAYLOAD, "the dispatched job carries no payload", reject=True)
+    if is_sealed_payload(payload):
         if cipher is None:
             return failure(
                 DECRYPT_ERROR,
@@ -36,27 +42,29 @@ def open_request(raw: dict[str, Any], cipher: PayloadCipher | None) -> RunReques
                 reject=True,
             )
         try:
-            args, kwargs = cipher.open_call(args, kwargs, ctx=context(CALL, job_id, task))
-        except PayloadDecryptError as exc:
+            args, kwargs = cipher.open_call(*unpack_call(payload), ctx=context(CALL, job_id, task))
+        except (PayloadDecryptError, PayloadError) as exc:
             return failure(
                 DECRYPT_ERROR, f"{exc} (is this worker's key file current?)", reject=True
             )
-    return RunRequest(job_id, task, args, kwargs, raw.get("timeout"))
+        payload = pack_call(args, kwargs)
+    return RunRequest(job_id, task, payload, raw.get("timeout"))
 
 
 def seal_result(result: RunResult, cipher: PayloadCipher | None, raw: dict[str, Any]) -> RunResult:
     """``result`` as it should be reported: sealed if the job came sealed, else as is."""
-    if cipher is None or not is_sealed_call(raw.get("args"), raw.get("kwargs")):
+    payload = raw.get("payload")
+    if cipher is None or not isinstance(payload, bytes) or not is_sealed_payload(payload):
         return result
     job_id, task = str(raw["id"]), str(raw["task"])
     if result.ok:
-        sealed = cipher.seal_value(result.result, ctx=context(RESULT, job_id, task))
-        size = len(next(iter(sealed.values())))
-        if size <= MAX_RESULT_BYTES:
+        value = unpack(result.result) if result.result is not None else None
+        sealed = pack(cipher.seal_value(value, ctx=context(RESULT, job_id, task)))
+        if len(sealed) <= MAX_RESULT:
             return RunResult(ok=True, result=sealed)
         result = failure(
             TOO_LARGE,
-            f"the encrypted result is {size} bytes; the limit is {MAX_RESULT_BYTES} "
+            f"the encrypted result is {len(sealed)} bytes; the limit is {MAX_RESULT} "
             "(encryption adds about a third; store big outputs elsewhere)",
             reject=True,
         )

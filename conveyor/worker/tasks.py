@@ -23,9 +23,9 @@ from conveyor.job import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
-    MAX_TIMEOUT,
 )
-from conveyor.validation import MAX_QUEUE_NAME, MAX_RETRIES, MAX_TASK_NAME, check_name
+from conveyor.limits import MAX_QUEUE_NAME, MAX_RETRIES, MAX_TASK_NAME, MAX_TIMEOUT
+from conveyor.validation import check_name
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +46,7 @@ class TaskDef:
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     non_retryable: tuple[type[BaseException], ...] = ()
     is_async: bool = False
+    signature: inspect.Signature | None = None  # arguments are checked against it first
 
     @property
     def module(self) -> str:
@@ -204,11 +205,19 @@ def task(
             retry_backoff_max=float(retry_backoff_max),
             non_retryable=_non_retryable(non_retryable, task_name),
             is_async=inspect.iscoroutinefunction(func),
+            signature=_signature(func),
         )
         (default_registry if registry is None else registry).register(definition)
         return Task(func, definition)
 
     return decorate if fn is None else decorate(fn)
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none: their arguments go unchecked
+        return None
 
 
 def _import(module_name: str) -> Any:

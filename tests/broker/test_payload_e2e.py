@@ -18,6 +18,7 @@ from conveyor.broker.app import Broker
 from conveyor.cli.jobs import result as result_command
 from conveyor.cli.jobs import status as status_command
 from conveyor.errors import JobFailed, PayloadDecryptError
+from conveyor.protocol.payload import unpack_call
 from conveyor.security.payload import PayloadCipher, generate_key, is_sealed, is_sealed_call
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ async def test_encrypted_round_trip_hides_everything_from_the_broker(
     await start_worker(payload_key_file=key_file)
     handle = await sealing_client.submit("reverse_string", data="secret")
     queued = await broker.store.job_get(handle.id)
-    assert queued is not None and is_sealed_call(queued.args, queued.kwargs)
+    assert queued is not None and is_sealed_call(*unpack_call(queued.payload))
     assert await handle.result(timeout=10) == "terces"
     in_store = await stored(broker, handle.id)
     assert "secret" not in in_store and "terces" not in in_store

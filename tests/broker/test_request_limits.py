@@ -8,8 +8,8 @@ import pytest
 
 from conveyor import AsyncClient, InvalidJob
 from conveyor.broker.app import Broker
-from conveyor.broker.producer import MAX_WAITS
 from conveyor.errors import BrokerError
+from conveyor.limits import MAX_WAITS
 
 
 async def test_wait_timeout_must_be_a_sane_number(client: AsyncClient) -> None:
@@ -33,9 +33,9 @@ async def test_a_page_of_big_jobs_is_truncated_to_fit_a_frame(client: AsyncClien
 async def test_outstanding_waits_per_connection_are_capped(
     client: AsyncClient, broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("conveyor.broker.producer.MAX_WAITS", 3)
+    monkeypatch.setattr("conveyor.broker.routes.producer.MAX_WAITS", 3)
     handle = await client.submit("noop")
-    conn = client._conn
+    conn = client._transport._conn
     assert conn is not None
     waits = [
         asyncio.ensure_future(conn.request({"t": "wait", "id": handle.id, "timeout": 0.5}))

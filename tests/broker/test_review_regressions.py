@@ -13,8 +13,8 @@ import pytest
 from conveyor import AsyncClient, JobState, task
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
-from conveyor.client._base import make_endpoint
-from conveyor.client._conn import AsyncConnection
+from conveyor.client.endpoint import make_endpoint
+from conveyor.client.transport import AsyncConnection
 from conveyor.errors import ConnectionLost
 from conveyor.worker.tasks import TaskRegistry
 
@@ -25,7 +25,7 @@ async def _raw_worker(
     """A worker speaking the protocol by hand, to send exactly what a test needs."""
     pushes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     conn = AsyncConnection(
-        make_endpoint(broker.url, None, None, None, None, home, name), pushes.put_nowait
+        make_endpoint(broker.url, None, None, None, None, home, name), "raw", pushes.put_nowait
     )
     await conn.connect()
     await conn.request(

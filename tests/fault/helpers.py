@@ -42,6 +42,8 @@ async def spawn_worker(
 ) -> WorkerProcess:
     """``conveyor worker`` in a child process; waits until the broker has seen it."""
     log_level = os.environ.get("CONVEYOR_TEST_WORKER_LOG", "WARNING")
+    if "--tasks" not in args:
+        args = ("--tasks", "conveyor.examples", *args)
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "conveyor", "worker", "--broker", broker.url),
         *("--home", str(home), "--name", name, "--log-level", log_level, *args),

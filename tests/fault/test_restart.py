@@ -33,7 +33,7 @@ async def test_delayed_job_runs_on_time_after_a_restart(
         try:
             job = await again.store.job_get(handle.id)
             assert job is not None and job.state is JobState.SCHEDULED  # the delay survived
-            worker = Worker(url=again.url, home=home, concurrency=1)
+            worker = Worker(["conveyor.examples"], url=again.url, home=home, concurrency=1)
             task = asyncio.ensure_future(worker.run())
             done = await waiting
             worker.stop()

@@ -54,7 +54,7 @@ async def test_broker_stop_says_goodbye_and_clients_reconnect(
     broker: Broker, client: AsyncClient, home: Path
 ) -> None:
     handle = await client.submit("noop")
-    conn = client._conn
+    conn = client._transport._conn  # the connection itself: to watch its pushed frames
     assert conn is not None
     goodbye: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
     conn.on_push = lambda f: goodbye.done() or goodbye.set_result(f)  # type: ignore[func-returns-value]

@@ -21,8 +21,8 @@ async def test_kill_9_worker_mid_job_another_completes_it(
     broker: Broker, client: AsyncClient, home: Path, start_worker
 ) -> None:
     doomed = await spawn_worker(broker, home, "doomed", "--concurrency", "1")
-    handle = await client.submit("slow_task", seconds=0.5, retries=0)
-    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    handle = await client.submit("slow_task", seconds=0.5, retries=1)
+    await broker.wait_until(lambda: _started(broker, "doomed"))
     job = await client.get(handle.id)
     assert job.state is JobState.RUNNING and job.worker == worker_id(broker, "doomed")
     await doomed.kill()
@@ -32,7 +32,14 @@ async def test_kill_9_worker_mid_job_another_completes_it(
     assert job.worker == survivor.worker_id
     requeued = [e for e in job.events if e["event"] == "requeued"]
     assert len(requeued) == 1 and requeued[0]["reason"] == "worker lost"
+    assert requeued[0]["charged"] is True  # it had started: the lost run was an attempt
+    assert job.attempts == 2
     assert (await client.stats())["totals"]["requeued"] == 1
+
+
+def _started(broker: Broker, name: str) -> bool:
+    """The named worker has told the broker it started a job."""
+    return any(w.started for w in broker.dispatcher.workers.values() if w.name == name)
 
 
 @pytest.fixture
@@ -45,8 +52,8 @@ async def test_sigstop_worker_loses_its_job_when_the_lease_expires(
     broker: Broker, client: AsyncClient, home: Path, start_worker
 ) -> None:
     hung = await spawn_worker(broker, home, "hung", "--concurrency", "1")
-    handle = await client.submit("slow_task", seconds=0.3, retries=0)
-    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    handle = await client.submit("slow_task", seconds=0.3, retries=1)
+    await broker.wait_until(lambda: _started(broker, "hung"))
     hung.signal(signal.SIGSTOP)
     try:
         survivor = await start_worker()
@@ -145,9 +152,9 @@ async def test_cancel_in_each_state(broker: Broker, client: AsyncClient, start_w
     assert (await queued.cancel()).state is JobState.CANCELLED
     assert (await scheduled.cancel()).state is JobState.CANCELLED
     # running, sync task: marked, cancelled when the worker reports
-    await start_worker(concurrency=2)
+    worker = await start_worker(concurrency=2)
     running = await client.submit("slow_task", seconds=0.3)
-    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
+    await broker.wait_until(lambda: _started(broker, worker.name))
     job = await running.cancel()
     assert job.state is JobState.RUNNING and job.cancel_requested
     assert (await running.wait(timeout=10)).state is JobState.CANCELLED
@@ -161,10 +168,9 @@ async def test_cancel_in_each_state(broker: Broker, client: AsyncClient, start_w
 async def test_cancel_running_async_task_is_cooperative(
     broker: Broker, client: AsyncClient, start_worker
 ) -> None:
-    await start_worker(pool="async", concurrency=2)
+    worker = await start_worker(pool="async", concurrency=2)
     handle = await client.submit("async_sleep", seconds=30)
-    await broker.wait_until(lambda: broker.dispatcher.dispatched >= 1)
-    await asyncio.sleep(0.05)  # let the worker enter the task before it is cancelled
+    await broker.wait_until(lambda: _started(broker, worker.name))
     await handle.cancel()
     job = await handle.wait(timeout=5)  # far less than the 30 s it would sleep
     assert job.state is JobState.CANCELLED
@@ -187,3 +193,63 @@ async def test_task_retry_options_apply_when_the_producer_leaves_them_unset(
     assert by_task.state is JobState.DEAD and by_task.attempts == 2  # the task's retries=1
     explicit = await (await client.submit("fragile", retries=0)).wait(timeout=10)
     assert explicit.state is JobState.DEAD and explicit.attempts == 1  # the producer's wins
+
+
+async def test_a_job_that_kills_its_worker_ends_dead_after_its_retries(
+    broker: Broker, client: AsyncClient, home: Path
+) -> None:
+    """Thread pool: the task takes the whole worker process down on every attempt."""
+    crash = await client.submit("crash", retries=2)
+    # queued behind it on the same worker (concurrency 1, prefetch 1): never started
+    bystander = await client.submit("idle", retries=0)
+    for attempt in range(1, 4):
+        worker = await spawn_worker(
+            broker,
+            home,
+            f"w{attempt}",
+            "--tasks",
+            "tests.fault.crashing_tasks",
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "1",
+        )
+        assert await asyncio.wait_for(worker.proc.wait(), 15) == 1  # os._exit(1)
+        job = await client.get(crash.id)
+        if attempt < 3:
+            assert job.state is JobState.QUEUED and job.attempts == attempt
+    job = await crash.wait(timeout=10)
+    assert job.state is JobState.DEAD
+    assert job.error is not None and job.error["type"] == "WorkerLost"
+    assert [e["event"] for e in job.events][-2:] == ["failed", "dead"]
+    assert [j.id for j in await client.list_jobs(state="dead")] == [crash.id]
+    # the bystander was prefetched by every one of those workers and never started
+    spared = await client.get(bystander.id)
+    assert spared.state is JobState.QUEUED and spared.attempts == 0
+    charged = [e.get("charged") for e in spared.events if e["event"] == "requeued"]
+    assert charged and not any(charged)
+
+
+async def test_a_job_that_kills_its_process_pool_child_ends_dead(
+    broker: Broker, client: AsyncClient, home: Path
+) -> None:
+    """Process pool: the child dies, the worker survives and reports WorkerCrashed."""
+    worker = await spawn_worker(
+        broker,
+        home,
+        "pp",
+        "--tasks",
+        "tests.fault.crashing_tasks",
+        "--pool",
+        "process",
+        "--concurrency",
+        "1",
+    )
+    try:
+        job = await (await client.submit("crash", retries=1, retry_backoff=0.01)).wait(timeout=30)
+        assert job.state is JobState.DEAD and job.attempts == 2
+        assert job.error is not None and job.error["type"] == "WorkerCrashed"
+        assert worker.proc.returncode is None  # the worker itself lives on
+        assert await (await client.submit("idle")).result(timeout=20) == "ok"
+    finally:
+        await worker.kill()

@@ -9,9 +9,9 @@ import msgpack
 import pytest
 
 from conveyor.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from conveyor.limits import MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
 from conveyor.protocol.codec import EOF, HEADER_SIZE, NEED_DATA, FrameDecoder, encode_frame
 from conveyor.protocol.frames import (
-    DEFAULT_MAX_FRAME_SIZE,
     FRAME_SCHEMAS,
     FrameType,
     check_frame,

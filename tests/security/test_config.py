@@ -89,7 +89,9 @@ def test_home_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_client_settings_defaults_with_an_empty_home(tmp_path: Path) -> None:
     settings = resolve_client_settings(home=str(tmp_path / "nothing"))
-    assert settings == ClientSettings("conveyor://127.0.0.1:65432", None, None, None, None)
+    assert settings == ClientSettings(
+        "conveyor://127.0.0.1:65432", None, None, None, None, tmp_path / "nothing"
+    )
     assert settings.address == ("127.0.0.1", 65432)
 
 
@@ -111,10 +113,10 @@ def test_client_settings_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("CONVEYOR_TOKEN", "cvy_from_env")
     monkeypatch.setenv("CONVEYOR_CA", str(env_ca))
     from_env = resolve_client_settings()
-    assert from_env == ClientSettings("conveyor://env-host", "cvy_from_env", env_ca)
+    assert from_env == ClientSettings("conveyor://env-host", "cvy_from_env", env_ca, home=home)
 
     from_args = resolve_client_settings("arg-host:1", "cvy_from_arg", str(arg_ca))
-    assert from_args == ClientSettings("arg-host:1", "cvy_from_arg", arg_ca)
+    assert from_args == ClientSettings("arg-host:1", "cvy_from_arg", arg_ca, home=home)
 
 
 def test_client_settings_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from conveyor.client.aio import AsyncClient
 from conveyor.protocol.codec import FrameDecoder, encode_frame
 from conveyor.security.tls import client_context
 from conveyor.security.tokens import Role, TokenRegistry
+from conveyor.stores.base import JobFilter
 from tests.security.rawconn import BIG, Raw, admin_token
 
 StillServes = Callable[[], Awaitable[None]]
@@ -310,7 +311,7 @@ async def test_batch_over_max_batch_is_invalid(
         assert reply is not None and reply["t"] == "submitted" and len(reply["jobs"]) == 5
     finally:
         await raw.close()
-    assert len(await broker.store.job_list(None, None, 100, 0)) == 5  # none of the six
+    assert len((await broker.store.job_list(JobFilter())).jobs) == 5  # none of the six
     await still_serves()
 
 
@@ -504,7 +505,8 @@ async def test_soak_hostile_storm_while_jobs_flow(
     url = line.split()[3]
     port = int(url.rsplit(":", 1)[1])
     worker = await spawn(
-        *("worker", "--broker", url, "--home", str(home), "--log-level", "WARNING"),
+        *("worker", "--tasks", "conveyor.examples", "--broker", url, "--home", str(home)),
+        *("--log-level", "WARNING"),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

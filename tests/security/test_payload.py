@@ -13,9 +13,11 @@ from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
 
 from conveyor.cli.keys import keygen_command
-from conveyor.client._base import batch_item, final_result, job_spec, read_job, seal_spec
+from conveyor.client._base import batch_item, final_result, job_spec, read_job
 from conveyor.errors import ConfigError, JobFailed, PayloadDecryptError
 from conveyor.job import EventKind, Job, JobState, event
+from conveyor.limits import MAX_PAYLOAD
+from conveyor.protocol.payload import unpack_call
 from conveyor.security.payload import (
     CALL,
     ENVELOPE_KEY,
@@ -32,7 +34,7 @@ from conveyor.security.payload import (
     load_payload_keys,
     resolve_cipher,
 )
-from conveyor.validation import parse_job_spec
+from conveyor.validation import parse_job
 
 OLD, NEW = generate_key(), generate_key()
 
@@ -79,10 +81,11 @@ def test_plain_payloads_pass_through(cipher: PayloadCipher) -> None:
 
 
 def test_the_broker_accepts_a_sealed_call(cipher: PayloadCipher) -> None:
-    spec = seal_spec(job_spec("reverse_string", (), {"data": "secret"}), cipher)
-    parsed = parse_job_spec(spec, now=0.0)
-    assert parsed.args == [] and is_sealed(parsed.kwargs)
-    assert "secret" not in repr(spec)
+    spec = job_spec("reverse_string", (), {"data": "secret"}, cipher=cipher)
+    parsed = parse_job(spec, now=0.0)
+    args, kwargs = unpack_call(parsed.payload)
+    assert args == [] and is_sealed(kwargs)
+    assert b"secret" not in parsed.payload and "secret" not in repr(spec)
 
 
 def test_tokens_are_not_plaintext_and_differ_each_time(cipher: PayloadCipher) -> None:
@@ -221,13 +224,13 @@ def test_error_texts_fit_the_brokers_caps(cipher: PayloadCipher) -> None:
 
 
 def _sealed_job(cipher: PayloadCipher, state: JobState = JobState.COMPLETED) -> Job:
-    spec = seal_spec(job_spec("reverse_string", (), {"data": "secret"}, job_id="j1"), cipher)
+    spec = job_spec("reverse_string", (), {"data": "secret"}, job_id="j1", cipher=cipher)
     error = cipher.seal_error({"type": "ValueError", "message": "bad secret"}, "j1", spec["task"])
     failed = event(EventKind.FAILED, 1.0, error=f"ValueError: {error['message']}")
     return Job(
         id="j1",
         task="reverse_string",
-        kwargs=spec["kwargs"],
+        kwargs=unpack_call(spec["payload"])[1],
         state=state,
         result=cipher.seal_value("terces", ctx=context(RESULT, "j1", "reverse_string")),
         error=error if state is JobState.DEAD else None,
@@ -261,11 +264,16 @@ def test_failed_job_error_is_opened(cipher: PayloadCipher) -> None:
 
 def test_batch_items_are_sealed(cipher: PayloadCipher) -> None:
     items = [("t", {"a": 1}), ("t", [1], {}), {"task": "t", "args": [2], "kwargs": {"b": 3}}]
-    specs = [batch_item(i, cipher) for i in items]
-    assert all("args" not in s and is_sealed(s["kwargs"]) for s in specs)
-    opened = [cipher.open_call([], s["kwargs"], ctx=context(CALL, s["id"], "t")) for s in specs]
+    specs = [batch_item(i, cipher, MAX_PAYLOAD) for i in items]
+    calls = [unpack_call(s["payload"]) for s in specs]
+    assert all(args == [] and is_sealed(kwargs) for args, kwargs in calls)
+    opened = [
+        cipher.open_call([], kwargs, ctx=context(CALL, s["id"], "t"))
+        for s, (_, kwargs) in zip(specs, calls, strict=True)
+    ]
     assert opened == [([], {"a": 1}), ([1], {}), ([2], {"b": 3})]
-    assert batch_item(("t", {"a": 1}))["kwargs"] == {"a": 1}  # no key: as it was
+    plain = batch_item(("t", {"a": 1}), None, MAX_PAYLOAD)  # no key: as it was
+    assert unpack_call(plain["payload"]) == ([], {"a": 1})
 
 
 # -- conveyor keygen -------------------------------------------------------------------
@@ -323,9 +331,10 @@ def test_keygen_usage_errors(tmp_path: Path) -> None:
 
 
 def test_a_spec_map_without_an_id_gets_one_before_sealing(cipher: PayloadCipher) -> None:
-    spec = batch_item({"task": "t", "id": None, "kwargs": {"a": 1}}, cipher)
+    spec = batch_item({"task": "t", "id": None, "kwargs": {"a": 1}}, cipher, MAX_PAYLOAD)
     assert spec["id"]
-    assert cipher.open_call([], spec["kwargs"], ctx=context(CALL, spec["id"], "t")) == (
+    _, kwargs = unpack_call(spec["payload"])
+    assert cipher.open_call([], kwargs, ctx=context(CALL, spec["id"], "t")) == (
         [],
         {"a": 1},
     )

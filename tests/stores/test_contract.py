@@ -1,22 +1,26 @@
-"""The store contract: one suite, run against every engine.
+"""The store contract: one suite, run against every engine, each engine as its own code.
 
-Each test gets a fresh, opened store from the ``store`` fixture. Time is a plain float
-the test moves by hand (the store takes ``now`` on every call): nothing sleeps. To add
-an engine, add a param to ``ENGINES`` and a branch to :func:`_make_store`.
+Each test gets a fresh, opened store from the ``store`` fixture. Changes are computed by
+``conveyor.lifecycle`` exactly as the broker's core does (read, compute, apply
+conditionally); the store only persists and indexes. Time is a plain float the test moves
+by hand (the store takes ``now`` on every call): nothing sleeps. To add an engine, add a
+param to ``ENGINES`` and a branch to :func:`_make_store`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 
 import pytest
 
-from conveyor.errors import BrokerError, JobNotFound
-from conveyor.job import Job, JobState
+from conveyor import lifecycle
+from conveyor.errors import IllegalTransition
+from conveyor.job import JobRecord, JobState
+from conveyor.lifecycle import Outcome, TaskOptions, Transition
+from conveyor.protocol.payload import pack, pack_call, unpack
 from conveyor.stores import SqliteStore, open_store
-from conveyor.stores.base import Claimant, Outcome, Store
-from conveyor.validation import JobSpec
+from conveyor.stores.base import Claimant, JobFilter, Store
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -49,13 +53,26 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await engine.close()
 
 
-# -- helpers ------------------------------------------------------------------------------------
-def spec(task: str = "t", **fields: object) -> JobSpec:
-    return JobSpec(task=task, **fields)  # type: ignore[arg-type]
+# -- helpers: what the broker's core does -------------------------------------------------------
+_n = iter(range(1, 1_000_000))
 
 
-async def insert(store: Store, *specs: JobSpec, now: float = T0) -> list[Job]:
-    return [i.job for i in await store.job_insert_many(specs, now)]
+def spec(
+    task: str = "t", *, id: str | None = None, queue: str = "default", **fields: object
+) -> JobRecord:
+    args = fields.pop("args", [])
+    return JobRecord(
+        id=id or f"job-{next(_n):06d}",
+        task=task,
+        payload=pack_call(args, {}),  # type: ignore[arg-type]
+        queue=queue,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def insert(store: Store, *jobs: JobRecord, now: float = T0) -> list[JobRecord]:
+    inserted = await store.job_insert_many([lifecycle.born(j, now) for j in jobs])
+    return [i.job for i in inserted]
 
 
 async def claim(
@@ -65,20 +82,39 @@ async def claim(
     worker: str = "w1",
     queues: Sequence[str] = ("default",),
     tasks: Collection[str] = ("t",),
-    lease: float = LEASE,
-) -> list[Job]:
-    return await store.job_claim(Claimant(worker, queues, tasks), limit, lease, now)
+    options: dict[str, TaskOptions] | None = None,
+) -> list[JobRecord]:
+    return await store.job_claim(Claimant(worker, queues, tasks, options or {}), limit, LEASE, now)
 
 
-async def report(store: Store, job: Job, now: float, **fields: object) -> Job | None:
+async def change(
+    store: Store, job_id: str, compute: Callable[[JobRecord], Transition | None]
+) -> JobRecord | None:
+    """Read, compute, apply conditionally: the core's funnel for one job."""
+    (job,) = await store.job_get_many([job_id])
+    t = compute(job)
+    if t is None:
+        return None
+    (new,) = await store.job_apply([t])
+    return new
+
+
+async def report(store: Store, job: JobRecord, now: float, **fields: object) -> JobRecord | None:
     fields.setdefault("ok", True)
+    if fields.get("ok") and "result" in fields:
+        fields["result"] = pack(fields["result"])
     assert job.lease is not None
     outcome = Outcome(id=job.id, lease=job.lease, **fields)  # type: ignore[arg-type]
-    (done,) = await store.job_report_many([outcome], now)
-    return done
+
+    def compute(current: JobRecord) -> Transition | None:
+        if current.state is not JobState.RUNNING or current.lease != outcome.lease:
+            return None  # a stale lease changes nothing
+        return lifecycle.report(current, outcome, now)
+
+    return await change(store, job.id, compute)
 
 
-async def fail(store: Store, job: Job, now: float, **fields: object) -> Job | None:
+async def fail(store: Store, job: JobRecord, now: float, **fields: object) -> JobRecord | None:
     error = {"type": "ValueError", "message": "boom", "traceback": "..."}
     return await report(store, job, now, ok=False, error=error, **fields)
 
@@ -89,31 +125,35 @@ async def state_of(store: Store, job_id: str) -> JobState:
     return job.state
 
 
-def kinds(job: Job) -> list[str]:
-    return [e["event"] for e in job.events]
+async def kinds(store: Store, job_id: str) -> list[str]:
+    return [e["event"] for e in await store.job_events(job_id)]
+
+
+async def listed(store: Store, **where: object) -> list[str]:
+    return [j.id for j in (await store.job_list(JobFilter(**where))).jobs]  # type: ignore[arg-type]
 
 
 # -- insert and schedule ------------------------------------------------------------------------
 async def test_insert_makes_a_queued_job(store: Store) -> None:
-    (inserted,) = await store.job_insert_many([spec(args=[1, "a"], kwargs={"k": True})], T0)
+    (inserted,) = await store.job_insert_many([lifecycle.born(spec(args=[1, "a"]), T0)])
     assert inserted.created
     job = inserted.job
-    assert job.state is JobState.QUEUED
-    assert (job.args, job.kwargs, job.created_at, job.attempts) == ([1, "a"], {"k": True}, T0, 0)
-    assert kinds(job) == ["submitted"]
+    assert job.state is JobState.QUEUED and (job.created_at, job.attempts) == (T0, 0)
+    assert unpack(job.payload) == [[1, "a"], {}]
+    assert await kinds(store, job.id) == ["submitted"]
     assert await store.job_get(job.id) == job
     assert await store.job_get("no-such-job") is None
+    assert await store.job_events("no-such-job") == []
 
 
 async def test_future_eta_is_scheduled_until_promoted(store: Store) -> None:
     (job,) = await insert(store, spec(eta=T0 + 60))
     (past,) = await insert(store, spec(eta=T0 - 1))
-    assert job.state is JobState.SCHEDULED
-    assert past.state is JobState.QUEUED
+    assert (job.state, past.state, past.eta) == (JobState.SCHEDULED, JobState.QUEUED, None)
     assert await store.job_next_eta() == T0 + 60
     assert [j.id for j in await claim(store, now=T0 + 1)] == [past.id]
-    assert await store.job_promote_due(T0 + 59.9) == 0
-    assert await store.job_promote_due(T0 + 60) == 1
+    assert await store.job_promote_due(T0 + 59.9) == []
+    assert [j.id for j in await store.job_promote_due(T0 + 60)] == [job.id]
     assert await state_of(store, job.id) is JobState.QUEUED
     assert await store.job_next_eta() is None
     assert [j.id for j in await claim(store, now=T0 + 61)] == [job.id]
@@ -121,19 +161,20 @@ async def test_future_eta_is_scheduled_until_promoted(store: Store) -> None:
 
 # -- claim --------------------------------------------------------------------------------------
 async def test_claim_takes_priority_first_then_fifo_across_queues(store: Store) -> None:
-    specs = [
+    jobs = await insert(
+        store,
         spec(queue="a", priority=5),  # 0
         spec(queue="b", priority=1),  # 1
         spec(queue="a", priority=1),  # 2
         spec(queue="b", priority=5),  # 3
         spec(queue="a", priority=10),  # 4
         spec(queue="b", priority=1),  # 5
-    ]
-    jobs = await insert(store, *specs)
+    )
     got = await claim(store, queues=["a", "b"])
     assert [j.id for j in got] == [jobs[i].id for i in (1, 2, 5, 0, 3, 4)]
     assert all(j.state is JobState.RUNNING and j.worker == "w1" for j in got)
     assert all(j.attempts == 1 and j.lease_expires == T0 + LEASE for j in got)
+    assert len({j.lease for j in got}) == len(got)  # every run has its own lease
 
 
 async def test_claim_only_takes_the_claimants_tasks_and_queues(store: Store) -> None:
@@ -144,7 +185,7 @@ async def test_claim_only_takes_the_claimants_tasks_and_queues(store: Store) -> 
     assert [j.id for j in got] == [mine.id]
     assert await state_of(store, other_task.id) is JobState.QUEUED
     assert await state_of(store, other_queue.id) is JobState.QUEUED
-    assert await store.queue_tasks_waiting() == {("default", "other"): 1, ("elsewhere", "t"): 1}
+    assert await store.queue_waiting() == {("default", "other"): 1, ("elsewhere", "t"): 1}
     assert await claim(store, queues=["nothing-here"]) == []
 
 
@@ -156,15 +197,63 @@ async def test_claim_respects_the_limit(store: Store) -> None:
     assert await claim(store) == []
 
 
+async def test_claim_resolves_unset_options_from_the_claimants_task(store: Store) -> None:
+    unset, _ = await insert(store, spec(), spec(max_retries=5))
+    got = await claim(store, options={"t": TaskOptions(retries=0, retry_backoff=9.0)})
+    assert [(j.max_retries, j.retry_backoff, j.retry_backoff_max) for j in got] == [
+        (0, 9.0, 300.0),  # the task's own, then the default cap
+        (5, 9.0, 300.0),  # the producer's choice wins
+    ]
+    assert await store.job_get(unset.id) == got[0]
+
+
+# -- conditional changes ------------------------------------------------------------------------
+async def test_a_change_applies_only_to_the_version_it_was_computed_from(store: Store) -> None:
+    await insert(store, spec())
+    (job,) = await claim(store)
+    cancel = lifecycle.cancel(job, T0 + 1)
+    assert cancel is not None
+    (marked,) = await store.job_apply([cancel])
+    assert marked is not None and marked.cancel_requested
+    # computed from the old version: refused, nothing changes
+    outcome = Outcome(job.id, job.lease or 0, True, pack(1))
+    assert await store.job_apply([lifecycle.report(job, outcome, T0 + 2)]) == [None]
+    assert await store.job_get(job.id) == marked
+    done = await report(store, marked, T0 + 3, result=1)
+    assert done is not None and done.state is JobState.CANCELLED  # cancelled, result dropped
+    assert (await store.stats())["totals"]["completed"] == 0
+
+
+async def test_an_illegal_move_raises_and_changes_nothing(store: Store) -> None:
+    await insert(store, spec())
+    (job,) = await claim(store)
+    done = await report(store, job, T0 + 1, result=1)
+    assert done is not None
+    with pytest.raises(IllegalTransition, match="completed to running"):
+        lifecycle.claim(done, "w2", 99, LEASE, T0 + 2)
+    # a transition made by hand, around lifecycle.move, is refused by the engine too
+    forged = Transition(done, done.replace(state=JobState.QUEUED, version=done.version + 1), ())
+    with pytest.raises(IllegalTransition):
+        await store.job_apply([forged])
+    assert await store.job_get(job.id) == done
+    assert await claim(store, worker="w2", now=T0 + 3) == []
+
+
+async def test_applying_to_an_unknown_job_yields_none(store: Store) -> None:
+    (job,) = await insert(store, spec())
+    ghost = job.replace(id="never-stored")
+    assert await store.job_apply([lifecycle.cancel(ghost, T0)]) == [None]  # type: ignore[list-item]
+
+
 # -- reports ------------------------------------------------------------------------------------
 async def test_report_ok_completes_with_the_result(store: Store) -> None:
     await insert(store, spec())
     (job,) = await claim(store)
-    done = await report(store, job, T0 + 2, result={"answer": 42})
-    assert done is not None
-    assert done.state is JobState.COMPLETED
-    assert (done.result, done.finished_at, done.lease) == ({"answer": 42}, T0 + 2, None)
-    assert kinds(done) == ["submitted", "started", "completed"]
+    done = await report(store, job, T0 + 2, result={"answer": 42, "big": 2**80})
+    assert done is not None and done.state is JobState.COMPLETED
+    assert (done.finished_at, done.lease, done.lease_expires) == (T0 + 2, None, None)
+    assert unpack(done.result or b"") == {"answer": 42, "big": 2**80}
+    assert await kinds(store, job.id) == ["submitted", "started", "completed"]
     assert await store.job_get(job.id) == done
 
 
@@ -172,11 +261,10 @@ async def test_report_with_a_stale_lease_changes_nothing(store: Store) -> None:
     await insert(store, spec())
     (job,) = await claim(store)
     assert job.lease is not None
-    stale = Outcome(id=job.id, lease=job.lease + 1000, ok=True, result=1)
-    assert await store.job_report_many([stale], T0 + 1) == [None]
+    assert await report(store, job.replace(lease=job.lease + 1000), T0 + 1) is None
     assert await store.job_get(job.id) == job
     # requeued and claimed again: the first lease is stale too
-    await store.job_requeue_worker("w1", "gone", T0 + 2)
+    await change(store, job.id, lambda r: lifecycle.requeue(r, T0 + 2, "worker lost", True))
     (again,) = await claim(store, worker="w2", now=T0 + 3)
     assert again.lease != job.lease
     assert await report(store, job, T0 + 4) is None
@@ -191,40 +279,33 @@ async def test_failure_backs_off_then_dies_after_max_retries(store: Store) -> No
         (job,) = await claim(store, now=now)
         assert job.attempts == attempt
         retried = await fail(store, job, now)
-        assert retried is not None
-        assert retried.state is JobState.SCHEDULED
-        assert retried.eta is not None
-        assert now <= retried.eta <= now + ceiling
+        assert retried is not None and retried.state is JobState.SCHEDULED
+        assert retried.eta is not None and now <= retried.eta <= now + ceiling
         now = retried.eta
-        assert await store.job_promote_due(now) == 1
+        assert len(await store.job_promote_due(now)) == 1
     (job,) = await claim(store, now=now)
     dead = await fail(store, job, now + 1)
-    assert dead is not None
-    assert dead.state is JobState.DEAD
-    assert dead.attempts == 3
-    assert dead.error is not None
-    assert dead.error["type"] == "ValueError"
-    assert kinds(dead) == [
+    assert dead is not None and dead.state is JobState.DEAD and dead.attempts == 3
+    assert dead.error is not None and dead.error["type"] == "ValueError"
+    events = await store.job_events(job.id)
+    assert [e["event"] for e in events] == [
         "submitted",
         *(["started", "failed", "retried"] * 2),
         "started",
         "failed",
         "dead",
     ]
-    assert [e["attempt"] for e in dead.events if e["event"] == "failed"] == [1, 2, 3]
-    assert dead.events[-1]["reason"] == "retries exhausted"
-    stats = await store.stats()
-    assert stats["totals"]["failed"] == 3
-    assert stats["totals"]["retried"] == 2
-    assert stats["totals"]["dead"] == 1
+    assert [e["attempt"] for e in events if e["event"] == "failed"] == [1, 2, 3]
+    assert events[-1]["reason"] == "retries exhausted"
+    totals = (await store.stats())["totals"]
+    assert (totals["failed"], totals["retried"], totals["dead"]) == (3, 2, 1)
 
 
 async def test_retry_with_a_delay_sets_the_eta(store: Store) -> None:
     await insert(store, spec())
     (job,) = await claim(store)
     retried = await fail(store, job, T0 + 1, retry_delay=7.0)
-    assert retried is not None
-    assert (retried.state, retried.eta) == (JobState.SCHEDULED, T0 + 8)
+    assert retried is not None and (retried.state, retried.eta) == (JobState.SCHEDULED, T0 + 8)
     assert await store.job_next_eta() == T0 + 8
 
 
@@ -232,167 +313,115 @@ async def test_reject_is_dead_at_once(store: Store) -> None:
     await insert(store, spec(max_retries=5))
     (job,) = await claim(store)
     dead = await fail(store, job, T0 + 1, reject=True)
-    assert dead is not None
-    assert (dead.state, dead.attempts) == (JobState.DEAD, 1)
-    assert dead.events[-1] == {"event": "dead", "at": T0 + 1, "reason": "rejected"}
+    assert dead is not None and (dead.state, dead.attempts) == (JobState.DEAD, 1)
+    events = await store.job_events(job.id)
+    assert events[-1] == {"event": "dead", "at": T0 + 1, "reason": "rejected"}
 
 
-# -- giving jobs back ---------------------------------------------------------------------------
-async def test_release_requeues_at_the_front_without_counting_the_attempt(store: Store) -> None:
+# -- runs that end without a report -------------------------------------------------------------
+async def test_release_goes_to_the_front_without_counting_the_attempt(store: Store) -> None:
     first, second = await insert(store, spec(), spec())
     (job,) = await claim(store, limit=1)
     (third,) = await insert(store, spec(), now=T0 + 1)
-    assert job.lease is not None
-    assert await store.job_release_many([(job.id, job.lease), ("nope", 1)], T0 + 2) == 1
-    released = await store.job_get(job.id)
+    released = await change(store, job.id, lambda r: lifecycle.release(r, T0 + 2))
     assert released is not None
     assert (released.state, released.attempts, released.worker) == (JobState.QUEUED, 0, None)
-    assert kinds(released) == ["submitted"]
+    assert await kinds(store, job.id) == ["submitted", "started", "released"]
+    assert (await store.stats())["totals"]["requeued"] == 0
     got = await claim(store, now=T0 + 3)
     assert [j.id for j in got] == [first.id, second.id, third.id]
 
 
-async def test_requeue_worker_puts_its_jobs_at_the_front(store: Store) -> None:
-    a, b, c = await insert(store, spec(), spec(), spec(priority=1))
-    taken = await claim(store, limit=2)  # c (priority 1) and a
-    assert [j.id for j in taken] == [c.id, a.id]
-    (d,) = await insert(store, spec(), now=T0 + 1)
-    requeued = await store.job_requeue_worker("w1", "worker lost", T0 + 2)
-    assert {j.id for j in requeued} == {a.id, c.id}
-    for job in requeued:
-        assert job.state is JobState.QUEUED
-        assert job.events[-1] == {
-            "event": "requeued",
-            "at": T0 + 2,
-            "worker": "w1",
-            "reason": "worker lost",
-        }
-    assert (await store.stats())["totals"]["requeued"] == 2
+async def test_requeued_jobs_go_to_the_front_in_their_order(store: Store) -> None:
+    jobs = await insert(store, *(spec() for _ in range(4)))
+    taken = await claim(store, limit=3)
+    (late,) = await insert(store, spec(), now=T0 + 1)
+    for job in reversed(taken):  # newest first, as the core does: the oldest ends in front
+        await change(store, job.id, lambda r: lifecycle.requeue(r, T0 + 2, "worker lost", True))
     got = await claim(store, worker="w2", now=T0 + 3)
-    assert [j.id for j in got] == [c.id, a.id, b.id, d.id]
-    assert await store.job_requeue_worker("w1", "again", T0 + 4) == []
+    assert [j.id for j in got] == [*(j.id for j in jobs), late.id]
+    assert [j.attempts for j in got[:3]] == [2, 2, 2]  # charged: the runs had started
+    assert (await store.stats())["totals"]["requeued"] == 3
 
 
-async def test_rescue_takes_only_expired_leases(store: Store) -> None:
-    await insert(store, spec(), spec())
-    (short,) = await claim(store, limit=1, lease=10.0)
-    (long,) = await claim(store, limit=1, worker="w2", lease=100.0)
-    assert await store.job_rescue_expired(T0 + 9) == []
-    rescued = await store.job_rescue_expired(T0 + 50)
-    assert [j.id for j in rescued] == [short.id]
-    assert rescued[0].state is JobState.QUEUED
-    assert rescued[0].events[-1]["reason"] == "lease expired"
-    assert await state_of(store, long.id) is JobState.RUNNING
-
-
-async def test_extend_leases_keeps_jobs_running(store: Store) -> None:
-    await insert(store, spec(), spec())
-    jobs = await claim(store, lease=10.0)
-    assert await store.job_extend_leases("w1", 30.0, T0 + 5) == 2
-    assert await store.job_extend_leases("nobody", 30.0, T0 + 5) == 0
-    assert await store.job_rescue_expired(T0 + 20) == []
-    for job in jobs:
-        got = await store.job_get(job.id)
-        assert got is not None
-        assert got.lease_expires == T0 + 35
-    assert len(await store.job_rescue_expired(T0 + 35)) == 2
+async def test_a_started_run_lost_with_no_attempts_left_is_dead(store: Store) -> None:
+    await insert(store, spec(max_retries=0))
+    (job,) = await claim(store)
+    dead = await change(store, job.id, lambda r: lifecycle.requeue(r, T0 + 1, "worker lost", True))
+    assert dead is not None and dead.state is JobState.DEAD
+    assert dead.error is not None and dead.error["type"] == "WorkerLost"
+    assert [j.id for j in await store.job_dead(None)] == [job.id]
 
 
 # -- cancel -------------------------------------------------------------------------------------
 async def test_cancel_queued_and_scheduled_at_once(store: Store) -> None:
     queued, scheduled = await insert(store, spec(), spec(eta=T0 + 10))
     for job in (queued, scheduled):
-        cancelled = await store.job_cancel(job.id, T0 + 1)
+        cancelled = await change(store, job.id, lambda r: lifecycle.cancel(r, T0 + 1))
+        assert cancelled is not None
         assert (cancelled.state, cancelled.finished_at) == (JobState.CANCELLED, T0 + 1)
-        assert kinds(cancelled)[-1] == "cancelled"
+        assert (await kinds(store, job.id))[-1] == "cancelled"
     assert await claim(store, now=T0 + 20) == []
-    assert await store.job_promote_due(T0 + 20) == 0
+    assert await store.job_promote_due(T0 + 20) == []
     assert (await store.stats())["totals"]["cancelled"] == 2
-
-
-async def test_cancel_running_waits_for_the_report(store: Store) -> None:
-    await insert(store, spec())
-    (job,) = await claim(store)
-    marked = await store.job_cancel(job.id, T0 + 1)
-    assert (marked.state, marked.cancel_requested) == (JobState.RUNNING, True)
-    done = await report(store, job, T0 + 2, result="ignored")
-    assert done is not None
-    assert done.state is JobState.CANCELLED
-    assert await state_of(store, job.id) is JobState.CANCELLED
 
 
 async def test_cancel_running_then_worker_lost_ends_cancelled(store: Store) -> None:
     await insert(store, spec())
     (job,) = await claim(store)
-    await store.job_cancel(job.id, T0 + 1)
-    (gone,) = await store.job_requeue_worker("w1", "worker lost", T0 + 2)
-    assert gone.state is JobState.CANCELLED  # not run again
+    await change(store, job.id, lambda r: lifecycle.cancel(r, T0 + 1))
+    gone = await change(store, job.id, lambda r: lifecycle.requeue(r, T0 + 2, "worker lost", True))
+    assert gone is not None and gone.state is JobState.CANCELLED  # not run again
     assert await claim(store, worker="w2", now=T0 + 3) == []
     assert (await store.stats())["totals"]["requeued"] == 0
 
 
-async def test_requeued_jobs_keep_their_order_at_the_front(store: Store) -> None:
-    jobs = await insert(store, *(spec() for _ in range(4)))
-    await claim(store, limit=3)
-    await store.job_requeue_worker("w1", "worker lost", T0 + 1)
-    got = await claim(store, worker="w2", now=T0 + 2)
-    assert [j.id for j in got] == [j.id for j in jobs]
-
-
 async def test_waiting_counts_follow_queued_jobs(store: Store) -> None:
     a, _, _ = await insert(store, spec("x"), spec("x"), spec("y", queue="q2"))
-    assert await store.queue_tasks_waiting() == {("default", "x"): 2, ("q2", "y"): 1}
-    await store.job_cancel(a.id, T0 + 1)
-    await claim(store, tasks=("x",))
-    assert await store.queue_tasks_waiting() == {("q2", "y"): 1}
-    await store.job_requeue_worker("w1", "worker lost", T0 + 2)
-    assert await store.queue_tasks_waiting() == {("default", "x"): 1, ("q2", "y"): 1}
-
-
-async def test_cancel_final_conflicts_and_unknown_is_not_found(store: Store) -> None:
-    await insert(store, spec())
-    (job,) = await claim(store)
-    await report(store, job, T0 + 1)
-    with pytest.raises(BrokerError) as info:
-        await store.job_cancel(job.id, T0 + 2)
-    assert info.value.code == "conflict"
-    with pytest.raises(JobNotFound):
-        await store.job_cancel("no-such-job", T0 + 2)
+    assert await store.queue_waiting() == {("default", "x"): 2, ("q2", "y"): 1}
+    await change(store, a.id, lambda r: lifecycle.cancel(r, T0 + 1))
+    (running,) = await claim(store, tasks=("x",))
+    assert await store.queue_waiting() == {("q2", "y"): 1}
+    await change(store, running.id, lambda r: lifecycle.requeue(r, T0 + 2, "lost", False))
+    assert await store.queue_waiting() == {("default", "x"): 1, ("q2", "y"): 1}
 
 
 # -- dedup --------------------------------------------------------------------------------------
 async def test_unique_key_dedups_while_live_only(store: Store) -> None:
-    first, dup = await store.job_insert_many([spec(unique_key="k"), spec(unique_key="k")], T0)
-    assert first.created and not dup.created
-    assert dup.job.id == first.job.id
-    (again,) = await store.job_insert_many([spec(unique_key="k")], T0 + 1)
-    assert (again.created, again.job.id) == (False, first.job.id)
+    first, dup = await store.job_insert_many(
+        [lifecycle.born(spec(unique_key="k"), T0), lifecycle.born(spec(unique_key="k"), T0)]
+    )
+    assert first.created and not dup.created and dup.job.id == first.job.id
+    (again,) = await insert(store, spec(unique_key="k"), now=T0 + 1)
+    assert again.id == first.job.id
     (job,) = await claim(store)
-    (running,) = await store.job_insert_many([spec(unique_key="k")], T0 + 2)
-    assert not running.created
+    (running,) = await insert(store, spec(unique_key="k"), now=T0 + 2)
+    assert running.id == first.job.id
     await report(store, job, T0 + 3)
-    (fresh,) = await store.job_insert_many([spec(unique_key="k")], T0 + 4)
-    assert fresh.created and fresh.job.id != first.job.id
+    (fresh,) = await insert(store, spec(unique_key="k"), now=T0 + 4)
+    assert fresh.id != first.job.id
 
 
 async def test_client_chosen_id_is_idempotent(store: Store) -> None:
-    (first,) = await store.job_insert_many([spec(id="order-17", args=[1])], T0)
-    (again,) = await store.job_insert_many([spec(id="order-17", args=[2])], T0 + 1)
-    assert first.created and not again.created
-    assert again.job == first.job
+    (first,) = await store.job_insert_many([lifecycle.born(spec(id="order-17", args=[1]), T0)])
+    (again,) = await store.job_insert_many([lifecycle.born(spec(id="order-17", args=[2]), T0)])
+    assert first.created and not again.created and again.job == first.job
     (job,) = await claim(store)
     await report(store, job, T0 + 2, result="done")
     # still idempotent once the job is finished (and perhaps no longer in memory)
-    mixed = await store.job_insert_many([spec(id="order-17"), spec(id="order-18")], T0 + 3)
+    mixed = await store.job_insert_many(
+        [lifecycle.born(spec(id="order-17"), T0 + 3), lifecycle.born(spec(id="order-18"), T0 + 3)]
+    )
     assert [(i.job.id, i.created) for i in mixed] == [("order-17", False), ("order-18", True)]
     assert mixed[0].job.state is JobState.COMPLETED
-    assert mixed[0].job.result == "done"
+    assert unpack(mixed[0].job.result or b"") == "done"
 
 
 # -- dead letters and retention -----------------------------------------------------------------
-async def _make_dead(store: Store, n: int, now: float = T0, **fields: object) -> list[Job]:
-    jobs = await insert(store, *[spec(**fields) for _ in range(n)], now=now)
-    task, queue = jobs[0].task, jobs[0].queue
+async def _make_dead(store: Store, n: int, now: float = T0, **fields: object) -> list[JobRecord]:
+    task = str(fields.pop("task", "t"))
+    queue = str(fields.pop("queue", "default"))
+    await insert(store, *[spec(task, queue=queue, **fields) for _ in range(n)], now=now)
     dead = []
     for job in await claim(store, now=now, queues=[queue], tasks=[task]):
         done = await fail(store, job, now, reject=True)
@@ -401,15 +430,23 @@ async def _make_dead(store: Store, n: int, now: float = T0, **fields: object) ->
     return dead
 
 
+async def dlq_retry(store: Store, ids: Sequence[str] | None, now: float) -> int:
+    n = 0
+    for job in await store.job_dead(ids):
+        n += await change(store, job.id, lambda r: lifecycle.dlq_retry(r, now)) is not None
+    return n
+
+
 async def test_dlq_retry_requeues_dead_jobs(store: Store) -> None:
     a, b, c = await _make_dead(store, 3)
     (live,) = await insert(store, spec(), now=T0 + 1)
-    assert await store.dlq_retry([a.id, live.id, "nope"], T0 + 2) == 1
+    assert [j.id for j in await store.job_dead([a.id, live.id, "nope"])] == [a.id]
+    assert await dlq_retry(store, [a.id, live.id, "nope"], T0 + 2) == 1
     retried = await store.job_get(a.id)
-    assert retried is not None
-    assert (retried.state, retried.attempts) == (JobState.QUEUED, 0)
-    assert retried.events[-1] == {"event": "retried", "at": T0 + 2, "reason": "dlq retry"}
-    assert await store.dlq_retry(None, T0 + 3) == 2
+    assert retried is not None and (retried.state, retried.attempts) == (JobState.QUEUED, 0)
+    events = await store.job_events(a.id)
+    assert events[-1] == {"event": "retried", "at": T0 + 2, "reason": "dlq retry"}
+    assert await dlq_retry(store, None, T0 + 3) == 2
     got = await claim(store, now=T0 + 4)
     assert {j.id for j in got} == {a.id, b.id, c.id, live.id}
     assert (await store.stats())["states"]["dead"] == 0
@@ -417,26 +454,25 @@ async def test_dlq_retry_requeues_dead_jobs(store: Store) -> None:
 
 async def test_dlq_retry_restores_the_unique_key(store: Store) -> None:
     (dead,) = await _make_dead(store, 1, unique_key="k")
-    (fresh,) = await store.job_insert_many([spec(unique_key="k")], T0 + 1)
-    assert fresh.created  # a dead job does not hold its key
-    await store.job_cancel(fresh.job.id, T0 + 2)
-    assert await store.dlq_retry([dead.id], T0 + 3) == 1
-    (dup,) = await store.job_insert_many([spec(unique_key="k")], T0 + 4)
-    assert (dup.created, dup.job.id) == (False, dead.id)
+    (fresh,) = await insert(store, spec(unique_key="k"), now=T0 + 1)
+    assert fresh.id != dead.id  # a dead job does not hold its key
+    await change(store, fresh.id, lambda r: lifecycle.cancel(r, T0 + 2))
+    assert await dlq_retry(store, [dead.id], T0 + 3) == 1
+    (dup,) = await insert(store, spec(unique_key="k"), now=T0 + 4)
+    assert dup.id == dead.id
 
 
 async def test_dlq_purge_deletes_dead_jobs(store: Store) -> None:
     a, b, c = await _make_dead(store, 3)
     (live,) = await insert(store, spec(), now=T0 + 1)
     assert await store.dlq_purge([a.id, live.id]) == 1
-    assert await store.job_get(a.id) is None
+    assert await store.job_get(a.id) is None and await store.job_events(a.id) == []
     assert await store.job_get(live.id) is not None
     assert await store.dlq_purge(None) == 2
-    assert await store.job_get(b.id) is None
-    assert await store.job_get(c.id) is None
+    assert await store.job_get(b.id) is None and await store.job_get(c.id) is None
     stats = await store.stats()
     assert (stats["states"]["dead"], stats["states"]["queued"]) == (0, 1)
-    assert await store.dlq_retry(None, T0 + 2) == 0
+    assert await store.job_dead(None) == []
 
 
 async def test_prune_deletes_finished_jobs_before_the_time(store: Store) -> None:
@@ -444,21 +480,31 @@ async def test_prune_deletes_finished_jobs_before_the_time(store: Store) -> None
     jobs = await claim(store, limit=2)
     (queued,) = await insert(store, spec(), now=T0 + 5)
     await report(store, jobs[0], T0 + 10)
-    cancelled = await store.job_cancel(queued.id, T0 + 20)
+    cancelled = await change(store, queued.id, lambda r: lifecycle.cancel(r, T0 + 20))
+    assert cancelled is not None
     await report(store, jobs[1], T0 + 30)
     (dead,) = await _make_dead(store, 1, now=T0 + 31, task="d", queue="dq")
     assert await store.job_prune(T0 + 10) == 0  # strictly before
     assert await store.job_prune(T0 + 25) == 2
-    assert await store.job_get(old.id) is None
+    assert await store.job_get(old.id) is None and await store.job_events(old.id) == []
     assert await store.job_get(cancelled.id) is None
     assert await store.job_get(new.id) is not None
     assert await store.job_get(dead.id) is not None  # dead stays until purged
     assert await store.job_get(running.id) is not None
-    stats = await store.stats()
-    assert stats["states"]["completed"] == 1
-    assert stats["states"]["cancelled"] == 0
-    assert stats["states"]["dead"] == 1
+    states = (await store.stats())["states"]
+    assert (states["completed"], states["cancelled"], states["dead"]) == (1, 0, 1)
     assert await store.job_prune(T0 + 1000) == 1
+
+
+async def test_repeated_ids_count_once(store: Store) -> None:
+    (dead,) = await _make_dead(store, 1)
+    assert len(await store.job_dead([dead.id, dead.id])) == 1
+    assert [j.id for j in await store.job_get_many([dead.id, "nope", dead.id])] == [dead.id]
+    assert await dlq_retry(store, [dead.id, dead.id], T0 + 10) == 1
+    (again,) = await claim(store, now=T0 + 11)
+    await fail(store, again, T0 + 12, reject=True)
+    assert await store.dlq_purge([dead.id, dead.id]) == 1
+    assert (await store.stats())["states"]["dead"] == 0
 
 
 # -- numbers and listings -----------------------------------------------------------------------
@@ -480,35 +526,31 @@ async def test_stats_count_states_queues_and_totals(store: Store) -> None:
         "default": {"scheduled": 1, "queued": 1, "completed": 1},
         "q2": {"running": 1},
     }
-    assert stats["totals"]["submitted"] == 4
-    assert stats["totals"]["completed"] == 1
+    assert (stats["totals"]["submitted"], stats["totals"]["completed"]) == (4, 1)
 
 
-async def test_job_list_filters_newest_first(store: Store) -> None:
+async def test_job_list_filters_newest_first_with_cursors(store: Store) -> None:
     jobs = await insert(store, *[spec(queue="a" if i % 2 else "b") for i in range(6)])
     (running,) = await claim(store, limit=1, queues=["b"])
     assert running.id == jobs[0].id
-    listed = await store.job_list()
-    assert [j.id for j in listed] == [j.id for j in reversed(jobs)]
-    assert listed[-1].state is JobState.RUNNING
-    assert [j.id for j in await store.job_list(queue="a")] == [jobs[i].id for i in (5, 3, 1)]
-    assert [j.id for j in await store.job_list(state="running")] == [jobs[0].id]
-    assert [j.id for j in await store.job_list(state="queued", queue="b")] == [
-        jobs[4].id,
-        jobs[2].id,
-    ]
-    page = await store.job_list(limit=2, offset=1)
-    assert [j.id for j in page] == [jobs[4].id, jobs[3].id]
-    assert await store.job_list(state="dead") == []
-    assert await store.job_list(limit=0) == []
-
-
-async def test_repeated_ids_in_dlq_calls_count_once(store: Store) -> None:
-    (dead,) = await _make_dead(store, 1)
-    assert await store.dlq_retry([dead.id, dead.id], T0 + 10) == 1
-    states = (await store.stats())["states"]
-    assert (states["dead"], states["queued"]) == (0, 1)
-    (again,) = await claim(store, now=T0 + 11)
-    await fail(store, again, T0 + 12, reject=True)
-    assert await store.dlq_purge([dead.id, dead.id]) == 1
-    assert (await store.stats())["states"]["dead"] == 0
+    assert await listed(store) == [j.id for j in reversed(jobs)]
+    assert await listed(store, queue="a") == [jobs[i].id for i in (5, 3, 1)]
+    assert await listed(store, state=JobState.RUNNING) == [jobs[0].id]
+    assert await listed(store, worker="w1") == [jobs[0].id]
+    assert await listed(store, state=JobState.QUEUED, queue="b") == [jobs[4].id, jobs[2].id]
+    assert await listed(store, task="nope") == []
+    assert await listed(store, id_prefix=jobs[3].id) == [jobs[3].id]
+    assert await listed(store, id_prefix="job-") == [j.id for j in reversed(jobs)]
+    assert await listed(store, id_prefix="zzz") == []
+    page = await store.job_list(JobFilter(), limit=2, offset=1)
+    assert [j.id for j in page.jobs] == [jobs[4].id, jobs[3].id]
+    # keyset pages: each cursor continues where the last page stopped
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await store.job_list(JobFilter(), limit=4, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert seen == [j.id for j in reversed(jobs)]

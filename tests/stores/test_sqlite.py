@@ -13,10 +13,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 
+from conveyor import lifecycle
 from conveyor.errors import ConfigError
-from conveyor.job import Job, JobState
+from conveyor.job import JobRecord, JobState
+from conveyor.lifecycle import Outcome
+from conveyor.protocol.payload import pack, pack_call, unpack
 from conveyor.stores import (
     MemoryStore,
     SqliteStore,
@@ -24,11 +28,11 @@ from conveyor.stores import (
     open_store,
 )
 from conveyor.stores import sqlite as sqlite_engine
-from conveyor.stores.base import Claimant, Outcome
+from conveyor.stores.base import Claimant, JobFilter
 from conveyor.stores.sql import sqlite_writer
-from conveyor.stores.sql.sqlite_jobs import MIGRATIONS
+from conveyor.stores.sql.sqlite_jobs import MUTABLE, change_row
+from conveyor.stores.sql.sqlite_schema import COLUMNS, MIGRATIONS, job_row
 from conveyor.stores.sqlite import parse_sqlite_url
-from conveyor.validation import JobSpec
 
 T0 = 1_700_000_000.0
 W = ("default",), {"t"}
@@ -56,157 +60,174 @@ async def reopen(url: str) -> AsyncIterator[Reopen]:
         await store.close()
 
 
-async def claim(store: SqliteStore, worker: str, limit: int, now: float = T0) -> list[Job]:
+def job(job_id: str, **fields: object) -> JobRecord:
+    args = fields.pop("args", [])
+    kwargs = fields.pop("kwargs", {})
+    return JobRecord(id=job_id, task="t", payload=pack_call(args, kwargs), **fields)  # type: ignore[arg-type]
+
+
+async def insert(store: SqliteStore, *jobs: JobRecord, now: float = T0) -> None:
+    await store.job_insert_many([lifecycle.born(j, now) for j in jobs])
+
+
+async def claim(store: SqliteStore, worker: str, limit: int, now: float = T0) -> list[JobRecord]:
     return await store.job_claim(Claimant(worker, *W), limit, 30.0, now)
 
 
-def ok(job: Job, **fields: object) -> Outcome:
+async def report(store: SqliteStore, outcomes: list[Outcome], now: float) -> list[JobRecord | None]:
+    jobs = {j.id: j for j in await store.job_get_many([o.id for o in outcomes])}
+    return await store.job_apply([lifecycle.report(jobs[o.id], o, now) for o in outcomes])
+
+
+def ok(job: JobRecord, result: object = None) -> Outcome:
     assert job.lease is not None
-    return Outcome(id=job.id, lease=job.lease, ok=True, **fields)  # type: ignore[arg-type]
+    return Outcome(id=job.id, lease=job.lease, ok=True, result=pack(result))
 
 
 # -- restarts -----------------------------------------------------------------------------------
 async def test_acknowledged_work_survives_a_restart(reopen: Reopen) -> None:
     store = await reopen()
-    specs = [
-        JobSpec(task="t", id="done", args=[1]),
-        JobSpec(task="t", id="dead"),
-        JobSpec(task="t", id="running", kwargs={"x": [1, 2]}),
-        JobSpec(task="t", id="later", eta=T0 + 3600),
-        JobSpec(task="t", id="waiting", unique_key="u1"),
-    ]
-    await store.job_insert_many(specs, T0)
-    done, dead, running = await claim(store, "w1", 3)
+    await insert(
+        store,
+        job("done", args=[1]),
+        job("dead"),
+        job("running", kwargs={"x": [1, 2]}),
+        job("later", eta=T0 + 3600),
+        job("waiting", unique_key="u1"),
+    )
+    done, dead, _ = await claim(store, "w1", 3)
     error = {"type": "KeyError", "message": "x", "traceback": "tb"}
-    await store.job_report_many(
+    await report(
+        store,
         [
-            ok(done, result={"r": [1, 2.5, "s"]}),
-            Outcome(dead.id, dead.lease or 0, False, error=error, reject=True),
+            ok(done, {"r": [1, 2.5, "s"]}),
+            Outcome(dead.id, dead.lease or 0, False, None, error, None, True),
         ],
         T0 + 1,
     )
     before = await store.stats()
     await store.close()
 
-    store = await reopen(T0 + 10)
-    after = await store.stats()
-    assert after["totals"] == {**before["totals"], "requeued": 1}
-    assert after["states"] == {**before["states"], "running": 0, "queued": 2}
-    got_done = await store.job_get("done")
-    assert got_done is not None
-    assert (got_done.state, got_done.result, got_done.args) == (
-        JobState.COMPLETED,
-        {"r": [1, 2.5, "s"]},
-        [1],
-    )
-    got_running = await store.job_get(running.id)
-    assert got_running is not None
-    assert (got_running.state, got_running.kwargs) == (JobState.QUEUED, {"x": [1, 2]})
-    got_later = await store.job_get("later")
-    assert got_later is not None and got_later.state is JobState.SCHEDULED
-    assert await store.job_next_eta() == T0 + 3600
-    # the unique key is live again, and a client id is still idempotent
-    dup, again = await store.job_insert_many(
-        [JobSpec(task="t", unique_key="u1"), JobSpec(task="t", id="done")], T0 + 11
-    )
-    assert (dup.created, dup.job.id, again.created) == (False, "waiting", False)
-    # the dead job can be retried after the restart
-    assert await store.dlq_retry(None, T0 + 12) == 1
-    retried = await store.job_get("dead")
-    assert retried is not None and retried.state is JobState.QUEUED
-    assert retried.error == error
+    store = SqliteStore(store.url)
+    back = await store.open(T0 + 10)
+    try:
+        assert [j.id for j in back] == ["running"]  # for the broker to requeue
+        assert await store.stats() == before
+        got_done = await store.job_get("done")
+        assert got_done is not None and got_done.state is JobState.COMPLETED
+        assert unpack(got_done.result or b"") == {"r": [1, 2.5, "s"]}
+        assert unpack(got_done.payload) == [[1], {}]
+        got_later = await store.job_get("later")
+        assert got_later is not None and got_later.state is JobState.SCHEDULED
+        assert await store.job_next_eta() == T0 + 3600
+        # the unique key is still held, and a client id is still idempotent
+        dup, again = await store.job_insert_many(
+            [
+                lifecycle.born(job("other", unique_key="u1"), T0 + 11),
+                lifecycle.born(job("done"), T0),
+            ]
+        )
+        assert (dup.created, dup.job.id, again.created) == (False, "waiting", False)
+        # the dead job, read back from disk, can be retried
+        (on_disk,) = await store.job_dead(None)
+        (retried,) = await store.job_apply([lifecycle.dlq_retry(on_disk, T0 + 12)])
+        assert retried is not None and retried.state is JobState.QUEUED
+        assert retried.error == error
+        events = [e["event"] for e in await store.job_events("dead")]
+        assert events == ["submitted", "started", "failed", "dead", "retried"]
+    finally:
+        await store.close()
 
 
-async def test_running_jobs_are_requeued_at_restart(reopen: Reopen) -> None:
-    store = await reopen()
-    await store.job_insert_many([JobSpec(task="t", id=f"j{i}") for i in range(3)], T0)
-    claimed = await claim(store, "w1", 2)
-    await store.close()
-
-    store = await reopen(T0 + 5)
-    jobs = [await store.job_get(j.id) for j in claimed]
-    for job in jobs:
-        assert job is not None
-        assert job.state is JobState.QUEUED
-        assert job.events[-1] == {
-            "event": "requeued",
-            "at": T0 + 5,
-            "worker": "w1",
-            "reason": "broker restart",
-        }
-    assert (await store.stats())["totals"]["requeued"] == 2
-
-
-async def test_open_returns_the_requeued_jobs(url: str) -> None:
+async def test_open_returns_running_jobs_oldest_first_and_never_reuses_a_lease(url: str) -> None:
     store = SqliteStore(url)
     assert await store.open(T0) == []
-    await store.job_insert_many([JobSpec(task="t", id="a"), JobSpec(task="t", id="b")], T0)
+    await insert(store, job("a"), job("b"), job("c"))
+    (first,) = await claim(store, "w1", 1)
     await claim(store, "w1", 1)
     await store.close()
     store = SqliteStore(url)
-    requeued = await store.open(T0 + 1)
+    running = await store.open(T0 + 1)
     try:
-        assert [(j.id, j.state, j.events[-1]["reason"]) for j in requeued] == [
-            ("a", JobState.QUEUED, "broker restart")
-        ]
+        assert [j.id for j in running] == ["a", "b"]
         # a lease handed out before the restart can never match one handed out after
-        (job,) = await claim(store, "w2", 1, T0 + 2)
-        assert job.id == "a"
-        assert job.lease is not None and job.lease > 1 << 32
+        (c,) = await claim(store, "w2", 1, T0 + 2)
+        assert c.id == "c" and (c.lease or 0) > (first.lease or 0) + (1 << 32)
     finally:
         await store.close()
 
 
 async def test_order_survives_a_restart(reopen: Reopen) -> None:
     store = await reopen()
-    specs = [JobSpec(task="t", id=i, priority=1 if i == "d" else 5) for i in "abcde"]
-    await store.job_insert_many(specs, T0)
+    await insert(store, *(job(i, priority=1 if i == "d" else 5) for i in "abcde"))
     assert [j.id for j in await claim(store, "w1", 2)] == ["d", "a"]
-    assert [j.id for j in await claim(store, "w2", 2)] == ["b", "c"]
-    await store.job_requeue_worker("w1", "worker lost", T0 + 1)  # d, a: front of their priority
+    taken = await claim(store, "w2", 2)
+    assert [j.id for j in taken] == ["b", "c"]
+    for j in reversed(taken):  # front of their priority, in their old order
+        (back,) = await store.job_apply([lifecycle.release(j, T0 + 1)])
+        assert back is not None
     await store.close()
-
     store = await reopen(T0 + 2)
-    # b, c were running: front of their priority, in their old order, before a
+    # d and a are still running (the broker requeues them); b, c kept their place
     order = [j.id for j in await claim(store, "w3", 10, T0 + 3)]
-    assert order == ["d", "b", "c", "a", "e"]
+    assert order == ["b", "c", "e"]
 
 
 async def test_finished_jobs_leave_memory(reopen: Reopen) -> None:
     store = await reopen(recent=10)
-    await store.job_insert_many([JobSpec(task="t") for _ in range(100)], T0)
+    await insert(store, *(job(f"j{i}") for i in range(100)))
     jobs = await claim(store, "w1", 100)
-    await store.job_report_many([ok(j, result=i) for i, j in enumerate(jobs)], T0 + 1)
-    assert len(store._jobs) == 0
+    await report(store, [ok(j, i) for i, j in enumerate(jobs)], T0 + 1)
+    assert len(store.live.jobs) == 0
     assert len(store._recent) == 10
     first = await store.job_get(jobs[0].id)  # read back from disk
-    assert first is not None and first.result == 0
-    assert len(await store.job_list(state="completed", limit=1000)) == 100
+    assert first is not None and unpack(first.result or b"") == 0
+    page = await store.job_list(JobFilter(state=JobState.COMPLETED), limit=1000)
+    assert len(page.jobs) == 100
     assert await store.job_prune(T0 + 2) == 100
     assert await store.job_get(jobs[0].id) is None
     assert await store.job_get(jobs[-1].id) is None
     assert (await store.stats())["states"]["completed"] == 0
 
 
-async def test_prune_removes_the_rows(url: str, reopen: Reopen) -> None:
+async def test_prune_removes_the_rows_and_their_events(url: str, reopen: Reopen) -> None:
     store = await reopen()
-    await store.job_insert_many([JobSpec(task="t") for _ in range(30)], T0)
+    await insert(store, *(job(f"j{i}") for i in range(30)))
     jobs = await claim(store, "w1", 20)
-    await store.job_report_many([ok(j) for j in jobs], T0 + 1)
+    await report(store, [ok(j) for j in jobs], T0 + 1)
     assert await store.job_prune(T0 + 2) == 20
     await store.close()
     path, _ = parse_sqlite_url(url)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        events = conn.execute("SELECT count(DISTINCT job_id) FROM events").fetchone()
     assert rows == [("queued", 10)]
+    assert events == (10,)
+
+
+async def test_a_state_change_never_rewrites_the_payload(url: str, reopen: Reopen) -> None:
+    """The payload is written once; claims and reports are narrow updates."""
+    assert set(MUTABLE) & {"payload", "id", "task"} == set()
+    assert len(change_row(job("x"), None)) == len(MUTABLE) + 1
+    assert len(job_row(job("x"), None)) == len(COLUMNS)
+    store = await reopen()
+    statements: list[str] = []
+    await store._writer.call(lambda conn: conn.set_trace_callback(statements.append))
+    await insert(store, job("a", args=["x" * 1000]))
+    (claimed,) = await claim(store, "w1", 1)
+    await report(store, [ok(claimed, 1)], T0 + 1)
+    await store._writer.call(lambda conn: conn.set_trace_callback(None))
+    writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+    payload_writes = [s for s in writes if "payload" in s]
+    assert len(payload_writes) == 1 and payload_writes[0].lstrip().upper().startswith("INSERT")
 
 
 # -- group commit -------------------------------------------------------------------------------
 async def test_group_commit_batches_concurrent_inserts(reopen: Reopen) -> None:
     store = await reopen()
     start = store.commits
-    calls = [[JobSpec(task="t") for _ in range(10)] for _ in range(500)]
-    results = await asyncio.gather(*(store.job_insert_many(c, T0) for c in calls))
+    calls = [[lifecycle.born(job(f"c{c}-{i}"), T0) for i in range(10)] for c in range(500)]
+    results = await asyncio.gather(*(store.job_insert_many(c) for c in calls))
     commits = store.commits - start
     assert sum(len(r) for r in results) == 5000
     print(f"{commits} commits for 500 acknowledged calls")
@@ -219,28 +240,30 @@ async def test_group_commit_batches_concurrent_inserts(reopen: Reopen) -> None:
 
 async def test_reads_see_writes_not_yet_committed(reopen: Reopen) -> None:
     store = await reopen()
-    await store.job_insert_many([JobSpec(task="t", id="a")], T0)
+    await insert(store, job("a"))
     await claim(store, "w1", 1)  # staged, not awaited
-    listed = await store.job_list()
-    assert [(j.id, j.state) for j in listed] == [("a", JobState.RUNNING)]
+    page = await store.job_list(JobFilter())
+    assert [(j.id, j.state) for j in page.jobs] == [("a", JobState.RUNNING)]
 
 
 KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
+    from conveyor import lifecycle
+    from conveyor.job import JobRecord
     from conveyor.stores import open_store
-    from conveyor.validation import JobSpec
 
     async def main():
         store = open_store(sys.argv[1])
         await store.open(0.0)
         batch = 0
         while True:
-            specs = [JobSpec(task="t", id=f"b{batch}-{i}") for i in range(50)]
-            await asyncio.gather(
-                store.job_insert_many(specs[:25], float(batch)),
-                store.job_insert_many(specs[25:], float(batch)),
-            )
+            empty = b"\\x92\\x90\\x80"
+            jobs = [
+                lifecycle.born(JobRecord(id=f"b{batch}-{i}", task="t", payload=empty), 0.0)
+                for i in range(50)
+            ]
+            await asyncio.gather(store.job_insert_many(jobs[:25]), store.job_insert_many(jobs[25:]))
             print(f"acked {batch}", flush=True)
             batch += 1
 
@@ -273,9 +296,8 @@ async def test_acknowledged_inserts_survive_kill_9(url: str) -> None:
     store = SqliteStore(url)
     await store.open(1.0)
     try:
-        for batch in acked:
-            for i in range(50):
-                assert await store.job_get(f"b{batch}-{i}") is not None, (batch, i)
+        ids = [f"b{batch}-{i}" for batch in acked for i in range(50)]
+        assert len(await store.job_get_many(ids)) == len(ids)
         assert (await store.stats())["states"]["queued"] >= 50 * len(acked)
     finally:
         await store.close()
@@ -348,33 +370,48 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 # -- the writer on its own ----------------------------------------------------------------------
-async def test_a_failed_commit_is_reported_then_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
-    written: list[dict[str, int | None]] = []
-    failures = [RuntimeError("disk full")]
+class DictBatch(dict[str, int | None]):
+    """The smallest batch a GroupCommitWriter can stage: the last value of a key wins."""
 
-    def write(conn: sqlite3.Connection, batch: dict[str, int | None], meta: object) -> int:
+    def merge(self, later: DictBatch) -> None:
+        self.update(later)
+
+
+def _writer(
+    failures: list[Exception], written: list[dict[str, int | None]], *, once: bool = False
+) -> sqlite_writer.GroupCommitWriter[DictBatch, int]:
+    def write(conn: sqlite3.Connection, batch: DictBatch) -> int:
         if failures:
-            raise failures.pop()
+            raise failures.pop() if once else failures[0]
         written.append(dict(batch))
         return len(batch)
 
     committed: list[int] = []
-    writer: sqlite_writer.GroupCommitWriter[int, int] = sqlite_writer.GroupCommitWriter(
-        lambda: sqlite3.connect(":memory:", isolation_level=None), write, committed.append
+    return sqlite_writer.GroupCommitWriter(
+        lambda: sqlite3.connect(":memory:", isolation_level=None),
+        DictBatch,
+        write,
+        committed.append,
     )
+
+
+async def test_a_failed_commit_is_reported_then_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
+    written: list[dict[str, int | None]] = []
+    writer = _writer([RuntimeError("disk full")], written, once=True)
     await writer.start()
     try:
-        writer.stage([("a", 1), ("b", 2)], None)
+        with writer.staging() as batch:
+            batch.update(a=1, b=2)
         with pytest.raises(RuntimeError, match="disk full"):
             await writer.durable()
-        writer.stage([("b", 3), ("c", None)], None)  # newer than the failed batch: wins
+        with writer.staging() as batch:
+            batch.update(b=3, c=None)  # newer than the failed batch: wins
         await writer.durable()
         final: dict[str, int | None] = {}
-        for batch in written:  # the failed batch is written again (merged if still pending)
-            final.update(batch)
+        for part in written:  # the failed batch is written again (merged if still pending)
+            final.update(part)
         assert final == {"a": 1, "b": 3, "c": None}
-        assert len(committed) == len(written)
         row = await writer.call(lambda conn, x: conn.execute("SELECT ?", (x,)).fetchone(), 7)
         assert row == (7,)
     finally:
@@ -383,30 +420,17 @@ async def test_a_failed_commit_is_reported_then_retried(monkeypatch: pytest.Monk
         await writer.durable()
 
 
-def _failing_writer(
-    failures: list[Exception], written: list[dict[str, int | None]]
-) -> sqlite_writer.GroupCommitWriter[int, int]:
-    def write(conn: sqlite3.Connection, batch: dict[str, int | None], meta: object) -> int:
-        if failures:
-            raise failures[0]
-        written.append(dict(batch))
-        return len(batch)
-
-    return sqlite_writer.GroupCommitWriter(
-        lambda: sqlite3.connect(":memory:", isolation_level=None), write, lambda _: None
-    )
-
-
 async def test_a_call_after_a_failed_commit_fails_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """A call must never run against rows older than changes staged before it."""
     monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
     failures: list[Exception] = [RuntimeError("disk full")]
     written: list[dict[str, int | None]] = []
-    writer = _failing_writer(failures, written)
+    writer = _writer(failures, written)
     await writer.start()
     ran: list[int] = []
     try:
-        writer.stage([("a", 1)], None)
+        with writer.staging() as batch:
+            batch["a"] = 1
         call = writer.call(lambda conn: ran.append(1))
         with pytest.raises(RuntimeError, match="disk full"):
             await call
@@ -423,32 +447,21 @@ async def test_close_while_commits_fail_settles_every_waiter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sqlite_writer, "RETRY_AFTER_ERROR", 0.0)
-    writer = _failing_writer([RuntimeError("disk full")], [])
+    writer = _writer([RuntimeError("disk full")], [])
     await writer.start()
-    writer.stage([("a", 1)], None)
+    with writer.staging() as batch:
+        batch["a"] = 1
     waits = [asyncio.ensure_future(writer.durable()) for _ in range(3)]
     await writer.close()
     results = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
     assert all(isinstance(r, Exception) for r in results)  # none left hanging
 
 
-async def test_cancelled_while_running_is_not_requeued_at_restart(reopen: Reopen) -> None:
-    store = await reopen()
-    await store.job_insert_many([JobSpec(task="t", id="a")], T0)
-    await claim(store, "w1", 1)
-    await store.job_cancel("a", T0 + 1)
-    await store.close()
-    again = await reopen(T0 + 2)
-    assert (await again.job_get("a")).state is JobState.CANCELLED  # type: ignore[union-attr]
-    totals = (await again.stats())["totals"]
-    assert (totals["requeued"], totals["cancelled"]) == (0, 1)
-
-
 async def test_the_lease_high_water_mark_is_on_disk_right_after_open(reopen: Reopen) -> None:
     store = await reopen()
-    await store.job_insert_many([JobSpec(task="t")], T0)
-    (job,) = await claim(store, "w1", 1)
-    await store.job_report_many([ok(job)], T0)  # nothing is running at the restart
+    await insert(store, job("a"))
+    (claimed,) = await claim(store, "w1", 1)
+    await report(store, [ok(claimed)], T0)  # nothing is running at the restart
     await store.close()
     again = await reopen(T0 + 1)
     on_disk = await again._writer.call(
@@ -456,4 +469,48 @@ async def test_the_lease_high_water_mark_is_on_disk_right_after_open(reopen: Reo
     )
     # the restart raised the mark above every lease of the last run, and that is already
     # on disk: a crash before the next commit cannot hand the same lease out twice
-    assert max(on_disk.values()) > (job.lease or 0)
+    assert max(on_disk.values()) > (claimed.lease or 0)
+
+
+V1_ROW = (
+    "old-1",
+    "completed",
+    "default",
+    "t",
+    5,
+    None,
+    None,
+    1.0,
+    2.0,
+    7,
+    msgpack.packb(
+        {
+            "args": [1],
+            "kwargs": {"k": "v"},
+            "result": {"r": 1},
+            "attempts": 1,
+            "worker": "w#1",
+            "events": [{"event": "submitted", "at": 1.0}, {"event": "completed", "at": 2.0}],
+        }
+    ),
+)
+
+
+async def test_a_version_1_database_is_migrated_without_losing_a_job(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        MIGRATIONS[0](conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", V1_ROW)
+        conn.execute("INSERT INTO counters VALUES ('completed', 1), ('submitted', 1)")
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open(T0)
+    try:
+        old = await store.job_get("old-1")
+        assert old is not None and old.state is JobState.COMPLETED
+        assert (unpack(old.payload), unpack(old.result or b"")) == ([[1], {"k": "v"}], {"r": 1})
+        assert (old.attempts, old.worker) == (1, "w#1")
+        assert [e["event"] for e in await store.job_events("old-1")] == ["submitted", "completed"]
+        assert (await store.stats())["totals"]["completed"] == 1
+    finally:
+        await store.close()

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from conveyor.errors import ConfigError, Retry
-from conveyor.job import MAX_TIMEOUT
+from conveyor.limits import MAX_ERROR_MESSAGE, MAX_RESULT, MAX_TIMEOUT, MAX_TRACEBACK
+from conveyor.protocol.payload import pack_call, unpack
 from conveyor.worker import execute
 from conveyor.worker.pools import (
     AsyncPool,
     Pool,
     ProcessPool,
     RunRequest,
-    RunResult,
     ThreadPool,
     make_pool,
 )
@@ -56,7 +56,7 @@ async def pool(request: pytest.FixtureRequest, registry: TaskRegistry) -> AsyncI
 
 
 def req(task: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> RunRequest:
-    return RunRequest(f"job-{next(_ids)}", task, list(args), kwargs, timeout)
+    return RunRequest(f"job-{next(_ids)}", task, pack_call(list(args), kwargs), timeout)
 
 
 def max_overlap(path: Path) -> int:
@@ -77,13 +77,14 @@ def max_overlap(path: Path) -> int:
 
 async def test_runs_sync_task_and_returns_result(pool: Pool) -> None:
     result = await pool.run(req("sample.echo", 1, "two", [3], k={"v": None}))
-    assert result == RunResult(ok=True, result=[[1, "two", [3]], {"k": {"v": None}}])
+    assert result.ok and result.result is not None
+    assert unpack(result.result) == [[1, "two", [3]], {"k": {"v": None}}]
 
 
 async def test_runs_async_task(pool: Pool) -> None:
     result = await pool.run(req("sample.async_where"))
     assert result.ok
-    pid, thread = result.result
+    pid, thread = unpack(result.result or b"")
     if pool.kind == "process":
         assert pid != os.getpid()
     elif pool.kind == "async":
@@ -130,9 +131,10 @@ async def test_unserializable_result_rejected(pool: Pool) -> None:
 
 
 async def test_big_results_cross_and_too_big_ones_are_rejected(pool: Pool) -> None:
-    size = execute.MAX_RESULT_BYTES - 10
-    assert await pool.run(req("sample.big", size)) == RunResult(ok=True, result="x" * size)
-    too_big = await pool.run(req("sample.big", execute.MAX_RESULT_BYTES + 1))
+    size = MAX_RESULT - 10  # characters: packed, a str header of 5 bytes comes on top
+    result = await pool.run(req("sample.big", size))
+    assert result.ok and unpack(result.result or b"") == "x" * size
+    too_big = await pool.run(req("sample.big", MAX_RESULT + 1))
     assert too_big.error_type == "ResultTooLarge" and too_big.reject
 
 
@@ -197,14 +199,16 @@ def test_exception_edge_cases() -> None:
         None,
         2.0,
     ]
-    assert execute.success(b"raw").ok and execute.success({1: (2, 3)}).ok
+    assert execute.success([1, {"k": (2, 3)}]).ok
+    for not_json in (b"raw", {1: (2, 3)}, float("nan"), {"when": object()}):
+        assert execute.success(not_json).error_type == execute.UNSERIALIZABLE
 
 
 def test_failure_caps_message_and_traceback() -> None:
-    result = execute.failure("X", "m" * 10_000, "t" * 100_000)
+    result = execute.failure("X", "m" * 20_000, "t" * 100_000)
     assert result.error is not None
-    assert len(result.error["message"]) == execute.MAX_MESSAGE
-    assert len(result.error["traceback"]) == execute.MAX_TRACEBACK
+    assert len(result.error["message"]) == MAX_ERROR_MESSAGE
+    assert len(result.error["traceback"]) == MAX_TRACEBACK
 
 
 # -- thread pool --------------------------------------------------------------------------
@@ -234,7 +238,7 @@ async def test_async_pool_runs_sync_tasks_in_threads(registry: TaskRegistry) -> 
         result = await pool.run(req("sample.where"))
     finally:
         await pool.close()
-    assert result.ok and result.result[1].startswith("conveyor-async")
+    assert result.ok and unpack(result.result or b"")[1].startswith("conveyor-async")
 
 
 async def test_async_timeout_cancels_the_task(registry: TaskRegistry) -> None:
@@ -245,7 +249,7 @@ async def test_async_timeout_cancels_the_task(registry: TaskRegistry) -> None:
         result = await pool.run(req("sample.async_wait", "timed-out", 10, timeout=0.05))
     finally:
         await pool.close()
-    assert result.error_type == "TimeoutError" and not result.cancelled
+    assert result.error_type == "TimeoutError" and result.error_type != execute.CANCELLED
     assert "timed-out" in sample_tasks.CANCELLED
 
 
@@ -259,7 +263,7 @@ async def test_async_cancel(registry: TaskRegistry) -> None:
         while not pool.cancel(job.job_id):
             await asyncio.sleep(0.005)
         result = await running
-        assert result.cancelled and result.error_type == "CancelledError" and not result.reject
+        assert result.error_type == execute.CANCELLED and not result.reject
         assert "cancelled" in sample_tasks.CANCELLED
         assert not pool.cancel(job.job_id)  # no longer running
         assert not pool.cancel("never-heard-of-it")
@@ -335,7 +339,7 @@ async def proc_pool(registry: TaskRegistry) -> AsyncIterator[ProcessPool]:
 async def _pid(pool: Pool) -> int:
     result = await pool.run(req("sample.where"))
     assert result.ok
-    return int(result.result[0])
+    return int(unpack(result.result or b"")[0])
 
 
 async def test_process_timeout_kills_and_replaces_the_child(proc_pool: ProcessPool) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.limits import MAX_RESULT
+from conveyor.protocol.payload import pack_call, unpack
 from conveyor.security.payload import (
     CALL,
     MESSAGE,
@@ -13,7 +15,7 @@ from conveyor.security.payload import (
     generate_key,
     is_sealed,
 )
-from conveyor.worker.execute import MAX_RESULT_BYTES, TOO_LARGE, RunRequest, failure, success
+from conveyor.worker.execute import TOO_LARGE, RunRequest, failure, success
 from conveyor.worker.sealed import DECRYPT_ERROR, open_request, seal_result
 
 KEY = generate_key()
@@ -23,16 +25,17 @@ CIPHER = PayloadCipher.from_keys(KEY)
 def dispatched(cipher: PayloadCipher | None = CIPHER, **kwargs: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {"id": "j1", "task": "t", "lease": 1, "timeout": 5.0}
     if cipher is None:
-        raw["kwargs"] = kwargs
+        raw["payload"] = pack_call([], kwargs)
     else:
-        _, raw["kwargs"] = cipher.seal_call([], kwargs, ctx=context(CALL, "j1", "t"))
+        raw["payload"] = pack_call(*cipher.seal_call([], kwargs, ctx=context(CALL, "j1", "t")))
     return raw
 
 
 def test_open_request_plain_and_sealed() -> None:
-    assert open_request(dispatched(None, a=1), CIPHER) == RunRequest("j1", "t", [], {"a": 1}, 5.0)
-    assert open_request(dispatched(None, a=1), None) == RunRequest("j1", "t", [], {"a": 1}, 5.0)
-    assert open_request(dispatched(a=1), CIPHER) == RunRequest("j1", "t", [], {"a": 1}, 5.0)
+    plain = RunRequest("j1", "t", pack_call([], {"a": 1}), 5.0)
+    assert open_request(dispatched(None, a=1), CIPHER) == plain
+    assert open_request(dispatched(None, a=1), None) == plain
+    assert open_request(dispatched(a=1), CIPHER) == plain
 
 
 def test_open_request_without_or_with_a_wrong_key_rejects() -> None:
@@ -55,8 +58,8 @@ def test_seal_result_only_for_sealed_jobs() -> None:
     assert seal_result(ok, CIPHER, dispatched(None, a=1)) == ok
     assert seal_result(ok, None, dispatched(a=1)) == ok
     sealed = seal_result(ok, CIPHER, dispatched(a=1))
-    assert sealed.ok and is_sealed(sealed.result)
-    assert CIPHER.open_value(sealed.result, ctx=context(RESULT, "j1", "t")) == "terces"
+    assert sealed.ok and sealed.result is not None and is_sealed(unpack(sealed.result))
+    assert CIPHER.open_value(unpack(sealed.result), ctx=context(RESULT, "j1", "t")) == "terces"
 
 
 def test_seal_result_seals_errors_but_keeps_type_and_policy() -> None:
@@ -70,7 +73,7 @@ def test_seal_result_seals_errors_but_keeps_type_and_policy() -> None:
 
 
 def test_a_result_too_big_once_sealed_fails() -> None:
-    big = success("x" * (MAX_RESULT_BYTES - 100))
+    big = success("x" * (MAX_RESULT - 100))
     assert big.ok
     sealed = seal_result(big, CIPHER, dispatched(a=1))
     assert not sealed.ok and sealed.reject and sealed.error_type == TOO_LARGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from conveyor import examples
 from conveyor.errors import ConfigError
 from conveyor.job import DEFAULT_QUEUE, DEFAULT_RETRIES
+from conveyor.protocol.payload import pack_call, unpack
 from conveyor.worker.execute import run_sync
 from conveyor.worker.tasks import Task, TaskDef, TaskRegistry, default_registry, load_tasks, task
 
@@ -101,6 +103,7 @@ def test_decorator_with_options(reg: TaskRegistry) -> None:
         retry_backoff_max=120.0,
         non_retryable=(ValueError,),
         is_async=True,
+        signature=inspect.signature(resize.fn),
     )
     assert asyncio.run(resize("x")) == "x"
     assert reg.names() == ["images.resize"] and reg.queues() == ["images"]
@@ -280,11 +283,39 @@ def test_is_prime_matches_trial_division() -> None:
     ],
 )
 def test_examples_reject_bad_input_without_retry(definition: TaskDef, args: list[object]) -> None:
-    result = run_sync(definition, args, {})
+    result = run_sync(definition, pack_call(args, {}))
     assert result.error_type in ("ValueError", "TypeError") and result.reject
 
 
 def test_example_failures_are_retryable() -> None:
-    result = run_sync(examples.fail.task, [], {"message": "nope"})
+    result = run_sync(examples.fail.task, pack_call([], {"message": "nope"}))
     assert result.error_type == "RuntimeError" and not result.reject
     assert result.error is not None and result.error["message"] == "nope"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "why"),
+    [
+        ([], {"nme": "x"}, "unexpected keyword argument 'nme'"),
+        ([], {}, "missing a required argument: 'n'"),
+        ([1, 2], {}, "too many positional arguments"),
+    ],
+)
+def test_arguments_that_do_not_fit_fail_at_once_without_retry(
+    args: list[object], kwargs: dict[str, object], why: str
+) -> None:
+    result = run_sync(examples.fibonacci.task, pack_call(args, kwargs))
+    assert result.error_type == "InvalidArguments" and result.reject
+    assert result.error is not None and why in result.error["message"]
+    assert "fibonacci(n: 'int')" in result.error["message"]  # says what it takes
+
+
+def test_a_payload_that_does_not_decode_fails_at_once() -> None:
+    result = run_sync(examples.noop.task, b"\x92\xc1")
+    assert result.error_type == "InvalidPayload" and result.reject
+
+
+def test_big_integer_results_travel() -> None:
+    result = run_sync(examples.fibonacci.task, pack_call([100], {}))
+    assert result.ok and result.result is not None
+    assert unpack(result.result) == 354224848179261915075

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The event loop *stages* changes (a dict keyed by row id, so the last write wins and a
-row changed ten times between commits is written once) and awaits :meth:`durable`.
+The event loop *stages* changes into the pending batch (where the last version of a row
+wins, so a row changed ten times between commits is written once) and awaits
+:meth:`durable`.
 Staging does not wake the writer thread at once: it schedules a *kick* with
 ``loop.call_soon``, which runs after every callback already due in this turn of the
 loop. So everything the loop does in one turn (a burst of hundreds of requests) is
@@ -28,17 +29,26 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from conveyor.errors import ConveyorError
 
-S = TypeVar("S")  # a staged row
+B = TypeVar("B", bound="Batch")  # the changes staged for one commit
 R = TypeVar("R")  # what writing a batch reports back to the loop
 T = TypeVar("T")
 P = ParamSpec("P")
 
 log = logging.getLogger("conveyor.store")
+
+
+class Batch(Protocol):
+    """What the writer needs of a batch: is it empty, and how to fold a later one in."""
+
+    def __bool__(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def merge(self, later: Any) -> None: ...
+
 
 RETRY_AFTER_ERROR = 0.1  # seconds before a failed batch is written again
 
@@ -56,26 +66,26 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-class GroupCommitWriter(Generic[S, R]):
+class GroupCommitWriter(Generic[B, R]):
     """Owns the connection and the thread; see the module docstring.
 
-    ``write(conn, batch, meta)`` runs inside the transaction with the staged rows
-    (``None`` means delete) and the latest ``meta`` (counters); its return value is
-    handed to ``on_commit`` on the loop thread once the commit is done.
+    ``write(conn, batch)`` runs inside the transaction with everything staged; its
+    return value is handed to ``on_commit`` on the loop thread once the commit is done.
     """
 
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        write: Callable[[sqlite3.Connection, dict[str, S | None], dict[str, int] | None], R],
+        new_batch: Callable[[], B],
+        write: Callable[[sqlite3.Connection, B], R],
         on_commit: Callable[[R], None],
     ) -> None:
         self._connect = connect
+        self._new_batch = new_batch
         self._write = write
         self._on_commit = on_commit
         self._cond = threading.Condition()  # guards everything below that both sides touch
-        self._pending: dict[str, S | None] = {}
-        self._meta: dict[str, int] | None = None
+        self._pending: B = new_batch()
         self._waiters: list[asyncio.Future[None]] = []
         self._calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._kicked = False  # the loop asks for a round
@@ -98,19 +108,18 @@ class GroupCommitWriter(Generic[S, R]):
         self._thread.start()
         await ready
 
-    def stage(self, rows: Iterable[tuple[str, S | None]], meta: dict[str, int] | None) -> None:
-        """Queue rows for the next commit. Cheap: dict stores under a lock."""
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[B]:
+        """The pending batch, to add changes to (under the lock; keep it short)."""
         with self._cond:
-            self._pending.update(rows)
-            if meta is not None:
-                self._meta = meta
+            yield self._pending
         self._kick_soon()
 
     async def durable(self) -> None:
         """Return once everything staged before this call is committed."""
         loop = self._check_open()
         with self._cond:
-            if not self._pending and self._meta is None and not self._busy:
+            if not self._pending and not self._busy:
                 return
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -189,14 +198,13 @@ class GroupCommitWriter(Generic[S, R]):
             while not self._kicked and not self._closing:
                 self._cond.wait()
             self._kicked = False
-            batch, self._pending = self._pending, {}
-            meta, self._meta = self._meta, None
+            batch, self._pending = self._pending, self._new_batch()
             waiters, self._waiters = self._waiters, []
             calls, self._calls = self._calls, []
             self._busy = True
         failure: Exception | None = None
-        if batch or meta is not None:
-            failure = self._commit(conn, batch, meta, waiters)
+        if batch:
+            failure = self._commit(conn, batch, waiters)
         elif waiters:
             self._post(_settle, waiters, None)
         failed = failure is not None
@@ -215,7 +223,7 @@ class GroupCommitWriter(Generic[S, R]):
                 self._post(_resolve, future, result)
         with self._cond:
             self._busy = False
-            more = bool(self._pending or self._meta is not None or self._waiters or self._calls)
+            more = bool(self._pending or self._waiters or self._calls)
             if self._closing and failed:
                 self._abandon_on_close()
                 return False
@@ -230,29 +238,23 @@ class GroupCommitWriter(Generic[S, R]):
         """Closing while commits fail: settle everyone still waiting, say what was lost."""
         lost = len(self._pending)
         waiters = self._waiters + [future for _, future in self._calls]
-        self._pending, self._meta, self._waiters, self._calls = {}, None, [], []
+        self._pending, self._waiters, self._calls = self._new_batch(), [], []
         if lost:
             log.error("SQLite store closed with %d unwritten change(s) (never acknowledged)", lost)
         self._post(_settle, waiters, ConveyorError("the SQLite store closed before writing"))
 
     def _commit(
-        self,
-        conn: sqlite3.Connection,
-        batch: dict[str, S | None],
-        meta: dict[str, int] | None,
-        waiters: list[asyncio.Future[None]],
+        self, conn: sqlite3.Connection, batch: B, waiters: list[asyncio.Future[None]]
     ) -> Exception | None:
         """Write and commit one batch; the error if it failed (the batch is kept to retry)."""
         try:
             with transaction(conn):
-                result = self._write(conn, batch, meta)
+                result = self._write(conn, batch)
         except Exception as exc:
             log.exception("SQLite store: writing %d changes failed; will retry", len(batch))
             with self._cond:  # put the batch back under anything staged since
-                batch.update(self._pending)
+                batch.merge(self._pending)
                 self._pending = batch
-                if self._meta is None:
-                    self._meta = meta
             self._post(_settle, waiters, exc)
             return exc
         self.commits += 1

@@ -1,0 +1,217 @@
+"""Producer routes: submit, get, wait, cancel, list, stats and the dead-letter queue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+
+from conveyor.broker.routes._base import Peer, Reply, invalid
+from conveyor.broker.routes.wire import job_map
+from conveyor.errors import InvalidJob, RateLimited
+from conveyor.job import JobRecord, JobState
+from conveyor.limits import (
+    MAX_LIST,
+    MAX_LIST_OFFSET,
+    MAX_QUEUE_NAME,
+    MAX_TASK_NAME,
+    MAX_WAIT_TIMEOUT,
+    MAX_WAITS,
+)
+from conveyor.protocol.frames import ErrorCode
+from conveyor.stores.base import JobFilter
+from conveyor.validation import check_name, number, parse_job
+
+
+def submit(peer: Peer, frame: dict[str, Any]) -> Reply:
+    raw_jobs = frame["jobs"]
+    limits = peer.limits
+    if not raw_jobs:
+        raise invalid("jobs", "must hold at least one job")
+    if len(raw_jobs) > limits.max_batch:
+        raise invalid("jobs", f"may hold at most {limits.max_batch} jobs per submit")
+    if not peer.take_submit_budget(len(raw_jobs)):
+        peer.core.metrics["rate_limited"] += 1
+        raise RateLimited(ErrorCode.RATE_LIMITED, "too many submits per second; slow down")
+    now = peer.core.clock.now()
+    jobs = []
+    for i, raw in enumerate(raw_jobs):
+        try:
+            jobs.append(parse_job(raw, now, limits.max_payload))
+        except InvalidJob as exc:
+            prefix = f"jobs[{i}]: " if len(raw_jobs) > 1 else ""
+            raise InvalidJob(ErrorCode.INVALID, prefix + exc.message, exc.field) from None
+    return _submit(peer, frame["rid"], jobs)
+
+
+async def _submit(peer: Peer, rid: int, jobs: list[JobRecord]) -> None:
+    inserted = await peer.core.submit(jobs)
+    peer.send(
+        {
+            "t": "submitted",
+            "rid": rid,
+            "jobs": [
+                {"id": i.job.id, "state": i.job.state.value, "created": i.created} for i in inserted
+            ],
+        }
+    )
+
+
+def describe(peer: Peer, job: JobRecord, events: list[Any] | None) -> dict[str, Any]:
+    core = peer.core
+    return job_map(
+        job,
+        packed=peer.packed,
+        events=events,
+        options=core.known_options(job.task),
+        note=core.waiting_note(job),
+    )
+
+
+async def send_job(peer: Peer, rid: int, job: JobRecord, with_events: bool) -> None:
+    events = await peer.core.history(job.id) if with_events else None
+    peer.send({"t": "job", "rid": rid, "job": describe(peer, job, events)})
+
+
+def _events_wanted(frame: dict[str, Any]) -> bool:
+    return frame.get("events", True) is not False
+
+
+def get(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _get(peer, frame["rid"], frame["id"], _events_wanted(frame))
+
+
+async def _get(peer: Peer, rid: int, job_id: str, with_events: bool) -> None:
+    await send_job(peer, rid, await peer.core.get(job_id), with_events)
+
+
+def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
+    timeout = number(frame, "timeout", 0, MAX_WAIT_TIMEOUT)
+    if timeout == 0:
+        return get(peer, frame)
+    if peer.waits >= MAX_WAITS:
+        raise RateLimited(
+            ErrorCode.RATE_LIMITED, f"at most {MAX_WAITS} outstanding waits per connection"
+        )
+    peer.waits += 1  # counted at once, so a burst of WAITs cannot slip past the cap
+    return _wait(peer, frame["rid"], frame["id"], timeout, _events_wanted(frame))
+
+
+async def _wait(
+    peer: Peer, rid: int, job_id: str, timeout: float | None, with_events: bool
+) -> None:
+    """Reply with the job once it is final (or when ``timeout`` passes); no polling."""
+    core = peer.core
+    timer: asyncio.TimerHandle | None = None
+
+    def done(job: JobRecord) -> None:
+        if timer is not None:
+            timer.cancel()
+        peer.waits -= 1
+        if with_events:
+            core.spawn(send_job(peer, rid, job, True))
+        else:  # result(): state, result and error are all it needs; no read
+            peer.send({"t": "job", "rid": rid, "job": describe(peer, job, None)})
+
+    def expired() -> None:
+        core.waiters.discard(job_id, done)
+        peer.waits -= 1
+        core.spawn(_get(peer, rid, job_id, with_events))
+
+    try:
+        final = await core.wait(job_id, peer, done)
+    except BaseException:
+        peer.waits -= 1
+        raise
+    if final is not None:
+        peer.waits -= 1
+        await send_job(peer, rid, final, with_events)
+    elif timeout is not None:
+        timer = asyncio.get_running_loop().call_later(timeout, expired)
+
+
+def cancel(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _cancel(peer, frame["rid"], frame["id"])
+
+
+async def _cancel(peer: Peer, rid: int, job_id: str) -> None:
+    await send_job(peer, rid, await peer.core.cancel(job_id), True)
+
+
+_STATES = frozenset(s.value for s in JobState)
+
+
+def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
+    state = frame.get("state")
+    if state is not None and state not in _STATES:
+        raise invalid("state", f"must be one of {', '.join(s.value for s in JobState)}")
+    for fld, max_len in (("queue", MAX_QUEUE_NAME), ("task", MAX_TASK_NAME)):
+        if frame.get(fld) is not None:
+            check_name(frame[fld], fld, max_len)
+    limit = number(frame, "limit", 1, MAX_LIST, integer=True) or 100
+    offset = number(frame, "offset", 0, MAX_LIST_OFFSET, integer=True) or 0
+    cursor = frame.get("cursor")
+    if cursor is not None and not (
+        isinstance(cursor, str) and cursor.isdigit() and len(cursor) < 20
+    ):
+        raise invalid("cursor", "must be a cursor from an earlier JOBS reply")
+    where = JobFilter(
+        state=None if state is None else JobState(state),
+        queue=frame.get("queue"),
+        task=frame.get("task"),
+    )
+    return _list(peer, frame["rid"], where, limit, cursor, offset)
+
+
+async def _list(
+    peer: Peer, rid: int, where: JobFilter, limit: int, cursor: str | None, offset: int
+) -> None:
+    page = await peer.core.list_jobs(where, limit, cursor, offset)
+    wire = [describe(peer, j, None) for j in page.jobs]
+    # Big payloads can make a full page exceed the frame limit: send the longest prefix
+    # that fits and say so; the client asks again with a larger offset.
+    budget = peer.limits.max_frame_size - 1024
+    size, fits = 0, len(wire)
+    for i, job in enumerate(wire):
+        size += len(msgpack.packb(job, use_bin_type=True))
+        if size > budget:
+            fits = max(1, i)
+            break
+    reply: dict[str, Any] = {"t": "jobs", "rid": rid, "jobs": wire[:fits]}
+    if fits < len(wire):
+        reply["truncated"] = True
+    elif page.cursor is not None:
+        reply["cursor"] = page.cursor
+    peer.send(reply)
+
+
+def stats(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _stats(peer, frame["rid"])
+
+
+async def _stats(peer: Peer, rid: int) -> None:
+    peer.send({"t": "stats_reply", "rid": rid, "stats": await peer.core.stats()})
+
+
+def _ids(frame: dict[str, Any]) -> list[str] | None:
+    ids = frame.get("ids")
+    if ids is None:
+        if not frame.get("all"):
+            raise invalid("ids", "give ids, or all: true")
+        return None
+    if not all(isinstance(i, str) for i in ids):
+        raise invalid("ids", "must be a list of job id strings")
+    return list(ids)
+
+
+def dlq_retry(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _count(peer, frame["rid"], peer.core.dlq_retry(_ids(frame)))
+
+
+def dlq_purge(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _count(peer, frame["rid"], peer.core.dlq_purge(_ids(frame)))
+
+
+async def _count(peer: Peer, rid: int, op: Any) -> None:
+    peer.send({"t": "ok", "rid": rid, "count": await op})

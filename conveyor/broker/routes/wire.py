@@ -1,0 +1,105 @@
+"""Job records as protocol maps (docs/protocol.md, section 8.1), packed or plain.
+
+A peer that asked for the ``packed`` feature gets ``payload`` and ``result`` as the
+MessagePack bytes the broker keeps; any other peer gets ``args``, ``kwargs`` and
+``result`` as values, decoded here (the only place the broker decodes a payload).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.job import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    Event,
+    JobRecord,
+)
+from conveyor.lifecycle import TaskOptions
+from conveyor.protocol.payload import PayloadError, unpack, unpack_call
+
+
+def _or(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def job_map(
+    job: JobRecord,
+    *,
+    packed: bool,
+    events: list[Event] | None = None,
+    options: TaskOptions | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The job map; retry options not resolved yet show the task's (``options``) or 3/1/300."""
+    opts = options or TaskOptions()
+    wire: dict[str, Any] = {
+        "id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "priority": job.priority,
+        "state": job.state.value,
+        "max_retries": _or(job.max_retries, opts.retries, DEFAULT_RETRIES),
+        "retry_backoff": _or(job.retry_backoff, opts.retry_backoff, DEFAULT_RETRY_BACKOFF),
+        "retry_backoff_max": _or(
+            job.retry_backoff_max, opts.retry_backoff_max, DEFAULT_RETRY_BACKOFF_MAX
+        ),
+        "timeout": job.timeout,
+        "eta": job.eta,
+        "unique_key": job.unique_key,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "lease": job.lease,
+        "lease_expires": job.lease_expires,
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "cancel_requested": job.cancel_requested,
+    }
+    if packed:
+        wire["payload"] = job.payload
+        wire["result"] = job.result
+    else:
+        wire["args"], wire["kwargs"] = plain_call(job.payload)
+        wire["result"] = plain_value(job.result)
+    if events is not None:
+        wire["events"] = events
+    if note is not None:
+        wire["waiting"] = note
+    return wire
+
+
+def plain_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        return unpack_call(payload)
+    except PayloadError:
+        return [], {}  # a payload the producer packed badly: its worker reports the error
+
+
+def plain_value(packed: bytes | None) -> Any:
+    if packed is None:
+        return None
+    try:
+        return unpack(packed)
+    except PayloadError:
+        return None
+
+
+def dispatch_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
+    """A job as DISPATCH carries it to a worker (section 9.3)."""
+    wire: dict[str, Any] = {
+        "id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "priority": job.priority,
+        "lease": job.lease,
+        "attempt": job.attempts,
+        "timeout": job.timeout,
+    }
+    if packed:
+        wire["payload"] = job.payload
+    else:
+        wire["args"], wire["kwargs"] = plain_call(job.payload)
+    return wire

@@ -1,0 +1,185 @@
+"""Worker routes: ready, report, heartbeat, release, drain; and the link the core uses
+to push jobs and aborts back to a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.broker.dispatch import WorkerRef
+from conveyor.broker.routes._base import Peer, Reply, invalid
+from conveyor.broker.routes.wire import dispatch_map
+from conveyor.errors import BrokerError, Conflict
+from conveyor.job import JobRecord
+from conveyor.lifecycle import Outcome
+from conveyor.limits import (
+    MAX_CONCURRENCY,
+    MAX_ERROR_MESSAGE,
+    MAX_ERROR_TYPE,
+    MAX_QUEUE_NAME,
+    MAX_RETRY_DELAY,
+    MAX_TASK_NAME,
+    MAX_TRACEBACK,
+)
+from conveyor.protocol.frames import ErrorCode
+from conveyor.protocol.payload import PayloadError, pack
+from conveyor.validation import check_name, number, parse_task_options
+
+
+class _Link:
+    """The core's handle on one worker: DISPATCH, ABORT and GOODBYE on its connection."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+
+    def dispatch(self, jobs: list[JobRecord]) -> None:
+        packed = self._peer.packed
+        self._peer.send_batch("dispatch", "jobs", [dispatch_map(j, packed=packed) for j in jobs])
+
+    def abort(self, job_id: str, lease: int | None) -> None:
+        frame: dict[str, Any] = {"t": "abort", "id": job_id}
+        if lease is not None:
+            frame["lease"] = lease
+        self._peer.send(frame)
+
+    def close(self, reason: str) -> None:
+        self._peer.goodbye(reason)
+
+
+def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
+    if peer.worker is not None:
+        raise Conflict(ErrorCode.CONFLICT, "this connection already sent ready")
+    tasks, queues = frame["tasks"], frame["queues"]
+    for name in tasks:
+        check_name(name, "tasks", MAX_TASK_NAME)
+    if not queues:
+        raise invalid("queues", "must name at least one queue")
+    for name in queues:
+        check_name(name, "queues", MAX_QUEUE_NAME)
+    concurrency = number(frame, "concurrency", 1, MAX_CONCURRENCY, integer=True)
+    prefetch = number(frame, "prefetch", 0, MAX_CONCURRENCY, integer=True)
+    peer.worker = peer.core.worker_join(
+        name=peer.client_name or "worker",
+        tasks=tasks,
+        queues=queues,
+        concurrency=concurrency,
+        prefetch=concurrency if prefetch is None else prefetch,
+        link=_Link(peer),
+        options=parse_task_options(frame.get("defaults")),
+        pool=str(frame.get("pool", ""))[:40],
+        peer=peer.peer,
+    )
+    peer.send({"t": "ok", "rid": frame["rid"], "worker": peer.worker.id})
+    return None
+
+
+def _worker_of(peer: Peer) -> WorkerRef:
+    if peer.worker is None:
+        raise Conflict(ErrorCode.CONFLICT, "send ready before worker frames")
+    return peer.worker
+
+
+def _clean_error(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": str(raw.get("type", "Error"))[:MAX_ERROR_TYPE],
+        "message": str(raw.get("message", ""))[:MAX_ERROR_MESSAGE],
+        "traceback": str(raw.get("traceback", ""))[-MAX_TRACEBACK:],
+    }
+
+
+def _outcome(raw: Any, max_result: int) -> Outcome:
+    if not isinstance(raw, dict):
+        raise invalid("results", "each result must be a map")
+    job_id, lease, ok = raw.get("id"), raw.get("lease"), raw.get("ok")
+    if not isinstance(job_id, str) or not isinstance(lease, int) or not isinstance(ok, bool):
+        raise invalid("results", "each result needs id (str), lease (int) and ok (bool)")
+    if not ok:
+        error = raw.get("error")
+        if not isinstance(error, dict):
+            raise invalid("results", "a failed result needs an error map")
+        delay = raw.get("retry_delay")
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay <= MAX_RETRY_DELAY
+        ):
+            raise invalid("results", f"retry_delay must be a number from 0 to {MAX_RETRY_DELAY:g}")
+        return Outcome(
+            job_id, lease, False, None, _clean_error(error), delay, raw.get("reject") is True
+        )
+    result = raw.get("result")
+    if not isinstance(result, bytes):  # a plain value (not the packed feature): pack it once
+        try:
+            result = pack(result)
+        except PayloadError as exc:
+            raise invalid("results", f"the result cannot be stored: {exc}") from None
+    if len(result) > max_result:
+        raise invalid("results", f"a result is {len(result)} bytes; the limit is {max_result}")
+    return Outcome(job_id, lease, True, result)
+
+
+def _refused(raw: Any, why: str) -> Outcome | None:
+    """A failure for a malformed result that still names its job and lease."""
+    if (
+        isinstance(raw, dict)
+        and isinstance(raw.get("id"), str)
+        and isinstance(raw.get("lease"), int)
+    ):
+        error = {"type": "InvalidReport", "message": f"the worker sent a bad result: {why}"}
+        return Outcome(raw["id"], raw["lease"], False, None, error, None, True)
+    return None
+
+
+def report(peer: Peer, frame: dict[str, Any]) -> Reply:
+    """Apply a batch of results (stale ones are ignored by the core but acknowledged).
+
+    A malformed entry is refused on its own (ERROR ``invalid`` without rid); if it still
+    names a held job, that job fails for good rather than staying running for ever.
+    """
+    worker = _worker_of(peer)
+    outcomes: list[Outcome] = []
+    refused: list[str] = []
+    for raw in frame["results"]:
+        outcome: Outcome | None
+        try:
+            outcome = _outcome(raw, peer.limits.max_payload)
+        except BrokerError as exc:
+            refused.append(exc.message)
+            outcome = _refused(raw, exc.message)
+        if outcome is not None:
+            outcomes.append(outcome)
+    if refused:
+        peer.error(
+            ErrorCode.INVALID, f"{len(refused)} result(s) refused: {refused[0]}", None, "results"
+        )
+    return _report(peer, worker, outcomes) if outcomes else None
+
+
+async def _report(peer: Peer, worker: WorkerRef, outcomes: list[Outcome]) -> None:
+    await peer.core.report(worker, outcomes)
+    peer.send({"t": "acked", "ids": [o.id for o in outcomes]})
+
+
+def heartbeat(peer: Peer, frame: dict[str, Any]) -> Reply:
+    running = frame.get("running") or ()
+    peer.core.heartbeat(_worker_of(peer), [i for i in running if isinstance(i, str)])
+    return None
+
+
+def release(peer: Peer, frame: dict[str, Any]) -> Reply:
+    worker = _worker_of(peer)
+    leases: dict[str, int] = {}
+    for raw in frame["jobs"]:
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("id"), str)
+            or not isinstance(raw.get("lease"), int)
+            or isinstance(raw.get("lease"), bool)
+        ):
+            raise invalid("jobs", "each released job needs id (str) and lease (int)")
+        leases[raw["id"]] = raw["lease"]
+    return peer.core.release(worker, leases) if leases else None
+
+
+def drain(peer: Peer, frame: dict[str, Any]) -> Reply:
+    peer.core.drain(_worker_of(peer))
+    return None

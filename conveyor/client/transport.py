@@ -1,0 +1,427 @@
+"""Transports: they move bytes between a :class:`~conveyor.protocol.session.ClientSession`
+and a TLS socket, and reconnect when a working connection is lost. Nothing else.
+
+:class:`SyncTransport` blocks (a plain socket, no threads); :class:`AsyncTransport` runs on
+asyncio (the AsyncClient's and the worker's). Both give the same guarantees:
+
+* the first connection that fails raises :class:`~conveyor.errors.BrokerUnavailable` at
+  once, naming the address (no retry: there is nothing to come back to);
+* once connected, a lost connection is retried with backoff for ``reconnect_timeout``
+  seconds from the loss, and requests marked resendable are sent again;
+* a fatal ERROR caused by our own frame is raised, never resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.client.endpoint import Endpoint
+from conveyor.errors import BrokerUnavailable, ConnectionLost, ProtocolError
+from conveyor.protocol.session import (
+    Backoff,
+    ClientSession,
+    Closed,
+    Event,
+    Push,
+    Reply,
+    Welcome,
+    error_of,
+    reply_timeout,
+)
+
+log = logging.getLogger("conveyor.client")
+Frame = dict[str, Any]
+READ_SIZE = 262144
+
+
+def _unavailable(endpoint: Endpoint, exc: BaseException) -> BrokerUnavailable:
+    detail = (
+        exc.strerror
+        if isinstance(exc, OSError) and exc.strerror
+        else str(exc) or type(exc).__name__
+    )
+    return BrokerUnavailable(
+        f"cannot reach the broker at {endpoint.address}: {detail} (is `conveyor broker` "
+        "running there? check --broker / CONVEYOR_BROKER_URL)"
+    )
+
+
+def _welcome(event: Event) -> Frame | None:
+    return event.frame if isinstance(event, Welcome) else None
+
+
+# -- blocking ---------------------------------------------------------------------------------
+class _SyncConnection:
+    """One blocking TLS connection and its session."""
+
+    def __init__(self, endpoint: Endpoint, agent: str, connect_timeout: float) -> None:
+        self.session = ClientSession(endpoint.token, endpoint.name, agent)
+        raw = socket.create_connection((endpoint.host, endpoint.port), timeout=connect_timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=endpoint.host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            self.sock.sendall(self.session.hello())
+            self.welcome = self._until(_welcome, connect_timeout)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _until(self, wanted: Callable[[Event], Frame | None], timeout: float | None) -> Frame:
+        """Read until an event arrives of which ``wanted`` returns a frame; return that."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                data = self.sock.recv(READ_SIZE)
+                events = self.session.receive(data)
+            except (OSError, ProtocolError) as exc:
+                if isinstance(exc, TimeoutError | socket.timeout):
+                    raise ConnectionLost("no reply from the broker in time") from exc
+                raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+            for event in events:
+                frame = wanted(event)
+                if frame is not None:
+                    return frame
+                if isinstance(event, Push) and self.session.welcome is None:
+                    err = error_of(event.frame)
+                    if err is not None:
+                        raise err  # the handshake was refused (bad token ...)
+                if isinstance(event, Closed):
+                    if event.fatal is not None:
+                        raise event.fatal
+                    raise ConnectionLost(event.reason)
+
+    def request(self, frame: Frame, resend: bool) -> Frame:
+        req, data = self.session.request(frame, resend=resend)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+        reply = self._until(
+            lambda e: e.frame if isinstance(e, Reply) and e.request is req else None,
+            reply_timeout(frame),
+        )
+        err = error_of(reply)
+        if err is not None:
+            raise err
+        return reply
+
+    def close(self) -> None:
+        try:
+            if self.session.open:
+                self.sock.sendall(self.session.send({"t": "goodbye", "reason": "client closing"}))
+        except (OSError, ssl.SSLError, ProtocolError):
+            pass
+        finally:
+            self.sock.close()
+
+
+class SyncTransport:
+    """Blocking requests over one connection at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        agent: str = "conveyor-client",
+        reconnect_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent = agent
+        self.connect_timeout = connect_timeout
+        self._backoff = Backoff(reconnect_timeout)
+        self._conn: _SyncConnection | None = None
+        self._worked = False
+
+    @property
+    def welcome(self) -> Frame:
+        return self._connection().welcome
+
+    def connect(self) -> None:
+        """Connect now; BrokerUnavailable (no retry) if nobody answers."""
+        try:
+            self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
+        except (OSError, ConnectionLost) as exc:
+            raise _unavailable(self.endpoint, exc) from exc
+        self._worked = True
+        self._backoff.reset()
+
+    def _connection(self) -> _SyncConnection:
+        if self._conn is None:
+            if not self._worked:
+                self.connect()
+            else:
+                self._reconnect()
+        assert self._conn is not None
+        return self._conn
+
+    def _reconnect(self) -> None:
+        self._backoff.start(time.monotonic())
+        while True:
+            try:
+                self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
+                return
+            except (OSError, ConnectionLost) as exc:
+                delay = self._backoff.next_delay(time.monotonic())
+                if delay is None:
+                    raise ConnectionLost(
+                        f"lost the broker at {self.endpoint.address} and could not reconnect: {exc}"
+                    ) from exc
+                time.sleep(delay)
+
+    def request(self, frame: Frame, *, resend: bool = True) -> Frame:
+        """Send a request and return its reply (an ERROR reply raises BrokerError)."""
+        while True:
+            conn = self._connection()
+            try:
+                reply = conn.request(frame, resend)
+            except ConnectionLost:
+                conn.sock.close()
+                self._conn = None
+                self._backoff.start(time.monotonic())
+                if not resend:
+                    raise
+                continue
+            self._backoff.reset()  # the budget is for a loss: a served request ends one
+            return reply
+
+    @property
+    def session(self) -> ClientSession:
+        return self._connection().session
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# -- asyncio ----------------------------------------------------------------------------------
+Push_ = Callable[[Frame], None]
+
+
+class AsyncConnection:
+    """One asyncio TLS connection and its session. Frames written in one loop iteration
+    leave in one write. Pushed frames go to ``on_push``. When the connection drops, every
+    pending request fails with ConnectionLost and :attr:`closed` is set."""
+
+    def __init__(self, endpoint: Endpoint, agent: str, on_push: Push_ | None = None) -> None:
+        self.endpoint = endpoint
+        self.session = ClientSession(endpoint.token, endpoint.name, agent)
+        self.on_push = on_push
+        self.welcome: Frame = {}
+        self.closed = asyncio.Event()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._read_task: asyncio.Task[None] | None = None
+
+    async def connect(self, timeout: float = 10.0) -> Frame:
+        ep = self.endpoint
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                ep.host, ep.port, ssl=ep.ssl_context, server_hostname=ep.host, limit=2**20
+            ),
+            timeout,
+        )
+        self._reader, self._writer = reader, writer
+        try:
+            writer.write(self.session.hello())
+            self.welcome = await asyncio.wait_for(self._handshake(), timeout)
+        except BaseException:
+            writer.close()  # refused, timed out or cut off: do not leak the socket
+            raise
+        self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
+        return self.welcome
+
+    async def _handshake(self) -> Frame:
+        assert self._reader is not None
+        while True:
+            data = await self._reader.read(READ_SIZE)
+            for event in self.session.receive(data):
+                if isinstance(event, Welcome):
+                    return event.frame
+                err = error_of(event.frame) if isinstance(event, Push) else None
+                if err is not None:
+                    raise err
+                if isinstance(event, Closed):
+                    raise ConnectionLost("the broker closed the connection during the handshake")
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                data = await self._reader.read(READ_SIZE)
+                for event in self.session.receive(data):
+                    if isinstance(event, Reply):
+                        fut = event.request.token
+                        if isinstance(fut, asyncio.Future) and not fut.done():
+                            fut.set_result(event.frame)
+                    elif isinstance(event, Push):
+                        self._pushed(event.frame)
+                    elif isinstance(event, Closed):
+                        return
+        except (OSError, ProtocolError, asyncio.IncompleteReadError) as exc:
+            log.debug("connection lost: %s", exc)
+        finally:
+            self._fail_pending()
+            self.closed.set()
+            if self._writer is not None:
+                self._writer.close()
+
+    def _pushed(self, frame: Frame) -> None:
+        if self.on_push is not None:
+            self.on_push(frame)
+        elif frame.get("t") == "error":
+            log.warning("broker error: %s: %s", frame.get("code"), frame.get("message"))
+
+    def _fail_pending(self) -> None:
+        again, failed = self.session.lost()
+        for req in [*again, *failed]:
+            fut = req.token
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(ConnectionLost("the connection to the broker was lost"))
+
+    def send(self, frame: Frame) -> None:
+        """Queue a frame that gets no reply (coalesced writes)."""
+        self.write(self._check().send(frame))
+
+    def _check(self) -> ClientSession:
+        if self.closed.is_set() or self._writer is None:
+            raise ConnectionLost("not connected to the broker")
+        return self.session
+
+    def write(self, data: bytes) -> None:
+        """Queue encoded bytes (frames from :attr:`session`) for this loop turn's write."""
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(self._out))
+        self._out.clear()
+
+    async def request(self, frame: Frame, resend: bool = True) -> Frame:
+        """Send a request and await its reply; ERROR replies raise BrokerError."""
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        req, data = self._check().request(frame, resend=resend, token=fut)
+        self.write(data)
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            self.session.forget(req)
+            raise
+        err = error_of(reply)
+        if err is not None:
+            raise err
+        return reply
+
+    async def drain(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._writer.drain()
+
+    async def close(self) -> None:
+        if self._writer is not None and not self.closed.is_set():
+            with contextlib.suppress(Exception):
+                self.send({"t": "goodbye", "reason": "client closing"})
+                await self.drain()
+            self._writer.close()
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._read_task
+        self._fail_pending()
+        self.closed.set()
+
+
+class AsyncTransport:
+    """Concurrent requests over one asyncio connection, reconnecting as the module says."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        agent: str = "conveyor-async-client",
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent = agent
+        self._backoff = Backoff(reconnect_timeout)
+        self._conn: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+        self._worked = False
+        self._given_up = 0  # reconnects abandoned: tasks queued behind one fail at once
+
+    async def connect(self) -> AsyncConnection:
+        conn = AsyncConnection(self.endpoint, self.agent)
+        try:
+            await conn.connect()
+        except (OSError, ConnectionLost, TimeoutError) as exc:
+            raise _unavailable(self.endpoint, exc) from exc
+        self._conn = conn
+        self._worked = True
+        self._backoff.reset()
+        return conn
+
+    async def _connection(self) -> AsyncConnection:
+        given_up = self._given_up
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.closed.is_set():
+                return conn
+            if not self._worked:
+                return await self.connect()
+            if self._given_up != given_up:
+                raise ConnectionLost(f"the broker at {self.endpoint.address} is unreachable")
+            self._backoff.start(time.monotonic())
+            while True:
+                try:
+                    fresh = AsyncConnection(self.endpoint, self.agent)
+                    await fresh.connect()
+                except (OSError, ConnectionLost, TimeoutError) as exc:
+                    delay = self._backoff.next_delay(time.monotonic())
+                    if delay is None:
+                        self._given_up += 1
+                        raise ConnectionLost(
+                            f"lost the broker at {self.endpoint.address} and could not "
+                            f"reconnect: {exc}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    continue
+                self._conn = fresh
+                return fresh
+
+    async def request(self, frame: Frame, *, resend: bool = True) -> Frame:
+        while True:
+            conn = await self._connection()
+            try:
+                reply = await conn.request(frame, resend)
+            except ConnectionLost:
+                if not resend:
+                    raise
+                self._backoff.start(time.monotonic())
+                continue
+            self._backoff.reset()  # the budget is for a loss: a served request ends one
+            return reply
+
+    async def session(self) -> ClientSession:
+        return (await self._connection()).session
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
