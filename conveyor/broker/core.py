@@ -78,12 +78,13 @@ class BrokerCore:
             )
             log.warning("requeued %d job(s) that were running at the last stop", len(jobs))
 
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Wait for the background work started so far (a lost worker's requeue ...)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
     async def close(self) -> None:
-        for task in list(self._tasks):
-            try:
-                await asyncio.wait_for(task, 2.0)
-            except (Exception, asyncio.CancelledError):
-                log.debug("background task did not finish before close", exc_info=True)
+        await self.settle()
         await self.store.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

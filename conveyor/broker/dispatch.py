@@ -180,7 +180,7 @@ class Dispatcher:
         try:
             while True:
                 self._again = False
-                await self._dispatch_once()
+                await self.run_once()
                 if not self._again:
                     break
         except Exception:
@@ -188,7 +188,8 @@ class Dispatcher:
         finally:
             self._running = False
 
-    async def _dispatch_once(self) -> None:
+    async def run_once(self) -> None:
+        """One dispatch pass (tests call it directly instead of waiting for a trigger)."""
         heap = [(w.load, w.order, w) for w in self.workers.values() if w.free > 0]
         heapq.heapify(heap)
         now = self.clock.now()

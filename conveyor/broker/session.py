@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from conveyor.security.roles import may_send
 from conveyor.security.tokens import Role
 
 log = logging.getLogger("conveyor.broker")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:@\-]")
 
 
 class SessionHost(Protocol):
@@ -260,7 +262,8 @@ class Session(asyncio.Protocol):
             return
         self._role = info.role
         self.token_name = info.name
-        self.client_name = str(frame.get("name", ""))[:MAX_CLIENT_NAME]
+        # kept for logs, stats and worker ids: at most 100 characters of a safe set
+        self.client_name = _UNSAFE_NAME.sub("_", str(frame.get("name", "")))[:MAX_CLIENT_NAME]
         self.session_id = self.host.new_session_id()
         wanted = frame.get("features") or ()
         self.features = frozenset(f for f in wanted if f in FEATURES)

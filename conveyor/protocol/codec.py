@@ -16,6 +16,7 @@ import msgpack
 from conveyor.errors import LocalProtocolError, RemoteProtocolError
 from conveyor.limits import MAX_FRAME_SIZE
 from conveyor.protocol.frames import check_frame
+from conveyor.protocol.payload import default, ext_hook
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
@@ -37,7 +38,7 @@ Frame = dict[str, Any]
 def encode_frame(frame: Frame, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """Serialise one frame; refuse (LocalProtocolError) one the peer would reject."""
     try:
-        body: bytes = msgpack.packb(frame, use_bin_type=True)
+        body: bytes = msgpack.packb(frame, use_bin_type=True, default=default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"frame is not serialisable: {exc}") from exc
     if len(body) > max_frame_size:
@@ -50,7 +51,7 @@ def encode_frame(frame: Frame, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
 
 def _unpack(body: bytes | memoryview) -> Any:
     # strict_map_key: keys must be str/bytes; limits are bounded by the frame size anyway.
-    return msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    return msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True, ext_hook=ext_hook)
 
 
 class FrameDecoder:

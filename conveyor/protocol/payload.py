@@ -31,13 +31,15 @@ class PayloadError(ValueError):
     """Bytes that are not a valid payload or result; or a value that cannot be one."""
 
 
-def _default(value: Any) -> Any:
+def default(value: Any) -> Any:
+    """msgpack's ``default`` hook: integers beyond 64 bits become :data:`BIGINT_EXT`."""
     if isinstance(value, int) and not isinstance(value, bool):
         return msgpack.ExtType(BIGINT_EXT, str(value).encode("ascii"))
     raise TypeError(f"{type(value).__name__} is not JSON-compatible")
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def ext_hook(code: int, data: bytes) -> Any:
+    """msgpack's ``ext_hook``: :data:`BIGINT_EXT` back to an int; any other type is refused."""
     if code == BIGINT_EXT:
         try:
             return int(data.decode("ascii"))
@@ -49,7 +51,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def pack(value: Any) -> bytes:
     """MessagePack bytes of a JSON-compatible value (big integers as extensions)."""
     try:
-        return msgpack.packb(value, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+        return msgpack.packb(value, use_bin_type=True, default=default)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(str(exc)) from exc
 
@@ -58,7 +60,7 @@ def unpack(data: bytes) -> Any:
     """The value in ``data``; :class:`PayloadError` if it is not one valid MessagePack value."""
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_ext_hook, max_bin_len=0
+            data, raw=False, strict_map_key=True, ext_hook=ext_hook, max_bin_len=0
         )
     except PayloadError:
         raise

@@ -514,3 +514,15 @@ async def test_a_version_1_database_is_migrated_without_losing_a_job(tmp_path: P
         assert (await store.stats())["totals"]["completed"] == 1
     finally:
         await store.close()
+
+
+def test_the_statements_of_a_commit_find_rows_by_key_never_by_scanning() -> None:
+    """A commit's cost must not grow with the table (an UPDATE ... FROM scanned it all)."""
+    from conveyor.stores.sql.sqlite_jobs import _APPLY_CHANGES, new_connection_setup
+    from conveyor.stores.sql.sqlite_schema import migrate
+
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        migrate(conn)
+        new_connection_setup(conn)
+        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + _APPLY_CHANGES)]
+    assert not [step for step in plan if step.startswith("SCAN")], plan

@@ -37,10 +37,12 @@ _PRUNABLE = "state IN ('completed', 'cancelled') AND finished_at < ?"
 _CHANGES_TABLE = (
     f"CREATE TEMP TABLE IF NOT EXISTS changes (id TEXT PRIMARY KEY, {', '.join(MUTABLE)})"
 )
+# Not ``UPDATE ... FROM changes``: SQLite would scan every row of jobs for that join. This
+# form finds each changed row by its primary key.
 _APPLY_CHANGES = (
-    f"UPDATE jobs SET ({', '.join(MUTABLE)}) = "
-    f"({', '.join('coalesce(c.seq, jobs.seq)' if m == 'seq' else 'c.' + m for m in MUTABLE)}) "
-    "FROM temp.changes AS c WHERE jobs.id = c.id"
+    f"UPDATE jobs SET ({', '.join(MUTABLE)}) = (SELECT "
+    f"{', '.join('coalesce(c.seq, jobs.seq)' if m == 'seq' else 'c.' + m for m in MUTABLE)} "
+    "FROM temp.changes AS c WHERE c.id = jobs.id) WHERE id IN (SELECT id FROM temp.changes)"
 )
 
 
