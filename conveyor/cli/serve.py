@@ -82,7 +82,20 @@ def _split(values: tuple[str, ...]) -> list[str]:
     help="keep completed/cancelled jobs this long",
 )
 @click.option("--heartbeat", type=float, default=5.0, show_default=True, help="worker heartbeat, s")
-@click.option("--lease", type=float, default=30.0, show_default=True, help="job lease, s")
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="seconds a worker may go without a heartbeat before its jobs are requeued",
+)
+@click.option(
+    "--deadline-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="seconds past a job's timeout before the broker fails a run its worker never ends",
+)
 @click.option("--max-connections", type=int, default=10_000, show_default=True)
 @click.option("--max-connections-per-ip", type=int, default=1_000, show_default=True)
 @click.option("--submit-rate", type=float, default=0.0, help="jobs/s per connection; 0 = no limit")
@@ -135,6 +148,7 @@ def broker(**opts: object) -> None:
         tokens_file=files.tokens_file,
         heartbeat=float(opts["heartbeat"]),  # type: ignore[arg-type]
         lease=float(opts["lease"]),  # type: ignore[arg-type]
+        deadline_grace=float(opts["deadline_grace"]),  # type: ignore[arg-type]
         retention=float(opts["retention"]),  # type: ignore[arg-type]
         limits=_limits(opts),
     )

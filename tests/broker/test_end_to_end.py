@@ -29,6 +29,17 @@ async def test_submit_and_result(client: AsyncClient, start_worker) -> None:
     assert [e["event"] for e in done.events] == ["submitted", "started", "completed"]
 
 
+async def test_big_integers_go_both_ways(client: AsyncClient, start_worker) -> None:
+    """Python's integers are unbounded and so are JSON's numbers: fibonacci(94) and up."""
+    await start_worker()
+    assert await (await client.submit("fibonacci", n=100)).result(timeout=10) == (
+        354224848179261915075
+    )
+    assert await (await client.submit("add", a=2**70, b=-(2**80))).result(timeout=10) == (
+        2**70 - 2**80
+    )
+
+
 async def test_priority_order_with_one_busy_worker(client: AsyncClient, start_worker) -> None:
     gate = Gate()
     await start_worker(gated_registry(gate), concurrency=1, prefetch=0)

@@ -97,3 +97,10 @@ async def test_unreachable_broker_is_one_clear_line(home: Path) -> None:
     result = await asyncio.to_thread(CliRunner().invoke, main, ["stats"], env=env)
     assert result.exit_code == 1
     assert "cannot reach the broker at 127.0.0.1:1" in result.output
+
+
+def test_a_worker_needs_its_task_modules() -> None:
+    """No demo tasks by surprise in production: --tasks (or CONVEYOR_TASKS) is required."""
+    result = CliRunner().invoke(main, ["worker"], env={"CONVEYOR_TASKS": ""})
+    assert result.exit_code == 2
+    assert "Missing option '--tasks'" in result.output
