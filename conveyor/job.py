@@ -107,6 +107,9 @@ def event(kind: EventKind, at: float, **details: Any) -> Event:
 
 
 DEFAULT_QUEUE = "default"
+UNROUTED = ""
+"""The queue of a job submitted without one for a task whose queue the broker does not know
+yet: any worker offering the task takes it, and it then takes the task's declared queue."""
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_BACKOFF = 1.0

@@ -28,6 +28,7 @@ from typing import Any
 
 from conveyor.errors import Conflict, IllegalTransition
 from conveyor.job import (
+    DEFAULT_QUEUE,
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
@@ -113,12 +114,14 @@ def claim(
     lease_seconds: float,
     now: float,
     options: TaskOptions | None = None,
+    route: str = DEFAULT_QUEUE,
 ) -> Transition:
     """Queued → running under ``lease`` for ``worker``; one attempt counted.
 
     Retry options the producer left unset come from the task's own definition, as the
     claiming worker announced it, else the global defaults: they never depend on which
-    worker happened to be connected when the job was submitted.
+    worker happened to be connected when the job was submitted. An unrouted job takes
+    ``route``, the queue the claiming worker declares for its task.
     """
     opts = options or _NO_OPTIONS
     return move(
@@ -126,6 +129,7 @@ def claim(
         JobState.RUNNING,
         event(EventKind.STARTED, now, worker=worker, attempt=job.attempts + 1),
         attempts=job.attempts + 1,
+        queue=job.queue or route,
         worker=worker,
         lease=lease,
         lease_expires=now + lease_seconds,

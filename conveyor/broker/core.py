@@ -32,7 +32,7 @@ from conveyor.broker.events import EventHub, JobChanged, WorkerChanged, WorkerJo
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.clock import Clock
 from conveyor.errors import JobNotFound
-from conveyor.job import DEFAULT_QUEUE, Event, JobRecord, JobState
+from conveyor.job import UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Outcome, TaskOptions, Transition
 from conveyor.security.tokens import Role, TokenInfo, TokenRegistry
 from conveyor.stores.base import Inserted, JobFilter, Page, Store
@@ -40,6 +40,7 @@ from conveyor.stores.base import Inserted, JobFilter, Page, Store
 log = logging.getLogger("conveyor.broker")
 
 _RETRIES = 5  # recomputations of a transition whose job changed meanwhile
+ROUTES = "routes"  # the store setting that keeps task -> queue
 
 
 class BrokerCore:
@@ -70,6 +71,7 @@ class BrokerCore:
         """Open the store; requeue the jobs that were running when the broker stopped."""
         self.started_at = now = self.clock.now()
         running = await self.store.open(now)
+        self.routes.update(await self.store.meta_get(ROUTES) or {})
         if running:
             # each requeue goes in front of the last: newest first leaves the oldest in front
             held = {j.id: j.lease for j in reversed(running)}
@@ -136,8 +138,8 @@ class BrokerCore:
         now = self.clock.now()
         born: list[tuple[JobRecord, Event]] = []
         for job in jobs:
-            if not job.queue:
-                job = job.replace(queue=self.routes.get(job.task, DEFAULT_QUEUE))
+            if not job.queue:  # the task's queue, once a worker has declared it
+                job = job.replace(queue=self.routes.get(job.task, UNROUTED))
             born.append(lifecycle.born(job, now))
         inserted = await self.store.job_insert_many(born)
         for item in inserted:
@@ -192,7 +194,8 @@ class BrokerCore:
     def waiting_note(self, job: JobRecord) -> str | None:
         """Why a queued job is not running: nobody offers its task on its queue."""
         if job.state is JobState.QUEUED and (job.queue, job.task) not in self.dispatcher.offered():
-            return f"no connected worker offers task {job.task!r} on queue {job.queue!r}"
+            where = f" on queue {job.queue!r}" if job.queue else ""
+            return f"no connected worker offers task {job.task!r}{where}"
         return None
 
     # -- the dead-letter queue and retention ---------------------------------------------
@@ -227,10 +230,12 @@ class BrokerCore:
         prefetch: int,
         link: WorkerLink,
         options: Mapping[str, TaskOptions] | None = None,
+        routes: Mapping[str, str] | None = None,
         pool: str = "",
         peer: str = "",
     ) -> WorkerRef:
         now = self.clock.now()
+        routes = dict(routes or {})
         worker = WorkerRef(
             id=f"{name}#{next(self._worker_seq)}",
             name=name,
@@ -240,6 +245,7 @@ class BrokerCore:
             prefetch=prefetch,
             link=link,
             options=dict(options or {}),
+            routes=routes,
             pool=pool,
             peer=peer,
             connected_at=now,
@@ -254,9 +260,18 @@ class BrokerCore:
             concurrency,
         )
         self._options.update(worker.options)
+        self._learn_routes(routes)
         self.dispatcher.add(worker)
         self.hub.publish(WorkerJoined(worker, now))
         return worker
+
+    def _learn_routes(self, routes: Mapping[str, str]) -> None:
+        """Keep the queue each task is declared on, durably: later submits that name no
+        queue go there, across restarts."""
+        fresh = {t: q for t, q in routes.items() if self.routes.get(t) != q}
+        if fresh:
+            self.routes.update(fresh)
+            self.spawn(self.store.meta_set(ROUTES, dict(self.routes)))
 
     def known_options(self, task: str) -> TaskOptions | None:
         """The task's options as the last worker offering it announced them."""

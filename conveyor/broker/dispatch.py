@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from conveyor.clock import Clock
-from conveyor.job import JobRecord
+from conveyor.job import UNROUTED, JobRecord
 from conveyor.lifecycle import TaskOptions
 from conveyor.stores.base import Claimant, Store
 
@@ -53,6 +53,7 @@ class WorkerRef:
     prefetch: int
     link: WorkerLink
     options: Mapping[str, TaskOptions] = field(default_factory=dict)
+    routes: Mapping[str, str] = field(default_factory=dict)  # task -> its declared queue
     pool: str = "thread"
     peer: str = ""
     connected_at: float = 0.0
@@ -73,7 +74,7 @@ class WorkerRef:
     claimant: Claimant = field(init=False)
 
     def __post_init__(self) -> None:
-        self.claimant = Claimant(self.id, self.queues, self.tasks, self.options)
+        self.claimant = Claimant(self.id, self.queues, self.tasks, self.options, self.routes)
 
     @property
     def capacity(self) -> int:
@@ -156,8 +157,10 @@ class Dispatcher:
         return self.workers.pop(worker_id, None)
 
     def offered(self) -> set[tuple[str, str]]:
-        """(queue, task) pairs some connected worker can run."""
-        return {(q, t) for w in self.workers.values() for q in w.queues for t in w.tasks}
+        """(queue, task) pairs some connected worker can run (unrouted jobs included)."""
+        return {
+            (q, t) for w in self.workers.values() for q in (*w.queues, UNROUTED) for t in w.tasks
+        }
 
     def trigger(self) -> None:
         """Ask for a dispatch pass soon (coalesced)."""

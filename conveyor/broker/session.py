@@ -254,11 +254,13 @@ class Session(asyncio.Protocol):
             self._spawn(reply, rid)
 
     def _hello(self, frame: dict[str, Any]) -> None:
-        info = self.core.authenticate(frame.get("token"))
+        token = frame.get("token")
+        info = self.core.authenticate(token)
         if info is None:
             log.warning("rejected bad token from %s", self.peer)
             self.core.metrics["auth_failures"] += 1
-            self.fatal(ErrorCode.UNAUTHORIZED, "unknown, revoked or expired token")
+            why = "unknown, revoked or expired token" if token else "no token given"
+            self.fatal(ErrorCode.UNAUTHORIZED, why)
             return
         self._role = info.role
         self.token_name = info.name

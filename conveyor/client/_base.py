@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor._ids import new_job_id
 from conveyor.errors import InvalidJob, JobFailed, PayloadDecryptError
@@ -46,8 +46,41 @@ def seal_call(
     return cipher.seal_call(args, kwargs, ctx=context(CALL, job_id, task))
 
 
+class TaskDefinition(Protocol):
+    """What a task object (``@task``) offers a producer: conveyor.worker.tasks.TaskDef."""
+
+    @property
+    def name(self) -> str: ...
+
+    def submit_options(self) -> dict[str, Any]: ...
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None: ...
+
+
+TaskRef = Any  # a task name, or a task object (``@task``) that has ``__conveyor_task__``
+
+
+def resolve_task(
+    task: TaskRef, args: Iterable[Any], kwargs: Mapping[str, Any], options: dict[str, Any]
+) -> str:
+    """The task's name; for a task object, also check the call against its signature and
+    fill in its own options where the producer gave none (``options`` is updated)."""
+    if isinstance(task, str):
+        return task
+    definition: TaskDefinition | None = getattr(task, "__conveyor_task__", None)
+    if definition is None:
+        raise InvalidJob(
+            "invalid", f"task must be a task name or a @task, not {type(task).__name__}", "task"
+        )
+    definition.check_call(tuple(args), dict(kwargs))
+    for name, value in definition.submit_options().items():
+        if options.get(name) is None:
+            options[name] = value
+    return definition.name
+
+
 def job_spec(
-    task: str,
+    task: TaskRef,
     args: Iterable[Any],
     kwargs: Mapping[str, Any],
     *,
@@ -56,8 +89,8 @@ def job_spec(
     **options: Any,
 ) -> dict[str, Any]:
     """A checked submit map for one job, its payload packed; unset options are not sent."""
-    if not isinstance(task, str):
-        raise InvalidJob("invalid", f"task must be a task name, not {type(task).__name__}", "task")
+    args, kwargs = list(args), dict(kwargs)
+    task = resolve_task(task, args, kwargs, options)
     job_id = options.pop("job_id", None) or new_job_id()
     spec: dict[str, Any] = {"id": job_id, "task": task}
     call_args, call_kwargs = list(args), dict(kwargs)

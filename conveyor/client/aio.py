@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from conveyor.client._base import (
+    TaskRef,
     batch_item,
     chunks,
     dlq_frame,
@@ -107,7 +108,7 @@ class AsyncClient:
 
     # -- producing -----------------------------------------------------------------------
     async def submit(
-        self, task: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+        self, task: TaskRef, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncJob:
         """Submit one job. Keyword arguments that are not submit options go to the task."""
         opts, task_kwargs = split_options(options)

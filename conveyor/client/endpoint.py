@@ -54,6 +54,12 @@ def make_endpoint(
             f"or set CONVEYOR_CA; none was found at {settings.home / 'ca.pem'} "
             "(the broker writes ca.pem into its home, $CONVEYOR_HOME, on first start)"
         )
+    if settings.token is None:
+        raise ConfigError(
+            "no token to authenticate with: give --token TOKEN (token=... in Python) or set "
+            f"CONVEYOR_TOKEN; there is none at {settings.home / 'admin.token'} (the broker "
+            "writes an admin token there on first start; `conveyor token create` makes more)"
+        )
     host, port = settings.address
     ctx = client_context(settings.ca_file, settings.cert_file, settings.key_file)
     return Endpoint(host, port, ctx, settings.token, name)

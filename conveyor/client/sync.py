@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from conveyor.client._base import (
+    TaskRef,
     batch_item,
     chunks,
     dlq_frame,
@@ -115,9 +116,11 @@ class Client:
 
     # -- producing -----------------------------------------------------------------------
     def submit(
-        self, task: str, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+        self, task: TaskRef, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> JobHandle:
-        """Submit one job. Keyword arguments that are not submit options go to the task.
+        """Submit one job of ``task`` (a name, or a ``@task`` object: then its own queue,
+        priority, retries and timeout apply and the arguments are checked against it).
+        Keyword arguments that are not submit options go to the task.
 
         Submit options: queue, priority (1 most urgent … 10), retries, retry_backoff,
         retry_backoff_max, timeout, delay (s), eta (aware datetime or epoch s),

@@ -33,6 +33,7 @@ from conveyor.protocol.session import (
     Reply,
     Welcome,
     error_of,
+    refusal,
     reply_timeout,
 )
 
@@ -97,8 +98,9 @@ class _SyncConnection:
                     if err is not None:
                         raise err  # the handshake was refused (bad token ...)
                 if isinstance(event, Closed):
-                    if event.fatal is not None:
-                        raise event.fatal
+                    refused = refusal(event)
+                    if refused is not None:
+                        raise refused  # our own frame was refused: sending it again won't help
                     raise ConnectionLost(event.reason)
 
     def request(self, frame: Frame, resend: bool) -> Frame:
@@ -225,6 +227,7 @@ class AsyncConnection:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._read_task: asyncio.Task[None] | None = None
+        self._refused: BaseException | None = None  # why pending requests must not be resent
 
     async def connect(self, timeout: float = 10.0) -> Frame:
         ep = self.endpoint
@@ -270,6 +273,7 @@ class AsyncConnection:
                     elif isinstance(event, Push):
                         self._pushed(event.frame)
                     elif isinstance(event, Closed):
+                        self._refused = refusal(event)
                         return
         except (OSError, ProtocolError, asyncio.IncompleteReadError) as exc:
             log.debug("connection lost: %s", exc)
@@ -290,7 +294,9 @@ class AsyncConnection:
         for req in [*again, *failed]:
             fut = req.token
             if isinstance(fut, asyncio.Future) and not fut.done():
-                fut.set_exception(ConnectionLost("the connection to the broker was lost"))
+                fut.set_exception(
+                    self._refused or ConnectionLost("the connection to the broker was lost")
+                )
 
     def send(self, frame: Frame) -> None:
         """Queue a frame that gets no reply (coalesced writes)."""

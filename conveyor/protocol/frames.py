@@ -177,6 +177,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "prefetch": (_INT, False),
         "pool": (_STR, False),
         "defaults": (_MAP, False),
+        "routes": (_MAP, False),
     },
     FrameType.DISPATCH: {"jobs": (_LIST, True)},
     FrameType.REPORT: {"results": (_LIST, True)},

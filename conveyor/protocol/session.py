@@ -185,6 +185,26 @@ def is_fatal(error: BrokerError | None) -> bool:
     return error is not None and error.code in FATAL_CODES
 
 
+OUR_FAULT = frozenset(
+    {
+        "bad_frame",
+        "frame_too_large",
+        "unknown_type",
+        "unsupported_version",
+        "handshake_required",
+        "unauthorized",
+    }
+)
+"""Fatal codes that blame what we sent (or who we are): sending it again cannot help."""
+
+
+def refusal(closed: Closed) -> BrokerError | None:
+    """The broker's error to raise for requests cut off by ``closed``, when resending them
+    on a new connection would only be refused again; None when resending is right."""
+    fatal = closed.fatal
+    return fatal if fatal is not None and fatal.code in OUR_FAULT else None
+
+
 def split_to_fit(
     items: list[Any],
     encode: Callable[[list[Any]], bytes],

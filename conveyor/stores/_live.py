@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from conveyor.errors import IllegalTransition
-from conveyor.job import FINAL_STATES, TRANSITIONS, Event, JobRecord, JobState
+from conveyor.job import FINAL_STATES, TRANSITIONS, UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._index import ReadyIndex
 from conveyor.stores.base import TOTALS, Claimant
@@ -129,7 +129,8 @@ class LiveJobs:
     # -- picking work ----------------------------------------------------------------------
     def pop_ready(self, claimant: Claimant, limit: int) -> list[JobRecord]:
         """The most urgent queued jobs the claimant can run (out of the ready index)."""
-        return [self.jobs[i] for i in self.ready.pop(claimant.queues, claimant.tasks, limit)]
+        queues = (*claimant.queues, UNROUTED)
+        return [self.jobs[i] for i in self.ready.pop(queues, claimant.tasks, limit)]
 
     def pop_due(self, now: float) -> list[JobRecord]:
         """Scheduled jobs whose eta has come (stale heap entries are skipped)."""

@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.job import Event, JobRecord, JobState
+from conveyor.job import DEFAULT_QUEUE, Event, JobRecord, JobState
 from conveyor.lifecycle import TaskOptions, Transition
 
 TOTALS = ("submitted", "completed", "failed", "retried", "requeued", "dead", "cancelled")
@@ -39,12 +39,20 @@ class Inserted:
 
 @dataclass(frozen=True, slots=True)
 class Claimant:
-    """What a worker can take: its id, queues, tasks, and the tasks' own retry options."""
+    """What a worker can take: its id, queues, tasks, and per task its own options and
+    declared queue (``routes``: where an unrouted job of that task goes when claimed).
+
+    Every claimant also takes unrouted jobs (queue ``UNROUTED``) of the tasks it offers.
+    """
 
     worker: str
     queues: Sequence[str]
     tasks: Collection[str]
     options: Mapping[str, TaskOptions] = field(default_factory=dict)
+    routes: Mapping[str, str] = field(default_factory=dict)
+
+    def route(self, task: str) -> str:
+        return self.routes.get(task, DEFAULT_QUEUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def queue_waiting(self) -> dict[tuple[str, str], int]:
         """Queued job counts by (queue, task): tells the broker what is waiting for whom."""
+
+    # -- small durable settings (task routes, paused queues) --------------------------------
+    @abc.abstractmethod
+    async def meta_get(self, name: str) -> Any:
+        """A setting stored with :meth:`meta_set` (None if never set)."""
+
+    @abc.abstractmethod
+    async def meta_set(self, name: str, value: Any) -> None:
+        """Store a small MessagePack-able setting durably, replacing the old value."""
 
     # -- numbers -----------------------------------------------------------------------------
     @abc.abstractmethod

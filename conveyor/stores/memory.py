@@ -28,6 +28,7 @@ class MemoryStore(Store):
         self._finished: deque[tuple[float, str]] = deque()  # prunable jobs, as they finished
         self._order: dict[str, int] = {}  # id -> submission number (listing cursors)
         self._submitted = 0
+        self._meta: dict[str, Any] = {}
 
     # -- writes --------------------------------------------------------------------------
     async def job_insert_many(self, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
@@ -56,6 +57,7 @@ class MemoryStore(Store):
                 lease_seconds,
                 now,
                 claimant.options.get(job.task),
+                claimant.route(job.task),
             )
             claimed.append(self._apply(t))  # just popped: nothing else changed it
         return claimed
@@ -103,6 +105,13 @@ class MemoryStore(Store):
             if job is not None and job.state in PRUNABLE_STATES:
                 doomed.append(job)
         return self._delete(doomed)
+
+    # -- settings ------------------------------------------------------------------------
+    async def meta_get(self, name: str) -> Any:
+        return self._meta.get(name)
+
+    async def meta_set(self, name: str, value: Any) -> None:
+        self._meta[name] = value
 
     # -- reads ---------------------------------------------------------------------------
     async def job_get(self, job_id: str) -> JobRecord | None:

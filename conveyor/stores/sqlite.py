@@ -48,11 +48,13 @@ from conveyor.stores.sql.sqlite_jobs import (
     delete_dead,
     fetch_events,
     fetch_jobs,
+    get_meta,
     list_jobs,
     load_snapshot,
     new_connection_setup,
     prune_chunk,
     select_dead,
+    set_meta,
     write_batch,
 )
 from conveyor.stores.sql.sqlite_schema import migrate
@@ -224,6 +226,7 @@ class SqliteStore(Store):
                 lease_seconds,
                 now,
                 claimant.options.get(job.task),
+                claimant.route(job.task),
             )
             new = live.apply(t)
             assert new is not None, "a job picked from the index changed under us"
@@ -299,6 +302,13 @@ class SqliteStore(Store):
                 if job.state in PRUNABLE_STATES and (job.finished_at or 0.0) < finished_before:
                     del self._recent[job_id]
             return total
+
+    # -- settings ------------------------------------------------------------------------
+    async def meta_get(self, name: str) -> Any:
+        return await self._writer.call(get_meta, name)
+
+    async def meta_set(self, name: str, value: Any) -> None:
+        await self._writer.call(set_meta, name, value)
 
     # -- reads ---------------------------------------------------------------------------
     def _in_memory(self, job_id: str) -> JobRecord | None:

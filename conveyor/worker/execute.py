@@ -28,8 +28,6 @@ cancelled while running (``CancelledError``)    no     no      None
 from __future__ import annotations
 
 import asyncio
-import difflib
-import inspect
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
@@ -184,28 +182,10 @@ def prepare(definition: TaskDef, payload: bytes) -> tuple[list[Any], dict[str, A
         args, kwargs = unpack_call(payload)
     except PayloadError as exc:
         return failure(INVALID_PAYLOAD, f"the job's payload cannot be read: {exc}", reject=True)
-    if definition.signature is not None:
-        try:
-            definition.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            why = _unexpected(definition.signature, kwargs) or str(exc)
-            return failure(
-                INVALID_ARGUMENTS, f"{definition.name}{definition.signature}: {why}", reject=True
-            )
+    why = definition.call_error(args, kwargs)
+    if why is not None:
+        return failure(INVALID_ARGUMENTS, why, reject=True)
     return args, kwargs
-
-
-def _unexpected(signature: inspect.Signature, kwargs: dict[str, Any]) -> str | None:
-    """ "unexpected keyword argument 'nme' (did you mean 'name'?)", the likeliest mistake."""
-    params = signature.parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    for name in kwargs:
-        if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            return f"unexpected keyword argument {name!r}{hint}"
-    return None
 
 
 def run_sync(definition: TaskDef, payload: bytes) -> RunResult:

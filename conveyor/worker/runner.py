@@ -178,6 +178,7 @@ class Worker:
             "prefetch": self.prefetch,
             "pool": self.pool_kind,
             "defaults": defaults,
+            "routes": {t.name: t.queue for t in self.registry},
         }
 
     async def _session(self) -> None:

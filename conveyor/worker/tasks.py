@@ -8,15 +8,18 @@ in a message can make a worker import or call anything else.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from conveyor.client.default import default_client
+from conveyor.client.sync import Client, JobHandle
 from conveyor.errors import ConfigError, InvalidJob
 from conveyor.job import (
     DEFAULT_QUEUE,
@@ -24,7 +27,14 @@ from conveyor.job import (
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
 )
-from conveyor.limits import MAX_QUEUE_NAME, MAX_RETRIES, MAX_TASK_NAME, MAX_TIMEOUT
+from conveyor.limits import (
+    MAX_PRIORITY,
+    MAX_QUEUE_NAME,
+    MAX_RETRIES,
+    MAX_TASK_NAME,
+    MAX_TIMEOUT,
+    MIN_PRIORITY,
+)
 from conveyor.validation import check_name
 
 P = ParamSpec("P")
@@ -47,6 +57,36 @@ class TaskDef:
     non_retryable: tuple[type[BaseException], ...] = ()
     is_async: bool = False
     signature: inspect.Signature | None = None  # arguments are checked against it first
+    priority: int | None = None  # for jobs submitted through the task object
+
+    def submit_options(self) -> dict[str, Any]:
+        """The options a job of this task gets when submitted through the task object."""
+        options = {
+            "queue": self.queue,
+            "priority": self.priority,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
+            "retry_backoff_max": self.retry_backoff_max,
+            "timeout": self.timeout,
+        }
+        return {k: v for k, v in options.items() if v is not None}
+
+    def call_error(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+        """Why the function cannot take these arguments (None if it can), saying what it takes:
+        ``greet(name: str): unexpected keyword argument 'nme' (did you mean 'name'?)``."""
+        if self.signature is None:
+            return None
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return f"{self.name}{self.signature}: {_unexpected(self.signature, kwargs) or exc}"
+        return None
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse (InvalidJob) arguments the function cannot take, before they are sent."""
+        why = self.call_error(args, kwargs)
+        if why is not None:
+            raise InvalidJob("invalid", why, "kwargs" if kwargs else "args")
 
     @property
     def module(self) -> str:
@@ -111,7 +151,14 @@ default_registry = TaskRegistry()
 
 
 class Task(Generic[P, R]):
-    """What ``@task`` returns: the function, still directly callable, plus ``.task``."""
+    """What ``@task`` returns: the function, still directly callable, plus ``.task``.
+
+    Where the module is importable, the task object is also the producer's API:
+    ``resize.submit(path, width)`` (or ``resize.delay(...)``) submits a job with the task's
+    own queue, priority, retries and timeout, after checking the arguments against the
+    function's signature. Submit options given there win (``queue=``, ``priority=``...);
+    ``client=`` picks the client (default: one per thread, from the environment).
+    """
 
     def __init__(self, fn: Callable[P, R], definition: TaskDef) -> None:
         self.fn = fn
@@ -122,8 +169,21 @@ class Task(Generic[P, R]):
     def name(self) -> str:
         return self.task.name
 
+    @property
+    def __conveyor_task__(self) -> TaskDef:
+        """How the clients recognise a task object given instead of a task name."""
+        return self.task
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def submit(self, *args: Any, client: Client | None = None, **kwargs: Any) -> JobHandle:
+        """Submit a job of this task (see the class docstring); returns its handle."""
+        return (client or default_client()).submit(self, *args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> JobHandle:
+        """The same as :meth:`submit` (Celery's name for it)."""
+        return self.submit(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<task {self.task.name!r} {self.task.qualname}>"
@@ -167,6 +227,7 @@ def task(
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
+    priority: int | None = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -182,6 +243,7 @@ def task(
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
+    priority: int | None = None,
     registry: TaskRegistry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Register a function as a task; use bare (``@task``) or with options (``@task(...)``).
@@ -195,6 +257,10 @@ def task(
             raise TypeError("@task decorates a function; give options by keyword: @task(name=...)")
         task_name = name if name is not None else getattr(func, "__name__", "")
         _check_options(task_name, queue, retries, timeout, retry_backoff, retry_backoff_max)
+        if priority is not None and (
+            isinstance(priority, bool) or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+        ):
+            raise ValueError(f"@task {task_name!r}: priority must be from 1 to 10")
         definition = TaskDef(
             name=task_name,
             fn=func,
@@ -206,11 +272,25 @@ def task(
             non_retryable=_non_retryable(non_retryable, task_name),
             is_async=inspect.iscoroutinefunction(func),
             signature=_signature(func),
+            priority=priority,
         )
         (default_registry if registry is None else registry).register(definition)
         return Task(func, definition)
 
     return decorate if fn is None else decorate(fn)
+
+
+def _unexpected(signature: inspect.Signature, kwargs: dict[str, Any]) -> str | None:
+    """ "unexpected keyword argument 'nme' (did you mean 'name'?)", the likeliest mistake."""
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    for name in kwargs:
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unexpected keyword argument {name!r}{hint}"
+    return None
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:

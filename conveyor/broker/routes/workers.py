@@ -65,11 +65,25 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
         prefetch=concurrency if prefetch is None else prefetch,
         link=_Link(peer),
         options=parse_task_options(frame.get("defaults")),
+        routes=_routes(frame.get("routes"), tasks),
         pool=str(frame.get("pool", ""))[:40],
         peer=peer.peer,
     )
     peer.send({"t": "ok", "rid": frame["rid"], "worker": peer.worker.id})
     return None
+
+
+def _routes(raw: Any, tasks: list[str]) -> dict[str, str]:
+    """READY's ``routes``: the queue each offered task is declared on."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise invalid("routes", "must map task names to queue names")
+    for task, queue in raw.items():
+        if task not in tasks:
+            raise invalid("routes", f"names task {task!r}, which this worker does not offer")
+        check_name(queue, "routes", MAX_QUEUE_NAME)
+    return dict(raw)
 
 
 def _worker_of(peer: Peer) -> WorkerRef:

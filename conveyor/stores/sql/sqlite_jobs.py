@@ -226,6 +226,15 @@ def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     return Snapshot(active, [tuple(c) for c in counts], counters)
 
 
+def get_meta(conn: sqlite3.Connection, name: str) -> Any:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else unpack_map(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, name: str, value: Any) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, pack_map(value)))
+
+
 def _delete_events(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
     for where, params in _id_filters("1", ids):
         conn.execute(f"DELETE FROM events WHERE {where.replace('id IN', 'job_id IN')}", params)

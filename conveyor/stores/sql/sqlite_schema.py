@@ -94,7 +94,7 @@ MUTABLE = tuple(
 )
 
 
-def pack_map(value: dict[str, Any] | None) -> bytes | None:
+def pack_map(value: Any) -> bytes | None:
     # default=repr: a value msgpack cannot hold is kept as text rather than poisoning a batch
     return None if value is None else msgpack.packb(value, use_bin_type=True, default=repr)
 
@@ -276,9 +276,15 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE jobs_v1")
 
 
+def _v3_meta(conn: sqlite3.Connection) -> None:
+    """Small durable settings: the queue each task is routed to, paused queues."""
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
+    _v3_meta,
 )
 
 
