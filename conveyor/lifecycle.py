@@ -190,6 +190,7 @@ def fail(
         worker=job.worker,
         attempt=job.attempts,
         error=f"{error.get('type')}: {error.get('message')}",
+        traceback=_tail(error.get("traceback")),
     )
     retry_at = next_retry_at(
         job.attempts,
@@ -219,6 +220,21 @@ def fail(
         error=error,
         eta=retry_at,
     )
+
+
+EVENT_TRACEBACK = 8000  # characters of each attempt's traceback kept in its ``failed`` event
+
+
+def _tail(traceback: Any) -> str | None:
+    """The end of a traceback (where it was raised), for the attempt's history entry. A
+    sealed one is kept whole or not at all: a cut would not open."""
+    if not isinstance(traceback, str) or not traceback:
+        return None
+    if len(traceback) <= EVENT_TRACEBACK:
+        return traceback
+    if traceback.startswith("__conveyor_encrypted__:"):
+        return None
+    return "...\n" + traceback[-(EVENT_TRACEBACK - 4) :]
 
 
 def deadline(job: JobRecord, now: float, grace: float) -> Transition:

@@ -28,7 +28,14 @@ from typing import Any
 from conveyor import lifecycle
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher, WorkerLink, WorkerRef
-from conveyor.broker.events import EventHub, JobChanged, WorkerChanged, WorkerJoined, WorkerLeft
+from conveyor.broker.events import (
+    EventHub,
+    JobChanged,
+    QueueChanged,
+    WorkerChanged,
+    WorkerJoined,
+    WorkerLeft,
+)
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.clock import Clock
 from conveyor.errors import JobNotFound
@@ -41,6 +48,7 @@ log = logging.getLogger("conveyor.broker")
 
 _RETRIES = 5  # recomputations of a transition whose job changed meanwhile
 ROUTES = "routes"  # the store setting that keeps task -> queue
+PAUSED = "paused"  # the store setting that keeps the paused queues
 
 
 class BrokerCore:
@@ -72,6 +80,7 @@ class BrokerCore:
         self.started_at = now = self.clock.now()
         running = await self.store.open(now)
         self.routes.update(await self.store.meta_get(ROUTES) or {})
+        self.dispatcher.paused.update(await self.store.meta_get(PAUSED) or ())
         if running:
             # each requeue goes in front of the last: newest first leaves the oldest in front
             held = {j.id: j.lease for j in reversed(running)}
@@ -197,6 +206,27 @@ class BrokerCore:
             where = f" on queue {job.queue!r}" if job.queue else ""
             return f"no connected worker offers task {job.task!r}{where}"
         return None
+
+    # -- queues --------------------------------------------------------------------------
+    @property
+    def paused(self) -> frozenset[str]:
+        return frozenset(self.dispatcher.paused)
+
+    async def pause(self, queue: str, paused: bool = True) -> None:
+        """Keep taking a queue's jobs but dispatch none (or again, ``paused=False``); the
+        setting is durable, so a paused queue stays paused across a restart."""
+        was = queue in self.dispatcher.paused
+        if was == paused:
+            return
+        if paused:
+            self.dispatcher.paused.add(queue)
+        else:
+            self.dispatcher.paused.discard(queue)
+        await self.store.meta_set(PAUSED, sorted(self.dispatcher.paused))
+        log.info("queue %s %s", queue, "paused" if paused else "resumed")
+        self.hub.publish(QueueChanged(queue, paused, self.clock.now()))
+        if not paused:
+            self.dispatcher.trigger()
 
     # -- the dead-letter queue and retention ---------------------------------------------
     async def dlq_retry(self, ids: Sequence[str] | None) -> int:
@@ -452,6 +482,7 @@ class BrokerCore:
         ]
         workers = list(self.dispatcher.workers.values())
         data["workers"] = [w.describe() for w in workers]
+        data["paused"] = sorted(self.dispatcher.paused)
         data["broker"] = {
             **self.info,
             "pid": os.getpid(),

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from conveyor.clock import Clock
@@ -144,6 +144,7 @@ class Dispatcher:
         self.on_orphans = on_orphans
         self.on_dispatch = on_dispatch
         self.workers: dict[str, WorkerRef] = {}
+        self.paused: set[str] = set()  # queues whose jobs are kept, not dispatched
         self._pending = False
         self._running = False
         self._again = False
@@ -201,7 +202,12 @@ class Dispatcher:
             if worker.id not in self.workers or worker.free <= 0:
                 continue
             want = min(worker.free, max(1, worker.capacity // 4))
-            jobs = await self.store.job_claim(worker.claimant, want, self.lease_seconds, now)
+            claimant = worker.claimant
+            if self.paused:
+                claimant = replace(
+                    claimant, queues=tuple(q for q in worker.queues if q not in self.paused)
+                )
+            jobs = await self.store.job_claim(claimant, want, self.lease_seconds, now)
             if not jobs:
                 continue  # nothing this worker can run; drop it from this pass
             if worker.id not in self.workers:

@@ -47,7 +47,16 @@ class WorkerLeft:
     at: float
 
 
-BrokerEvent = JobChanged | WorkerJoined | WorkerChanged | WorkerLeft
+@dataclass(frozen=True, slots=True)
+class QueueChanged:
+    """A queue was paused (its jobs wait) or resumed."""
+
+    queue: str
+    paused: bool
+    at: float
+
+
+BrokerEvent = JobChanged | WorkerJoined | WorkerChanged | WorkerLeft | QueueChanged
 Subscriber = Callable[[BrokerEvent], None]
 
 

@@ -8,6 +8,7 @@ from conveyor.cli.certs import certs_command
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, result, stats, status, submit
 from conveyor.cli.keys import keygen_command
+from conveyor.cli.queues import queue_group
 from conveyor.cli.serve import broker, dev, worker
 from conveyor.cli.tokens import token_group
 
@@ -29,6 +30,7 @@ for command in (
     jobs_command,
     stats,
     dlq,
+    queue_group,
     certs_command,
     token_group,
     keygen_command,

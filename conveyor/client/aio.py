@@ -174,5 +174,13 @@ class AsyncClient:
     async def dlq_retry(self, ids: list[str] | None = None) -> int:
         return int((await self._request(dlq_frame("dlq_retry", ids), resend=False))["count"])
 
+    async def pause_queue(self, queue: str) -> None:
+        """Keep taking the queue's jobs but dispatch none, until :meth:`resume_queue` (admin)."""
+        await self._request({"t": "queue_pause", "queue": queue})
+
+    async def resume_queue(self, queue: str) -> None:
+        """Dispatch the queue's jobs again (admin)."""
+        await self._request({"t": "queue_resume", "queue": queue})
+
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int((await self._request(dlq_frame("dlq_purge", ids), resend=False))["count"])

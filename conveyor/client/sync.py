@@ -194,5 +194,13 @@ class Client:
     def dlq_retry(self, ids: list[str] | None = None) -> int:
         return int(self._request(dlq_frame("dlq_retry", ids), resend=False)["count"])
 
+    def pause_queue(self, queue: str) -> None:
+        """Keep taking the queue's jobs but dispatch none, until :meth:`resume_queue` (admin)."""
+        self._request({"t": "queue_pause", "queue": queue})
+
+    def resume_queue(self, queue: str) -> None:
+        """Dispatch the queue's jobs again (admin)."""
+        self._request({"t": "queue_resume", "queue": queue})
+
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int(self._request(dlq_frame("dlq_purge", ids), resend=False)["count"])

@@ -187,15 +187,26 @@ class SyncTransport:
             conn = self._connection()
             try:
                 reply = conn.request(frame, resend)
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 conn.sock.close()
                 self._conn = None
-                self._backoff.start(time.monotonic())
                 if not resend:
                     raise
+                # lost again right after a reconnect: the same budget and pace as connecting
+                time.sleep(self._pause_before_resend(exc))
                 continue
             self._backoff.reset()  # the budget is for a loss: a served request ends one
             return reply
+
+    def _pause_before_resend(self, exc: ConnectionLost) -> float:
+        now = time.monotonic()
+        self._backoff.start(now)
+        delay = self._backoff.next_delay(now)
+        if delay is None:
+            raise ConnectionLost(
+                f"the broker at {self.endpoint.address} keeps dropping the connection: {exc}"
+            ) from exc
+        return delay
 
     @property
     def session(self) -> ClientSession:
@@ -416,10 +427,19 @@ class AsyncTransport:
             conn = await self._connection()
             try:
                 reply = await conn.request(frame, resend)
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 if not resend:
                     raise
-                self._backoff.start(time.monotonic())
+                # lost again right after a reconnect: the same budget and pace as connecting
+                now = time.monotonic()
+                self._backoff.start(now)
+                delay = self._backoff.next_delay(now)
+                if delay is None:
+                    raise ConnectionLost(
+                        f"the broker at {self.endpoint.address} keeps dropping the connection: "
+                        f"{exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
                 continue
             self._backoff.reset()  # the budget is for a loss: a served request ends one
             return reply

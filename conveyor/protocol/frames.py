@@ -43,6 +43,8 @@ class FrameType(enum.StrEnum):
     TOKEN_CREATE = "token_create"
     TOKEN_LIST = "token_list"
     TOKEN_REVOKE = "token_revoke"
+    QUEUE_PAUSE = "queue_pause"
+    QUEUE_RESUME = "queue_resume"
     OK = "ok"
     # worker <-> broker
     READY = "ready"
@@ -168,6 +170,8 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     },
     FrameType.TOKEN_LIST: {**_RID},
     FrameType.TOKEN_REVOKE: {**_RID, "name": (_STR, True)},
+    FrameType.QUEUE_PAUSE: {**_RID, "queue": (_STR, True)},
+    FrameType.QUEUE_RESUME: {**_RID, "queue": (_STR, True)},
     FrameType.OK: {**_RID},
     FrameType.READY: {
         **_RID,

@@ -215,19 +215,29 @@ class PayloadCipher:
                     error[name] = text
             if error != job.error:
                 changes["error"] = error
-        events = tuple(self._open_event(e, context(MESSAGE, jid, task)) for e in job.events)
+        events = tuple(self._open_event(e, jid, task) for e in job.events)
         if events != job.events:
             changes["events"] = events
         return dataclasses.replace(job, **changes) if changes else job
 
-    def _open_event(self, ev: dict[str, Any], ctx: str) -> dict[str, Any]:
-        """A ``failed`` event carries ``"<type>: <message>"``; open the message part."""
+    def _open_event(self, ev: dict[str, Any], job_id: str, task: str) -> dict[str, Any]:
+        """A ``failed`` event carries ``"<type>: <message>"`` and the attempt's traceback;
+        open the sealed parts."""
+        out = ev
         text = ev.get("error")
-        if not isinstance(text, str) or TEXT_PREFIX not in text:
-            return ev
-        head, _, token = text.partition(TEXT_PREFIX)
-        opened = _attempt(self.open_text, TEXT_PREFIX + token, ctx=ctx)
-        return ev if opened is _UNOPENED else {**ev, "error": head + opened}
+        if isinstance(text, str) and TEXT_PREFIX in text:
+            head, _, token = text.partition(TEXT_PREFIX)
+            opened = _attempt(
+                self.open_text, TEXT_PREFIX + token, ctx=context(MESSAGE, job_id, task)
+            )
+            if opened is not _UNOPENED:
+                out = {**out, "error": head + opened}
+        tb = ev.get("traceback")
+        if isinstance(tb, str) and tb.startswith(TEXT_PREFIX):
+            opened = _attempt(self.open_text, tb, ctx=context(TRACEBACK, job_id, task))
+            if opened is not _UNOPENED:
+                out = {**out, "traceback": opened}
+        return out
 
 
 _UNOPENED: Final = object()

@@ -2,7 +2,8 @@
 
 :class:`LiveJobs` holds the records the engine keeps in memory and everything indexed
 over them: the ready index (``_index.py``), the heap of scheduled jobs by ETA, the unique
-keys held by live jobs, job counts by (state, queue) and the event totals. It applies
+keys held by live jobs, job counts by (state, queue, task, priority) and the event totals. It
+applies
 :class:`~conveyor.lifecycle.Transition` objects conditionally (by version) and keeps all of
 that in step in one place, :meth:`LiveJobs.apply`.
 
@@ -26,6 +27,7 @@ from conveyor.stores._index import ReadyIndex
 from conveyor.stores.base import TOTALS, Claimant
 
 _TOTAL_KINDS = frozenset(TOTALS)
+CountKey = tuple[JobState, str, str, int]  # (state, queue, task, priority)
 
 
 class LiveJobs:
@@ -36,7 +38,7 @@ class LiveJobs:
         self.ready = ReadyIndex()
         self._scheduled: list[tuple[float, str]] = []
         self._unique: dict[str, str] = {}  # unique key -> id of the live job holding it
-        self.counts: Counter[tuple[JobState, str]] = Counter()  # (state, queue) -> jobs
+        self.counts: Counter[CountKey] = Counter()  # (state, queue, task, priority) -> jobs
         self.totals: Counter[str] = Counter(dict.fromkeys(TOTALS, 0))
         self._seq = itertools.count(seq_start)
         self._front = itertools.count(front_start, -1)
@@ -63,7 +65,7 @@ class LiveJobs:
     def add(self, job: JobRecord, events: Iterable[Event] = ()) -> None:
         """A new job (queued or scheduled) enters."""
         self.jobs[job.id] = job
-        self.counts[job.state, job.queue] += 1
+        self.counts[job.state, job.queue, job.task, job.priority] += 1
         if job.unique_key is not None and job.state not in FINAL_STATES:
             self._unique[job.unique_key] = job.id
         self._place(job, front=False)
@@ -80,8 +82,8 @@ class LiveJobs:
             )
         self.jobs[new.id] = new
         if old.state is not new.state or old.queue != new.queue:
-            self.counts[old.state, old.queue] -= 1
-            self.counts[new.state, new.queue] += 1
+            self.uncount(old.state, old.queue, old.task, old.priority)
+            self.counts[new.state, new.queue, new.task, new.priority] += 1
             if old.state is JobState.QUEUED:
                 self.ready.discard(old.id)  # a claim already took it: then this is a no-op
             self._place(new, t.front)
@@ -119,12 +121,13 @@ class LiveJobs:
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
         if uncount:
-            self.uncount(job.state, job.queue)
+            self.uncount(job.state, job.queue, job.task, job.priority)
 
-    def uncount(self, state: JobState, queue: str, n: int = 1) -> None:
-        self.counts[state, queue] -= n
-        if not self.counts[state, queue]:
-            del self.counts[state, queue]
+    def uncount(self, state: JobState, queue: str, task: str, priority: int, n: int = 1) -> None:
+        key = (state, queue, task, priority)
+        self.counts[key] -= n
+        if not self.counts[key]:
+            del self.counts[key]
 
     # -- picking work ----------------------------------------------------------------------
     def pop_ready(self, claimant: Claimant, limit: int) -> list[JobRecord]:
@@ -169,9 +172,19 @@ class LiveJobs:
     # -- numbers ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         states = dict.fromkeys((s.value for s in JobState), 0)
-        queues: dict[str, dict[str, int]] = {}
-        for (state, queue), n in self.counts.items():
+        by: dict[str, dict[Any, Counter[str]]] = {"queues": {}, "tasks": {}, "priorities": {}}
+        for (state, queue, task, priority), n in self.counts.items():
             if n:
                 states[state.value] += n
-                queues.setdefault(queue, {})[state.value] = n
-        return {"states": states, "queues": queues, "totals": dict(self.totals)}
+                # map keys are strings on the wire (protocol section 1): priorities too
+                for name, key in (
+                    ("queues", queue),
+                    ("tasks", task),
+                    ("priorities", str(priority)),
+                ):
+                    by[name].setdefault(key, Counter())[state.value] += n
+        out: dict[str, Any] = {"states": states, "totals": dict(self.totals)}
+        for name, groups in by.items():
+            ordered = sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))  # "2" < "10"
+            out[name] = {key: dict(counts) for key, counts in ordered}
+        return out

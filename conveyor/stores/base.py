@@ -63,6 +63,7 @@ class JobFilter:
     queue: str | None = None
     task: str | None = None
     worker: str | None = None
+    priority: int | None = None
     id_prefix: str | None = None
 
 

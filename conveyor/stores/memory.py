@@ -168,5 +168,6 @@ def _matches(job: JobRecord, where: JobFilter) -> bool:
         and (where.queue is None or job.queue == where.queue)
         and (where.task is None or job.task == where.task)
         and (where.worker is None or job.worker == where.worker)
+        and (where.priority is None or job.priority == where.priority)
         and (where.id_prefix is None or job.id.startswith(where.id_prefix))
     )

@@ -175,8 +175,8 @@ class SqliteStore(Store):
         hwm = max([snapshot.counters.get(SEQ_HWM, 0), *seqs, *leases])
         start = hwm + RESTART_GAP + 1 if hwm else 1
         live = self.live = LiveJobs(start, min([0, *seqs]) - 1)
-        for state, queue, n in snapshot.counts:
-            live.counts[JobState(state), queue] += n
+        for state, queue, task, priority, n in snapshot.counts:
+            live.counts[JobState(state), queue, task, priority] += n
         for name, value in snapshot.counters.items():
             if name != SEQ_HWM:
                 live.totals[name] = value
@@ -279,8 +279,8 @@ class SqliteStore(Store):
             # The writer commits what is staged first, so the DELETE also removes dead jobs
             # still in memory; their eviction ran before this call returns.
             removed = await self._writer.call(delete_dead, ids)
-            for queue, n in removed.items():
-                self.live.uncount(JobState.DEAD, queue, n)
+            for (queue, task, priority), n in removed.items():
+                self.live.uncount(JobState.DEAD, queue, task, priority, n)
             wanted = None if ids is None else set(ids)
             for job in [*self.live.jobs.values(), *self._recent.values()]:
                 if job.state is JobState.DEAD and (wanted is None or job.id in wanted):
@@ -293,8 +293,8 @@ class SqliteStore(Store):
             total = 0
             while True:
                 removed = await self._writer.call(prune_chunk, finished_before, PRUNE_CHUNK)
-                for (state, queue), n in removed.items():
-                    self.live.uncount(state, queue, n)
+                for (state, queue, task, priority), n in removed.items():
+                    self.live.uncount(state, queue, task, priority, n)
                 total += sum(removed.values())
                 if sum(removed.values()) < PRUNE_CHUNK:
                     break
@@ -346,7 +346,7 @@ class SqliteStore(Store):
         terms: list[tuple[str, Any]] = []
         if where.state is not None:
             terms.append(("state = ?", where.state.value))
-        for column in ("queue", "task", "worker"):
+        for column in ("queue", "task", "worker", "priority"):
             value = getattr(where, column)
             if value is not None:
                 terms.append((f"{column} = ?", value))

@@ -131,3 +131,19 @@ async def test_no_broker_fails_fast_with_the_address(home: Path) -> None:
     async with asyncio.timeout(5):
         with pytest.raises(BrokerUnavailable, match=re.escape("127.0.0.1:9")):
             await AsyncClient("conveyor://127.0.0.1:9", home=home).submit("noop")
+
+
+async def test_a_paused_queue_takes_jobs_and_dispatches_none_until_resumed(
+    broker: Broker, client: AsyncClient, home: Path, start_worker
+) -> None:
+    env = {"CONVEYOR_HOME": str(home), "CONVEYOR_BROKER_URL": broker.url}
+    paused = await asyncio.to_thread(
+        CliRunner().invoke, main, ["queue", "pause", "default"], env=env
+    )
+    assert paused.exit_code == 0 and "paused" in paused.output
+    await start_worker()
+    handle = await client.submit("add", a=1, b=2)
+    assert (await handle.wait(timeout=0.3)).state is JobState.QUEUED  # kept, not dispatched
+    assert (await client.stats())["paused"] == ["default"]
+    await client.resume_queue("default")
+    assert await handle.result(timeout=10) == 3

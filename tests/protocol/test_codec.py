@@ -53,6 +53,8 @@ EXAMPLES: dict[FrameType, dict[str, Any]] = {
     FrameType.TOKEN_CREATE: {"t": "token_create", "rid": 9, "role": "worker"},
     FrameType.TOKEN_LIST: {"t": "token_list", "rid": 10},
     FrameType.TOKEN_REVOKE: {"t": "token_revoke", "rid": 11, "name": "ci"},
+    FrameType.QUEUE_PAUSE: {"t": "queue_pause", "rid": 15, "queue": "emails"},
+    FrameType.QUEUE_RESUME: {"t": "queue_resume", "rid": 16, "queue": "emails"},
     FrameType.OK: {"t": "ok", "rid": 12},
     FrameType.READY: {
         "t": "ready",

@@ -46,6 +46,8 @@ def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
         F.TOKEN_CREATE: {"role": "producer", "name": f"made-{rid}"},
         F.TOKEN_LIST: {},
         F.TOKEN_REVOKE: {"name": "no-such-token"},
+        F.QUEUE_PAUSE: {"queue": "roles-test"},
+        F.QUEUE_RESUME: {"queue": "roles-test"},
         F.READY: {"tasks": ["add"], "queues": ["default"], "concurrency": 1},
         F.REPORT: {"results": []},
         F.HEARTBEAT: {"running": []},
@@ -72,6 +74,8 @@ ANSWERED = frozenset(
         F.TOKEN_CREATE,
         F.TOKEN_LIST,
         F.TOKEN_REVOKE,
+        F.QUEUE_PAUSE,
+        F.QUEUE_RESUME,
         F.READY,
     }
 )
@@ -142,6 +146,8 @@ async def test_role_matrix(broker: Broker, home: Path, role: Role, ftype: FrameT
         (Role.PRODUCER, F.TOKEN_CREATE),
         (Role.PRODUCER, F.TOKEN_LIST),
         (Role.PRODUCER, F.TOKEN_REVOKE),
+        (Role.PRODUCER, F.QUEUE_PAUSE),
+        (Role.WORKER, F.QUEUE_RESUME),
     ],
     ids=str,
 )

@@ -43,6 +43,8 @@ ROUTES: dict[FrameType, Route] = {
     FrameType.TOKEN_CREATE: admin.token_create,
     FrameType.TOKEN_LIST: admin.token_list,
     FrameType.TOKEN_REVOKE: admin.token_revoke,
+    FrameType.QUEUE_PAUSE: admin.queue_pause,
+    FrameType.QUEUE_RESUME: admin.queue_resume,
     FrameType.PING: ping,
     FrameType.PONG: ignore,
     FrameType.GOODBYE: goodbye,

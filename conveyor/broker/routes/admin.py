@@ -6,8 +6,10 @@ from typing import Any
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.errors import JobNotFound
+from conveyor.limits import MAX_QUEUE_NAME
 from conveyor.protocol.frames import ErrorCode
 from conveyor.security.tokens import Role, TokenInfo
+from conveyor.validation import check_name
 
 
 def token_map(info: TokenInfo) -> dict[str, Any]:
@@ -19,6 +21,24 @@ def token_map(info: TokenInfo) -> dict[str, Any]:
         "revoked": info.revoked,
         "hash_prefix": info.hash_prefix,
     }
+
+
+def queue_pause(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _pause(peer, frame, True)
+
+
+def queue_resume(peer: Peer, frame: dict[str, Any]) -> Reply:
+    return _pause(peer, frame, False)
+
+
+def _pause(peer: Peer, frame: dict[str, Any], paused: bool) -> Reply:
+    queue = check_name(frame["queue"], "queue", MAX_QUEUE_NAME)
+    return _paused(peer, frame["rid"], queue, paused)
+
+
+async def _paused(peer: Peer, rid: int, queue: str, paused: bool) -> None:
+    await peer.core.pause(queue, paused)
+    peer.send({"t": "ok", "rid": rid, "queue": queue, "paused": paused})
 
 
 def token_create(peer: Peer, frame: dict[str, Any]) -> Reply:

@@ -214,14 +214,17 @@ class Snapshot:
     """What a store needs at open: live jobs (with their seq), counts and counters."""
 
     active: list[tuple[JobRecord, int | None]]
-    counts: list[tuple[str, str, int]]  # (state, queue, n)
+    counts: list[tuple[str, str, str, int, int]]  # (state, queue, task, priority, n)
     counters: dict[str, int]
 
 
 def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
     rows = conn.execute(f"SELECT {SELECT_COLUMNS}, seq FROM jobs WHERE state IN {_ACTIVE}")
     active = [(row_job(r[:-1]), r[-1]) for r in rows]
-    counts = conn.execute("SELECT state, queue, count(*) FROM jobs GROUP BY state, queue")
+    counts = conn.execute(
+        "SELECT state, queue, task, priority, count(*) FROM jobs"
+        " GROUP BY state, queue, task, priority"
+    )
     counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
     return Snapshot(active, [tuple(c) for c in counts], counters)
 
@@ -240,29 +243,33 @@ def _delete_events(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
         conn.execute(f"DELETE FROM events WHERE {where.replace('id IN', 'job_id IN')}", params)
 
 
-def delete_dead(conn: sqlite3.Connection, ids: Sequence[str] | None) -> Counter[str]:
-    """Delete dead jobs (these, or all) and their history; return how many per queue."""
-    removed: Counter[str] = Counter()
+def delete_dead(
+    conn: sqlite3.Connection, ids: Sequence[str] | None
+) -> Counter[tuple[str, str, int]]:
+    """Delete dead jobs (these, or all) and their history; how many per (queue, task, priority)."""
+    removed: Counter[tuple[str, str, int]] = Counter()
     for where, params in _id_filters("state = 'dead'", ids):
-        doomed = conn.execute(f"SELECT id, queue FROM jobs WHERE {where}", params).fetchall()
-        removed.update(queue for _, queue in doomed)
+        doomed = conn.execute(
+            f"SELECT id, queue, task, priority FROM jobs WHERE {where}", params
+        ).fetchall()
+        removed.update((queue, task, priority) for _, queue, task, priority in doomed)
         conn.execute(f"DELETE FROM jobs WHERE {where}", params)
-        _delete_events(conn, [i for i, _ in doomed])
+        _delete_events(conn, [row[0] for row in doomed])
     return removed
 
 
 def prune_chunk(
     conn: sqlite3.Connection, finished_before: float, limit: int
-) -> Counter[tuple[JobState, str]]:
+) -> Counter[tuple[JobState, str, str, int]]:
     """Delete up to ``limit`` completed/cancelled jobs finished before the time.
 
-    Returns how many per (state, queue); fewer than ``limit`` in all means done.
+    Returns how many per (state, queue, task, priority); fewer than ``limit`` means done.
     """
     rows = conn.execute(
-        f"SELECT rowid, id, state, queue FROM jobs INDEXED BY jobs_prunable WHERE {_PRUNABLE}"
-        " LIMIT ?",
+        "SELECT rowid, id, state, queue, task, priority FROM jobs INDEXED BY jobs_prunable"
+        f" WHERE {_PRUNABLE} LIMIT ?",
         (finished_before, limit),
     ).fetchall()
     conn.executemany("DELETE FROM jobs WHERE rowid = ?", [(r[0],) for r in rows])
     _delete_events(conn, [r[1] for r in rows])
-    return Counter((JobState(state), queue) for _, _, state, queue in rows)
+    return Counter((JobState(r[2]), r[3], r[4], r[5]) for r in rows)
