@@ -237,13 +237,16 @@ def _tail(traceback: Any) -> str | None:
     return "...\n" + traceback[-(EVENT_TRACEBACK - 4) :]
 
 
-def deadline(job: JobRecord, now: float, grace: float) -> Transition:
-    """The broker's backstop: the run outlived its timeout plus ``grace`` (a hung worker)."""
+def deadline(job: JobRecord, now: float, timeout: float, grace: float) -> Transition:
+    """The broker's backstop: the run outlived its ``timeout`` (the job's, else its task's)
+    plus ``grace`` without a report (a hung worker). A pending cancel wins."""
+    if job.cancel_requested:
+        return _cancelled(job, now, "cancelled while running (deadline)")
     return fail(
         job,
         {
             "type": TIMEOUT,
-            "message": f"job exceeded its {job.timeout:g}s timeout; the broker gave up on it "
+            "message": f"job exceeded its {timeout:g}s timeout; the broker gave up on it "
             f"after a further {grace:g}s without a report",
             "traceback": "",
         },
@@ -266,8 +269,8 @@ def requeue(job: JobRecord, now: float, reason: str, charged: bool) -> Transitio
     ):
         error = {
             "type": WORKER_LOST,
-            "message": f"the run ended without a report ({reason}) on each of its "
-            f"{job.attempts} attempts; it may be crashing its worker",
+            "message": f"attempt {job.attempts} of {job.attempts} ended without a report "
+            f"({reason}): the task may be crashing its worker",
             "traceback": "",
         }
         return move(

@@ -13,7 +13,7 @@ from typing import Final
 # -- frames -------------------------------------------------------------------------------------
 MAX_FRAME_SIZE: Final = 1024 * 1024  # bytes of one frame body (configurable on the broker)
 HANDSHAKE_MAX_FRAME_SIZE: Final = 16 * 1024  # before WELCOME: a HELLO is tiny
-MAX_BATCH: Final = 10_000  # jobs per SUBMIT / DISPATCH / REPORT frame
+MAX_BATCH: Final = 10_000  # jobs per SUBMIT (the broker refuses more)
 FRAME_OVERHEAD: Final = 1024  # room for a job's id, task, queue and fields beside its payload
 
 # -- jobs ---------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_release_gives_the_attempt_back() -> None:
 
 
 def test_deadline_fails_with_timeout() -> None:
-    t = lifecycle.deadline(running(timeout=1.0, max_retries=0), T + 20, grace=10.0)
+    t = lifecycle.deadline(running(timeout=1.0, max_retries=0), T + 20, 1.0, grace=10.0)
     assert t.new.state is JobState.DEAD and t.new.error is not None
     assert t.new.error["type"] == "TimeoutError" and "10s" in t.new.error["message"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,3 +71,29 @@ class BrokerConfig:
     retention: float = 7 * 86400.0  # completed/cancelled jobs kept this long
     limits: Limits = field(default_factory=Limits)
     name: str = "conveyor-broker"
+    # the HTTP API and dashboard: None = not served (the `conveyor broker` command serves it
+    # on 8080 by default); 0 = any free port
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    http_tls: bool = False  # HTTPS with the broker's certificate
+    http_insecure: bool = False  # allow plain HTTP on a non-loopback address
+
+    def __post_init__(self) -> None:
+        if (
+            self.http_port is not None
+            and not self.http_tls
+            and not self.http_insecure
+            and not _loopback(self.http_host)
+        ):
+            raise ValueError(
+                f"refusing to serve the HTTP API on {self.http_host} without TLS: tokens would "
+                "cross the network in the clear; add --http-tls (or --http-insecure if a TLS "
+                "proxy in front does it)"
+            )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

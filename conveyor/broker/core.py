@@ -200,6 +200,13 @@ class BrokerCore:
     ) -> Page:
         return await self.store.job_list(where, limit, cursor, offset)
 
+    def lease_expiry(self, job: JobRecord) -> float | None:
+        """When a running job's worker loses it unless it heartbeats again."""
+        worker = self.dispatcher.workers.get(job.worker or "")
+        if job.state is not JobState.RUNNING or worker is None or job.id not in worker.holding:
+            return job.lease_expires
+        return worker.last_heartbeat + self.config.lease
+
     def waiting_note(self, job: JobRecord) -> str | None:
         """Why a queued job is not running: nobody offers its task on its queue."""
         if job.state is JobState.QUEUED and (job.queue, job.task) not in self.dispatcher.offered():
@@ -263,6 +270,8 @@ class BrokerCore:
         routes: Mapping[str, str] | None = None,
         pool: str = "",
         peer: str = "",
+        host: str = "",
+        pid: int | None = None,
     ) -> WorkerRef:
         now = self.clock.now()
         routes = dict(routes or {})
@@ -278,6 +287,8 @@ class BrokerCore:
             routes=routes,
             pool=pool,
             peer=peer,
+            host=host,
+            pid=pid,
             connected_at=now,
             last_heartbeat=now,
         )
@@ -373,21 +384,24 @@ class BrokerCore:
                 worker.failed += 1
 
     async def release(self, worker: WorkerRef, leases: Mapping[str, int]) -> None:
-        """The worker gives back jobs it never started."""
+        """The worker gives back jobs it never started (a started one is charged, as if
+        its worker had been lost: a release cannot be a way to get attempts back)."""
         mine = {i: lease for i, lease in leases.items() if worker.holding.get(i) == lease}
-        for job_id in mine:
-            worker.give_back(job_id)
         if not mine:
             return
+        started = {i for i in mine if i in worker.started}
+        for job_id in mine:
+            worker.give_back(job_id)
         now = self.clock.now()
-        await self._transition(
-            mine,
-            lambda r: (
-                lifecycle.release(r, now)
-                if r.state is JobState.RUNNING and r.lease == mine[r.id]
-                else None
-            ),
-        )
+
+        def compute(r: JobRecord) -> Transition | None:
+            if r.state is not JobState.RUNNING or r.lease != mine[r.id]:
+                return None
+            if r.id in started:
+                return lifecycle.requeue(r, now, "released after it started", charged=True)
+            return lifecycle.release(r, now)
+
+        await self._transition(mine, compute)
         self.dispatcher.trigger()
 
     def heartbeat(self, worker: WorkerRef, running: Iterable[str]) -> None:
@@ -415,7 +429,7 @@ class BrokerCore:
         runs past their timeout plus the grace fail. Returns how many jobs moved."""
         moved = 0
         for worker in list(self.dispatcher.workers.values()):
-            if worker.holding and now - worker.last_heartbeat > self.config.lease:
+            if now - worker.last_heartbeat > self.config.lease:
                 if not worker.stalled:
                     log.warning(
                         "worker %s sent no heartbeat for %.1fs; its jobs are requeued and it "
@@ -423,8 +437,9 @@ class BrokerCore:
                         worker.id,
                         now - worker.last_heartbeat,
                     )
-                worker.stalled = True
-                moved += len(await self._requeue_held(worker, "lease expired"))
+                worker.stalled = True  # idle or not: it gets nothing until it heartbeats
+                if worker.holding:
+                    moved += len(await self._requeue_held(worker, "lease expired"))
             else:
                 moved += await self._enforce_deadlines(worker, now)
         return moved
@@ -432,10 +447,12 @@ class BrokerCore:
     async def _enforce_deadlines(self, worker: WorkerRef, now: float) -> int:
         grace = self.config.deadline_grace
         overdue: dict[str, int] = {}
+        limits: dict[str, float] = {}
         for job_id, started in worker.started.items():
             timeout = worker.timeouts.get(job_id)
             if timeout is not None and now > started + timeout + grace:
                 overdue[job_id] = worker.holding[job_id]
+                limits[job_id] = timeout
         if not overdue:
             return 0
         for job_id, lease in overdue.items():
@@ -445,7 +462,7 @@ class BrokerCore:
         jobs = await self._transition(
             overdue,
             lambda r: (
-                lifecycle.deadline(r, now, grace)
+                lifecycle.deadline(r, now, limits[r.id], grace)
                 if r.state is JobState.RUNNING and r.lease == overdue[r.id]
                 else None
             ),

@@ -56,6 +56,8 @@ class WorkerRef:
     routes: Mapping[str, str] = field(default_factory=dict)  # task -> its declared queue
     pool: str = "thread"
     peer: str = ""
+    host: str = ""  # as the worker says (READY ``host``/``pid``), for people to find it
+    pid: int | None = None
     connected_at: float = 0.0
     # job id -> lease of each job dispatched to it and not yet reported or released; a
     # report counts only for a job this worker holds under that very lease
@@ -115,6 +117,8 @@ class WorkerRef:
             "prefetch": self.prefetch,
             "pool": self.pool,
             "peer": self.peer,
+            "host": self.host,
+            "pid": self.pid,
             "running": len(self.holding),
             "busy": len(self.started),
             "jobs": sorted(self.started),

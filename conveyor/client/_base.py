@@ -192,12 +192,13 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 # -- request frames: built once here, sent by either twin -----------------------------------
-def wait_frame(job_id: str, timeout: float | None, events: bool = True) -> dict[str, Any]:
+def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False) -> dict[str, Any]:
+    """A WAIT; ``result_only`` leaves the history and the arguments out of the reply."""
     frame: dict[str, Any] = {"t": "wait", "id": job_id}
     if timeout is not None:
         frame["timeout"] = timeout
-    if not events:
-        frame["events"] = False
+    if result_only:
+        frame["events"] = frame["payload"] = False
     return frame
 
 

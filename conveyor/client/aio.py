@@ -147,7 +147,7 @@ class AsyncClient:
         return self._job((await self._request(wait_frame(job_id, timeout)))["job"])
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
-        frame = wait_frame(job_id, timeout, events=False)
+        frame = wait_frame(job_id, timeout, result_only=True)
         job = self._job((await self._request(frame))["job"])
         if not job.state.is_final:
             raise ResultTimeout(f"job {job_id} is still {job.state.value} after {timeout}s")

@@ -168,7 +168,7 @@ class Client:
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result; JobFailed if it died or was cancelled; ResultTimeout if late."""
-        job = self._job(self._request(wait_frame(job_id, timeout, events=False))["job"])
+        job = self._job(self._request(wait_frame(job_id, timeout, result_only=True))["job"])
         if not job.state.is_final:
             raise ResultTimeout(f"job {job_id} is still {job.state.value} after {timeout}s")
         return final_result(job)

@@ -134,12 +134,18 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.GOODBYE: {"reason": (_STR, False)},
     FrameType.SUBMIT: {**_RID, "jobs": (_LIST, True)},
     FrameType.SUBMITTED: {**_RID, "jobs": (_LIST, True)},
-    FrameType.GET: {**_RID, "id": (_STR, True), "events": (_BOOL, False)},
+    FrameType.GET: {
+        **_RID,
+        "id": (_STR, True),
+        "events": (_BOOL, False),
+        "payload": (_BOOL, False),
+    },
     FrameType.WAIT: {
         **_RID,
         "id": (_STR, True),
         "timeout": (_NUM + _NONE, False),
         "events": (_BOOL, False),
+        "payload": (_BOOL, False),
     },
     FrameType.JOB: {**_RID, "job": (_MAP, True)},
     FrameType.LIST: {
@@ -182,6 +188,8 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "pool": (_STR, False),
         "defaults": (_MAP, False),
         "routes": (_MAP, False),
+        "host": (_STR, False),
+        "pid": (_INT, False),
     },
     FrameType.DISPATCH: {"jobs": (_LIST, True)},
     FrameType.REPORT: {"results": (_LIST, True)},

@@ -16,6 +16,7 @@ and says where, before anything is sent.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import msgpack
 from conveyor.limits import INT_MAX, INT_MIN, MAX_DEPTH
 
 BIGINT_EXT = 1  # MessagePack extension type of integers outside -2**63 .. 2**64-1
-_FIXARRAY_2 = 0x92  # the first byte of a MessagePack array of two elements
+_DECIMAL = re.compile(rb"-?[0-9]+")
 
 
 class PayloadError(ValueError):
@@ -41,10 +42,9 @@ def default(value: Any) -> Any:
 def ext_hook(code: int, data: bytes) -> Any:
     """msgpack's ``ext_hook``: :data:`BIGINT_EXT` back to an int; any other type is refused."""
     if code == BIGINT_EXT:
-        try:
-            return int(data.decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise PayloadError("a big-integer extension does not hold a decimal number") from exc
+        if not _DECIMAL.fullmatch(data):
+            raise PayloadError("a big-integer extension does not hold a decimal number")
+        return int(data)
     raise PayloadError(f"MessagePack extension type {code} is not allowed in a payload")
 
 
@@ -87,8 +87,9 @@ def unpack_call(data: bytes) -> tuple[list[Any], dict[str, Any]]:
 
 
 def looks_like_call(data: bytes) -> bool:
-    """The broker's envelope check: bytes that start a two-element array."""
-    return bool(data) and data[0] == _FIXARRAY_2
+    """The broker's envelope check: bytes that start a two-element array (fixarray, or the
+    longer array16/array32 forms a non-minimal encoder may use)."""
+    return data[:1] == b"\x92" or data[:3] == b"\xdc\x00\x02" or data[:5] == b"\xdd\x00\x00\x00\x02"
 
 
 EMPTY_CALL = pack_call((), {})

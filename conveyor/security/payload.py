@@ -33,12 +33,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import msgpack
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from conveyor.errors import ConfigError, PayloadDecryptError
+from conveyor.errors import ConfigError, InvalidJob, PayloadDecryptError
 from conveyor.job import Job
 from conveyor.limits import MAX_ERROR_MESSAGE, MAX_TRACEBACK
+from conveyor.protocol.payload import PayloadError, pack, unpack
 
 ENVELOPE_KEY: Final = "__conveyor_encrypted__"
 TEXT_PREFIX: Final = ENVELOPE_KEY + ":"
@@ -105,7 +105,10 @@ class PayloadCipher:
 
     # -- bytes ---------------------------------------------------------------------------
     def _seal(self, payload: Any, ctx: str) -> str:
-        packed = msgpack.packb([ctx, payload], use_bin_type=True)
+        try:
+            packed = pack([ctx, payload])
+        except PayloadError as exc:
+            raise InvalidJob("invalid", f"cannot seal the payload: {exc}", "payload") from exc
         return self._fernet.encrypt(packed).decode("ascii")
 
     def _open(self, token: str, ctx: str) -> Any:
@@ -116,8 +119,8 @@ class PayloadCipher:
                 "cannot decrypt the payload: no configured key fits, or it was altered"
             ) from exc
         try:
-            sealed_ctx, payload = msgpack.unpackb(packed, raw=False)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            sealed_ctx, payload = unpack(packed)
+        except (ValueError, TypeError) as exc:
             raise PayloadDecryptError("the decrypted payload is malformed") from exc
         if sealed_ctx != ctx:
             raise PayloadDecryptError(

@@ -130,13 +130,13 @@ class TokenRegistry:
         role, name or ttl and :class:`DuplicateTokenName` if the name is taken.
         """
         role = Role(role)
-        if name is not None and not _NAME.match(name):
+        if name is not None and not _NAME.fullmatch(name):
             raise ValueError(
                 f"token name {name!r} must be 1-64 letters, digits, '_', '.', '@' or '-' "
                 "and start with a letter or digit"
             )
-        if ttl is not None and not ttl > 0:
-            raise ValueError("a token's ttl must be a positive number of seconds")
+        if ttl is not None and not 0 < ttl < 100 * 365 * 86400:  # NaN and infinity too
+            raise ValueError("a token's ttl must be a positive number of seconds (< 100 years)")
         token = new_token()
         digest = hash_token(token)
         with self._locked():

@@ -179,6 +179,8 @@ class Worker:
             "pool": self.pool_kind,
             "defaults": defaults,
             "routes": {t.name: t.queue for t in self.registry},
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
 
     async def _session(self) -> None:

@@ -279,3 +279,49 @@ async def test_a_restart_requeues_what_was_running_in_its_order(home: Path, tmp_
         assert [j.id for j in await h.dispatch(fresh)] == ["a", "c", "d"]
     finally:
         await again.close()
+
+
+async def test_the_deadline_uses_the_tasks_timeout_and_a_cancel_wins(h: Harness) -> None:
+    await h.submit(job("a", max_retries=0), job("b"))  # no timeout of their own
+    worker = h.join(concurrency=2, prefetch=0, t=TaskOptions(timeout=1.0))
+    await h.dispatch(worker)
+    h.core.heartbeat(worker, ["a", "b"])
+    await h.core.cancel("b")
+    h.clock.advance(1.0 + GRACE + 0.1)
+    h.core.heartbeat(worker, ["a", "b"])
+    await h.core.reap(h.clock.now())
+    a, b = await h.get("a"), await h.get("b")
+    assert a.state is JobState.DEAD and a.error is not None and "1s timeout" in a.error["message"]
+    assert b.state is JobState.CANCELLED  # asked to stop, not failed and retried
+
+
+async def test_a_release_of_a_started_run_is_charged(h: Harness) -> None:
+    await h.submit(job("a"), job("b"))
+    worker = h.join(concurrency=1, prefetch=1)
+    jobs = await h.dispatch(worker)
+    h.core.heartbeat(worker, ["a"])
+    h.core.drain(worker)  # as a stopping worker does: nothing is dispatched to it again
+    await h.core.release(worker, {j.id: j.lease or 0 for j in jobs})
+    a, b = await h.get("a"), await h.get("b")
+    assert (a.state, a.attempts, b.state, b.attempts) == (JobState.QUEUED, 1, JobState.QUEUED, 0)
+    assert [e["event"] for e in await h.core.history("b")][-1] == "released"
+
+
+async def test_a_silent_idle_worker_is_stalled_before_it_gets_jobs(h: Harness) -> None:
+    worker = h.join()
+    h.clock.advance(LEASE + 1)
+    await h.core.reap(h.clock.now())
+    assert worker.stalled
+    await h.submit(job("a"))
+    assert await h.dispatch(worker) == []  # not given work it would only lose again
+    h.core.heartbeat(worker, [])
+    assert [j.id for j in await h.dispatch(worker)] == ["a"]
+
+
+async def test_a_running_jobs_lease_expiry_follows_its_workers_heartbeats(h: Harness) -> None:
+    await h.submit(job("a"))
+    worker = h.join()
+    await h.dispatch(worker)
+    h.clock.advance(7)
+    h.core.heartbeat(worker, ["a"])
+    assert h.core.lease_expiry(await h.get("a")) == h.clock.now() + LEASE

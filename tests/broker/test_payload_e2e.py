@@ -183,3 +183,12 @@ async def test_sync_client_key_from_the_environment_and_cli(
         cli, status_command, "--json", "--payload-key-file", str(key_file), env_key=False
     )
     assert '"SECRET"' in opened and "payload: encrypted" not in opened
+
+
+async def test_sealed_payloads_carry_big_integers(
+    sealing_client: AsyncClient, broker: Broker, start_worker: StartWorker
+) -> None:
+    await start_worker(payload_key_file=PayloadCipher.from_keys(KEY))
+    handle = await sealing_client.submit("add", a=2**70, b=1)
+    assert await handle.result(timeout=10) == 2**70 + 1
+    assert str(2**70) not in await stored(broker, handle.id)

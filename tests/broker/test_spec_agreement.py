@@ -159,3 +159,62 @@ async def test_the_broker_fails_a_run_its_worker_never_ends(broker: Broker, home
         assert (await broker.store.job_get("hung")) == dead
     finally:
         await worker.close()
+
+
+async def test_a_plain_list_page_with_big_integers_is_not_an_internal_error(
+    broker: Broker, home: Path
+) -> None:
+    await _submit(broker, home, {"task": "t", "id": "big", "args": [2**80]})
+    raw = await Raw.open(broker.port, home, hello=True)  # a plain session
+    try:
+        rid = raw.rid()
+        raw.send({"t": "list", "rid": rid, "limit": 10})
+        (reply,) = await raw.until(rid)
+    finally:
+        await raw.close()
+    assert reply["t"] == "jobs" and reply["jobs"][0]["args"] == [2**80]
+
+
+@pytest.mark.parametrize("cursor", ["²", "-1", "1e5", "9" * 19, ""])
+async def test_a_list_cursor_that_is_not_one_is_invalid(
+    broker: Broker, home: Path, cursor: str
+) -> None:
+    raw = await Raw.open(broker.port, home, hello=True)
+    try:
+        rid = raw.rid()
+        raw.send({"t": "list", "rid": rid, "cursor": cursor})
+        (reply,) = await raw.until(rid)
+    finally:
+        await raw.close()
+    assert (reply["t"], reply.get("field")) == ("error", "cursor")
+
+
+async def test_a_job_too_big_for_one_map_leaves_its_payload_out(broker: Broker, home: Path) -> None:
+    worker = await _raw_worker(broker, home, packed=True)
+    try:
+        await _submit(broker, home, {"task": "t", "id": "huge", "args": ["x" * 500_000]})
+        dispatch = await worker.recv()
+        assert dispatch is not None
+        (job,) = dispatch["jobs"]
+        result = pack("y" * 500_000)
+        worker.send(
+            {
+                "t": "report",
+                "results": [{"id": "huge", "lease": job["lease"], "ok": True, "result": result}],
+            }
+        )
+        assert (await worker.recv() or {})["t"] == "acked"
+    finally:
+        await worker.close()
+    raw = await Raw.open(broker.port, home)
+    try:
+        raw.send({"t": "hello", "v": 1, "token": admin_token(home), "features": ["packed"]})
+        await raw.recv()
+        rid = raw.rid()
+        raw.send({"t": "get", "rid": rid, "id": "huge"})
+        (reply,) = await raw.until(rid)
+    finally:
+        await raw.close()
+    assert reply["t"] == "job", reply  # not an internal error: the frame fits
+    assert reply["job"]["omitted"] == ["payload"] and "payload" not in reply["job"]
+    assert unpack(reply["job"]["result"]) == "y" * 500_000

@@ -64,7 +64,7 @@ def test_call_round_trip(cipher: PayloadCipher, args: list[Any], kwargs: dict[st
     assert cipher.open_call(sealed_args, sealed_kwargs, ctx="c") == (args, kwargs)
 
 
-@pytest.mark.parametrize("value", [None, 0, "terces", [1, [2]], {"k": "v"}, b"raw"])
+@pytest.mark.parametrize("value", [None, 0, "terces", [1, [2]], {"k": "v"}, 2**70])
 def test_value_round_trip(cipher: PayloadCipher, value: object) -> None:
     sealed = cipher.seal_value(value, ctx="r")
     assert is_sealed(sealed)

@@ -183,3 +183,17 @@ def test_save_creates_an_empty_registry(path: Path) -> None:
     TokenRegistry(path).save()
     assert json.loads(path.read_text()) == {"version": 1, "tokens": []}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["ok\n", "a b", "", "-lead"])
+def test_token_names_are_checked_whole(tmp_path: Path, name: str) -> None:
+    registry = TokenRegistry(tmp_path / "tokens.json")
+    with pytest.raises(ValueError, match="token name"):
+        registry.create(Role.PRODUCER, name, now=0.0)
+
+
+@pytest.mark.parametrize("ttl", [float("inf"), float("nan"), 0, -1])
+def test_a_ttl_must_be_a_real_positive_duration(tmp_path: Path, ttl: float) -> None:
+    registry = TokenRegistry(tmp_path / "tokens.json")
+    with pytest.raises(ValueError, match="ttl"):
+        registry.create(Role.PRODUCER, "x", ttl, now=0.0)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
-
-import msgpack
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.broker.routes.wire import job_map
@@ -20,6 +19,7 @@ from conveyor.limits import (
     MAX_WAITS,
 )
 from conveyor.protocol.frames import ErrorCode
+from conveyor.protocol.payload import pack
 from conveyor.stores.base import JobFilter
 from conveyor.validation import check_name, number, parse_job
 
@@ -58,7 +58,21 @@ async def _submit(peer: Peer, rid: int, jobs: list[JobRecord]) -> None:
     )
 
 
-def describe(peer: Peer, job: JobRecord, events: list[Any] | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a GET or WAIT asks the job map to carry besides the job's state."""
+
+    events: bool = True
+    payload: bool = True
+
+    @classmethod
+    def of(cls, frame: dict[str, Any]) -> Wanted:
+        return cls(frame.get("events", True) is not False, frame.get("payload", True) is not False)
+
+
+def describe(
+    peer: Peer, job: JobRecord, events: list[Any] | None, payload: bool = True
+) -> dict[str, Any]:
     core = peer.core
     return job_map(
         job,
@@ -66,24 +80,22 @@ def describe(peer: Peer, job: JobRecord, events: list[Any] | None) -> dict[str, 
         events=events,
         options=core.known_options(job.task),
         note=core.waiting_note(job),
+        payload=payload,
+        lease_expires=core.lease_expiry(job),
     )
 
 
-async def send_job(peer: Peer, rid: int, job: JobRecord, with_events: bool) -> None:
-    events = await peer.core.history(job.id) if with_events else None
-    peer.send({"t": "job", "rid": rid, "job": describe(peer, job, events)})
-
-
-def _events_wanted(frame: dict[str, Any]) -> bool:
-    return frame.get("events", True) is not False
+async def send_job(peer: Peer, rid: int, job: JobRecord, wanted: Wanted = Wanted()) -> None:
+    events = await peer.core.history(job.id) if wanted.events else None
+    peer.send({"t": "job", "rid": rid, "job": describe(peer, job, events, wanted.payload)})
 
 
 def get(peer: Peer, frame: dict[str, Any]) -> Reply:
-    return _get(peer, frame["rid"], frame["id"], _events_wanted(frame))
+    return _get(peer, frame["rid"], frame["id"], Wanted.of(frame))
 
 
-async def _get(peer: Peer, rid: int, job_id: str, with_events: bool) -> None:
-    await send_job(peer, rid, await peer.core.get(job_id), with_events)
+async def _get(peer: Peer, rid: int, job_id: str, wanted: Wanted) -> None:
+    await send_job(peer, rid, await peer.core.get(job_id), wanted)
 
 
 def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
@@ -95,12 +107,10 @@ def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
             ErrorCode.RATE_LIMITED, f"at most {MAX_WAITS} outstanding waits per connection"
         )
     peer.waits += 1  # counted at once, so a burst of WAITs cannot slip past the cap
-    return _wait(peer, frame["rid"], frame["id"], timeout, _events_wanted(frame))
+    return _wait(peer, frame["rid"], frame["id"], timeout, Wanted.of(frame))
 
 
-async def _wait(
-    peer: Peer, rid: int, job_id: str, timeout: float | None, with_events: bool
-) -> None:
+async def _wait(peer: Peer, rid: int, job_id: str, timeout: float | None, wanted: Wanted) -> None:
     """Reply with the job once it is final (or when ``timeout`` passes); no polling."""
     core = peer.core
     timer: asyncio.TimerHandle | None = None
@@ -109,15 +119,15 @@ async def _wait(
         if timer is not None:
             timer.cancel()
         peer.waits -= 1
-        if with_events:
-            core.spawn(send_job(peer, rid, job, True))
+        if wanted.events:
+            core.spawn(send_job(peer, rid, job, wanted))
         else:  # result(): state, result and error are all it needs; no read
-            peer.send({"t": "job", "rid": rid, "job": describe(peer, job, None)})
+            peer.send({"t": "job", "rid": rid, "job": describe(peer, job, None, wanted.payload)})
 
     def expired() -> None:
         core.waiters.discard(job_id, done)
         peer.waits -= 1
-        core.spawn(_get(peer, rid, job_id, with_events))
+        core.spawn(_get(peer, rid, job_id, wanted))
 
     try:
         final = await core.wait(job_id, peer, done)
@@ -126,7 +136,7 @@ async def _wait(
         raise
     if final is not None:
         peer.waits -= 1
-        await send_job(peer, rid, final, with_events)
+        await send_job(peer, rid, final, wanted)
     elif timeout is not None:
         timer = asyncio.get_running_loop().call_later(timeout, expired)
 
@@ -136,7 +146,7 @@ def cancel(peer: Peer, frame: dict[str, Any]) -> Reply:
 
 
 async def _cancel(peer: Peer, rid: int, job_id: str) -> None:
-    await send_job(peer, rid, await peer.core.cancel(job_id), True)
+    await send_job(peer, rid, await peer.core.cancel(job_id))
 
 
 _STATES = frozenset(s.value for s in JobState)
@@ -153,7 +163,7 @@ def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
     offset = number(frame, "offset", 0, MAX_LIST_OFFSET, integer=True) or 0
     cursor = frame.get("cursor")
     if cursor is not None and not (
-        isinstance(cursor, str) and cursor.isdigit() and len(cursor) < 20
+        isinstance(cursor, str) and cursor.isascii() and cursor.isdigit() and len(cursor) < 19
     ):
         raise invalid("cursor", "must be a cursor from an earlier JOBS reply")
     where = JobFilter(
@@ -174,7 +184,7 @@ async def _list(
     budget = peer.limits.max_frame_size - 1024
     size, fits = 0, len(wire)
     for i, job in enumerate(wire):
-        size += len(msgpack.packb(job, use_bin_type=True))
+        size += len(pack(job))
         if size > budget:
             fits = max(1, i)
             break

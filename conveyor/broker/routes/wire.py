@@ -17,7 +17,12 @@ from conveyor.job import (
     JobRecord,
 )
 from conveyor.lifecycle import TaskOptions
+from conveyor.limits import MAX_FRAME_SIZE
 from conveyor.protocol.payload import PayloadError, unpack, unpack_call
+
+#: payload + result bytes above which a job map leaves the payload out, so that any job's map
+#: fits in a default frame (each may be up to max_payload on its own)
+MAX_JOB_MAP_PAYLOAD = MAX_FRAME_SIZE - 64 * 1024
 
 
 def _or(*values: Any) -> Any:
@@ -31,8 +36,15 @@ def job_map(
     events: list[Event] | None = None,
     options: TaskOptions | None = None,
     note: str | None = None,
+    payload: bool = True,
+    lease_expires: float | None = None,
 ) -> dict[str, Any]:
-    """The job map; retry options not resolved yet show the task's (``options``) or 3/1/300."""
+    """The job map; retry options not resolved yet show the task's (``options``) or 3/1/300.
+
+    ``payload=False`` leaves the arguments out (a producer waiting for a result); they are
+    left out anyway when they and the result together would not fit in a frame (say so:
+    ``omitted: ["payload"]``).
+    """
     opts = options or TaskOptions()
     wire: dict[str, Any] = {
         "id": job.id,
@@ -51,18 +63,23 @@ def job_map(
         "attempts": job.attempts,
         "worker": job.worker,
         "lease": job.lease,
-        "lease_expires": job.lease_expires,
+        "lease_expires": lease_expires if lease_expires is not None else job.lease_expires,
         "error": job.error,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "cancel_requested": job.cancel_requested,
     }
+    if payload and len(job.payload) + len(job.result or b"") > MAX_JOB_MAP_PAYLOAD:
+        payload = False
+        wire["omitted"] = ["payload"]
     if packed:
-        wire["payload"] = job.payload
+        if payload:
+            wire["payload"] = job.payload
         wire["result"] = job.result
     else:
-        wire["args"], wire["kwargs"] = plain_call(job.payload)
+        if payload:
+            wire["args"], wire["kwargs"] = plain_call(job.payload)
         wire["result"] = plain_value(job.result)
     if events is not None:
         wire["events"] = events

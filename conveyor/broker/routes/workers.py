@@ -68,6 +68,8 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
         routes=_routes(frame.get("routes"), tasks),
         pool=str(frame.get("pool", ""))[:40],
         peer=peer.peer,
+        host=str(frame.get("host", ""))[:200],
+        pid=frame.get("pid"),
     )
     peer.send({"t": "ok", "rid": frame["rid"], "worker": peer.worker.id})
     return None
@@ -104,7 +106,12 @@ def _outcome(raw: Any, max_result: int) -> Outcome:
     if not isinstance(raw, dict):
         raise invalid("results", "each result must be a map")
     job_id, lease, ok = raw.get("id"), raw.get("lease"), raw.get("ok")
-    if not isinstance(job_id, str) or not isinstance(lease, int) or not isinstance(ok, bool):
+    if (
+        not isinstance(job_id, str)
+        or not isinstance(lease, int)
+        or isinstance(lease, bool)
+        or not isinstance(ok, bool)
+    ):
         raise invalid("results", "each result needs id (str), lease (int) and ok (bool)")
     if not ok:
         error = raw.get("error")
@@ -138,7 +145,11 @@ def _refused(raw: Any, why: str) -> Outcome | None:
         and isinstance(raw.get("id"), str)
         and isinstance(raw.get("lease"), int)
     ):
-        error = {"type": "InvalidReport", "message": f"the worker sent a bad result: {why}"}
+        error = {
+            "type": "InvalidReport",
+            "message": f"the worker sent a bad result: {why}",
+            "traceback": "",
+        }
         return Outcome(raw["id"], raw["lease"], False, None, error, None, True)
     return None
 
