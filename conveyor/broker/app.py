@@ -10,15 +10,18 @@ import secrets
 import sys
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import BrokerEvent
+from conveyor.broker.history import History
 from conveyor.broker.maintenance import LeaseReaper, Promoter, RetentionCleaner, Service
 from conveyor.broker.server import TLSServer
 from conveyor.broker.session import Session
 from conveyor.clock import SYSTEM_CLOCK, Clock
+from conveyor.errors import ConfigError
 from conveyor.security.tls import server_context
 from conveyor.security.tokens import TokenRegistry
 from conveyor.stores import open_store
@@ -60,13 +63,21 @@ class Broker:
         self.reaper.interval = min(1.0, config.lease / 4, config.deadline_grace / 2)
         self.promoter = Promoter(self.core, clock)
         self.cleaner = RetentionCleaner(self.core, clock)
+        self.history = History(self.core, clock)
         self.core.on_scheduled = self.promoter.wake
-        self._services: tuple[Service, ...] = (self.reaper, self.promoter, self.cleaner)
+        self._services: tuple[Service, ...] = (
+            self.reaper,
+            self.promoter,
+            self.cleaner,
+            self.history,
+        )
+        self.http: Any = None  # conveyor.http.server.HttpServer, when config.http_port is set
         self._stopped = asyncio.Event()
         self._changed = asyncio.Event()
         self.core.hub.subscribe(self._on_event)
         self.core.dispatcher.on_dispatch = self._changed.set
         self.core.gauges["connections"] = lambda: len(self.sessions)
+        self.core.gauges["jobs_per_second"] = lambda: round(self.history.jobs_per_second(), 3)
 
     # -- handy views (tests and tools) ---------------------------------------------------
     @property
@@ -97,14 +108,43 @@ class Broker:
         # Python's default hand-over interval, 1 ms keeps commit latency low.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         await self.core.open()
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            await self.core.close()
+            raise ConfigError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc} "
+                "(another broker? choose another --port)"
+            ) from exc
         self.core.info.update(url=self.url, store=self.store.url)
         for service in self._services:
             service.start()
         log.info("broker listening on %s (store %s)", self.url, self.store.url)
+        if self.config.http_port is not None:
+            await self._start_http()
+
+    async def _start_http(self) -> None:
+        from conveyor.http.server import serve  # the HTTP stack loads only if it is used
+
+        try:
+            self.http = await serve(self.core, self.history)
+        except OSError as exc:
+            await self.stop()
+            config = self.config
+            raise ConfigError(
+                f"cannot serve the HTTP API on {config.http_host}:{config.http_port}: "
+                f"{exc.strerror or exc} (choose another --http-port, or --no-http)"
+            ) from exc
+        self.core.info["http"] = self.http.url
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return None if self.http is None else str(self.http.url)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye to every client, flush the store."""
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop()
         for service in self._services:
             await service.stop()

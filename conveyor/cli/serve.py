@@ -57,8 +57,21 @@ def _split(values: tuple[str, ...]) -> list[str]:
     type=click.IntRange(0, 65535),
     default=DEFAULT_HTTP_PORT,
     show_default=True,
-    help="port for the HTTP API and dashboard (not served by this version yet)",
+    help="port for the HTTP API and the dashboard (0: any free port)",
 )
+@click.option(
+    "--http-host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="address for the HTTP API; a non-loopback one needs --http-tls (or --http-insecure)",
+)
+@click.option("--http-tls", is_flag=True, help="serve the HTTP API over HTTPS (broker's cert)")
+@click.option(
+    "--http-insecure",
+    is_flag=True,
+    help="allow plain HTTP on a non-loopback address (only behind a TLS proxy)",
+)
+@click.option("--no-http", is_flag=True, help="serve no HTTP API and no dashboard")
 @click.option("--store", "store_url", help="memory:// or sqlite:///path [sqlite in $CONVEYOR_HOME]")
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="server certificate")
@@ -136,23 +149,34 @@ def broker(**opts: object) -> None:
         files, created = ensure_broker_files(home, _split((str(opts["hosts"]),)), now=time.time())
     for line in created:
         click.echo(line)
-    click.echo("HTTP API and dashboard: not part of this version (--http-port is reserved)")
-    config = BrokerConfig(
-        host=str(opts["host"]),
-        port=int(opts["port"]),  # type: ignore[call-overload]
-        store_url=str(opts["store_url"] or default_store_url(home)),
-        home=home,
-        cert_file=Path(str(opts["tls_cert"])) if opts["tls_cert"] else files.cert_file,
-        key_file=Path(str(opts["tls_key"])) if opts["tls_key"] else files.key_file,
-        client_ca_file=Path(str(opts["client_ca"])) if opts["client_ca"] else None,
-        tokens_file=files.tokens_file,
-        heartbeat=float(opts["heartbeat"]),  # type: ignore[arg-type]
-        lease=float(opts["lease"]),  # type: ignore[arg-type]
-        deadline_grace=float(opts["deadline_grace"]),  # type: ignore[arg-type]
-        retention=float(opts["retention"]),  # type: ignore[arg-type]
-        limits=_limits(opts),
-    )
+    with errors_as_exit():
+        config = _config(opts, home, files)
     run_loop(_serve_broker(config))
+
+
+def _config(opts: dict[str, Any], home: Path, files: Any) -> BrokerConfig:
+    try:
+        return BrokerConfig(
+            host=str(opts["host"]),
+            port=int(opts["port"]),
+            store_url=str(opts["store_url"] or default_store_url(home)),
+            home=home,
+            cert_file=Path(str(opts["tls_cert"])) if opts["tls_cert"] else files.cert_file,
+            key_file=Path(str(opts["tls_key"])) if opts["tls_key"] else files.key_file,
+            client_ca_file=Path(str(opts["client_ca"])) if opts["client_ca"] else None,
+            tokens_file=files.tokens_file,
+            heartbeat=float(opts["heartbeat"]),
+            lease=float(opts["lease"]),
+            deadline_grace=float(opts["deadline_grace"]),
+            retention=float(opts["retention"]),
+            limits=_limits(opts),
+            http_port=None if opts["no_http"] else int(opts["http_port"]),
+            http_host=str(opts["http_host"]),
+            http_tls=bool(opts["http_tls"]),
+            http_insecure=bool(opts["http_insecure"]),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _limits(opts: dict[str, Any]) -> Limits:
@@ -179,6 +203,8 @@ async def _serve_broker(config: BrokerConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     click.echo(f"broker ready on {b.url}  (store {b.store.url}, home {config.home})", err=False)
+    if b.dashboard_url:
+        click.echo(f"dashboard and HTTP API: {b.dashboard_url}  (API docs: {b.dashboard_url}docs)")
     click.echo(
         f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})"
     )

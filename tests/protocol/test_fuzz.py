@@ -60,8 +60,9 @@ def valid_frames(draw: st.DrawFn) -> dict[str, Any]:
     for key, (types, required) in FRAME_SCHEMAS[ftype].items():
         if required or draw(st.booleans()):
             frame[key] = draw(st.one_of(*(_BY_TYPE[t] for t in types)))
-    if draw(st.booleans()):  # unknown extra fields must be ignored
-        frame[draw(st.text(min_size=2, max_size=6).filter(lambda k: k != "t"))] = draw(values)
+    if draw(st.booleans()):  # unknown extra fields must be ignored (known ones keep their types)
+        known = FRAME_SCHEMAS[ftype].keys() | {"t"}
+        frame[draw(st.text(min_size=2, max_size=6).filter(lambda k: k not in known))] = draw(values)
     return frame
 
 

@@ -1,0 +1,176 @@
+"""The shapes of the HTTP API's requests and answers (they make ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conveyor.limits import MAX_DELAY, MAX_PRIORITY, MAX_RETRIES, MAX_TIMEOUT, MIN_PRIORITY
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="the protocol's error code (invalid, not_found, ...)")
+    message: str
+    field: str | None = Field(None, description="with invalid: the offending field")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok" while the broker serves')
+    version: str
+    uptime: float
+
+
+class SubmitBody(BaseModel):
+    """A job to submit. ``payload`` is the keyword arguments (a JSON object) or the
+    positional ones (a JSON array); ``kwargs``/``args`` say it explicitly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] | list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    args: list[Any] | None = None
+    priority: int | None = Field(None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    queue: str | None = Field(None, min_length=1, max_length=100)
+    delay: float | None = Field(None, ge=0, le=MAX_DELAY)
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT)
+    unique_key: str | None = Field(None, min_length=1, max_length=200)
+    id: str | None = Field(None, min_length=1, max_length=100)
+
+
+class Submitted(BaseModel):
+    id: str
+    state: str
+    created: bool = Field(description="false: an existing job was returned (same id or key)")
+
+
+class IdsBody(BaseModel):
+    """Dead jobs to act on: ``ids``, or every one with ``all: true``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = Field(None, max_length=10_000)
+    all: bool = False
+
+
+class Count(BaseModel):
+    count: int
+
+
+class JobSummary(BaseModel):
+    id: str
+    task: str
+    queue: str
+    priority: int
+    state: str
+    attempts: int
+    max_retries: int
+    worker: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    eta: float | None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+class JobDetail(JobSummary):
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retry_backoff: float
+    retry_backoff_max: float
+    timeout: float | None
+    unique_key: str | None
+    cancel_requested: bool
+    waiting: str | None = None
+    attempts_detail: list[dict[str, Any]] = Field(
+        description="each attempt: number, worker, started, ended, outcome, error, traceback"
+    )
+    events: list[dict[str, Any]]
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
+
+
+class Stats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    states: dict[str, int]
+    totals: dict[str, int]
+    queues: dict[str, dict[str, int]]
+    tasks: dict[str, dict[str, int]]
+    priorities: dict[str, dict[str, int]]
+    workers: dict[str, int] = Field(description="total, idle, busy, stalled, draining")
+    requeued: int
+    jobs_per_second: float = Field(description="completions per second over the last minute")
+    paused: list[str]
+    run_time: dict[str, float | None] = Field(description="p50/p95/p99 seconds, recent jobs")
+    wait_time: dict[str, float | None]
+
+
+class WorkerInfo(BaseModel):
+    id: str
+    name: str
+    host: str
+    pid: int | None
+    peer: str
+    tasks: list[str]
+    queues: list[str]
+    pool: str
+    concurrency: int
+    prefetch: int
+    busy: int = Field(description="slots running a job now")
+    held: int = Field(description="jobs dispatched to it and not yet reported")
+    jobs: list[str] = Field(description="the jobs it is running")
+    completed: int
+    failed: int
+    stalled: bool
+    draining: bool
+    connected_at: float
+    last_heartbeat: float
+
+
+class QueueInfo(BaseModel):
+    name: str
+    paused: bool
+    counts: dict[str, int]
+    tasks: list[str]
+    workers: int = Field(description="connected workers serving it")
+
+
+class TaskInfo(BaseModel):
+    name: str
+    queues: list[str]
+    workers: int
+    retries: int | None
+    timeout: float | None
+
+
+class PauseResult(BaseModel):
+    queue: str
+    paused: bool
+
+
+class SecurityInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    tls: bool
+    protocols: list[str]
+    certificate: dict[str, Any]
+    mutual_tls: bool
+    auth: str
+    http_tls: bool
+    limits: dict[str, Any]
+    rejected_plaintext: int
+    tls_failures: int
+    auth_failures: int

@@ -1,0 +1,146 @@
+"""Broker state as the JSON the HTTP API answers with (payloads decoded for people)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.broker.core import BrokerCore
+from conveyor.broker.dispatch import WorkerRef
+from conveyor.broker.history import History
+from conveyor.broker.routes.wire import plain_call, plain_value
+from conveyor.job import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    Event,
+    JobRecord,
+)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
+    options = core.known_options(job.task)
+    error = job.error or {}
+    return {
+        "id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "priority": job.priority,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "max_retries": _or(job.max_retries, _or(options and options.retries, DEFAULT_RETRIES)),
+        "worker": job.worker,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "eta": job.eta,
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+    }
+
+
+def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[str, Any]:
+    args, kwargs = plain_call(job.payload)
+    return {
+        **job_summary(job, core),
+        "args": args,
+        "kwargs": kwargs,
+        "result": plain_value(job.result),
+        "error": job.error,
+        "retry_backoff": _or(job.retry_backoff, DEFAULT_RETRY_BACKOFF),
+        "retry_backoff_max": _or(job.retry_backoff_max, DEFAULT_RETRY_BACKOFF_MAX),
+        "timeout": job.timeout,
+        "unique_key": job.unique_key,
+        "cancel_requested": job.cancel_requested,
+        "waiting": core.waiting_note(job),
+        "attempts_detail": attempts(events),
+        "events": events,
+    }
+
+
+_ENDS = {"completed", "failed", "requeued", "released", "cancelled"}
+
+
+def attempts(events: list[Event]) -> list[dict[str, Any]]:
+    """One entry per run, from the history: who ran it, when, how it ended, and why."""
+    runs: list[dict[str, Any]] = []
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "started":
+            runs.append(
+                {
+                    "attempt": ev.get("attempt", len(runs) + 1),
+                    "worker": ev.get("worker"),
+                    "started": ev.get("at"),
+                    "ended": None,
+                    "outcome": "running",
+                }
+            )
+        elif kind in _ENDS and runs and runs[-1]["ended"] is None:
+            run = runs[-1]
+            run["ended"] = ev.get("at")
+            run["outcome"] = kind
+            if kind == "failed":
+                run["error"] = ev.get("error")
+                if "traceback" in ev:
+                    run["traceback"] = ev["traceback"]
+            if "reason" in ev:
+                run["reason"] = ev["reason"]
+    return runs
+
+
+def worker_info(worker: WorkerRef) -> dict[str, Any]:
+    return {
+        "id": worker.id,
+        "name": worker.name,
+        "host": worker.host,
+        "pid": worker.pid,
+        "peer": worker.peer,
+        "tasks": sorted(worker.tasks),
+        "queues": list(worker.queues),
+        "pool": worker.pool,
+        "concurrency": worker.concurrency,
+        "prefetch": worker.prefetch,
+        "busy": len(worker.started),
+        "held": len(worker.holding),
+        "jobs": sorted(worker.started),
+        "completed": worker.completed,
+        "failed": worker.failed,
+        "stalled": worker.stalled,
+        "draining": worker.draining,
+        "connected_at": worker.connected_at,
+        "last_heartbeat": worker.last_heartbeat,
+    }
+
+
+def worker_counts(workers: list[WorkerRef]) -> dict[str, int]:
+    busy = sum(1 for w in workers if w.started)
+    return {
+        "total": len(workers),
+        "busy": busy,
+        "idle": len(workers) - busy,
+        "stalled": sum(1 for w in workers if w.stalled),
+        "draining": sum(1 for w in workers if w.draining),
+    }
+
+
+async def stats(core: BrokerCore, history: History) -> dict[str, Any]:
+    data = await core.store.stats()
+    workers = list(core.dispatcher.workers.values())
+    rates = history.percentiles()
+    return {
+        "states": data["states"],
+        "totals": data["totals"],
+        "queues": data["queues"],
+        "tasks": data["tasks"],
+        "priorities": data["priorities"],
+        "workers": worker_counts(workers),
+        "requeued": data["totals"]["requeued"],
+        "jobs_per_second": round(history.jobs_per_second(), 3),
+        "paused": sorted(core.paused),
+        "run_time": rates["run"],
+        "wait_time": rates["wait"],
+    }
