@@ -59,6 +59,7 @@ class LocalSystem:
             "-m",
             "conveyor",
             "broker",
+            "--no-http",
             "--port",
             "0",
             "--store",

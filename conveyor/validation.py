@@ -84,7 +84,10 @@ def _payload(raw: dict[str, Any], max_payload: int) -> bytes:
                 check_json(value, fld)
             except PayloadError as exc:
                 raise invalid(fld, str(exc)) from None
-        packed = pack_call(args, kwargs)
+        try:
+            packed = pack_call(args, kwargs)
+        except PayloadError as exc:  # a string that is not valid Unicode (a lone surrogate)
+            raise invalid("payload", f"cannot be encoded: {exc}") from None
     if len(packed) > max_payload:
         raise invalid("payload", f"is {len(packed)} bytes packed; the limit is {max_payload}")
     return packed
@@ -99,6 +102,14 @@ def _retry_options(raw: dict[str, Any]) -> tuple[int | None, float | None, float
         None if backoff is None else float(backoff),
         None if backoff_max is None else float(backoff_max),
     )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not text any store or peer can keep
+        return False
+    return True
 
 
 def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord:
@@ -127,7 +138,9 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
         eta = now + delay
     unique_key = raw.get("unique_key")
     if unique_key is not None and (
-        not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY
+        not isinstance(unique_key, str)
+        or not 0 < len(unique_key) <= MAX_UNIQUE_KEY
+        or not _encodable(unique_key)
     ):
         raise invalid("unique_key", f"must be a string of 1 to {MAX_UNIQUE_KEY} characters")
     job_id = raw.get("id")

@@ -63,7 +63,9 @@ class BrokerCore:
         self.clock = clock
         self.hub = EventHub()
         self.waiters = Waiters()
-        self.dispatcher = Dispatcher(store, clock, config.lease, self._orphaned)
+        self.dispatcher = Dispatcher(
+            store, clock, config.lease, self._orphaned, on_claimed=self._claimed
+        )
         self.routes: dict[str, str] = {}  # task -> queue, as workers announce them
         self._options: dict[str, TaskOptions] = {}  # task -> its options, as last announced
         self.metrics: Counter[str] = Counter()
@@ -131,6 +133,12 @@ class BrokerCore:
             if not pending:
                 break
         return done
+
+    def _claimed(self, jobs: list[JobRecord]) -> None:
+        """Jobs the dispatcher just started: the event stream hears of them too."""
+        now = self.clock.now()
+        for job in jobs:
+            self.hub.publish(JobChanged(job, JobState.QUEUED, now))
 
     def _changed(self, old: JobState | None, job: JobRecord) -> None:
         if job.state.is_final:

@@ -141,12 +141,14 @@ class Dispatcher:
         lease_seconds: float,
         on_orphans: Callable[[WorkerRef, list[JobRecord]], Awaitable[None]],
         on_dispatch: Callable[[], None] | None = None,
+        on_claimed: Callable[[list[JobRecord]], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.on_orphans = on_orphans
         self.on_dispatch = on_dispatch
+        self.on_claimed = on_claimed
         self.workers: dict[str, WorkerRef] = {}
         self.paused: set[str] = set()  # queues whose jobs are kept, not dispatched
         self._pending = False
@@ -220,6 +222,8 @@ class Dispatcher:
             worker.took(jobs)
             self.dispatched += len(jobs)
             worker.link.dispatch(jobs)
+            if self.on_claimed is not None:
+                self.on_claimed(jobs)
             if self.on_dispatch is not None:
                 self.on_dispatch()
             if worker.free > 0:

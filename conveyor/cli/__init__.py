@@ -11,6 +11,7 @@ from conveyor.cli.keys import keygen_command
 from conveyor.cli.queues import queue_group
 from conveyor.cli.serve import broker, dev, worker
 from conveyor.cli.tokens import token_group
+from conveyor.cli.top import top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,7 @@ for command in (
     cancel,
     jobs_command,
     stats,
+    top,
     dlq,
     queue_group,
     certs_command,

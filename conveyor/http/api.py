@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -28,6 +28,7 @@ from conveyor.http.schemas import (
     Health,
     IdsBody,
     JobDetail,
+    JobId,
     JobPage,
     PauseResult,
     QueueInfo,
@@ -40,7 +41,7 @@ from conveyor.http.schemas import (
 )
 from conveyor.http.security_info import security
 from conveyor.job import JobState
-from conveyor.limits import MAX_JOB_ID, MAX_QUEUE_NAME, MAX_TASK_NAME
+from conveyor.limits import MAX_JOB_ID, MAX_QUEUE_NAME, MAX_TASK_NAME, NAME_PATTERN
 from conveyor.stores.base import JobFilter
 from conveyor.validation import check_name, parse_job
 
@@ -50,7 +51,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 StateName = Literal["scheduled", "queued", "running", "completed", "dead", "cancelled"]
-Name = Annotated[str, Query(min_length=1, max_length=MAX_TASK_NAME)]
+NAME = f"^{NAME_PATTERN}$"
+QueueName = Annotated[str, Path(min_length=1, max_length=MAX_QUEUE_NAME, pattern=NAME)]
 
 
 @dataclass(slots=True)
@@ -60,7 +62,7 @@ class Context:
     core: BrokerCore
     history: History
     metrics: Metrics
-    cert_file: Path
+    cert_file: FilePath
     http_tls: bool
     version: str
 
@@ -167,11 +169,15 @@ async def tasks(ctx: Reader) -> list[dict[str, Any]]:
 async def jobs(
     ctx: Reader,
     state: StateName | None = None,
-    task: Annotated[str | None, Query(min_length=1, max_length=MAX_TASK_NAME)] = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=MAX_QUEUE_NAME)] = None,
+    task: Annotated[str | None, Query(min_length=1, max_length=MAX_TASK_NAME, pattern=NAME)] = None,
+    queue: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_QUEUE_NAME, pattern=NAME)
+    ] = None,
     priority: Annotated[int | None, Query(ge=1, le=10)] = None,
-    worker: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=MAX_JOB_ID)] = None,
+    worker: Annotated[
+        str | None, Query(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@#\-]+$")
+    ] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=MAX_JOB_ID, pattern=NAME)] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
@@ -245,8 +251,10 @@ async def retry(job: str, ctx: Admin) -> dict[str, Any]:
 @router.get("/api/dlq", response_model=JobPage, tags=["dead letters"])
 async def dlq(
     ctx: Admin,
-    queue: Annotated[str | None, Query(min_length=1, max_length=MAX_QUEUE_NAME)] = None,
-    task: Annotated[str | None, Query(min_length=1, max_length=MAX_TASK_NAME)] = None,
+    queue: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_QUEUE_NAME, pattern=NAME)
+    ] = None,
+    task: Annotated[str | None, Query(min_length=1, max_length=MAX_TASK_NAME, pattern=NAME)] = None,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
@@ -273,7 +281,7 @@ async def dlq_retry(body: IdsBody, ctx: Admin) -> dict[str, Any]:
 @router.delete("/api/dlq", response_model=Count, tags=["dead letters"])
 async def dlq_purge(
     ctx: Admin,
-    id: Annotated[list[str] | None, Query(max_length=1000)] = None,
+    id: Annotated[list[JobId] | None, Query(max_length=1000)] = None,
     all: bool = False,
 ) -> dict[str, Any]:
     """Delete dead jobs for good: ``?id=...`` (repeated), or ``?all=true``."""
@@ -281,14 +289,14 @@ async def dlq_purge(
 
 
 @router.post("/api/queues/{name}/pause", response_model=PauseResult, tags=["queues"])
-async def pause(name: str, ctx: Admin) -> dict[str, Any]:
+async def pause(name: QueueName, ctx: Admin) -> dict[str, Any]:
     """Keep taking the queue's jobs, dispatch none (survives a restart)."""
     await ctx.core.pause(check_name(name, "queue", MAX_QUEUE_NAME), True)
     return {"queue": name, "paused": True}
 
 
 @router.post("/api/queues/{name}/resume", response_model=PauseResult, tags=["queues"])
-async def resume(name: str, ctx: Admin) -> dict[str, Any]:
+async def resume(name: QueueName, ctx: Admin) -> dict[str, Any]:
     """Dispatch the queue's jobs again."""
     await ctx.core.pause(check_name(name, "queue", MAX_QUEUE_NAME), False)
     return {"queue": name, "paused": False}

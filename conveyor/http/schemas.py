@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from conveyor.limits import MAX_DELAY, MAX_PRIORITY, MAX_RETRIES, MAX_TIMEOUT, MIN_PRIORITY
+from conveyor.limits import (
+    MAX_DELAY,
+    MAX_PRIORITY,
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    MIN_PRIORITY,
+    MIN_TIMEOUT,
+    NAME_PATTERN,
+)
+
+NAME = f"^{NAME_PATTERN}$"  # task, queue and job names: letters, digits and _ . : -
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME)]
 
 
 class ErrorDetail(BaseModel):
@@ -27,21 +38,29 @@ class Health(BaseModel):
 
 class SubmitBody(BaseModel):
     """A job to submit. ``payload`` is the keyword arguments (a JSON object) or the
-    positional ones (a JSON array); ``kwargs``/``args`` say it explicitly."""
+    positional ones (a JSON array); ``kwargs``/``args`` say it explicitly (not with
+    ``payload``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "anyOf": [{"required": ["payload", "kwargs"]}, {"required": ["payload", "args"]}]
+            }
+        },
+    )
 
-    task: str = Field(min_length=1, max_length=200)
+    task: str = Field(min_length=1, max_length=200, pattern=NAME)
     payload: dict[str, Any] | list[Any] | None = None
     kwargs: dict[str, Any] | None = None
     args: list[Any] | None = None
     priority: int | None = Field(None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
-    queue: str | None = Field(None, min_length=1, max_length=100)
+    queue: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
     delay: float | None = Field(None, ge=0, le=MAX_DELAY)
     retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
-    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT)
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
     unique_key: str | None = Field(None, min_length=1, max_length=200)
-    id: str | None = Field(None, min_length=1, max_length=100)
+    id: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
 
 
 class Submitted(BaseModel):
@@ -55,7 +74,7 @@ class IdsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] | None = Field(None, max_length=10_000)
+    ids: list[JobId] | None = Field(None, max_length=10_000)
     all: bool = False
 
 

@@ -32,6 +32,7 @@ async def _start_broker(home: Path, port: int, db: Path) -> asyncio.subprocess.P
         "-m",
         "conveyor",
         "broker",
+        "--no-http",
         "--port",
         str(port),
         "--home",

@@ -492,7 +492,7 @@ async def test_soak_hostile_storm_while_jobs_flow(
     broker_log = tmp_path / "broker.log"
     with broker_log.open("wb") as err:  # the child inherits the descriptor
         broker = await spawn(
-            *("broker", "--port", "0", "--store", "memory://", "--home", str(home)),
+            *("broker", "--no-http", "--port", "0", "--store", "memory://", "--home", str(home)),
             *("--log-level", "WARNING"),
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
