@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import click
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
-from conveyor.cli._util import duration_option
+from conveyor.cli._tasks import import_task_modules
+from conveyor.cli._util import duration_option, log_level_option
 from conveyor.config import (
     DEFAULT_BROKER_PORT,
     DEFAULT_HOST,
@@ -33,14 +36,14 @@ from conveyor.worker import POOL_KINDS
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def run_loop(main: object) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine on uvloop when it is installed."""
     try:
         import uvloop
-
-        uvloop.run(main)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(main)  # type: ignore[arg-type]
+    except ImportError:  # only uvloop's own absence: an ImportError in ``main`` propagates
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -127,7 +130,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="seconds a producer connection may stay silent",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
 def broker(**opts: object) -> None:
     """Run the broker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
@@ -173,7 +176,11 @@ def _limits(opts: dict[str, Any]) -> Limits:
 async def _serve_broker(config: BrokerConfig) -> None:
     with errors_as_exit():
         b = Broker(config)
-        await b.start()
+        try:
+            await b.start()
+        except OSError as exc:  # the listening socket: port taken, address not ours, ...
+            await b.stop()
+            raise click.ClickException(_bind_error(config, exc)) from None
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,6 +193,16 @@ async def _serve_broker(config: BrokerConfig) -> None:
     await stopping.wait()
     logging.getLogger("conveyor.broker").info("stopping: flushing the store, saying goodbye")
     await b.stop()
+
+
+def _bind_error(config: BrokerConfig, exc: OSError) -> str:
+    where = f"{config.host}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: port {config.port} is already in use (another broker?); "
+            "stop it or pick another port with --port"
+        )
+    return f"cannot listen on {where}: {exc.strerror or exc}; check --host and --port"
 
 
 @click.command()
@@ -216,11 +233,13 @@ async def _serve_broker(config: BrokerConfig) -> None:
     help="open end-to-end encrypted jobs with these keys (conveyor keygen) "
     "[env CONVEYOR_PAYLOAD_KEY_FILE]",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
 def worker(**opts: object) -> None:
     """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
     logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
     sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
+    with errors_as_exit():
+        import_task_modules(_split(opts["modules"]))  # type: ignore[arg-type]
     run_loop(_serve_worker(opts))
 
 
