@@ -13,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from conveyor.cli._client import echo_json, with_client
+from conveyor.cli._exit import Failed, NotDone
 from conveyor.cli._util import duration_option
 from conveyor.client.sync import Client
+from conveyor.errors import JobFailed
 from conveyor.job import Job, JobState
 from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call, load_payload_keys
 
@@ -73,10 +75,7 @@ def _print_result(job: Job) -> None:
             )
         click.echo(json.dumps(job.result, default=str))
         return
-    err = job.error or {}
-    raise click.ClickException(
-        f"job {job.id} is {job.state.value}: {err.get('type', '')}: {err.get('message', '')}"
-    )
+    raise Failed(str(JobFailed(job)))  # "job ID is dead: RuntimeError: kaput"
 
 
 @click.command()
@@ -118,7 +117,7 @@ def submit(
 def _wait(client: Client, job_id: str, timeout: float | None) -> Job:
     job = client.wait(job_id, timeout)
     if not job.state.is_final:
-        raise click.ClickException(f"job {job_id} is still {job.state.value} after {timeout}s")
+        raise NotDone(f"job {job_id} is still {job.state.value} after {timeout}s")
     return job
 
 
@@ -131,11 +130,11 @@ def _wait(client: Client, job_id: str, timeout: float | None) -> Job:
 def result(
     client: Client, job_id: str, wait: bool, timeout: float | None, payload_key_file: str | None
 ) -> None:
-    """Print a job's result (JSON); exits 1 if it failed or is not done."""
+    """Print a job's result (JSON); exit 1 if it failed, 4 if it is not done yet."""
     use_payload_keys(client, payload_key_file)
     job = _wait(client, job_id, timeout) if wait else client.get(job_id)
     if not job.state.is_final:
-        raise click.ClickException(f"job {job_id} is {job.state.value}; use --wait to wait")
+        raise NotDone(f"job {job_id} is {job.state.value}; use --wait to wait")
     _print_result(job)
 
 

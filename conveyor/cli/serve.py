@@ -135,7 +135,7 @@ def broker(**opts: object) -> None:
     """Run the broker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
     home = home_dir(opts["home"])  # type: ignore[arg-type]
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         files, created = ensure_broker_files(home, _split((str(opts["hosts"]),)), now=time.time())
     for line in created:
         click.echo(line)
@@ -174,7 +174,7 @@ def _limits(opts: dict[str, Any]) -> Limits:
 
 
 async def _serve_broker(config: BrokerConfig) -> None:
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         b = Broker(config)
         try:
             await b.start()
@@ -238,7 +238,7 @@ def worker(**opts: object) -> None:
     """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
     logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
     sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         import_task_modules(_split(opts["modules"]))  # type: ignore[arg-type]
     run_loop(_serve_worker(opts))
 
@@ -246,7 +246,7 @@ def worker(**opts: object) -> None:
 async def _serve_worker(opts: dict[str, object]) -> None:
     from conveyor.worker.runner import Worker
 
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         w = Worker(
             _split(opts["modules"]),  # type: ignore[arg-type]
             url=opts["broker_url"],  # type: ignore[arg-type]
@@ -265,7 +265,7 @@ async def _serve_worker(opts: dict[str, object]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         await w.run()
 
 
