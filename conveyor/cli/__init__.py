@@ -6,9 +6,10 @@ import click
 
 from conveyor.cli.certs import certs_command
 from conveyor.cli.dlq import dlq
-from conveyor.cli.jobs import cancel, jobs_command, result, stats, status, submit
+from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
 from conveyor.cli.serve import broker, dev, worker
+from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
 
 

@@ -1,141 +1,28 @@
-"""submit, result, status, cancel, jobs, stats: the producer's commands."""
+"""status, cancel, jobs, stats: looking at jobs and the broker (submit.py sends them)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from conveyor.cli._client import echo_json, with_client
-from conveyor.cli._exit import Failed, NotDone
-from conveyor.cli._util import duration_option
+from conveyor.cli.submit import payload_key_option, use_payload_keys
 from conveyor.client.sync import Client
-from conveyor.errors import JobFailed
 from conveyor.job import Job, JobState
-from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call, load_payload_keys
+from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call
 
 console = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def payload_key_option(fn: F) -> F:
-    """--payload-key-file: seal what is sent and open what comes back with these keys."""
-    return click.option(
-        "--payload-key-file",
-        type=click.Path(exists=True, dir_okay=False),
-        envvar="CONVEYOR_PAYLOAD_KEY_FILE",
-        help="end-to-end payload encryption keys (conveyor keygen) [env CONVEYOR_PAYLOAD_KEY_FILE]",
-    )(fn)
-
-
-def use_payload_keys(client: Client, key_file: str | None) -> None:
-    if key_file is not None:
-        client.cipher = load_payload_keys(key_file)
-
-
-def parse_pairs(pairs: tuple[str, ...], json_text: str | None) -> dict[str, Any]:
-    """``key=value`` pairs (values parsed as JSON when they parse, else strings)."""
-    payload: dict[str, Any] = {}
-    if json_text is not None:
-        try:
-            loaded = json.loads(json_text)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from exc
-        if not isinstance(loaded, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--json")
-        payload.update(loaded)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="PAYLOAD")
-        try:
-            payload[key] = json.loads(value)
-        except json.JSONDecodeError:
-            payload[key] = value
-    return payload
 
 
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _print_result(job: Job) -> None:
-    if job.state is JobState.COMPLETED:
-        if is_sealed(job.result):
-            raise click.ClickException(
-                f"the result of job {job.id} is encrypted; pass --payload-key-file with its key"
-            )
-        click.echo(json.dumps(job.result, default=str))
-        return
-    raise Failed(str(JobFailed(job)))  # "job ID is dead: RuntimeError: kaput"
-
-
-@click.command()
-@click.argument("task")
-@click.argument("payload", nargs=-1)
-@click.option("--json", "json_text", metavar="JSON", help="kwargs as a JSON object")
-@click.option("--priority", type=click.IntRange(1, 10), help="1 most urgent … 10 least [5]")
-@click.option("--queue", help="queue name [default]")
-@click.option("--delay", callback=duration_option, help="run after a delay: 30, 30s, 5m, 2h")
-@click.option("--retries", type=click.IntRange(0, 100), help="retries after a failure [3]")
-@click.option("--timeout", "job_timeout", callback=duration_option, help="job time limit")
-@click.option("--unique-key", help="dedupe: return the live job with this key instead")
-@click.option("--id", "job_id", help="choose the job id (a resubmit is then idempotent)")
-@click.option("--wait", is_flag=True, help="wait for the result and print it")
-@click.option("--wait-timeout", type=float, default=None, help="seconds to wait with --wait")
-@payload_key_option
-@with_client
-def submit(
-    client: Client,
-    task: str,
-    payload: tuple[str, ...],
-    json_text: str | None,
-    wait: bool,
-    wait_timeout: float | None,
-    job_timeout: float | None,
-    payload_key_file: str | None,
-    **options: Any,
-) -> None:
-    """Submit a job: conveyor submit fibonacci n=30 --priority 1 --wait"""
-    use_payload_keys(client, payload_key_file)
-    kwargs = parse_pairs(payload, json_text)
-    handle = client.submit(task, kwargs=kwargs, timeout=job_timeout, **options)
-    if not wait:
-        click.echo(handle.id)
-        return
-    _print_result(_wait(client, handle.id, wait_timeout))
-
-
-def _wait(client: Client, job_id: str, timeout: float | None) -> Job:
-    job = client.wait(job_id, timeout)
-    if not job.state.is_final:
-        raise NotDone(f"job {job_id} is still {job.state.value} after {timeout}s")
-    return job
-
-
-@click.command()
-@click.argument("job_id")
-@click.option("--wait", is_flag=True, help="wait until the job is final")
-@click.option("--timeout", type=float, default=None, help="seconds to wait with --wait")
-@payload_key_option
-@with_client
-def result(
-    client: Client, job_id: str, wait: bool, timeout: float | None, payload_key_file: str | None
-) -> None:
-    """Print a job's result (JSON); exit 1 if it failed, 4 if it is not done yet."""
-    use_payload_keys(client, payload_key_file)
-    job = _wait(client, job_id, timeout) if wait else client.get(job_id)
-    if not job.state.is_final:
-        raise NotDone(f"job {job_id} is {job.state.value}; use --wait to wait")
-    _print_result(job)
 
 
 @click.command()
