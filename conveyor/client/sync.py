@@ -16,8 +16,10 @@ from conveyor.client._base import (
     job_spec,
     list_frame,
     read_job,
+    reply_map,
     split_options,
     submitted_ids,
+    token_create_frame,
     wait_frame,
 )
 from conveyor.client.endpoint import make_endpoint
@@ -196,3 +198,20 @@ class Client:
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int(self._request(dlq_frame("dlq_purge", ids), resend=False)["count"])
+
+    # -- tokens (an admin token) -------------------------------------------------------
+    def token_create(
+        self, role: str, name: str | None = None, ttl: float | None = None
+    ) -> dict[str, Any]:
+        """Create a token on the broker: ``{"token": "cvy_…", "info": {name, role, created_at,
+        expires_at, revoked, hash_prefix}}``. The token is shown this once; keep it."""
+        frame = token_create_frame(role, name, ttl)
+        return reply_map(self._request(frame, resend=False))
+
+    def token_list(self) -> dict[str, Any]:
+        """Every token the broker knows, revoked and expired ones too: ``{"tokens": [info]}``."""
+        return reply_map(self._request({"t": "token_list"}))
+
+    def token_revoke(self, name: str) -> dict[str, Any]:
+        """Revoke the named token for good: ``{"revoked": name}``; JobNotFound if unknown."""
+        return reply_map(self._request({"t": "token_revoke", "name": name}))
