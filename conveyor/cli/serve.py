@@ -32,6 +32,7 @@ from conveyor.config import (
 from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
+from conveyor.worker.joblog import JsonFormatter
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -234,9 +235,25 @@ def _bind_error(config: BrokerConfig, exc: OSError) -> str:
     "[env CONVEYOR_PAYLOAD_KEY_FILE]",
 )
 @log_level_option
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (ts, level, logger, msg, job fields), for log shippers",
+)
+@click.option(
+    "--log-payloads", is_flag=True, help="also log each job's arguments and result (off: never)"
+)
 def worker(**opts: object) -> None:
-    """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
-    logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
+    """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits).
+
+    Logs one line when a job starts and one when it ends (id, task, attempt, run time).
+    """
+    handler = logging.StreamHandler()
+    json_lines = opts["log_format"] == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=str(opts["log_level"]).upper(), handlers=[handler])
     sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
     with errors_as_exit(unreachable=1):
         import_task_modules(_split(opts["modules"]))  # type: ignore[arg-type]
@@ -261,6 +278,7 @@ async def _serve_worker(opts: dict[str, object]) -> None:
             prefetch=opts["prefetch"],  # type: ignore[arg-type]
             name=opts["name"],  # type: ignore[arg-type]
             payload_key_file=opts["payload_key_file"],  # type: ignore[arg-type]
+            log_payloads=bool(opts["log_payloads"]),
         )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

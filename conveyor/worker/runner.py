@@ -44,6 +44,7 @@ from conveyor.errors import BrokerError, ConfigError, ConnectionLost
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
 from conveyor.worker.execute import RunResult, cancelled, failure
+from conveyor.worker.joblog import JobLog
 from conveyor.worker.pools import Pool, make_pool
 from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
@@ -79,6 +80,8 @@ class Worker:
 
     ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
     or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
+    Each job's start and end are logged (:mod:`conveyor.worker.joblog`); its arguments and
+    result only with ``log_payloads``.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Worker:
         name: str | None = None,
         registry: TaskRegistry | None = None,
         payload_key_file: str | Path | PayloadCipher | None = None,
+        log_payloads: bool = False,
     ) -> None:
         if registry is None and not modules:
             raise ConfigError("a worker needs task modules (--tasks myapp.tasks) or a registry")
@@ -116,6 +120,7 @@ class Worker:
         self.queues = list(queues) if queues else (self.registry.queues() or ["default"])
         self.pool: Pool = make_pool(pool, self.registry, concurrency, self.modules)
         self.stats = WorkerStats()
+        self.joblog = JobLog(payloads=log_payloads)
         self.worker_id = ""
         self.connected = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -308,10 +313,13 @@ class Worker:
             self._note_started(held)
             await asyncio.sleep(0)  # the start notice is written before the job can run
             request = open_request(raw, self.cipher)
+            started = self.joblog.started(held.id, raw["task"], raw["attempt"], request)
             if isinstance(request, RunResult):
-                result = request  # sealed and this worker cannot open it, or no payload
+                result = outcome = request  # sealed and this worker cannot open it, or no payload
             else:
-                result = seal_result(await self.pool.run(request), self.cipher, raw)
+                outcome = await self.pool.run(request)
+                result = seal_result(outcome, self.cipher, raw)
+            self.joblog.finished(held.id, raw["task"], raw["attempt"], started, outcome)
         self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
