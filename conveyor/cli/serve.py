@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,6 +33,9 @@ from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
 from conveyor.worker.joblog import JsonFormatter
+
+if TYPE_CHECKING:
+    from conveyor.worker.runner import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -245,10 +248,19 @@ def _bind_error(config: BrokerConfig, exc: OSError) -> str:
 @click.option(
     "--log-payloads", is_flag=True, help="also log each job's arguments and result (off: never)"
 )
+@click.option(
+    "--drain-timeout",
+    callback=duration_option,
+    metavar="DURATION",
+    help="after a stop signal, wait at most this long for running jobs, then force [no limit]",
+)
 def worker(**opts: object) -> None:
-    """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits).
+    """Run a worker: take jobs from the broker and run them.
 
-    Logs one line when a job starts and one when it ends (id, task, attempt, run time).
+    Ctrl-C or SIGTERM drains: no new jobs, unstarted ones go back, running ones finish.
+    A second one (or --drain-timeout) forces: running jobs are abandoned to the broker,
+    which requeues them, and the worker exits 1. Logs one line when a job starts and one
+    when it ends (id, task, attempt, run time).
     """
     handler = logging.StreamHandler()
     json_lines = opts["log_format"] == "json"
@@ -257,11 +269,18 @@ def worker(**opts: object) -> None:
     sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
     with errors_as_exit(unreachable=1):
         import_task_modules(_split(opts["modules"]))  # type: ignore[arg-type]
-    run_loop(_serve_worker(opts))
+    forced: list[bool] = []
+    run_loop(_serve_worker(opts, forced))
+    if forced:
+        # Running jobs were abandoned; a thread still running one cannot be stopped and would
+        # hold the interpreter's exit until it returns, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
 
 
-async def _serve_worker(opts: dict[str, object]) -> None:
-    from conveyor.worker.runner import Worker
+async def _serve_worker(opts: dict[str, object], forced: list[bool]) -> None:
+    from conveyor.worker.runner import Worker  # here: `conveyor broker` need not import it
 
     with errors_as_exit(unreachable=1):
         w = Worker(
@@ -280,11 +299,39 @@ async def _serve_worker(opts: dict[str, object]) -> None:
             payload_key_file=opts["payload_key_file"],  # type: ignore[arg-type]
             log_payloads=bool(opts["log_payloads"]),
         )
+    _stop_on_signals(w, opts["drain_timeout"])  # type: ignore[arg-type]
+    try:
+        with errors_as_exit(unreachable=1):
+            await w.run()
+    finally:
+        forced.extend([True] if w.forced else [])
+
+
+def _stop_on_signals(w: Worker, drain_timeout: float | None) -> None:
+    """The first SIGINT/SIGTERM drains ``w``; a second, or ``drain_timeout``, forces."""
     loop = asyncio.get_running_loop()
+    log = logging.getLogger("conveyor.worker")
+    seen = 0
+
+    def force(why: str) -> None:
+        if not w.forced:
+            log.warning("forcing the stop (%s): running jobs go back to the broker", why)
+            w.stop(force=True)
+
+    def on_signal() -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            force("second signal")
+            return
+        limit = f" (at most {drain_timeout:g}s)" if drain_timeout is not None else ""
+        log.info("stopping: finishing running jobs%s; Ctrl-C again to force", limit)
+        w.stop()
+        if drain_timeout is not None:
+            loop.call_later(drain_timeout, force, f"--drain-timeout {drain_timeout:g}s passed")
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, w.stop)
-    with errors_as_exit(unreachable=1):
-        await w.run()
+        loop.add_signal_handler(sig, on_signal)
 
 
 @click.command()

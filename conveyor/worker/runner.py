@@ -23,6 +23,10 @@ broker never sees them in the clear.
 ``stop()`` (SIGTERM/SIGINT) drains: DRAIN tells the broker to send nothing more,
 prefetched jobs that never started go back at once (RELEASE), running ones finish
 and are reported, the worker waits for their ACKED, then says goodbye and exits.
+``stop(force=True)``, at any time (a second Ctrl-C, a drain timeout), stops waiting:
+unstarted jobs are released as above, running ones are abandoned (the connection closes
+and the broker requeues them, charging the attempt), and the pool is closed without
+waiting (process-pool children are killed; a thread cannot be, see ``pools``).
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class Worker:
         self._unacked: set[str] = set()
         self._acked = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -158,11 +163,19 @@ class Worker:
                     await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
         finally:
-            await self.pool.close(wait=True)
+            await self.pool.close(wait=not self.forced)
 
-    def stop(self) -> None:
-        """Begin a graceful stop (safe to call from a signal handler on the loop)."""
+    def stop(self, force: bool = False) -> None:
+        """Begin a graceful stop; with ``force``, also stop waiting for running jobs (they
+        are abandoned to the broker). Safe to call from a signal handler on the loop."""
         self._stopping.set()
+        if force:
+            self._forced.set()
+
+    @property
+    def forced(self) -> bool:
+        """Whether :meth:`stop` was forced."""
+        return self._forced.is_set()
 
     def _ready_frame(self) -> dict[str, Any]:
         defaults: dict[str, dict[str, Any]] = {}
@@ -242,14 +255,30 @@ class Worker:
                 self._forget(h)
             self.stats.released += len(unstarted)
         running = [h.task for h in self._held.values() if h.task is not None]
-        if running:
+        if running and not self.forced:
             log.info("draining: waiting for %d running job(s)", len(running))
-            await asyncio.gather(*running, return_exceptions=True)
+            await self._until_done_or_forced(running)
         self._flush_reports()
         await conn.drain()
+        if self.forced:
+            left = sum(1 for h in self._held.values() if h.started)
+            log.warning("force stop: %d running job(s) abandoned; the broker requeues them", left)
+            return
         if self._unacked:  # outcomes count once ACKED says they are stored
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_acked(conn), ACK_WAIT)
+
+    async def _until_done_or_forced(self, running: list[asyncio.Task[None]]) -> None:
+        """Wait for every running job, or until :meth:`stop` is forced."""
+        forced = asyncio.get_running_loop().create_task(self._forced.wait())
+        either: set[asyncio.Future[Any]] = {
+            asyncio.gather(*running, return_exceptions=True),
+            forced,
+        }
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
 
     async def _all_acked(self, conn: AsyncConnection) -> None:
         while self._unacked and not conn.closed.is_set():
