@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from conveyor.cli.certs import certs_command
+from conveyor.cli.dev import dev
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
-from conveyor.cli.serve import broker, dev, worker
+from conveyor.cli.serve import broker, worker
 from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
 

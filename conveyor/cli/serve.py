@@ -1,4 +1,4 @@
-"""conveyor broker / worker / dev: the long-running processes."""
+"""conveyor broker / worker: the long-running processes (dev.py runs both)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import errno
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Coroutine
@@ -332,62 +330,3 @@ def _stop_on_signals(w: Worker, drain_timeout: float | None) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-
-
-@click.command()
-@click.option("--port", type=int, default=DEFAULT_BROKER_PORT, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
-def dev(port: int, workers: int, home: str | None) -> None:
-    """A local system in the foreground: a broker and workers (what `make run` starts)."""
-    env = dict(os.environ, CONVEYOR_HOME=str(home_dir(home).resolve()))
-    env["CONVEYOR_BROKER_URL"] = f"conveyor://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "conveyor"]
-    procs = [subprocess.Popen([*cmd, "broker", "--port", str(port)], env=env)]
-    try:
-        _wait_for_port(port, procs[0])
-        for i in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *cmd,
-                        "worker",
-                        "--tasks",
-                        "conveyor.examples",
-                        "--name",
-                        f"dev-worker-{i + 1}",
-                    ],
-                    env=env,
-                )
-            )
-        click.echo(
-            f"\nConveyor is up: broker conveyor://127.0.0.1:{port}, {workers} workers "
-            f"(home {env['CONVEYOR_HOME']}).\n"
-            "In another terminal:  .venv/bin/conveyor submit fibonacci n=30 --priority 1 --wait\n"
-            "Ctrl-C stops everything.\n"
-        )
-        procs[0].wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException("the broker exited; see its output above")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise click.ClickException(f"the broker did not listen on port {port} within {timeout}s")
