@@ -6,6 +6,9 @@ makes on first start and what local clients read from it::
     ca.pem ca.key server.pem server.key    certificates (conveyor.security.certs)
     tokens.json                            token hashes (conveyor.security.tokens)
     admin.token                            the first admin token, plaintext, mode 0600
+    config.toml                            broker_url = "conveyor://host:port", written by
+                                           the broker at start (mode 0600), so clients and
+                                           workers find a broker on a non-default port
 
 Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
 ``CONVEYOR_CA``, ``CONVEYOR_CERT``, ``CONVEYOR_KEY``. An empty variable counts as unset.
@@ -13,8 +16,10 @@ Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,7 @@ KEY_FILE = "server.key"
 TOKENS_FILE = "tokens.json"
 ADMIN_TOKEN_FILE = "admin.token"
 ADMIN_TOKEN_NAME = "admin"
+CONFIG_FILE = "config.toml"
 
 
 def _env(name: str) -> str | None:
@@ -110,7 +116,8 @@ def resolve_client_settings(
     cert: str | os.PathLike[str] | None = None,
     key: str | os.PathLike[str] | None = None,
 ) -> ClientSettings:
-    """Resolve client settings: argument > environment > files in the home directory.
+    """Resolve client settings: argument > environment > files in the home directory
+    (``broker_url`` in ``config.toml``, ``admin.token``, ``ca.pem``) > defaults.
 
     Raises :class:`ConfigError` for a malformed URL or a named file that does not exist.
     """
@@ -118,6 +125,7 @@ def resolve_client_settings(
     url, url_source = _first(
         (broker_url, "--broker (url= in Python)"),
         (_env("CONVEYOR_BROKER_URL"), "CONVEYOR_BROKER_URL"),
+        (read_config(home_path).get("broker_url"), str(home_path / CONFIG_FILE)),
         (DEFAULT_BROKER_URL, "the default"),
     )
     url = url or DEFAULT_BROKER_URL
@@ -144,6 +152,33 @@ def resolve_client_settings(
     return ClientSettings(
         url, tok, ca_file, cert_file, key_file, home_path, url_source, token_source, ca_source
     )
+
+
+def read_config(home: Path) -> dict[str, str]:
+    """The settings in ``home/config.toml`` (only ``broker_url`` is read); {} if absent."""
+    path = home / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc} (fix or delete it)") from None
+    url = data.get("broker_url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f'{path}: broker_url must be a string, like "conveyor://host:port"')
+    return {"broker_url": url} if url else {}
+
+
+def write_broker_url(home: Path, url: str) -> Path:
+    """Write ``broker_url = "URL"`` to ``home/config.toml`` (mode 0600, atomically)."""
+    path = home / CONFIG_FILE
+    text = (
+        "# Written by `conveyor broker` when it starts: clients and workers using this home\n"
+        "# connect here unless --broker or CONVEYOR_BROKER_URL says otherwise.\n"
+        f"broker_url = {json.dumps(url)}\n"  # a JSON string of ASCII is a TOML basic string
+    )
+    certs.write_private_file(path, text.encode("ascii"), force=True)
+    return path
 
 
 def _first(*candidates: tuple[str | None, str]) -> tuple[str | None, str]:

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -22,11 +23,14 @@ from conveyor.cli._tasks import import_task_modules
 from conveyor.cli._util import duration_option, log_level_option
 from conveyor.config import (
     DEFAULT_BROKER_PORT,
+    DEFAULT_BROKER_URL,
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     ensure_broker_files,
     home_dir,
+    write_broker_url,
 )
+from conveyor.errors import ConfigError
 from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
@@ -187,14 +191,35 @@ async def _serve_broker(config: BrokerConfig) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    url = _remember_url(config.home, config.host, b.port)
     click.echo(f"broker ready on {b.url}  (store {b.store.url}, home {config.home})", err=False)
-    click.echo(
-        f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})"
-    )
+    click.echo(f"submit a job:  {_submit_hint(url, config.home)}")
     sys.stdout.flush()
     await stopping.wait()
     logging.getLogger("conveyor.broker").info("stopping: flushing the store, saying goodbye")
     await b.stop()
+
+
+def _remember_url(home: Path, host: str, port: int) -> str:
+    """Write the URL clients should use into ``home/config.toml``; returns it."""
+    if host in ("", "0.0.0.0", "::"):  # bound everywhere: local clients use loopback
+        host = "127.0.0.1" if host != "::" else "::1"
+    url = f"conveyor://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        write_broker_url(home, url)
+    except (OSError, ConfigError) as exc:
+        logging.getLogger("conveyor.broker").warning("could not write %s: %s", home, exc)
+    return url
+
+
+def _submit_hint(url: str, home: Path) -> str:
+    """The command to try, with --broker and --home when they are not the defaults."""
+    words = ["conveyor submit fibonacci n=30 --wait"]
+    if url != DEFAULT_BROKER_URL:
+        words.append(f"--broker {url}")
+    if home.resolve() != (Path.cwd() / ".conveyor").resolve():  # not the default ./.conveyor
+        words.append(f"--home {shlex.quote(str(home))}")
+    return " ".join(words)
 
 
 def _bind_error(config: BrokerConfig, exc: OSError) -> str:
@@ -222,7 +247,12 @@ def _bind_error(config: BrokerConfig, exc: OSError) -> str:
 @click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
 @click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
 @click.option("--name", help="worker name [host-pid]")
-@click.option("--broker", "broker_url", metavar="URL", help="[env CONVEYOR_BROKER_URL]")
+@click.option(
+    "--broker",
+    "broker_url",
+    metavar="URL",
+    help="[env CONVEYOR_BROKER_URL; else broker_url in $CONVEYOR_HOME/config.toml]",
+)
 @click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
 @click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")
 @click.option("--cert", help="client certificate, for mutual TLS [env CONVEYOR_CERT]")
