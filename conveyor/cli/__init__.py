@@ -9,6 +9,7 @@ from conveyor.cli.dev import dev
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
+from conveyor.cli.ping import ping
 from conveyor.cli.serve import broker, worker
 from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
@@ -30,6 +31,7 @@ for command in (
     cancel,
     jobs_command,
     stats,
+    ping,
     dlq,
     certs_command,
     token_group,

@@ -242,10 +242,38 @@ def _bind_error(config: BrokerConfig, exc: OSError) -> str:
     help="module(s) with @task functions, comma-separated or repeated "
     "(conveyor.examples has demo tasks) [env CONVEYOR_TASKS]",
 )
-@click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
-@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
-@click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
-@click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=4,
+    show_default=True,
+    envvar="CONVEYOR_CONCURRENCY",
+    show_envvar=True,
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOL_KINDS),
+    default="thread",
+    show_default=True,
+    envvar="CONVEYOR_POOL",
+    show_envvar=True,
+)
+@click.option(
+    "--queues",
+    "-Q",
+    multiple=True,
+    envvar="CONVEYOR_QUEUES",
+    show_envvar=True,
+    help="queues to serve, comma-separated or repeated [the tasks' queues]",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 10_000),
+    envvar="CONVEYOR_PREFETCH",
+    show_envvar=True,
+    help="extra jobs held [concurrency]",
+)
 @click.option("--name", help="worker name [host-pid]")
 @click.option(
     "--broker",

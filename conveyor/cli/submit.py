@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -74,12 +76,28 @@ def wait_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+def read_json_option(value: str) -> str:
+    """--json's text: ``-`` reads stdin, ``@FILE`` reads the file, else the text itself."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise click.BadParameter(
+                f"cannot read {value[1:]}: {why}", param_hint="--json"
+            ) from None
+    return value
+
+
 def parse_pairs(pairs: tuple[str, ...], json_text: str | None) -> dict[str, Any]:
-    """``key=value`` pairs (values parsed as JSON when they parse, else strings)."""
+    """``key=value`` pairs (values parsed as JSON when they parse, else strings), after
+    the --json object (text, ``@FILE`` or ``-`` for stdin); a pair wins over --json."""
     payload: dict[str, Any] = {}
     if json_text is not None:
         try:
-            loaded = json.loads(json_text)
+            loaded = json.loads(read_json_option(json_text))
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from exc
         if not isinstance(loaded, dict):
@@ -156,7 +174,12 @@ def warn_if_nobody_offers(client: Client, job: Job) -> None:
 @click.command()
 @click.argument("task")
 @click.argument("payload", nargs=-1)
-@click.option("--json", "json_text", metavar="JSON", help="kwargs as a JSON object")
+@click.option(
+    "--json",
+    "json_text",
+    metavar="JSON|@FILE|-",
+    help="kwargs as a JSON object; @FILE reads it from a file, - from stdin",
+)
 @click.option("--priority", type=click.IntRange(1, 10), help="1 most urgent … 10 least [5]")
 @click.option("--queue", help="queue name [the task's queue]")
 @click.option("--delay", callback=duration_option, help="run after a delay: 30, 30s, 5m, 2h")

@@ -226,6 +226,12 @@ def token_create_frame(role: str, name: str | None, ttl: float | None) -> dict[s
     return frame
 
 
+def pong(welcome: dict[str, Any] | None, rtt: float) -> dict[str, Any]:
+    """What ``ping()`` returns: the round trip in seconds and who we are to the broker."""
+    welcome = welcome or {}
+    return {"rtt": rtt, "role": welcome.get("role"), "server": welcome.get("server")}
+
+
 def reply_map(reply: dict[str, Any]) -> dict[str, Any]:
     """A reply's fields without the envelope (``t`` and ``rid``)."""
     return {k: v for k, v in reply.items() if k not in ("t", "rid")}

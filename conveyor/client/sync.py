@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +16,7 @@ from conveyor.client._base import (
     final_result,
     job_spec,
     list_frame,
+    pong,
     read_job,
     reply_map,
     split_options,
@@ -198,6 +200,14 @@ class Client:
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int(self._request(dlq_frame("dlq_purge", ids), resend=False)["count"])
+
+    def ping(self) -> dict[str, Any]:
+        """One PING/PONG round trip (connecting first, untimed, if need be):
+        ``{"rtt": seconds, "role": "producer" | "worker" | "admin", "server": "conveyor/…"}``."""
+        session = self._transport.session
+        started = time.perf_counter()
+        self._request({"t": "ping"})
+        return pong(session.welcome, time.perf_counter() - started)
 
     # -- tokens (an admin token) -------------------------------------------------------
     def token_create(
