@@ -3,6 +3,8 @@
 The public surface is what ``__all__`` lists; everything else is internal.
 """
 
+from importlib import metadata as _metadata
+
 from conveyor.client.aio import AsyncClient, AsyncJob
 from conveyor.client.sync import Client, JobHandle
 from conveyor.errors import (
@@ -23,6 +25,11 @@ from conveyor.errors import (
 )
 from conveyor.job import Job, JobState
 from conveyor.worker.tasks import task
+
+try:
+    __version__ = _metadata.version("conveyor")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncClient",
@@ -45,5 +52,6 @@ __all__ = [
     "Reject",
     "ResultTimeout",
     "Retry",
+    "__version__",
     "task",
 ]

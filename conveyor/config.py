@@ -6,6 +6,9 @@ makes on first start and what local clients read from it::
     ca.pem ca.key server.pem server.key    certificates (conveyor.security.certs)
     tokens.json                            token hashes (conveyor.security.tokens)
     admin.token                            the first admin token, plaintext, mode 0600
+    config.toml                            broker_url = "conveyor://host:port", written by
+                                           the broker at start (mode 0600), so clients and
+                                           workers find a broker on a non-default port
 
 Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
 ``CONVEYOR_CA``, ``CONVEYOR_CERT``, ``CONVEYOR_KEY``. An empty variable counts as unset.
@@ -13,10 +16,12 @@ Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +41,7 @@ KEY_FILE = "server.key"
 TOKENS_FILE = "tokens.json"
 ADMIN_TOKEN_FILE = "admin.token"
 ADMIN_TOKEN_NAME = "admin"
+CONFIG_FILE = "config.toml"
 
 
 def _env(name: str) -> str | None:
@@ -92,6 +98,10 @@ class ClientSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     home: Path = Path(".conveyor")
+    # where the URL, the token and the CA came from, for messages ("--token", a file, ...)
+    url_source: str = field(default="the default", compare=False)
+    token_source: str = field(default="", compare=False)
+    ca_source: str = field(default="", compare=False)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -106,32 +116,96 @@ def resolve_client_settings(
     cert: str | os.PathLike[str] | None = None,
     key: str | os.PathLike[str] | None = None,
 ) -> ClientSettings:
-    """Resolve client settings: argument > environment > files in the home directory.
+    """Resolve client settings: argument > environment > files in the home directory
+    (``broker_url`` in ``config.toml``, ``admin.token``, ``ca.pem``) > defaults.
 
     Raises :class:`ConfigError` for a malformed URL or a named file that does not exist.
     """
     home_path = home_dir(home)
-    url = broker_url or _env("CONVEYOR_BROKER_URL") or DEFAULT_BROKER_URL
-    parse_broker_url(url)
-    tok = token or _env("CONVEYOR_TOKEN") or _read_token_file(home_path / ADMIN_TOKEN_FILE)
-    ca_file = _named_file(ca, "CONVEYOR_CA", "CA certificate")
+    url, url_source = _first(
+        (broker_url, "--broker (url= in Python)"),
+        (_env("CONVEYOR_BROKER_URL"), "CONVEYOR_BROKER_URL"),
+        (read_config(home_path).get("broker_url"), str(home_path / CONFIG_FILE)),
+        (DEFAULT_BROKER_URL, "the default"),
+    )
+    url = url or DEFAULT_BROKER_URL
+    try:
+        parse_broker_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (the URL came from {url_source})") from None
+    tok, token_source = _first(
+        (token, "--token (token= in Python)"),
+        (_env("CONVEYOR_TOKEN"), "CONVEYOR_TOKEN"),
+        (_read_token_file(home_path / ADMIN_TOKEN_FILE), str(home_path / ADMIN_TOKEN_FILE)),
+    )
+    ca_file = _named_file(ca, "--ca", "CONVEYOR_CA", "CA certificate")
+    ca_source = _source(ca, "--ca", "CONVEYOR_CA")
     if ca_file is None and (home_path / CA_FILE).is_file():
-        ca_file = home_path / CA_FILE
-    cert_file = _named_file(cert, "CONVEYOR_CERT", "client certificate")
-    key_file = _named_file(key, "CONVEYOR_KEY", "client key")
+        ca_file, ca_source = home_path / CA_FILE, str(home_path / CA_FILE)
+    cert_file = _named_file(cert, "--cert", "CONVEYOR_CERT", "client certificate")
+    key_file = _named_file(key, "--key", "CONVEYOR_KEY", "client key")
     if key_file is not None and cert_file is None:
-        raise ConfigError("a client key was given without a client certificate")
-    return ClientSettings(url, tok, ca_file, cert_file, key_file, home_path)
+        raise ConfigError(
+            f"a client key was given ({_source(key, '--key', 'CONVEYOR_KEY')}) without a "
+            "client certificate: give --cert FILE or set CONVEYOR_CERT"
+        )
+    return ClientSettings(
+        url, tok, ca_file, cert_file, key_file, home_path, url_source, token_source, ca_source
+    )
 
 
-def _named_file(arg: str | os.PathLike[str] | None, env: str, what: str) -> Path | None:
+def read_config(home: Path) -> dict[str, str]:
+    """The settings in ``home/config.toml`` (only ``broker_url`` is read); {} if absent."""
+    path = home / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc} (fix or delete it)") from None
+    url = data.get("broker_url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f'{path}: broker_url must be a string, like "conveyor://host:port"')
+    return {"broker_url": url} if url else {}
+
+
+def write_broker_url(home: Path, url: str) -> Path:
+    """Write ``broker_url = "URL"`` to ``home/config.toml`` (mode 0600, atomically)."""
+    path = home / CONFIG_FILE
+    text = (
+        "# Written by `conveyor broker` when it starts: clients and workers using this home\n"
+        "# connect here unless --broker or CONVEYOR_BROKER_URL says otherwise.\n"
+        f"broker_url = {json.dumps(url)}\n"  # a JSON string of ASCII is a TOML basic string
+    )
+    certs.write_private_file(path, text.encode("ascii"), force=True)
+    return path
+
+
+def _first(*candidates: tuple[str | None, str]) -> tuple[str | None, str]:
+    """The first value that is set, and where it came from."""
+    for value, source in candidates:
+        if value:
+            return value, source
+    return None, ""
+
+
+def _source(arg: str | os.PathLike[str] | None, flag: str, env: str) -> str:
+    """Where a file setting came from, in words: the flag (keyword) or the variable."""
+    if arg is not None and str(arg):
+        return f"{flag} ({flag.lstrip('-')}= in Python)"
+    return env if _env(env) is not None else ""
+
+
+def _named_file(arg: str | os.PathLike[str] | None, flag: str, env: str, what: str) -> Path | None:
     value = str(arg) if arg is not None and str(arg) else _env(env)
     if value is None:
         return None
     path = Path(value).expanduser()
     if not path.is_file():
-        source = "given" if arg else f"named by ${env}"
-        raise ConfigError(f"the {what} file {source} does not exist: {path}")
+        raise ConfigError(
+            f"the {what} given by {_source(arg, flag, env)} does not exist: {path} "
+            f"(set {flag} / {env} to an existing file)"
+        )
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import sys
@@ -112,10 +113,8 @@ class Broker:
             await self.server.start()
         except OSError as exc:
             await self.core.close()
-            raise ConfigError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc} "
-                "(another broker? choose another --port)"
-            ) from exc
+            config = self.config
+            raise ConfigError(_bind_error(config.host, config.port, exc, "--port")) from exc
         self.core.info.update(url=self.url, store=self.store.url)
         for service in self._services:
             service.start()
@@ -131,10 +130,8 @@ class Broker:
         except OSError as exc:
             await self.stop()
             config = self.config
-            raise ConfigError(
-                f"cannot serve the HTTP API on {config.http_host}:{config.http_port}: "
-                f"{exc.strerror or exc} (choose another --http-port, or --no-http)"
-            ) from exc
+            message = _bind_error(config.http_host, config.http_port or 0, exc, "--http-port")
+            raise ConfigError(f"HTTP API: {message}, or serve none with --no-http") from exc
         self.core.info["http"] = self.http.url
 
     @property
@@ -182,3 +179,14 @@ class Broker:
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         self._changed.set()
+
+
+def _bind_error(host: str, port: int, exc: OSError, flag: str) -> str:
+    """One line that says what could not listen, why, and which option to change."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: port {port} is already in use (another broker?); "
+            f"stop it or pick another port with {flag}"
+        )
+    return f"cannot listen on {where}: {exc.strerror or exc}; check --host and {flag}"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 
 from conveyor.cli.certs import certs_command
+from conveyor.cli.dev import dev
 from conveyor.cli.dlq import dlq
-from conveyor.cli.jobs import cancel, jobs_command, result, stats, status, submit
+from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
+from conveyor.cli.ping import ping
 from conveyor.cli.queues import queue_group
-from conveyor.cli.serve import broker, dev, worker
+from conveyor.cli.serve import broker, worker
+from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
 from conveyor.cli.top import top
 
@@ -31,6 +34,7 @@ for command in (
     jobs_command,
     stats,
     top,
+    ping,
     dlq,
     queue_group,
     certs_command,

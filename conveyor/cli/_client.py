@@ -10,8 +10,16 @@ from typing import Any, TypeVar
 
 import click
 
+from conveyor.cli._exit import EXIT_UNREACHABLE, Failed, Unreachable
 from conveyor.client.sync import Client
-from conveyor.errors import BrokerError, ConfigError, ConnectionLost, ConveyorError
+from conveyor.errors import (
+    AuthenticationError,
+    BrokerError,
+    ConfigError,
+    ConnectionLost,
+    ConveyorError,
+    PermissionDenied,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,8 +32,8 @@ def client_options(fn: F) -> F:
                 "--broker",
                 "broker_url",
                 metavar="URL",
-                help="conveyor://host:port "
-                "[env CONVEYOR_BROKER_URL; default conveyor://127.0.0.1:65432]",
+                help="conveyor://host:port [env CONVEYOR_BROKER_URL; else broker_url in "
+                "$CONVEYOR_HOME/config.toml; default conveyor://127.0.0.1:65432]",
             ),
             click.option(
                 "--token",
@@ -51,25 +59,31 @@ def client_options(fn: F) -> F:
     return fn
 
 
+def make_client(opts: dict[str, Any]) -> Client:
+    """A Client (not connected yet) from the shared options."""
+    return Client(
+        opts.get("broker_url"),
+        token=opts.get("token"),
+        ca=opts.get("ca"),
+        cert=opts.get("cert"),
+        key=opts.get("key"),
+        home=opts.get("home"),
+        name="cli",
+        reconnect_timeout=0,
+    )
+
+
 @contextmanager
 def connect(opts: dict[str, Any]) -> Iterator[Client]:
     """A connected Client from the shared options; errors become one clear line."""
     with errors_as_exit():
-        client = Client(
-            opts.get("broker_url"),
-            token=opts.get("token"),
-            ca=opts.get("ca"),
-            cert=opts.get("cert"),
-            key=opts.get("key"),
-            home=opts.get("home"),
-            name="cli",
-            reconnect_timeout=0,
-        )
+        client = make_client(opts)
         try:
             client.connect()
-        except OSError as exc:
-            raise ConnectionLost(
-                f"cannot reach the broker at {client.endpoint.host}:{client.endpoint.port}: {exc}"
+        except AuthenticationError as exc:
+            raise Unreachable(
+                f"{exc.code}: {exc.message} (the token came from "
+                f"{client.endpoint.token_source}; give another with --token / CONVEYOR_TOKEN)"
             ) from exc
         try:
             yield client
@@ -78,14 +92,24 @@ def connect(opts: dict[str, Any]) -> Iterator[Client]:
 
 
 @contextmanager
-def errors_as_exit() -> Iterator[None]:
+def errors_as_exit(unreachable: int = EXIT_UNREACHABLE) -> Iterator[None]:
+    """ConveyorErrors as one line and an exit code (see conveyor.cli._exit); the
+    long-running commands pass ``unreachable=1``: for them any start-up failure is 1."""
     try:
         yield
+    except (AuthenticationError, PermissionDenied) as exc:
+        raise _exit_error(f"{exc.code}: {exc.message}", unreachable) from exc
     except BrokerError as exc:
         where = f" (field: {exc.field})" if exc.field else ""
-        raise click.ClickException(f"{exc.code}: {exc.message}{where}") from exc
-    except (ConfigError, ConnectionLost, ConveyorError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failed(f"{exc.code}: {exc.message}{where}") from exc
+    except (ConfigError, ConnectionLost) as exc:
+        raise _exit_error(str(exc), unreachable) from exc
+    except ConveyorError as exc:
+        raise Failed(str(exc)) from exc
+
+
+def _exit_error(message: str, code: int) -> click.ClickException:
+    return Unreachable(message) if code == EXIT_UNREACHABLE else Failed(message)
 
 
 def pop_client_opts(kwargs: dict[str, Any]) -> dict[str, Any]:

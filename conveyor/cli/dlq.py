@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from conveyor.cli._client import echo_json, with_client
-from conveyor.cli.jobs import console, jobs_table
+from conveyor.cli._exit import Failed
+from conveyor.cli._show import on_terminal, print_jobs
 from conveyor.client.sync import Client
+from conveyor.errors import JobNotFound
+from conveyor.job import JobState
 
 
 @click.group()
@@ -25,10 +28,11 @@ def dlq_list(client: Client, queue: str | None, limit: int, as_json: bool) -> No
     if as_json:
         echo_json([j.to_wire(events=False) for j in dead])
         return
-    console.print(jobs_table(dead, f"{len(dead)} dead job(s)"))
-    for j in dead:
-        err = j.error or {}
-        click.echo(f"{j.id}: {err.get('type', '')}: {err.get('message', '')}")
+    print_jobs(dead, f"{len(dead)} dead job(s)")
+    if on_terminal():  # piped: the job lines alone
+        for j in dead:
+            err = j.error or {}
+            click.echo(f"{j.id}: {err.get('type', '')}: {err.get('message', '')}")
 
 
 @dlq.command("retry")
@@ -39,8 +43,25 @@ def dlq_retry(client: Client, job_ids: tuple[str, ...], retry_all: bool) -> None
     """Queue dead jobs again with fresh attempts: JOB_ID... or --all."""
     if not job_ids and not retry_all:
         raise click.UsageError("give JOB_ID(s) or --all")
-    count = client.dlq_retry(None if retry_all else list(job_ids))
+    if retry_all:
+        click.echo(f"requeued {client.dlq_retry(None)} dead job(s)")
+        return
+    ids = list(dict.fromkeys(job_ids))
+    not_dead = {i: s for i in ids if (s := _state(client, i)) != JobState.DEAD.value}
+    count = client.dlq_retry(ids) if len(not_dead) < len(ids) else 0
+    if not_dead:
+        listed = ", ".join(f"{i} ({s})" for i, s in not_dead.items())
+        click.echo(f"not dead, so not retried: {listed}", err=True)
+    if count == 0:
+        raise Failed("nothing was retried: none of the given jobs is dead")
     click.echo(f"requeued {count} dead job(s)")
+
+
+def _state(client: Client, job_id: str) -> str:
+    try:
+        return client.get(job_id).state.value
+    except JobNotFound:
+        return "no such job"
 
 
 @dlq.command("purge")

@@ -81,7 +81,7 @@ def keygen_command(out: Path | None, force: bool, add_to: Path | None, primary: 
 
 
 def _add_key(path: Path, key: str, primary: bool) -> None:
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):  # a local file: not the broker's exit code
         old = load_payload_keys(path)  # refuse to edit a file we could not read back
     lines = path.read_text("ascii").splitlines()
     key_lines = [i for i, ln in enumerate(lines) if _is_key_line(ln)]

@@ -1,46 +1,54 @@
-"""conveyor broker / worker / dev: the long-running processes."""
+"""conveyor broker / worker: the long-running processes (dev.py runs both)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import shlex
 import signal
-import socket
-import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
-from conveyor.cli._util import duration_option
+from conveyor.cli._tasks import import_task_modules
+from conveyor.cli._util import duration_option, log_level_option
 from conveyor.config import (
     DEFAULT_BROKER_PORT,
+    DEFAULT_BROKER_URL,
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     ensure_broker_files,
     home_dir,
+    write_broker_url,
 )
+from conveyor.errors import ConfigError
 from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
+from conveyor.worker.joblog import JsonFormatter
+
+if TYPE_CHECKING:
+    from conveyor.worker.runner import Worker
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def run_loop(main: object) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine on uvloop when it is installed."""
     try:
         import uvloop
-
-        uvloop.run(main)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(main)  # type: ignore[arg-type]
+    except ImportError:  # only uvloop's own absence: an ImportError in ``main`` propagates
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -140,12 +148,12 @@ def _split(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="seconds a producer connection may stay silent",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
 def broker(**opts: object) -> None:
     """Run the broker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
     home = home_dir(opts["home"])  # type: ignore[arg-type]
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         files, created = ensure_broker_files(home, _split((str(opts["hosts"]),)), now=time.time())
     for line in created:
         click.echo(line)
@@ -195,23 +203,44 @@ def _limits(opts: dict[str, Any]) -> Limits:
 
 
 async def _serve_broker(config: BrokerConfig) -> None:
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         b = Broker(config)
-        await b.start()
+        await b.start()  # a port that is taken is a ConfigError naming it
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    url = _remember_url(config.home, config.host, b.port)
     click.echo(f"broker ready on {b.url}  (store {b.store.url}, home {config.home})", err=False)
     if b.dashboard_url:
         click.echo(f"dashboard and HTTP API: {b.dashboard_url}  (API docs: {b.dashboard_url}docs)")
-    click.echo(
-        f"submit a job:  conveyor submit fibonacci n=30 --wait   (CONVEYOR_HOME={config.home})"
-    )
+    click.echo(f"submit a job:  {_submit_hint(url, config.home)}")
     sys.stdout.flush()
     await stopping.wait()
     logging.getLogger("conveyor.broker").info("stopping: flushing the store, saying goodbye")
     await b.stop()
+
+
+def _remember_url(home: Path, host: str, port: int) -> str:
+    """Write the URL clients should use into ``home/config.toml``; returns it."""
+    if host in ("", "0.0.0.0", "::"):  # bound everywhere: local clients use loopback
+        host = "127.0.0.1" if host != "::" else "::1"
+    url = f"conveyor://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        write_broker_url(home, url)
+    except (OSError, ConfigError) as exc:
+        logging.getLogger("conveyor.broker").warning("could not write %s: %s", home, exc)
+    return url
+
+
+def _submit_hint(url: str, home: Path) -> str:
+    """The command to try, with --broker and --home when they are not the defaults."""
+    words = ["conveyor submit fibonacci n=30 --wait"]
+    if url != DEFAULT_BROKER_URL:
+        words.append(f"--broker {url}")
+    if home.resolve() != (Path.cwd() / ".conveyor").resolve():  # not the default ./.conveyor
+        words.append(f"--home {shlex.quote(str(home))}")
+    return " ".join(words)
 
 
 @click.command()
@@ -224,12 +253,45 @@ async def _serve_broker(config: BrokerConfig) -> None:
     help="module(s) with @task functions, comma-separated or repeated "
     "(conveyor.examples has demo tasks) [env CONVEYOR_TASKS]",
 )
-@click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=4, show_default=True)
-@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
-@click.option("--queues", "-Q", multiple=True, help="queues to serve [the tasks' queues]")
-@click.option("--prefetch", type=click.IntRange(0, 10_000), help="extra jobs held [concurrency]")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 10_000),
+    default=4,
+    show_default=True,
+    envvar="CONVEYOR_CONCURRENCY",
+    show_envvar=True,
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOL_KINDS),
+    default="thread",
+    show_default=True,
+    envvar="CONVEYOR_POOL",
+    show_envvar=True,
+)
+@click.option(
+    "--queues",
+    "-Q",
+    multiple=True,
+    envvar="CONVEYOR_QUEUES",
+    show_envvar=True,
+    help="queues to serve, comma-separated or repeated [the tasks' queues]",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 10_000),
+    envvar="CONVEYOR_PREFETCH",
+    show_envvar=True,
+    help="extra jobs held [concurrency]",
+)
 @click.option("--name", help="worker name [host-pid]")
-@click.option("--broker", "broker_url", metavar="URL", help="[env CONVEYOR_BROKER_URL]")
+@click.option(
+    "--broker",
+    "broker_url",
+    metavar="URL",
+    help="[env CONVEYOR_BROKER_URL; else broker_url in $CONVEYOR_HOME/config.toml]",
+)
 @click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
 @click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")
 @click.option("--cert", help="client certificate, for mutual TLS [env CONVEYOR_CERT]")
@@ -242,18 +304,52 @@ async def _serve_broker(config: BrokerConfig) -> None:
     help="open end-to-end encrypted jobs with these keys (conveyor keygen) "
     "[env CONVEYOR_PAYLOAD_KEY_FILE]",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@log_level_option
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (ts, level, logger, msg, job fields), for log shippers",
+)
+@click.option(
+    "--log-payloads", is_flag=True, help="also log each job's arguments and result (off: never)"
+)
+@click.option(
+    "--drain-timeout",
+    callback=duration_option,
+    metavar="DURATION",
+    help="after a stop signal, wait at most this long for running jobs, then force [no limit]",
+)
 def worker(**opts: object) -> None:
-    """Run a worker: take jobs from the broker and run them (SIGTERM drains and exits)."""
-    logging.basicConfig(level=str(opts["log_level"]).upper(), format=LOG_FORMAT)
+    """Run a worker: take jobs from the broker and run them.
+
+    Ctrl-C or SIGTERM drains: no new jobs, unstarted ones go back, running ones finish.
+    A second one (or --drain-timeout) forces: running jobs are abandoned to the broker,
+    which requeues them, and the worker exits 1. Logs one line when a job starts and one
+    when it ends (id, task, attempt, run time).
+    """
+    handler = logging.StreamHandler()
+    json_lines = opts["log_format"] == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=str(opts["log_level"]).upper(), handlers=[handler])
     sys.path.insert(0, os.getcwd())  # so --tasks myapp.tasks finds the project's modules
-    run_loop(_serve_worker(opts))
+    with errors_as_exit(unreachable=1):
+        import_task_modules(_split(opts["modules"]))  # type: ignore[arg-type]
+    forced: list[bool] = []
+    run_loop(_serve_worker(opts, forced))
+    if forced:
+        # Running jobs were abandoned; a thread still running one cannot be stopped and would
+        # hold the interpreter's exit until it returns, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
 
 
-async def _serve_worker(opts: dict[str, object]) -> None:
-    from conveyor.worker.runner import Worker
+async def _serve_worker(opts: dict[str, object], forced: list[bool]) -> None:
+    from conveyor.worker.runner import Worker  # here: `conveyor broker` need not import it
 
-    with errors_as_exit():
+    with errors_as_exit(unreachable=1):
         w = Worker(
             _split(opts["modules"]),  # type: ignore[arg-type]
             url=opts["broker_url"],  # type: ignore[arg-type]
@@ -268,68 +364,38 @@ async def _serve_worker(opts: dict[str, object]) -> None:
             prefetch=opts["prefetch"],  # type: ignore[arg-type]
             name=opts["name"],  # type: ignore[arg-type]
             payload_key_file=opts["payload_key_file"],  # type: ignore[arg-type]
+            log_payloads=bool(opts["log_payloads"]),
         )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, w.stop)
-    with errors_as_exit():
-        await w.run()
-
-
-@click.command()
-@click.option("--port", type=int, default=DEFAULT_BROKER_PORT, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
-def dev(port: int, workers: int, home: str | None) -> None:
-    """A local system in the foreground: a broker and workers (what `make run` starts)."""
-    env = dict(os.environ, CONVEYOR_HOME=str(home_dir(home).resolve()))
-    env["CONVEYOR_BROKER_URL"] = f"conveyor://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "conveyor"]
-    procs = [subprocess.Popen([*cmd, "broker", "--port", str(port)], env=env)]
+    _stop_on_signals(w, opts["drain_timeout"])  # type: ignore[arg-type]
     try:
-        _wait_for_port(port, procs[0])
-        for i in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *cmd,
-                        "worker",
-                        "--tasks",
-                        "conveyor.examples",
-                        "--name",
-                        f"dev-worker-{i + 1}",
-                    ],
-                    env=env,
-                )
-            )
-        click.echo(
-            f"\nConveyor is up: broker conveyor://127.0.0.1:{port}, {workers} workers "
-            f"(home {env['CONVEYOR_HOME']}).\n"
-            "In another terminal:  .venv/bin/conveyor submit fibonacci n=30 --priority 1 --wait\n"
-            "Ctrl-C stops everything.\n"
-        )
-        procs[0].wait()
-    except KeyboardInterrupt:
-        pass
+        with errors_as_exit(unreachable=1):
+            await w.run()
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        forced.extend([True] if w.forced else [])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException("the broker exited; see its output above")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+def _stop_on_signals(w: Worker, drain_timeout: float | None) -> None:
+    """The first SIGINT/SIGTERM drains ``w``; a second, or ``drain_timeout``, forces."""
+    loop = asyncio.get_running_loop()
+    log = logging.getLogger("conveyor.worker")
+    seen = 0
+
+    def force(why: str) -> None:
+        if not w.forced:
+            log.warning("forcing the stop (%s): running jobs go back to the broker", why)
+            w.stop(force=True)
+
+    def on_signal() -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            force("second signal")
             return
-        except OSError:
-            time.sleep(0.1)
-    raise click.ClickException(f"the broker did not listen on port {port} within {timeout}s")
+        limit = f" (at most {drain_timeout:g}s)" if drain_timeout is not None else ""
+        log.info("stopping: finishing running jobs%s; Ctrl-C again to force", limit)
+        w.stop()
+        if drain_timeout is not None:
+            loop.call_later(drain_timeout, force, f"--drain-timeout {drain_timeout:g}s passed")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)

@@ -1,53 +1,131 @@
 """``conveyor token``: create, list and revoke access tokens.
 
-These commands edit the token registry file in the Conveyor home directly (no broker
-connection needed, only access to the file); a running broker picks the change up at
-the next connection attempt.
+Two ways to reach the tokens, chosen per command:
+
+* **the local registry**: when ``tokens.json`` exists in the Conveyor home and no
+  ``--broker`` is given, the command edits that file directly (it is the broker's own
+  home; a running broker picks the change up at the next connection attempt);
+* **the running broker**: otherwise it asks the broker over the protocol
+  (TOKEN_CREATE / TOKEN_LIST / TOKEN_REVOKE) with an admin token.
+
+When neither is at hand it refuses (exit 3) rather than print a token no broker knows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import click
 
 from conveyor import config
+from conveyor.cli._client import client_options, connect, errors_as_exit, pop_client_opts
+from conveyor.cli._exit import Failed, Unreachable
 from conveyor.cli._util import duration_option
-from conveyor.errors import ConfigError
+from conveyor.client.sync import Client
+from conveyor.errors import ConfigError, ConnectionLost, JobNotFound, PermissionDenied
 from conveyor.security.tokens import DuplicateTokenName, Role, TokenInfo, TokenRegistry
 
-F = TypeVar("F", bound=Callable[..., Any])
+TokenMap = dict[str, Any]  # the protocol's token info map (docs/protocol.md §7.3)
 
 
-def _home_option(func: F) -> F:
-    return click.option(
-        "--home",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Conveyor home holding tokens.json [default: $CONVEYOR_HOME or ./.conveyor].",
-    )(func)
+class _Tokens(Protocol):
+    def create(self, role: Role, name: str | None, ttl: float | None) -> tuple[str, TokenMap]: ...
+    def list(self) -> list[TokenMap]: ...
+    def revoke(self, name: str) -> bool: ...
 
 
-def _registry(home: Path | None) -> TokenRegistry:
-    path = config.home_dir(home)
-    if not path.is_dir():
-        raise click.ClickException(
-            f"no Conveyor home at {path}; pass --home or set CONVEYOR_HOME "
-            "(the broker creates it on first start)"
-        )
+class _Local:
+    """The registry file in the home, edited in place."""
+
+    def __init__(self, registry: TokenRegistry) -> None:
+        self.registry = registry
+
+    def create(self, role: Role, name: str | None, ttl: float | None) -> tuple[str, TokenMap]:
+        try:
+            token, info = self.registry.create(role, name, ttl, now=time.time())
+        except DuplicateTokenName as exc:
+            raise Failed(f"{exc}; pick another --name") from None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return token, _token_map(info)
+
+    def list(self) -> list[TokenMap]:
+        return [_token_map(i) for i in self.registry.list()]
+
+    def revoke(self, name: str) -> bool:
+        return self.registry.revoke(name)
+
+
+class _Remote:
+    """The running broker, over the protocol (needs an admin token)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, role: Role, name: str | None, ttl: float | None) -> tuple[str, TokenMap]:
+        reply = self.client.token_create(role.value, name, ttl)
+        return str(reply["token"]), dict(reply["info"])
+
+    def list(self) -> list[TokenMap]:
+        return [dict(t) for t in self.client.token_list()["tokens"]]
+
+    def revoke(self, name: str) -> bool:
+        try:
+            self.client.token_revoke(name)
+        except JobNotFound:  # the broker's not_found: no token of that name
+            return False
+        return True
+
+
+def _token_map(info: TokenInfo) -> TokenMap:
+    return {
+        "name": info.name,
+        "role": info.role.value,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked": info.revoked,
+        "hash_prefix": info.hash_prefix,
+    }
+
+
+@contextmanager
+def _tokens(opts: dict[str, Any]) -> Iterator[_Tokens]:
+    """The local registry when the home has one and no --broker is given, else the broker."""
+    registry_file = config.home_dir(opts["home"]) / config.TOKENS_FILE
+    if opts["broker_url"] is None and registry_file.is_file():
+        with errors_as_exit(unreachable=1):  # a local file: exit 1 if it does not parse
+            yield _Local(TokenRegistry(registry_file))
+        return
     try:
-        return TokenRegistry(path / config.TOKENS_FILE)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        with connect(opts) as client:
+            try:
+                yield _Remote(client)
+            except PermissionDenied as exc:
+                raise Unreachable(
+                    f"{exc.code}: {exc.message}; token commands need an admin token "
+                    "(--token / CONVEYOR_TOKEN)"
+                ) from exc
+    except Unreachable as exc:
+        if not isinstance(exc.__cause__, ConfigError | ConnectionLost):
+            raise
+        raise Unreachable(
+            f"no token registry at {registry_file} and no broker to ask ({exc.message}); "
+            "run this where the broker's home is (--home / CONVEYOR_HOME), or give "
+            "--broker URL with an admin --token"
+        ) from exc
 
 
 @click.group("token")
 def token_group() -> None:
-    """Manage access tokens (roles: producer, worker, admin)."""
+    """Manage access tokens (roles: producer, worker, admin).
+
+    Edits tokens.json in the Conveyor home when it is there (and no --broker is given);
+    otherwise asks the running broker, with an admin token.
+    """
 
 
 @token_group.command("create")
@@ -65,27 +143,23 @@ def token_group() -> None:
     callback=duration_option,
     help="Lifetime, e.g. 3600, 30m, 12h, 30d [default: never expires].",
 )
-@_home_option
-def create_command(role: str, name: str | None, ttl: float | None, home: Path | None) -> None:
+@client_options
+def create_command(role: str, name: str | None, ttl: float | None, **opts: Any) -> None:
     """Create a token and print it (only this once)."""
-    registry = _registry(home)
-    try:
-        token, info = registry.create(Role(role), name, ttl, now=time.time())
-    except DuplicateTokenName as exc:
-        raise click.ClickException(f"{exc}; pick another --name") from None
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    with _tokens(pop_client_opts(opts)) as tokens:
+        token, info = tokens.create(Role(role), name, ttl)
     click.echo(token)
-    expiry = f", expires {_when(info.expires_at)}" if info.expires_at is not None else ""
-    click.echo(f"created {info.role.value} token {info.name!r}{expiry}", err=True)
+    expiry = f", expires {_when(info['expires_at'])}" if info["expires_at"] is not None else ""
+    click.echo(f"created {info['role']} token {info['name']!r}{expiry}", err=True)
     click.echo("Store it now: this token will not be shown again.", err=True)
 
 
 @token_group.command("list")
-@_home_option
-def list_command(home: Path | None) -> None:
+@client_options
+def list_command(**opts: Any) -> None:
     """List tokens: name, role, status, dates and a hash prefix (never the token)."""
-    infos = _registry(home).list()
+    with _tokens(pop_client_opts(opts)) as tokens:
+        infos = tokens.list()
     if not infos:
         click.echo("no tokens")
         return
@@ -93,12 +167,12 @@ def list_command(home: Path | None) -> None:
     rows = [("NAME", "ROLE", "STATUS", "CREATED", "EXPIRES", "SHA256")]
     rows += [
         (
-            i.name,
-            i.role.value,
+            i["name"],
+            i["role"],
             _status(i, now),
-            _when(i.created_at),
-            _when(i.expires_at),
-            i.hash_prefix,
+            _when(i["created_at"]),
+            _when(i["expires_at"]),
+            i["hash_prefix"],
         )
         for i in infos
     ]
@@ -109,18 +183,21 @@ def list_command(home: Path | None) -> None:
 
 @token_group.command("revoke")
 @click.argument("name")
-@_home_option
-def revoke_command(name: str, home: Path | None) -> None:
+@client_options
+def revoke_command(name: str, **opts: Any) -> None:
     """Revoke the token called NAME; it stops working at its next connection."""
-    if not _registry(home).revoke(name):
-        raise click.ClickException(f"no token named {name!r} (see `conveyor token list`)")
+    with _tokens(pop_client_opts(opts)) as tokens:
+        revoked = tokens.revoke(name)
+    if not revoked:
+        raise Failed(f"no token named {name!r} (see `conveyor token list`)")
     click.echo(f"revoked token {name!r}")
 
 
-def _status(info: TokenInfo, now: float) -> str:
-    if info.revoked:
+def _status(info: TokenMap, now: float) -> str:
+    if info["revoked"]:
         return "revoked"
-    return "active" if info.is_active(now) else "expired"
+    expires = info["expires_at"]
+    return "active" if expires is None or now < expires else "expired"
 
 
 def _when(ts: float | None) -> str:

@@ -217,5 +217,26 @@ def dlq_frame(kind: str, ids: list[str] | None) -> dict[str, Any]:
     return {"t": kind, **({"ids": ids} if ids is not None else {"all": True})}
 
 
+def token_create_frame(role: str, name: str | None, ttl: float | None) -> dict[str, Any]:
+    """TOKEN_CREATE for a role, with a name and a lifetime (seconds) when given."""
+    frame: dict[str, Any] = {"t": "token_create", "role": role}
+    if name is not None:
+        frame["name"] = name
+    if ttl is not None:
+        frame["ttl"] = ttl
+    return frame
+
+
+def pong(welcome: dict[str, Any] | None, rtt: float) -> dict[str, Any]:
+    """What ``ping()`` returns: the round trip in seconds and who we are to the broker."""
+    welcome = welcome or {}
+    return {"rtt": rtt, "role": welcome.get("role"), "server": welcome.get("server")}
+
+
+def reply_map(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply's fields without the envelope (``t`` and ``rid``)."""
+    return {k: v for k, v in reply.items() if k not in ("t", "rid")}
+
+
 def submitted_ids(reply: dict[str, Any]) -> list[str]:
     return [str(j["id"]) for j in reply["jobs"]]

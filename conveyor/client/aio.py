@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -15,9 +16,12 @@ from conveyor.client._base import (
     final_result,
     job_spec,
     list_frame,
+    pong,
     read_job,
+    reply_map,
     split_options,
     submitted_ids,
+    token_create_frame,
     wait_frame,
 )
 from conveyor.client.endpoint import make_endpoint
@@ -184,3 +188,28 @@ class AsyncClient:
 
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int((await self._request(dlq_frame("dlq_purge", ids), resend=False))["count"])
+
+    async def ping(self) -> dict[str, Any]:
+        """One PING/PONG round trip (connecting first, untimed, if need be):
+        ``{"rtt": seconds, "role": "producer" | "worker" | "admin", "server": "conveyor/…"}``."""
+        session = await self._transport.session()
+        started = time.perf_counter()
+        await self._request({"t": "ping"})
+        return pong(session.welcome, time.perf_counter() - started)
+
+    # -- tokens (an admin token) -------------------------------------------------------
+    async def token_create(
+        self, role: str, name: str | None = None, ttl: float | None = None
+    ) -> dict[str, Any]:
+        """Create a token on the broker: ``{"token": "cvy_…", "info": {name, role, created_at,
+        expires_at, revoked, hash_prefix}}``. The token is shown this once; keep it."""
+        frame = token_create_frame(role, name, ttl)
+        return reply_map(await self._request(frame, resend=False))
+
+    async def token_list(self) -> dict[str, Any]:
+        """Every token the broker knows, revoked and expired ones too: ``{"tokens": [info]}``."""
+        return reply_map(await self._request({"t": "token_list"}))
+
+    async def token_revoke(self, name: str) -> dict[str, Any]:
+        """Revoke the named token for good: ``{"revoked": name}``; JobNotFound if unknown."""
+        return reply_map(await self._request({"t": "token_revoke", "name": name}))

@@ -24,6 +24,8 @@ class Endpoint:
     ssl_context: ssl.SSLContext
     token: str | None
     name: str
+    ca_file: Path | None = None
+    token_source: str = ""  # where the token came from ("--token (token= in Python)", a file)
 
     @property
     def address(self) -> str:
@@ -61,5 +63,17 @@ def make_endpoint(
             "writes an admin token there on first start; `conveyor token create` makes more)"
         )
     host, port = settings.address
-    ctx = client_context(settings.ca_file, settings.cert_file, settings.key_file)
-    return Endpoint(host, port, ctx, settings.token, name)
+    try:
+        ctx = client_context(settings.ca_file, settings.cert_file, settings.key_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} ({_tls_hint(settings, str(exc))})") from None
+    return Endpoint(host, port, ctx, settings.token, name, settings.ca_file, settings.token_source)
+
+
+def _tls_hint(settings: ClientSettings, message: str) -> str:
+    """Which setting a TLS file error is about, and where it came from."""
+    if settings.ca_file is not None and str(settings.ca_file) in message:
+        return (
+            f"the CA came from {settings.ca_source}; fix it or give another with --ca / CONVEYOR_CA"
+        )
+    return "the client certificate and key come from --cert / --key or CONVEYOR_CERT / CONVEYOR_KEY"

@@ -43,6 +43,13 @@ READ_SIZE = 262144
 
 
 def _unavailable(endpoint: Endpoint, exc: BaseException) -> BrokerUnavailable:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        ca = f"the CA in {endpoint.ca_file}" if endpoint.ca_file else "the system's CAs"
+        return BrokerUnavailable(
+            f"cannot verify the broker at {endpoint.address} against {ca}: "
+            f"{exc.verify_message or exc} (give the broker's CA with --ca / CONVEYOR_CA; "
+            "its certificate must name this host: conveyor broker --hosts)"
+        )
     detail = (
         exc.strerror
         if isinstance(exc, OSError) and exc.strerror

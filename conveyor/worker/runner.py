@@ -23,6 +23,10 @@ broker never sees them in the clear.
 ``stop()`` (SIGTERM/SIGINT) drains: DRAIN tells the broker to send nothing more,
 prefetched jobs that never started go back at once (RELEASE), running ones finish
 and are reported, the worker waits for their ACKED, then says goodbye and exits.
+``stop(force=True)``, at any time (a second Ctrl-C, a drain timeout), stops waiting:
+unstarted jobs are released as above, running ones are abandoned (the connection closes
+and the broker requeues them, charging the attempt), and the pool is closed without
+waiting (process-pool children are killed; a thread cannot be, see ``pools``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from conveyor.errors import BrokerError, ConfigError, ConnectionLost
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
 from conveyor.worker.execute import RunResult, cancelled, failure
+from conveyor.worker.joblog import JobLog
 from conveyor.worker.pools import Pool, make_pool
 from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
@@ -79,6 +84,8 @@ class Worker:
 
     ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
     or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
+    Each job's start and end are logged (:mod:`conveyor.worker.joblog`); its arguments and
+    result only with ``log_payloads``.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class Worker:
         name: str | None = None,
         registry: TaskRegistry | None = None,
         payload_key_file: str | Path | PayloadCipher | None = None,
+        log_payloads: bool = False,
     ) -> None:
         if registry is None and not modules:
             raise ConfigError("a worker needs task modules (--tasks myapp.tasks) or a registry")
@@ -116,6 +124,7 @@ class Worker:
         self.queues = list(queues) if queues else (self.registry.queues() or ["default"])
         self.pool: Pool = make_pool(pool, self.registry, concurrency, self.modules)
         self.stats = WorkerStats()
+        self.joblog = JobLog(payloads=log_payloads)
         self.worker_id = ""
         self.connected = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -129,6 +138,7 @@ class Worker:
         self._unacked: set[str] = set()
         self._acked = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -153,11 +163,19 @@ class Worker:
                     await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
         finally:
-            await self.pool.close(wait=True)
+            await self.pool.close(wait=not self.forced)
 
-    def stop(self) -> None:
-        """Begin a graceful stop (safe to call from a signal handler on the loop)."""
+    def stop(self, force: bool = False) -> None:
+        """Begin a graceful stop; with ``force``, also stop waiting for running jobs (they
+        are abandoned to the broker). Safe to call from a signal handler on the loop."""
         self._stopping.set()
+        if force:
+            self._forced.set()
+
+    @property
+    def forced(self) -> bool:
+        """Whether :meth:`stop` was forced."""
+        return self._forced.is_set()
 
     def _ready_frame(self) -> dict[str, Any]:
         defaults: dict[str, dict[str, Any]] = {}
@@ -239,14 +257,30 @@ class Worker:
                 self._forget(h)
             self.stats.released += len(unstarted)
         running = [h.task for h in self._held.values() if h.task is not None]
-        if running:
+        if running and not self.forced:
             log.info("draining: waiting for %d running job(s)", len(running))
-            await asyncio.gather(*running, return_exceptions=True)
+            await self._until_done_or_forced(running)
         self._flush_reports()
         await conn.drain()
+        if self.forced:
+            left = sum(1 for h in self._held.values() if h.started)
+            log.warning("force stop: %d running job(s) abandoned; the broker requeues them", left)
+            return
         if self._unacked:  # outcomes count once ACKED says they are stored
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_acked(conn), ACK_WAIT)
+
+    async def _until_done_or_forced(self, running: list[asyncio.Task[None]]) -> None:
+        """Wait for every running job, or until :meth:`stop` is forced."""
+        forced = asyncio.get_running_loop().create_task(self._forced.wait())
+        either: set[asyncio.Future[Any]] = {
+            asyncio.gather(*running, return_exceptions=True),
+            forced,
+        }
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
 
     async def _all_acked(self, conn: AsyncConnection) -> None:
         while self._unacked and not conn.closed.is_set():
@@ -310,10 +344,13 @@ class Worker:
             self._note_started(held)
             await asyncio.sleep(0)  # the start notice is written before the job can run
             request = open_request(raw, self.cipher)
+            started = self.joblog.started(held.id, raw["task"], raw["attempt"], request)
             if isinstance(request, RunResult):
-                result = request  # sealed and this worker cannot open it, or no payload
+                result = outcome = request  # sealed and this worker cannot open it, or no payload
             else:
-                result = seal_result(await self.pool.run(request), self.cipher, raw)
+                outcome = await self.pool.run(request)
+                result = seal_result(outcome, self.cipher, raw)
+            self.joblog.finished(held.id, raw["task"], raw["attempt"], started, outcome)
         self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from conveyor import AsyncClient, Client, JobState
 from conveyor.broker.app import Broker
-from conveyor.cli.jobs import result as result_command
 from conveyor.cli.jobs import status as status_command
+from conveyor.cli.submit import result as result_command
 from conveyor.errors import JobFailed, PayloadDecryptError
 from conveyor.protocol.payload import unpack_call
 from conveyor.security.payload import PayloadCipher, generate_key, is_sealed, is_sealed_call

@@ -73,7 +73,7 @@ async def test_result_of_a_failed_and_an_unfinished_job(
     assert failed.exit_code == 1 and "kaput" in failed.output
     queued = await client.submit("no_worker_has_this")
     pending = await cli("result", queued.id)
-    assert pending.exit_code == 1 and "use --wait" in pending.output
+    assert pending.exit_code == 4 and "use --wait" in pending.output  # not done is not failed
 
 
 async def test_dlq_list_retry_and_purge(cli, client: AsyncClient, start_worker) -> None:
@@ -95,7 +95,7 @@ async def test_dlq_list_retry_and_purge(cli, client: AsyncClient, start_worker) 
 async def test_unreachable_broker_is_one_clear_line(home: Path) -> None:
     env = {"CONVEYOR_HOME": str(home), "CONVEYOR_BROKER_URL": "conveyor://127.0.0.1:1"}
     result = await asyncio.to_thread(CliRunner().invoke, main, ["stats"], env=env)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "cannot reach the broker at 127.0.0.1:1" in result.output
 
 

@@ -21,7 +21,15 @@ from conveyor.security.tokens import Role, TokenRegistry
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CONVEYOR_HOME", raising=False)
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "conveyor://127.0.0.1:9")  # never a real broker
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def registry_home(tmp_path: Path) -> Path:
+    """A home with a token registry (the broker's own home): token commands edit it."""
+    TokenRegistry(tmp_path / "tokens.json").save()
+    return tmp_path
 
 
 def run(command: click.Command, *args: str | Path) -> Result:
@@ -129,7 +137,7 @@ def test_certs_client(tmp_path: Path) -> None:
 # -- token -----------------------------------------------------------------------------
 
 
-def test_token_create_prints_the_token_once(tmp_path: Path) -> None:
+def test_token_create_prints_the_token_once(registry_home: Path, tmp_path: Path) -> None:
     result = run(token_group, "create", "--role", "worker", "--name", "w1", "--home", tmp_path)
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
@@ -146,7 +154,9 @@ def test_token_create_prints_the_token_once(tmp_path: Path) -> None:
     assert info.hash_prefix in listing.stdout
 
 
-def test_token_ttl_and_default_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_token_ttl_and_default_name(
+    monkeypatch: pytest.MonkeyPatch, registry_home: Path, tmp_path: Path
+) -> None:
     monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path))
     before = time.time()
     result = run(token_group, "create", "--role", "producer", "--ttl", "30d")
@@ -158,7 +168,7 @@ def test_token_ttl_and_default_name(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert before <= info.created_at <= time.time()
 
 
-def test_token_create_errors(tmp_path: Path) -> None:
+def test_token_create_errors(registry_home: Path, tmp_path: Path) -> None:
     bad_ttl = run(token_group, "create", "--role", "worker", "--ttl", "soon", "--home", tmp_path)
     assert bad_ttl.exit_code == 2
     assert "not a duration" in bad_ttl.stderr
@@ -172,12 +182,13 @@ def test_token_create_errors(tmp_path: Path) -> None:
     assert dup.exit_code == 1
     assert "already exists" in dup.stderr
     missing = run(token_group, "create", "--role", "admin", "--home", tmp_path / "nope")
-    assert missing.exit_code == 1
-    assert "no Conveyor home" in missing.stderr
+    assert missing.exit_code == 3  # no registry here, no broker to ask: no token at all
+    assert f"no token registry at {tmp_path / 'nope' / 'tokens.json'}" in missing.stderr
+    assert missing.stdout == ""
     assert not (tmp_path / "nope").exists()
 
 
-def test_token_revoke(tmp_path: Path) -> None:
+def test_token_revoke(registry_home: Path, tmp_path: Path) -> None:
     token = run(token_group, "create", "--role", "producer", "--name", "p", "--home", tmp_path)
     plaintext = token.stdout.strip()
     result = run(token_group, "revoke", "p", "--home", tmp_path)
@@ -190,12 +201,12 @@ def test_token_revoke(tmp_path: Path) -> None:
     assert "no token named 'ghost'" in unknown.stderr
 
 
-def test_token_list_empty(tmp_path: Path) -> None:
+def test_token_list_empty(registry_home: Path, tmp_path: Path) -> None:
     result = run(token_group, "list", "--home", tmp_path)
     assert (result.exit_code, result.stdout.strip()) == (0, "no tokens")
 
 
-def test_a_running_registry_sees_cli_changes(tmp_path: Path) -> None:
+def test_a_running_registry_sees_cli_changes(registry_home: Path, tmp_path: Path) -> None:
     broker = TokenRegistry(tmp_path / "tokens.json")
     created = run(token_group, "create", "--role", "worker", "--name", "w", "--home", tmp_path)
     token = created.stdout.strip()

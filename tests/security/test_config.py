@@ -15,6 +15,7 @@ from conveyor.config import (
     home_dir,
     parse_broker_url,
     resolve_client_settings,
+    write_broker_url,
 )
 from conveyor.errors import ConfigError
 from conveyor.security.tokens import Role, TokenRegistry
@@ -122,10 +123,10 @@ def test_client_settings_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_client_settings_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="conveyor://HOST"):
         resolve_client_settings("http://nope")
-    with pytest.raises(ConfigError, match="CA certificate file given does not exist"):
+    with pytest.raises(ConfigError, match="CA certificate given by --ca"):
         resolve_client_settings(ca=tmp_path / "missing.pem")
     monkeypatch.setenv("CONVEYOR_CA", str(tmp_path / "gone.pem"))
-    with pytest.raises(ConfigError, match=r"\$CONVEYOR_CA"):
+    with pytest.raises(ConfigError, match="CA certificate given by CONVEYOR_CA does not exist"):
         resolve_client_settings()
 
 
@@ -194,3 +195,37 @@ def test_a_loose_home_is_reported(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     _, lines = ensure_broker_files(tmp_path, now=NOW)
     assert lines[0].startswith("warning:")
+
+
+# -- config.toml: where the broker is, for clients of a home ------------------------------
+
+
+def test_broker_url_from_the_config_file_ranks_below_flag_and_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    assert resolve_client_settings(home=home).broker_url == "conveyor://127.0.0.1:65432"
+    written = write_broker_url(home, "conveyor://127.0.0.1:7000")
+    assert mode(written) == 0o600 and [p.name for p in home.iterdir()] == ["config.toml"]
+    from_file = resolve_client_settings(home=home)
+    assert from_file.broker_url == "conveyor://127.0.0.1:7000"
+    assert from_file.url_source == str(home / "config.toml")
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "conveyor://env-host:1")
+    assert resolve_client_settings(home=home).broker_url == "conveyor://env-host:1"
+    assert resolve_client_settings("flag-host:2", home=home).broker_url == "flag-host:2"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("broker_url = conveyor://x\n", "cannot read"),
+        ("broker_url = 7000\n", "broker_url must be a string"),
+        ('broker_url = "http://x"\n', "the URL came from"),
+    ],
+)
+def test_a_bad_config_file_is_named(tmp_path: Path, text: str, says: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=says) as info:
+        resolve_client_settings(home=tmp_path)
+    assert str(tmp_path / "config.toml") in str(info.value)

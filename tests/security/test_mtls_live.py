@@ -170,4 +170,4 @@ async def test_cli_passes_client_certificates(broker: Broker, home: Path, certif
     )
     assert (code, out.strip()) == (0, "3")
     code, out = await cli("stats")  # no certificate: refused
-    assert code == 1 and "Error" in out
+    assert code == 3 and "Error" in out  # cannot use the broker: exit 3
