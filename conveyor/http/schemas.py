@@ -100,6 +100,7 @@ class JobSummary(BaseModel):
 
 
 class JobDetail(JobSummary):
+    encrypted: bool = Field(description="arguments and result sealed end to end: not shown")
     args: list[Any]
     kwargs: dict[str, Any]
     result: Any = None

@@ -15,10 +15,43 @@ from conveyor.job import (
     Event,
     JobRecord,
 )
+from conveyor.security.payload import is_sealed, is_sealed_call
+
+
+ENCRYPTED = "(encrypted)"  # what a person sees where a producer sealed the text
 
 
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def readable(value: Any) -> Any:
+    """A sealed text or value as ``(encrypted)``; anything else as it is."""
+    return ENCRYPTED if is_sealed(value) else value
+
+
+def _readable_attempt_error(text: Any) -> Any:
+    """An attempt's ``"Type: message"`` whose message was sealed, as ``"Type: (encrypted)"``."""
+    if isinstance(text, str):
+        kind, sep, message = text.partition(": ")
+        if sep and is_sealed(message):
+            return f"{kind}: {ENCRYPTED}"
+    return readable(text)
+
+
+def _readable_event(ev: Event) -> Event:
+    if "error" not in ev and "traceback" not in ev:
+        return ev
+    out = dict(ev)
+    if "error" in out:
+        out["error"] = _readable_attempt_error(out["error"])
+    if "traceback" in out:
+        out["traceback"] = readable(out["traceback"])
+    return out
+
+
+def _readable_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if error is None else {k: readable(v) for k, v in error.items()}
 
 
 def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
@@ -38,18 +71,21 @@ def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "eta": job.eta,
         "error_type": error.get("type"),
-        "error_message": error.get("message"),
+        "error_message": readable(error.get("message")),
     }
 
 
 def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[str, Any]:
     args, kwargs = plain_call(job.payload)
+    encrypted = is_sealed_call(args, kwargs)
+    result = plain_value(job.result)
     return {
         **job_summary(job, core),
-        "args": args,
-        "kwargs": kwargs,
-        "result": plain_value(job.result),
-        "error": job.error,
+        "encrypted": encrypted,  # sealed by the producer: the broker cannot read it either
+        "args": [] if encrypted else args,
+        "kwargs": {} if encrypted else kwargs,
+        "result": readable(result),
+        "error": _readable_error(job.error),
         "retry_backoff": _or(job.retry_backoff, DEFAULT_RETRY_BACKOFF),
         "retry_backoff_max": _or(job.retry_backoff_max, DEFAULT_RETRY_BACKOFF_MAX),
         "timeout": job.timeout,
@@ -57,7 +93,7 @@ def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[st
         "cancel_requested": job.cancel_requested,
         "waiting": core.waiting_note(job),
         "attempts_detail": attempts(events),
-        "events": events,
+        "events": [_readable_event(ev) for ev in events],
     }
 
 
@@ -84,9 +120,9 @@ def attempts(events: list[Event]) -> list[dict[str, Any]]:
             run["ended"] = ev.get("at")
             run["outcome"] = kind
             if kind == "failed":
-                run["error"] = ev.get("error")
+                run["error"] = _readable_attempt_error(ev.get("error"))
                 if "traceback" in ev:
-                    run["traceback"] = ev["traceback"]
+                    run["traceback"] = readable(ev["traceback"])
             if "reason" in ev:
                 run["reason"] = ev["reason"]
     return runs

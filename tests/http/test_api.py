@@ -337,3 +337,26 @@ async def test_a_broker_stops_its_http_server(broker_config: BrokerConfig) -> No
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await asyncio.wait_for(client.get(url + "health"), 5)
+
+
+async def test_sealed_jobs_show_as_encrypted(
+    broker: Broker, home: Path, http: httpx.AsyncClient, start_worker, tmp_path: Path
+) -> None:
+    from conveyor import AsyncClient
+    from conveyor.security.payload import generate_key
+
+    key = generate_key()
+    (tmp_path / "payload.keys").write_text(key + "\n")
+    await start_worker(payload_key_file=tmp_path / "payload.keys")
+    async with AsyncClient(broker.url, home=home, payload_key=key) as sealing:
+        done = await sealing.submit("reverse_string", data="secret")
+        failing = await sealing.submit("fail", message="secret reason", retries=0)
+    job = await wait_state(http, done.id, "completed")
+    assert job["encrypted"] is True and (job["args"], job["kwargs"]) == ([], {})
+    assert job["result"] == "(encrypted)"
+    dead = await wait_state(http, failing.id, "dead")
+    assert dead["error_message"] == "(encrypted)" and dead["error"]["message"] == "(encrypted)"
+    assert dead["attempts_detail"][0]["error"] == "RuntimeError: (encrypted)"
+    assert "secret" not in json.dumps(dead) and "secret" not in json.dumps(job)
+    plain = (await http.post("/api/jobs", json={"task": "add", "args": [1, 2]})).json()
+    assert (await http.get(f"/api/jobs/{plain['id']}")).json()["encrypted"] is False
