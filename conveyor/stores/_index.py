@@ -6,17 +6,17 @@ priority holds across queues and FIFO holds within a priority; the caller gives
 requeued jobs a negative sequence to put them in front of their priority.
 
 Entries are deleted lazily: an entry counts only while its job is indexed under the
-same sequence number, so cancelling or re-queueing a job never searches a heap. The
-index also keeps the number of queued jobs per (queue, task), for "who is waiting".
+same sequence number, so cancelling or re-queueing a job never searches a heap.
+
+The index is compact on purpose: per queued job one heap entry and one dict slot, with
+the job id and the sequence number shared between them (about 220 bytes a job in
+all), because the SQLite engine keeps only this in memory for a queue of millions.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Collection, Sequence
-
-from conveyor.job import JobRecord
 
 Entry = tuple[int, int, str]  # (priority, sequence, job id)
 
@@ -27,8 +27,6 @@ class ReadyIndex:
     def __init__(self) -> None:
         self._heaps: dict[str, dict[str, list[Entry]]] = {}  # queue -> task -> heap
         self._seq: dict[str, int] = {}  # job id -> the sequence its live entry has
-        self._key: dict[str, tuple[str, str]] = {}  # job id -> (queue, task)
-        self._waiting: Counter[tuple[str, str]] = Counter()
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._seq
@@ -37,15 +35,18 @@ class ReadyIndex:
         """The sequence a queued job is indexed under (None if it is not queued)."""
         return self._seq.get(job_id)
 
-    def push(self, job: JobRecord, seq: int) -> None:
-        """Index a job that just became queued."""
-        self._note(job, seq)
-        heapq.heappush(self._heap(job), (job.priority, seq, job.id))
+    def __len__(self) -> int:
+        return len(self._seq)
 
-    def load(self, job: JobRecord, seq: int) -> None:
+    def push(self, job_id: str, queue: str, task: str, priority: int, seq: int) -> None:
+        """Index a job that just became queued."""
+        self._seq[job_id] = seq
+        heapq.heappush(self._heap(queue, task), (priority, seq, job_id))
+
+    def load(self, job_id: str, queue: str, task: str, priority: int, seq: int) -> None:
         """Like push, without keeping heap order; call :meth:`heapify` after a bulk load."""
-        self._note(job, seq)
-        self._heap(job).append((job.priority, seq, job.id))
+        self._seq[job_id] = seq
+        self._heap(queue, task).append((priority, seq, job_id))
 
     def heapify(self) -> None:
         for by_task in self._heaps.values():
@@ -54,13 +55,7 @@ class ReadyIndex:
 
     def discard(self, job_id: str) -> bool:
         """Forget a queued job (its heap entry is skipped later); False if not indexed."""
-        if self._seq.pop(job_id, None) is None:
-            return False
-        key = self._key.pop(job_id)
-        self._waiting[key] -= 1
-        if not self._waiting[key]:
-            del self._waiting[key]
-        return True
+        return self._seq.pop(job_id, None) is not None
 
     def pop(self, queues: Sequence[str], tasks: Collection[str], limit: int) -> list[str]:
         """Take up to ``limit`` of the most urgent job ids these queues and tasks offer."""
@@ -73,20 +68,9 @@ class ReadyIndex:
             taken.append(job_id)
         return taken
 
-    def waiting(self) -> dict[tuple[str, str], int]:
-        """Queued job counts by (queue, task)."""
-        return dict(self._waiting)
-
     # -- internals ---------------------------------------------------------------------
-    def _note(self, job: JobRecord, seq: int) -> None:
-        if job.id not in self._seq:
-            key = (job.queue, job.task)
-            self._key[job.id] = key
-            self._waiting[key] += 1
-        self._seq[job.id] = seq
-
-    def _heap(self, job: JobRecord) -> list[Entry]:
-        return self._heaps.setdefault(job.queue, {}).setdefault(job.task, [])
+    def _heap(self, queue: str, task: str) -> list[Entry]:
+        return self._heaps.setdefault(queue, {}).setdefault(task, [])
 
     def _candidates(self, queues: Sequence[str], tasks: Collection[str]) -> list[list[Entry]]:
         heaps: list[list[Entry]] = []

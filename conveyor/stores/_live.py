@@ -1,11 +1,18 @@
 """The in-memory half that the memory and SQLite engines share (composed, not inherited).
 
-:class:`LiveJobs` holds the records the engine keeps in memory and everything indexed
-over them: the ready index (``_index.py``), the heap of scheduled jobs by ETA, the unique
-keys held by live jobs, job counts by (state, queue, task, priority) and the event totals. It
-applies
-:class:`~conveyor.lifecycle.Transition` objects conditionally (by version) and keeps all of
-that in step in one place, :meth:`LiveJobs.apply`.
+:class:`LiveJobs` holds the records the engine keeps in memory (``jobs``: the *resident*
+ones) and the indexes over every live job: the ready index (``_index.py``), scheduled
+jobs by ETA, the unique keys held by live jobs, job counts by (state, queue, task,
+priority) and the event totals. It applies :class:`~conveyor.lifecycle.Transition`
+objects conditionally (by version) and keeps all of that in step in one place,
+:meth:`LiveJobs.apply`.
+
+The indexes do not need the records: a queued or scheduled job may leave ``jobs``
+(:meth:`LiveJobs.evict`) and stay indexed by id, queue, task, priority and sequence or
+ETA alone. The memory engine never evicts; the SQLite engine evicts committed jobs, so
+a queue of millions costs a compact index, not millions of records, and reads a
+record back (:meth:`LiveJobs.restore`) before it changes it. A record must be resident
+for :meth:`apply`.
 
 Sequence numbers order jobs within a priority: new jobs count up from 1, jobs sent to the
 front (requeued, released) count down from -1. Leases are drawn from the same upward
@@ -31,27 +38,38 @@ CountKey = tuple[JobState, str, str, int]  # (state, queue, task, priority)
 
 
 class LiveJobs:
-    """Records in memory and their indexes; see the module docstring."""
+    """Resident records and the indexes over live jobs; see the module docstring."""
 
     def __init__(self, seq_start: int = 1, front_start: int = -1) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.ready = ReadyIndex()
-        self._scheduled: list[tuple[float, str]] = []
+        self._scheduled: list[tuple[float, str]] = []  # (eta, id) heap; stale entries skipped
+        self._eta: dict[str, float] = {}  # scheduled job id -> the eta its live entry has
         self._unique: dict[str, str] = {}  # unique key -> id of the live job holding it
         self.counts: Counter[CountKey] = Counter()  # (state, queue, task, priority) -> jobs
+        #: count changes not yet taken by :meth:`take_deltas` (SQLite persists them)
+        self.deltas: Counter[CountKey] = Counter()
         self.totals: Counter[str] = Counter(dict.fromkeys(TOTALS, 0))
         self._seq = itertools.count(seq_start)
         self._front = itertools.count(front_start, -1)
         self.high_water = max(0, seq_start - 1)  # the highest sequence or lease handed out
 
     # -- lookups ---------------------------------------------------------------------------
-    def existing(self, job: JobRecord) -> JobRecord | None:
-        """The job in memory with ``job``'s id, or the live one holding its unique key."""
-        found = self.jobs.get(job.id)
-        if found is None and job.unique_key is not None:
-            holder = self._unique.get(job.unique_key)
-            found = None if holder is None else self.jobs.get(holder)
-        return found
+    def is_live(self, job_id: str) -> bool:
+        """Whether the job is queued, scheduled or running (resident or not)."""
+        if job_id in self.ready or job_id in self._eta:
+            return True
+        job = self.jobs.get(job_id)
+        return job is not None and job.state not in FINAL_STATES
+
+    def holder(self, job: JobRecord) -> str | None:
+        """The id of the job already stored as ``job`` (resident or live), or of the live
+        job holding its unique key: what an insert of ``job`` must return instead."""
+        if job.id in self.jobs or self.is_live(job.id):
+            return job.id
+        if job.unique_key is not None:
+            return self._unique.get(job.unique_key)
+        return None
 
     def seq_of(self, job_id: str) -> int | None:
         return self.ready.seq_of(job_id)
@@ -65,14 +83,14 @@ class LiveJobs:
     def add(self, job: JobRecord, events: Iterable[Event] = ()) -> None:
         """A new job (queued or scheduled) enters."""
         self.jobs[job.id] = job
-        self.counts[job.state, job.queue, job.task, job.priority] += 1
+        self._recount(job.state, job.queue, job.task, job.priority, 1)
         if job.unique_key is not None and job.state not in FINAL_STATES:
             self._unique[job.unique_key] = job.id
         self._place(job, front=False)
         self._count(events)
 
     def apply(self, t: Transition) -> JobRecord | None:
-        """Apply ``t`` if the job in memory is still at ``t.old``'s version."""
+        """Apply ``t`` if the resident job is still at ``t.old``'s version."""
         old, new = self.jobs.get(t.old.id), t.new
         if old is None or old.version != t.old.version:
             return None
@@ -82,10 +100,12 @@ class LiveJobs:
             )
         self.jobs[new.id] = new
         if old.state is not new.state or old.queue != new.queue:
-            self.uncount(old.state, old.queue, old.task, old.priority)
-            self.counts[new.state, new.queue, new.task, new.priority] += 1
+            self._recount(old.state, old.queue, old.task, old.priority, -1)
+            self._recount(new.state, new.queue, new.task, new.priority, 1)
             if old.state is JobState.QUEUED:
                 self.ready.discard(old.id)  # a claim already took it: then this is a no-op
+            elif old.state is JobState.SCHEDULED:
+                self._eta.pop(old.id, None)
             self._place(new, t.front)
             self._hold_key(old, new)
         self._count(t.events)
@@ -96,9 +116,11 @@ class LiveJobs:
             seq = next(self._front) if front else next(self._seq)
             if seq > 0:
                 self.high_water = seq
-            self.ready.push(job, seq)
+            self.ready.push(job.id, job.queue, job.task, job.priority, seq)
         elif job.state is JobState.SCHEDULED:
-            heapq.heappush(self._scheduled, (job.eta or 0.0, job.id))
+            eta = job.eta or 0.0
+            self._eta[job.id] = eta
+            heapq.heappush(self._scheduled, (eta, job.id))
 
     def _hold_key(self, old: JobRecord, new: JobRecord) -> None:
         key = new.unique_key
@@ -116,60 +138,114 @@ class LiveJobs:
             if kind in _TOTAL_KINDS:
                 self.totals[kind] += 1
 
+    def _recount(self, state: JobState, queue: str, task: str, priority: int, n: int) -> None:
+        key = (state, queue, task, priority)
+        self.counts[key] += n
+        if not self.counts[key]:
+            del self.counts[key]
+        self.deltas[key] += n
+
     def remove(self, job: JobRecord, *, uncount: bool = True) -> None:
-        """Forget a job: deleted (``uncount``), or only evicted from memory (SQLite)."""
+        """Forget a finished job: deleted (``uncount``), or only evicted from memory."""
         if self.jobs.get(job.id) is job:
             del self.jobs[job.id]
         if uncount:
-            self.uncount(job.state, job.queue, job.task, job.priority)
+            self._recount(job.state, job.queue, job.task, job.priority, -1)
 
     def uncount(self, state: JobState, queue: str, task: str, priority: int, n: int = 1) -> None:
+        """Jobs deleted where the engine has counted the deletion already (SQL)."""
         key = (state, queue, task, priority)
         self.counts[key] -= n
         if not self.counts[key]:
             del self.counts[key]
 
-    # -- picking work ----------------------------------------------------------------------
-    def pop_ready(self, claimant: Claimant, limit: int) -> list[JobRecord]:
-        """The most urgent queued jobs the claimant can run (out of the ready index)."""
-        queues = (*claimant.queues, UNROUTED)
-        return [self.jobs[i] for i in self.ready.pop(queues, claimant.tasks, limit)]
+    def take_deltas(self) -> Counter[CountKey]:
+        """The count changes since the last call (for the engine to persist with them)."""
+        deltas, self.deltas = self.deltas, Counter()
+        return deltas
 
-    def pop_due(self, now: float) -> list[JobRecord]:
-        """Scheduled jobs whose eta has come (stale heap entries are skipped)."""
-        due: list[JobRecord] = []
+    # -- resident records ------------------------------------------------------------------
+    def evict(self, job: JobRecord) -> bool:
+        """Drop a queued or scheduled job's record; its index entries stay. False if the
+        record is not this one any more, or the job is in another state."""
+        if self.jobs.get(job.id) is not job or job.state not in (
+            JobState.QUEUED,
+            JobState.SCHEDULED,
+        ):
+            return False
+        del self.jobs[job.id]
+        return True
+
+    def restore(self, job: JobRecord) -> JobRecord:
+        """Make a record read back from the engine resident again (memory wins: a resident
+        record is never older than what the engine has)."""
+        return self.jobs.setdefault(job.id, job)
+
+    # -- picking work ----------------------------------------------------------------------
+    def pop_ready(self, claimant: Claimant, limit: int) -> list[str]:
+        """Ids of the most urgent queued jobs the claimant can run, out of the ready index
+        (records not resident must be restored before the claims are applied)."""
+        queues = (*claimant.queues, UNROUTED)
+        return self.ready.pop(queues, claimant.tasks, limit)
+
+    def pop_due(self, now: float) -> list[str]:
+        """Ids of scheduled jobs whose eta has come, out of the ETA index."""
+        due: list[str] = []
         while self._scheduled and self._scheduled[0][0] <= now:
             eta, job_id = heapq.heappop(self._scheduled)
-            job = self.jobs.get(job_id)
-            if job is not None and job.state is JobState.SCHEDULED and job.eta == eta:
-                due.append(job)
+            if self._eta.get(job_id) == eta:
+                del self._eta[job_id]
+                due.append(job_id)
         return due
 
     def next_eta(self) -> float | None:
         while self._scheduled:
             eta, job_id = self._scheduled[0]
-            job = self.jobs.get(job_id)
-            if job is not None and job.state is JobState.SCHEDULED and job.eta == eta:
+            if self._eta.get(job_id) == eta:
                 return eta
             heapq.heappop(self._scheduled)
         return None
 
     # -- restoring (SQLite at open) --------------------------------------------------------
-    def load(self, job: JobRecord, seq: int | None) -> None:
-        """Put back a live job read from disk, in its old place; call :meth:`loaded` after."""
+    def load(self, job: JobRecord) -> None:
+        """Put back a running job read from disk (resident); call :meth:`loaded` after."""
         self.jobs[job.id] = job
         if job.unique_key is not None:
             self._unique[job.unique_key] = job.id
-        if job.state is JobState.QUEUED:
-            self.ready.load(job, next(self._seq) if seq is None else seq)
-        elif job.state is JobState.SCHEDULED:
-            self._scheduled.append((job.eta or 0.0, job.id))
+
+    def load_waiting(
+        self,
+        job_id: str,
+        state: JobState,
+        queue: str,
+        task: str,
+        priority: int,
+        seq: int | None,
+        eta: float | None,
+        unique_key: str | None,
+    ) -> None:
+        """Index a queued or scheduled job read from disk, without its record."""
+        if unique_key is not None:
+            self._unique[unique_key] = job_id
+        if state is JobState.QUEUED:
+            self.ready.load(job_id, queue, task, priority, next(self._seq) if seq is None else seq)
+        else:
+            self._eta[job_id] = eta or 0.0
+            self._scheduled.append((eta or 0.0, job_id))
 
     def loaded(self) -> None:
         self.ready.heapify()
         heapq.heapify(self._scheduled)
 
     # -- numbers ---------------------------------------------------------------------------
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """Queued job counts by (queue, task)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for (state, queue, task, _), n in self.counts.items():
+            if state is JobState.QUEUED and n:
+                out[queue, task] += n
+        return dict(out)
+
     def stats(self) -> dict[str, Any]:
         states = dict.fromkeys((s.value for s in JobState), 0)
         by: dict[str, dict[Any, Counter[str]]] = {"queues": {}, "tasks": {}, "priorities": {}}

@@ -82,6 +82,11 @@ class Store(abc.ABC):
     durable: bool = False
     url: str = ""
 
+    @property
+    def health(self) -> dict[str, Any]:
+        """``{"writable", "error", "since", "failed_attempts"}``: can the engine write now?"""
+        return {"writable": True, "error": None, "since": None, "failed_attempts": 0}
+
     async def open(self, now: float) -> list[JobRecord]:
         """Open the engine; return the jobs it holds as running (from before a restart)."""
         return []
@@ -91,11 +96,14 @@ class Store(abc.ABC):
 
     # -- jobs: writes ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def job_insert_many(self, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
+    async def job_insert_many(
+        self, jobs: Sequence[tuple[JobRecord, Event]], *, durable: bool = True
+    ) -> list[Inserted]:
         """Store new jobs (already born: queued or scheduled) with their first event.
 
         A job whose id exists, or whose unique key a live job holds, is not stored: the
         existing job is returned with ``created=False`` (also between jobs of one call).
+        With ``durable=False`` it returns before the jobs are durable (see :meth:`flush`).
         """
 
     @abc.abstractmethod
@@ -126,6 +134,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def job_prune(self, finished_before: float) -> int:
         """Delete completed and cancelled jobs finished before the given time."""
+
+    async def flush(self) -> None:
+        """Return once every change made so far is durable. Raises
+        :class:`~conveyor.errors.StoreUnavailable` while the engine cannot write; the
+        changes are kept and written when it can."""
 
     # -- jobs: reads -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,12 +31,14 @@ class MemoryStore(Store):
         self._meta: dict[str, Any] = {}
 
     # -- writes --------------------------------------------------------------------------
-    async def job_insert_many(self, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
+    async def job_insert_many(
+        self, jobs: Sequence[tuple[JobRecord, Event]], *, durable: bool = True
+    ) -> list[Inserted]:
         out: list[Inserted] = []
         for job, first in jobs:
-            existing = self.live.existing(job)
-            if existing is not None:
-                out.append(Inserted(existing, False))
+            holder = self.live.holder(job)
+            if holder is not None:  # every record is resident here
+                out.append(Inserted(self.live.jobs[holder], False))
                 continue
             self.live.add(job, (first,))
             self._events[job.id] = [first]
@@ -49,7 +51,8 @@ class MemoryStore(Store):
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
     ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
-        for job in self.live.pop_ready(claimant, limit):
+        for job_id in self.live.pop_ready(claimant, limit):
+            job = self.live.jobs[job_id]
             t = lifecycle.claim(
                 job,
                 claimant.worker,
@@ -63,7 +66,8 @@ class MemoryStore(Store):
         return claimed
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
-        return [self._apply(lifecycle.promote(job, now)) for job in self.live.pop_due(now)]
+        jobs = self.live.jobs
+        return [self._apply(lifecycle.promote(jobs[i], now)) for i in self.live.pop_due(now)]
 
     async def job_apply(
         self, transitions: Sequence[Transition], *, durable: bool = True
@@ -156,7 +160,7 @@ class MemoryStore(Store):
         return self.live.next_eta()
 
     async def queue_waiting(self) -> dict[tuple[str, str], int]:
-        return self.live.ready.waiting()
+        return self.live.waiting()
 
     async def stats(self) -> dict[str, Any]:
         return self.live.stats()

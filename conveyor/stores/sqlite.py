@@ -2,65 +2,90 @@
 
 Theory of operation
 -------------------
-Live jobs (queued, scheduled, running) are kept in a :class:`~conveyor.stores._live.LiveJobs`
-(the same index the memory engine uses, composed here, not inherited), so claims never
-touch the disk; the database is the truth. Every change is staged for a single writer
-thread (:mod:`conveyor.stores.sql.sqlite_writer`) which writes the batch in one
-transaction and commits: *group commit*. New jobs are inserted whole; a state change is a
-narrow UPDATE of the changed columns (never the payload); events are appended to their own
-table. A method whose result is acknowledged to a client awaits that commit; claims and
-promotions do not (a lost claim is simply run again), but ride along in the next commit.
+The database is the truth. In memory the engine keeps a
+:class:`~conveyor.stores._live.LiveJobs` (the index the memory engine uses, composed
+here): every live job's index entry, and the records of running jobs, of jobs with
+changes not yet committed, and of as many committed queued and scheduled jobs as
+:data:`RESIDENT_BYTES` allows. A queue of millions therefore costs a compact index (about
+220 bytes a job), and a claim of a job whose record is not resident reads it back, in one
+query for the whole claim, on a reader thread.
 
-A finished job (completed, cancelled, dead) leaves memory once its row is committed,
-keeping only the last :data:`RECENT` of them for quick reads; anything older is read from
-the database, on the writer thread, after the pending changes are committed.
+Every change is staged for a single writer thread (:mod:`conveyor.stores.sql.sqlite_writer`)
+which writes the batch in one transaction and commits: *group commit*. New jobs are
+inserted whole; a state change is a narrow UPDATE of the changed columns (never the
+payload); events are appended to their own table; the job counts are added up in the same
+transaction. A method whose result is acknowledged to a client awaits that commit; claims
+and promotions do not (a lost claim is simply run again), but ride along in the next one.
 
-At :meth:`open` the live jobs come back into the index in their original order; the jobs
-that were running when the broker stopped are returned, for the broker to requeue.
+Reads that miss memory run on reader threads (:mod:`conveyor.stores.sql.sqlite_readers`),
+never between the writer's commits, so a heavy listing cannot stall submits and reports.
+A finished job leaves memory once its row is committed, keeping the last ones (within
+:data:`RECENT` jobs and :data:`RECENT_BYTES`) for quick reads of a result.
+
+At :meth:`open` the live index is rebuilt from the live rows and the stored counts (never
+by counting the history); the jobs that were running when the broker stopped are
+returned, for the broker to requeue.
 
 Durability: WAL with ``synchronous=NORMAL`` by default. A commit is then safe against a
 crash of the process (kill -9), which is what an acknowledgement promises; an OS crash
 or power loss may lose the last commits. ``?synchronous=full`` syncs the WAL on every
-commit and survives power loss, at the cost of one fsync per group commit. The database
-is locked for exclusive use: one broker per file (several brokers share PostgreSQL).
+commit and survives power loss, at the cost of one fsync per group commit. One broker
+per file: the engine holds an exclusive lock on ``<path>.lock`` while open (several
+brokers share PostgreSQL). The database and its WAL are created readable by their owner
+only (0600).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import logging
+import os
 import sqlite3
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from conveyor import lifecycle
-from conveyor.errors import ConfigError
-from conveyor.job import PRUNABLE_STATES, Event, JobRecord, JobState
+from conveyor.errors import ConfigError, StoreUnavailable
+from conveyor.job import FINAL_STATES, PRUNABLE_STATES, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
+from conveyor.stores._bounded import BoundedRecords
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store
 from conveyor.stores.sql.sqlite_jobs import (
     Batch,
-    Snapshot,
+    Start,
     delete_dead,
     fetch_events,
     fetch_jobs,
     get_meta,
     list_jobs,
-    load_snapshot,
+    load_live,
     new_connection_setup,
     prune_chunk,
     select_dead,
     set_meta,
     write_batch,
 )
+from conveyor.stores.sql.sqlite_readers import ReaderPool
 from conveyor.stores.sql.sqlite_schema import migrate
 from conveyor.stores.sql.sqlite_writer import GroupCommitWriter
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+log = logging.getLogger("conveyor.store")
+
 RECENT = 4096  # finished jobs kept in memory after their commit, for quick job_get
+RECENT_BYTES = 64 << 20  # ... and at most this many bytes of them
+#: committed queued and scheduled records kept in memory, so that claims of a short
+#: queue never read the disk; beyond this only their index entries stay
+RESIDENT = 50_000
+RESIDENT_BYTES = 16 << 20
 PRUNE_CHUNK = 10_000  # rows deleted per transaction, so commits keep flowing meanwhile
 #: A restart skips this many sequence numbers, so that a lease handed out in the last
 #: moments before a crash (never committed) is not handed out again for the same job.
@@ -68,6 +93,7 @@ RESTART_GAP = 1 << 32
 SYNCHRONOUS = ("normal", "full", "extra")
 LOCK_TIMEOUT = 2.0  # seconds to wait for a broker that is still letting go of the file
 SEQ_HWM = "seq_hwm"  # counters row: the highest sequence/lease number given out
+_WAITING = (JobState.QUEUED, JobState.SCHEDULED)
 
 
 def parse_sqlite_url(url: str) -> tuple[str, str]:
@@ -89,25 +115,45 @@ def parse_sqlite_url(url: str) -> tuple[str, str]:
     return unquote(parts.path[1:]), synchronous
 
 
+def lock_database(path: str) -> int:
+    """Hold ``<path>.lock`` exclusively (released when the process ends, however it ends):
+    one broker per database. Returns the descriptor to close to let go."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"{path} is in use by another process (another broker?)") from exc
+    return fd
+
+
+def _owner_only(path: str) -> None:
+    """The database and its WAL files readable by their owner only: SQLite gives the WAL
+    and shared-memory files the database file's mode, so creating that 0600 is enough;
+    an existing one is narrowed."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+
+
 def connect(path: str, synchronous: str) -> sqlite3.Connection:
-    """Open (creating) the database for exclusive use, in WAL mode, migrated."""
+    """Open (creating, 0600) the database in WAL mode, migrated."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(path)
     conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT, isolation_level=None)
     try:
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")  # before WAL: no shared memory
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
         migrate(conn)
         new_connection_setup(conn)
-        conn.execute("BEGIN IMMEDIATE")  # take the exclusive lock now, not at first write
-        conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         conn.close()
-        if "locked" in str(exc):
-            raise ConfigError(f"{path} is in use by another process (another broker?)") from exc
         raise ConfigError(f"cannot open the SQLite store {path}: {exc}") from exc
     except BaseException:
         conn.close()
@@ -116,25 +162,40 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
 
 
 class SqliteStore(Store):
-    """Memory index for speed, SQLite for truth; see the module docstring."""
+    """A compact index in memory, SQLite for truth; see the module docstring."""
 
     durable = True
 
-    def __init__(self, url: str, *, recent: int = RECENT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        recent: int = RECENT,
+        recent_bytes: int = RECENT_BYTES,
+        resident: int = RESIDENT,
+        resident_bytes: int = RESIDENT_BYTES,
+    ) -> None:
         self.url = url
         self.path, self.synchronous = parse_sqlite_url(url)
         self.live = LiveJobs()
         self._writer: GroupCommitWriter[Batch, list[JobRecord]] = GroupCommitWriter(
-            partial(connect, self.path, self.synchronous), Batch, write_batch, self._evict
+            partial(connect, self.path, self.synchronous), Batch, write_batch, self._committed
         )
-        self._recent: OrderedDict[str, JobRecord] = OrderedDict()
-        self._recent_max = recent
+        self._readers: ReaderPool | None = None  # None for ":memory:": reads on the writer
+        self._lock: int | None = None
+        self._recent = BoundedRecords(recent, recent_bytes, drop="oldest")
+        self._waiting = BoundedRecords(resident, resident_bytes, drop="newest")
         self._admin = asyncio.Lock()  # dlq and retention read, then change: one at a time
 
     @property
     def commits(self) -> int:
         """Transactions committed so far (group commit: far fewer than changes)."""
         return self._writer.commits
+
+    @property
+    def health(self) -> dict[str, Any]:
+        """Whether the store can write now, and if not why and since when."""
+        return self._writer.health()
 
     # -- staging -------------------------------------------------------------------------
     def _stage(
@@ -146,79 +207,134 @@ class SqliteStore(Store):
             for job, events in changes:
                 add(job, live.seq_of(job.id), events)
             batch.counters = {**live.totals, SEQ_HWM: live.high_water}
+            batch.deltas.update(live.take_deltas())
 
-    def _evict(self, finals: list[JobRecord]) -> None:
-        """After a commit: finished jobs leave memory unless they changed since."""
+    def _committed(self, written: list[JobRecord]) -> None:
+        """After a commit: finished jobs leave memory for the recent cache, and queued or
+        scheduled ones beyond the resident budget leave it altogether (their index entries
+        stay). A record that changed since it was written waits for its own commit."""
         jobs = self.live.jobs
-        for job in finals:
-            if jobs.get(job.id) is job:
+        for job in written:
+            if jobs.get(job.id) is not job:
+                continue
+            if job.state in FINAL_STATES:
                 del jobs[job.id]
-                self._recent[job.id] = job
-        while len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+                self._recent.put(job)
+            elif job.state in _WAITING:
+                for dropped in self._waiting.put(job):
+                    self.live.evict(dropped)
+
+    # -- reads off the writer --------------------------------------------------------------
+    async def _read(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn`` on a reader thread: it sees what is committed."""
+        if self._readers is None:
+            return await self._writer.call(fn, *args, **kwargs)
+        return await self._readers.call(fn, *args, **kwargs)
+
+    async def _read_fresh(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn`` after what is staged now is committed (it sees the loop's own writes);
+        while the store cannot write, it reads what is committed."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._writer.durable()
+        return await self._read(fn, *args, **kwargs)
+
+    async def _make_resident(self, ids: Sequence[str]) -> None:
+        """Read back the records of these live jobs that are not in memory."""
+        jobs = self.live.jobs
+        missing = [i for i in ids if i not in jobs]
+        if not missing:
+            return
+        found = await self._read(fetch_jobs, missing)
+        for job in found:
+            self.live.restore(job)
+        if len(found) < len(missing):  # cannot happen: an evicted record was committed
+            lost = sorted(set(missing) - {j.id for j in found})
+            log.error("SQLite store: indexed jobs missing from the database: %s", lost[:10])
 
     # -- open and close ------------------------------------------------------------------
     async def open(self, now: float) -> list[JobRecord]:
         """Load live jobs into the index; return those that were running, oldest first."""
-        await self._writer.start()
-        snapshot = await self._writer.call(load_snapshot)
-        running = self._restore(snapshot)
+        if self.path != ":memory:":
+            self._lock = lock_database(self.path)
+        try:
+            await self._writer.start()
+        except BaseException:
+            self._unlock()
+            raise
+        if self.path != ":memory:":
+            self._readers = ReaderPool(self.path)
+        self.live, running = await self._writer.call(load_live, _new_live)
         # Stage the counters even when nothing changes: the lease high-water mark (raised
         # by the restart gap) must be on disk before any new lease is handed out.
         self._stage([])
         await self._writer.durable()
+        running.sort(key=lambda job: (job.priority, job.lease or 0))
         return running
-
-    def _restore(self, snapshot: Snapshot) -> list[JobRecord]:
-        seqs = [seq for _, seq in snapshot.active if seq is not None]
-        leases = [job.lease or 0 for job, _ in snapshot.active]
-        hwm = max([snapshot.counters.get(SEQ_HWM, 0), *seqs, *leases])
-        start = hwm + RESTART_GAP + 1 if hwm else 1
-        live = self.live = LiveJobs(start, min([0, *seqs]) - 1)
-        for state, queue, task, priority, n in snapshot.counts:
-            live.counts[JobState(state), queue, task, priority] += n
-        for name, value in snapshot.counters.items():
-            if name != SEQ_HWM:
-                live.totals[name] = value
-        running: list[tuple[int, JobRecord]] = []
-        for job, seq in snapshot.active:
-            live.load(job, seq)
-            if job.state is JobState.RUNNING:
-                running.append((seq or 0, job))
-        live.loaded()
-        running.sort(key=lambda item: (item[1].priority, item[0]))
-        return [job for _, job in running]
 
     async def close(self) -> None:
         """Commit everything staged, then close the database."""
-        await self._writer.close()
+        try:
+            await self._writer.close()
+            if self._readers is not None:
+                await self._readers.close()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- writes --------------------------------------------------------------------------
-    async def job_insert_many(self, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
-        known = self.live.jobs
-        missing = [j.id for j, _ in jobs if j.id not in known and j.id not in self._recent]
-        # A client-chosen id may name a finished job that lives only on disk.
-        on_disk = {j.id: j for j in await self._writer.call(fetch_jobs, missing)} if missing else {}
+    async def job_insert_many(
+        self, jobs: Sequence[tuple[JobRecord, Event]], *, durable: bool = True
+    ) -> list[Inserted]:
+        live = self.live
+        want: list[str] = []
+        for job, _ in jobs:
+            holder = live.holder(job) or job.id  # a finished job may live only on disk
+            if self._in_memory(holder) is None:
+                want.append(holder)
+        on_disk = {j.id: j for j in await self._read(fetch_jobs, want)} if want else {}
         out: list[Inserted] = []
         added: list[tuple[JobRecord, Sequence[Event]]] = []
         for job, first in jobs:
-            existing = self.live.existing(job) or self._recent.get(job.id) or on_disk.get(job.id)
+            holder = live.holder(job) or job.id  # again: the read above let others run
+            existing = self._in_memory(holder) or on_disk.get(holder)
             if existing is not None:
                 out.append(Inserted(existing, False))
                 continue
-            self.live.add(job, (first,))
+            live.add(job, (first,))
             added.append((job, (first,)))
             out.append(Inserted(job, True))
         self._stage(added, new=True)
-        await self._writer.durable()
+        if durable:
+            await self._writer.durable()
         return out
 
     async def job_claim(
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
     ) -> list[JobRecord]:
-        changes: list[tuple[JobRecord, Sequence[Event]]] = []
         live = self.live
-        for job in live.pop_ready(claimant, limit):
+        ids = live.pop_ready(claimant, limit)
+        if not ids:
+            return []
+        await self._make_resident(ids)
+        changes: list[tuple[JobRecord, Sequence[Event]]] = []
+        for job_id in ids:
+            job = live.jobs.get(job_id)
+            if job is None or job.state is not JobState.QUEUED:
+                continue  # cancelled while its record was read back
             t = lifecycle.claim(
                 job,
                 claimant.worker,
@@ -229,19 +345,29 @@ class SqliteStore(Store):
                 claimant.route(job.task),
             )
             new = live.apply(t)
-            assert new is not None, "a job picked from the index changed under us"
-            changes.append((new, t.events))
+            if new is not None:
+                self._waiting.pop(job_id)
+                changes.append((new, t.events))
         if changes:
             self._stage(changes)
         return [job for job, _ in changes]
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
+        live = self.live
+        ids = live.pop_due(now)
+        if not ids:
+            return []
+        await self._make_resident(ids)
         changes: list[tuple[JobRecord, Sequence[Event]]] = []
-        for job in self.live.pop_due(now):
+        for job_id in ids:
+            job = live.jobs.get(job_id)
+            if job is None or job.state is not JobState.SCHEDULED:
+                continue
             t = lifecycle.promote(job, now)
-            new = self.live.apply(t)
-            assert new is not None
-            changes.append((new, t.events))
+            new = live.apply(t)
+            if new is not None:
+                self._waiting.pop(job_id)
+                changes.append((new, t.events))
         if changes:
             self._stage(changes)
         return [job for job, _ in changes]
@@ -249,14 +375,17 @@ class SqliteStore(Store):
     async def job_apply(
         self, transitions: Sequence[Transition], *, durable: bool = True
     ) -> list[JobRecord | None]:
-        await self._load_for(transitions)
+        # Jobs not in memory (evicted, or finished and read off disk for a DLQ retry) come
+        # back first, at the version the database has, so the change stays conditional.
+        await self._make_resident([t.old.id for t in transitions])
         out: list[JobRecord | None] = []
         changes: list[tuple[JobRecord, Sequence[Event]]] = []
         for t in transitions:
             new = self.live.apply(t)
             out.append(new)
             if new is not None:
-                self._recent.pop(new.id, None)
+                self._recent.pop(new.id)
+                self._waiting.pop(new.id)
                 changes.append((new, t.events))
         if changes:
             self._stage(changes)
@@ -264,15 +393,8 @@ class SqliteStore(Store):
             await self._writer.durable()
         return out
 
-    async def _load_for(self, transitions: Sequence[Transition]) -> None:
-        """Jobs changed from a state read off disk (a dead job's DLQ retry) come back into
-        memory first, at the version the database has now, so the change stays conditional."""
-        away = [t.old.id for t in transitions if t.old.id not in self.live.jobs]
-        if not away:
-            return
-        for job in await self._writer.call(fetch_jobs, away):
-            if job.id not in self.live.jobs:  # memory wins: it is never older than the row
-                self.live.jobs[job.id] = job
+    async def flush(self) -> None:
+        await self._writer.durable()
 
     async def dlq_purge(self, ids: Sequence[str] | None) -> int:
         async with self._admin:
@@ -282,10 +404,10 @@ class SqliteStore(Store):
             for (queue, task, priority), n in removed.items():
                 self.live.uncount(JobState.DEAD, queue, task, priority, n)
             wanted = None if ids is None else set(ids)
-            for job in [*self.live.jobs.values(), *self._recent.values()]:
+            for job in [*self.live.jobs.values(), *self._recent]:
                 if job.state is JobState.DEAD and (wanted is None or job.id in wanted):
                     self.live.remove(job, uncount=False)
-                    self._recent.pop(job.id, None)
+                    self._recent.pop(job.id)
             return sum(removed.values())
 
     async def job_prune(self, finished_before: float) -> int:
@@ -298,14 +420,14 @@ class SqliteStore(Store):
                 total += sum(removed.values())
                 if sum(removed.values()) < PRUNE_CHUNK:
                     break
-            for job_id, job in list(self._recent.items()):
+            for job in self._recent:
                 if job.state in PRUNABLE_STATES and (job.finished_at or 0.0) < finished_before:
-                    del self._recent[job_id]
+                    self._recent.pop(job.id)
             return total
 
     # -- settings ------------------------------------------------------------------------
     async def meta_get(self, name: str) -> Any:
-        return await self._writer.call(get_meta, name)
+        return await self._read_fresh(get_meta, name)
 
     async def meta_set(self, name: str, value: Any) -> None:
         await self._writer.call(set_meta, name, value)
@@ -318,14 +440,14 @@ class SqliteStore(Store):
         job = self._in_memory(job_id)
         if job is not None:
             return job
-        found = await self._writer.call(fetch_jobs, [job_id])
-        # memory wins if the job came back meanwhile (dlq retry)
+        found = await self._read(fetch_jobs, [job_id])  # not in memory: committed
+        # memory wins if the job came back meanwhile (dlq retry, a claim)
         return self._in_memory(job_id) or next(iter(found), None)
 
     async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         missing = [i for i in unique if self._in_memory(i) is None]
-        on_disk = {j.id: j for j in await self._writer.call(fetch_jobs, missing)} if missing else {}
+        on_disk = {j.id: j for j in await self._read(fetch_jobs, missing)} if missing else {}
         out = []
         for job_id in unique:
             job = self._in_memory(job_id) or on_disk.get(job_id)
@@ -334,10 +456,10 @@ class SqliteStore(Store):
         return out
 
     async def job_events(self, job_id: str) -> list[Event]:
-        return await self._writer.call(fetch_events, job_id)
+        return await self._read_fresh(fetch_events, job_id)
 
     async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
-        found = await self._writer.call(select_dead, ids)
+        found = await self._read_fresh(select_dead, ids)
         return [self.live.jobs.get(j.id, j) for j in found]
 
     async def job_list(
@@ -354,14 +476,26 @@ class SqliteStore(Store):
             terms.append(("id >= ?", where.id_prefix))
             terms.append(("id < ?", where.id_prefix + "\U0010ffff"))
         before = int(cursor) if cursor else None
-        jobs, last = await self._writer.call(list_jobs, terms, limit, before, offset)
+        jobs, last = await self._read_fresh(list_jobs, terms, limit, before, offset)
+        jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))
 
     async def job_next_eta(self) -> float | None:
         return self.live.next_eta()
 
     async def queue_waiting(self) -> dict[tuple[str, str], int]:
-        return self.live.ready.waiting()
+        return self.live.waiting()
 
     async def stats(self) -> dict[str, Any]:
         return self.live.stats()
+
+
+def _new_live(start: Start) -> LiveJobs:
+    """The index after a restart: sequence numbers and leases continue past every one
+    handed out before (plus a gap for those never committed), the front below the lowest."""
+    hwm = max(start.counters.get(SEQ_HWM, 0), start.highest)
+    live = LiveJobs(hwm + RESTART_GAP + 1 if hwm else 1, min(0, start.lowest) - 1)
+    for name, value in start.counters.items():
+        if name != SEQ_HWM:
+            live.totals[name] = value
+    return live

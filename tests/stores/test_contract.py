@@ -30,7 +30,7 @@ LEASE = 30.0
 ENGINES = [
     "memory",
     "sqlite",
-    "sqlite-uncached",  # no recent-jobs cache: every finished job is read back from disk
+    "sqlite-uncached",  # nothing cached: every record not running is read back from disk
 ]
 
 
@@ -40,7 +40,7 @@ def _make_store(engine: str, tmp_path: Path) -> Store:
     if engine == "sqlite":
         return open_store(f"sqlite:///{tmp_path}/conveyor.db")
     assert engine == "sqlite-uncached", engine
-    return SqliteStore(f"sqlite:///{tmp_path}/conveyor.db", recent=0)
+    return SqliteStore(f"sqlite:///{tmp_path}/conveyor.db", recent=0, resident=0)
 
 
 @pytest.fixture(params=ENGINES)

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from conveyor import lifecycle
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, StoreUnavailable
 from conveyor.job import JobRecord, JobState
 from conveyor.lifecycle import Outcome
 from conveyor.protocol.payload import pack, pack_call, unpack
@@ -403,7 +403,7 @@ async def test_a_failed_commit_is_reported_then_retried(monkeypatch: pytest.Monk
     try:
         with writer.staging() as batch:
             batch.update(a=1, b=2)
-        with pytest.raises(RuntimeError, match="disk full"):
+        with pytest.raises(StoreUnavailable, match=r"disk full.*kept"):
             await writer.durable()
         with writer.staging() as batch:
             batch.update(b=3, c=None)  # newer than the failed batch: wins
@@ -432,7 +432,7 @@ async def test_a_call_after_a_failed_commit_fails_too(monkeypatch: pytest.Monkey
         with writer.staging() as batch:
             batch["a"] = 1
         call = writer.call(lambda conn: ran.append(1))
-        with pytest.raises(RuntimeError, match="disk full"):
+        with pytest.raises(StoreUnavailable, match=r"disk full.*not done"):
             await call
         assert ran == []  # it did not run while "a" was not on disk
         failures.clear()

@@ -10,10 +10,10 @@ import dataclasses
 import functools
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from conveyor.job import FINAL_STATES, Event, JobRecord, JobState
+from conveyor.job import Event, JobRecord, JobState
 from conveyor.stores.sql.sqlite_schema import (
     COLUMNS,
     MUTABLE,
@@ -24,6 +24,9 @@ from conveyor.stores.sql.sqlite_schema import (
     row_job,
     unpack_map,
 )
+
+if TYPE_CHECKING:
+    from conveyor.stores._live import CountKey, LiveJobs
 
 CHUNK = 500  # ids per IN (...) list: well under every SQLite's variable limit
 #: Rows per multi-row statement. Python's sqlite3 releases the GIL around every statement
@@ -54,6 +57,8 @@ class Batch:
     updates: dict[str, tuple[JobRecord, int | None]] = dataclasses.field(default_factory=dict)
     events: list[tuple[str, bytes | None]] = dataclasses.field(default_factory=list)
     counters: dict[str, int] | None = None
+    #: changes of the job counts that these rows make (added up, never replaced)
+    deltas: Counter[CountKey] = dataclasses.field(default_factory=Counter)
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.events or self.counters is not None)
@@ -83,6 +88,7 @@ class Batch:
         self.events.extend(later.events)
         if later.counters is not None:
             self.counters = later.counters
+        self.deltas.update(later.deltas)
 
 
 def new_connection_setup(conn: sqlite3.Connection) -> None:
@@ -127,9 +133,10 @@ _CHANGE_COLUMNS = ("id", *MUTABLE)
 
 
 def write_batch(conn: sqlite3.Connection, batch: Batch) -> list[JobRecord]:
-    """Insert new jobs, update changed ones narrowly, append events, set the counters.
+    """Insert new jobs, update changed ones narrowly, append events, set the counters and
+    add up the counts.
 
-    Returns the jobs written in a final state (the engine may evict them from memory).
+    Returns the records written (the engine may evict them from memory once committed).
     """
     _insert_rows(conn, "jobs", COLUMNS, [job_row(j, s) for j, s in batch.inserts.values()])
     if batch.updates:
@@ -146,9 +153,25 @@ def write_batch(conn: sqlite3.Connection, batch: Batch) -> list[JobRecord]:
         _insert_rows(
             conn, "counters", ("name", "value"), list(batch.counters.items()), "INSERT OR REPLACE"
         )
-    finals = [j for j, _ in batch.inserts.values() if j.state in FINAL_STATES]
-    finals += [j for j, _ in batch.updates.values() if j.state in FINAL_STATES]
-    return finals
+    add_counts(conn, batch.deltas)
+    return [j for j, _ in batch.inserts.values()] + [j for j, _ in batch.updates.values()]
+
+
+_ADD_COUNT = (
+    "INSERT INTO counts (state, queue, task, priority, n) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (state, queue, task, priority) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def add_counts(conn: sqlite3.Connection, deltas: Counter[CountKey]) -> None:
+    """Add ``deltas`` to the stored job counts (deltas, not totals: a prune may change
+    the same counts in its own transaction meanwhile)."""
+    rows = [(k[0].value, k[1], k[2], k[3], n) for k, n in deltas.items() if n]
+    if not rows:
+        return
+    conn.executemany(_ADD_COUNT, rows)
+    if any(n < 0 for *_, n in rows):
+        conn.execute("DELETE FROM counts WHERE n <= 0")
 
 
 # -- reads --------------------------------------------------------------------------------------
@@ -210,23 +233,45 @@ def list_jobs(
 
 
 @dataclasses.dataclass(slots=True)
-class Snapshot:
-    """What a store needs at open: live jobs (with their seq), counts and counters."""
+class Start:
+    """What deciding the first sequence numbers after a restart needs."""
 
-    active: list[tuple[JobRecord, int | None]]
-    counts: list[tuple[str, str, str, int, int]]  # (state, queue, task, priority, n)
     counters: dict[str, int]
+    highest: int  # the highest sequence or lease stored
+    lowest: int  # the lowest (front) sequence stored
 
 
-def load_snapshot(conn: sqlite3.Connection) -> Snapshot:
-    rows = conn.execute(f"SELECT {SELECT_COLUMNS}, seq FROM jobs WHERE state IN {_ACTIVE}")
-    active = [(row_job(r[:-1]), r[-1]) for r in rows]
-    counts = conn.execute(
-        "SELECT state, queue, task, priority, count(*) FROM jobs"
-        " GROUP BY state, queue, task, priority"
-    )
+_WAITING_COLUMNS = "id, state, queue, task, priority, seq, eta, unique_key"
+
+
+def load_live(
+    conn: sqlite3.Connection, new_live: Callable[[Start], LiveJobs]
+) -> tuple[LiveJobs, list[JobRecord]]:
+    """Rebuild the live index at open: the stored counts, every queued and scheduled job
+    as an index entry only (streamed: no list of millions), and the running jobs whole.
+    Reads live rows and a few small tables, never the finished history.
+    """
     counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-    return Snapshot(active, [tuple(c) for c in counts], counters)
+    highest, lowest = conn.execute(
+        "SELECT max(max(coalesce(seq, 0)), max(coalesce(lease, 0))), min(coalesce(seq, 0))"
+        f" FROM jobs WHERE state IN {_ACTIVE}"
+    ).fetchone()
+    live = new_live(Start(counters, highest or 0, lowest or 0))
+    for state, queue, task, priority, n in conn.execute(
+        "SELECT state, queue, task, priority, n FROM counts WHERE n > 0"
+    ):
+        live.counts[JobState(state), queue, task, priority] = n
+    rows = conn.execute(
+        f"SELECT {_WAITING_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled')"
+    )
+    for job_id, state, queue, task, priority, seq, eta, unique_key in rows:
+        live.load_waiting(job_id, JobState(state), queue, task, priority, seq, eta, unique_key)
+    running = conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE state = 'running'")
+    jobs = [row_job(r) for r in running]
+    for job in jobs:
+        live.load(job)
+    live.loaded()
+    return live, jobs
 
 
 def get_meta(conn: sqlite3.Connection, name: str) -> Any:
@@ -255,6 +300,7 @@ def delete_dead(
         removed.update((queue, task, priority) for _, queue, task, priority in doomed)
         conn.execute(f"DELETE FROM jobs WHERE {where}", params)
         _delete_events(conn, [row[0] for row in doomed])
+    add_counts(conn, Counter({(JobState.DEAD, *k): -n for k, n in removed.items()}))
     return removed
 
 
@@ -272,4 +318,6 @@ def prune_chunk(
     ).fetchall()
     conn.executemany("DELETE FROM jobs WHERE rowid = ?", [(r[0],) for r in rows])
     _delete_events(conn, [r[1] for r in rows])
-    return Counter((JobState(r[2]), r[3], r[4], r[5]) for r in rows)
+    removed = Counter((JobState(r[2]), r[3], r[4], r[5]) for r in rows)
+    add_counts(conn, Counter({k: -n for k, n in removed.items()}))
+    return removed

@@ -5,8 +5,9 @@ UPDATEs), ``payload`` written once at insert, ``result`` once at completion, ``e
 a MessagePack map. History lives in ``events``, one row per event, appended and never
 rewritten. ``seq`` is the job's place within its priority when it was last queued, so a
 restart rebuilds the same order; the implicit ``rowid`` is submission order, so "newest
-first" is ``ORDER BY rowid DESC`` and a listing cursor is a rowid. The schema version is
-``PRAGMA user_version``: migration *n* moves it from n-1 to n.
+first" is ``ORDER BY rowid DESC`` and a listing cursor is a rowid. ``counts`` holds the
+number of jobs per (state, queue, task, priority), changed in the same transaction as the
+rows. The schema version is ``PRAGMA user_version``: migration *n* moves it from n-1 to n.
 """
 
 from __future__ import annotations
@@ -281,10 +282,29 @@ def _v3_meta(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID")
 
 
+def _v4_counts_and_listing_indexes(conn: sqlite3.Connection) -> None:
+    """Job counts kept with every commit, so start-up reads a few rows instead of counting
+    every job; and an index for each listing filter, so "newest first" never sorts (a
+    secondary index is ordered by its column, then rowid)."""
+    conn.execute(
+        "CREATE TABLE counts (state TEXT NOT NULL, queue TEXT NOT NULL, task TEXT NOT NULL,"
+        " priority INTEGER NOT NULL, n INTEGER NOT NULL,"
+        " PRIMARY KEY (state, queue, task, priority)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO counts SELECT state, queue, task, priority, count(*) FROM jobs"
+        " GROUP BY state, queue, task, priority"
+    )
+    for column in ("queue", "task", "priority"):
+        conn.execute(f"CREATE INDEX jobs_{column} ON jobs ({column})")
+    conn.execute("CREATE INDEX jobs_worker ON jobs (worker) WHERE worker IS NOT NULL")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
     _v3_meta,
+    _v4_counts_and_listing_indexes,
 )
 
 

@@ -16,9 +16,15 @@ the loop (``call_soon_threadsafe``). Whatever is staged while a commit is in pro
 goes into the next one, so a batch grows by itself with the load: one commit per disk
 round trip instead of one per change, and no timer adds latency when the system idles.
 
-Reads and maintenance run on the same thread through :meth:`call`, right after the
-changes staged before them are committed: they always see the loop's own writes, and
+Maintenance (and reads that must see the loop's own writes at once) run on the same
+thread through :meth:`call`, right after the changes staged before them are committed;
 the loop never blocks on SQLite.
+
+When a commit fails (a full disk, an I/O error) the batch is kept and written again with
+a growing pause, until it succeeds: nothing staged is dropped. Whoever waits for it gets
+:class:`~conveyor.errors.StoreUnavailable` naming the cause and saying the request is
+kept. The failure is logged once with its cause, then at most every
+:data:`LOG_EVERY` seconds, and once more when the store recovers.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, StoreUnavailable
 
 B = TypeVar("B", bound="Batch")  # the changes staged for one commit
 R = TypeVar("R")  # what writing a batch reports back to the loop
@@ -50,7 +56,85 @@ class Batch(Protocol):
     def merge(self, later: Any) -> None: ...
 
 
-RETRY_AFTER_ERROR = 0.1  # seconds before a failed batch is written again
+RETRY_AFTER_ERROR = 0.1  # seconds before a failed batch is written again, doubling ...
+RETRY_AFTER_ERROR_MAX = 2.0  # ... up to this
+LOG_EVERY = 30.0  # seconds between log lines while commits keep failing
+
+#: SQLite's primary result codes that mean "the storage is in trouble", in words
+_CAUSES = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database file",
+    sqlite3.SQLITE_CORRUPT: "the database file is corrupt",
+    sqlite3.SQLITE_NOTADB: "the file is not a database",
+    sqlite3.SQLITE_BUSY: "the database is locked by another process",
+    sqlite3.SQLITE_LOCKED: "the database is locked",
+    sqlite3.SQLITE_PERM: "permission denied",
+}
+
+
+def storage_cause(exc: BaseException) -> str | None:
+    """What a storage failure was, in words; None if ``exc`` is not one (a bug)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _CAUSES:
+            return f"{_CAUSES[code & 0xFF]}: {exc}"
+        if isinstance(exc, sqlite3.OperationalError):
+            return str(exc)
+        return None
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return None
+
+
+class Health:
+    """Whether commits succeed; when they do not, why, since when, and how often."""
+
+    def __init__(self) -> None:
+        self.cause: str | None = None
+        self.since: float | None = None
+        self.failures = 0
+        self._logged_at = 0.0
+        self._logged_failures = 0
+
+    def failed(self, cause: str, exc: BaseException, known: bool) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.cause is None:
+            self.cause, self.since = cause, time.time()
+            self._logged_at, self._logged_failures = now, self.failures
+            if known:
+                log.error("SQLite store cannot write (%s); keeping the changes, retrying", cause)
+            else:
+                log.error("SQLite store: writing failed; retrying", exc_info=exc)
+        elif now - self._logged_at >= LOG_EVERY:
+            log.error(
+                "SQLite store still cannot write (%s): %d failed attempts in %.0fs",
+                cause,
+                self.failures - self._logged_failures,
+                now - self._logged_at,
+            )
+            self._logged_at, self._logged_failures = now, self.failures
+        self.cause = cause
+
+    def recovered(self) -> None:
+        if self.cause is None:
+            return
+        log.warning(
+            "SQLite store writes again after %.1fs (%d failed attempts)",
+            time.time() - (self.since or time.time()),
+            self.failures,
+        )
+        self.cause, self.since, self.failures = None, None, 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "writable": self.cause is None,
+            "error": self.cause,
+            "since": self.since,
+            "failed_attempts": self.failures,
+        }
 
 
 @contextlib.contextmanager
@@ -89,13 +173,15 @@ class GroupCommitWriter(Generic[B, R]):
         self._waiters: list[asyncio.Future[None]] = []
         self._calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._kicked = False  # the loop asks for a round
-        self._busy = False  # a round is in progress
+        self._busy = False  # a batch is being committed
         self._closing = False
         self._kick_scheduled = False  # loop thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         #: transactions committed with staged changes (tests and benchmarks read it)
         self.commits = 0
+        self._health = Health()  # writer thread only; read through health()
+        self._pause = RETRY_AFTER_ERROR
 
     # -- loop side -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +233,11 @@ class GroupCommitWriter(Generic[B, R]):
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    def health(self) -> dict[str, Any]:
+        """``{"writable", "error", "since", "failed_attempts"}``."""
+        with self._cond:
+            return self._health.as_dict()
 
     def _check_open(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -201,23 +292,29 @@ class GroupCommitWriter(Generic[B, R]):
             batch, self._pending = self._pending, self._new_batch()
             waiters, self._waiters = self._waiters, []
             calls, self._calls = self._calls, []
-            self._busy = True
+            self._busy = bool(batch)
         failure: Exception | None = None
         if batch:
             failure = self._commit(conn, batch, waiters)
+            with self._cond:  # committed (or kept in pending): durable() need not wait on
+                self._busy = False  # the calls below
         elif waiters:
             self._post(_settle, waiters, None)
         failed = failure is not None
         if failure is not None:
             # A call must see every change staged before it, and those are not on disk:
             # fail it with the commit's error rather than run it against stale rows.
-            self._post(_settle, [future for _, future in calls], failure)
+            refused = StoreUnavailable.because(self._health.cause or "unknown", kept=False)
+            self._post(_settle, [future for _, future in calls], refused)
             calls = []
         for fn, future in calls:
             try:
                 with transaction(conn):
                     result = fn(conn)
             except Exception as exc:
+                cause = storage_cause(exc)
+                if cause is not None:
+                    exc = StoreUnavailable.because(cause, kept=False)
                 self._post(_settle, [future], exc)
             else:
                 self._post(_resolve, future, result)
@@ -231,7 +328,10 @@ class GroupCommitWriter(Generic[B, R]):
                 return False
             self._kicked = self._kicked or failed or (self._closing and more)
         if failed:
-            time.sleep(RETRY_AFTER_ERROR)
+            time.sleep(self._pause)
+            self._pause = min(self._pause * 2, RETRY_AFTER_ERROR_MAX)
+        else:
+            self._pause = RETRY_AFTER_ERROR
         return True
 
     def _abandon_on_close(self) -> None:
@@ -251,12 +351,17 @@ class GroupCommitWriter(Generic[B, R]):
             with transaction(conn):
                 result = self._write(conn, batch)
         except Exception as exc:
-            log.exception("SQLite store: writing %d changes failed; will retry", len(batch))
+            known = storage_cause(exc)
+            cause = known or f"{type(exc).__name__}: {exc}"
             with self._cond:  # put the batch back under anything staged since
                 batch.merge(self._pending)
                 self._pending = batch
-            self._post(_settle, waiters, exc)
-            return exc
+                self._health.failed(cause, exc, known is not None)
+            refusal = StoreUnavailable.because(cause, kept=True)
+            self._post(_settle, waiters, refusal)
+            return refusal
+        with self._cond:
+            self._health.recovered()
         self.commits += 1
         self._post(self._committed, waiters, result)
         return None
