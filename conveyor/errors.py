@@ -14,7 +14,8 @@
     │   ├── InvalidJob             code "invalid" (see .field); also raised before sending
     │   ├── JobNotFound            code "not_found"
     │   ├── Conflict               code "conflict"
-    │   └── RateLimited            code "rate_limited"
+    │   ├── RateLimited            code "rate_limited"
+    │   └── StoreUnavailable       code "store_unavailable": the broker cannot write now
     ├── JobFailed                  the job ended dead/cancelled; has .job
     ├── ResultTimeout              result() ran out of time (also a TimeoutError)
     ├── PayloadDecryptError        an encrypted payload did not open (no key, wrong key, altered)
@@ -113,6 +114,26 @@ class RateLimited(BrokerError):
     """Too many requests; slow down and retry later."""
 
 
+class StoreUnavailable(BrokerError):
+    """The broker cannot write to its store now (disk full, I/O error). The message says
+    whether the request may still be stored; resubmitting with the same job ids is safe."""
+
+    CODE = "store_unavailable"
+
+    @classmethod
+    def because(cls, cause: str, *, kept: bool) -> StoreUnavailable:
+        """The broker's refusal: ``cause`` (e.g. "disk full"), and whether what was asked
+        is kept to be written when the store recovers."""
+        if kept:
+            then = (
+                "the request is kept and will be stored once the store recovers; "
+                "resubmitting with the same job ids is safe"
+            )
+        else:
+            then = "the request was not done; try again later"
+        return cls(cls.CODE, f"the broker cannot write to its store ({cause}); {then}")
+
+
 _ERROR_CLASSES: dict[str, type[BrokerError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": PermissionDenied,
@@ -120,6 +141,7 @@ _ERROR_CLASSES: dict[str, type[BrokerError]] = {
     "not_found": JobNotFound,
     "conflict": Conflict,
     "rate_limited": RateLimited,
+    StoreUnavailable.CODE: StoreUnavailable,
 }
 
 

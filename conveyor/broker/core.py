@@ -38,7 +38,7 @@ from conveyor.broker.events import (
 )
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.clock import Clock
-from conveyor.errors import JobNotFound
+from conveyor.errors import ConveyorError, JobNotFound, StoreUnavailable
 from conveyor.job import UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Outcome, TaskOptions, Transition
 from conveyor.security.tokens import Role, TokenInfo, TokenRegistry
@@ -117,22 +117,56 @@ class BrokerCore:
         """Read the jobs, compute their transitions, apply them conditionally; compute again
         for those that changed in between. Returns the jobs as they became."""
         pending = list(ids)
-        done: list[JobRecord] = []
+        changes: list[tuple[JobState | None, JobRecord]] = []
         for _ in range(_RETRIES):
             transitions = [t for r in await self.store.job_get_many(pending) if (t := compute(r))]
             if not transitions:
                 break
-            results = await self.store.job_apply(transitions, durable=durable)
+            results = await self.store.job_apply(transitions, durable=False)
             pending = []
             for t, new in zip(transitions, results, strict=True):
                 if new is None:
                     pending.append(t.old.id)
                 else:
-                    self._changed(t.old.state, new)
-                    done.append(new)
+                    changes.append((t.old.state, new))
             if not pending:
                 break
-        return done
+        if durable:
+            await self._publish_when_durable(changes)
+        else:
+            self._publish(changes)
+        return [job for _, job in changes]
+
+    async def _publish_when_durable(self, changes: list[tuple[JobState | None, JobRecord]]) -> None:
+        """Tell waiters, the dispatcher and the event stream once the changes are durable.
+        If the store cannot write now, the caller hears StoreUnavailable at once, and the
+        changes (kept by the store) are published when it recovers."""
+        try:
+            await self.store.flush()
+        except StoreUnavailable:
+            self.spawn(self._publish_on_recovery(changes))
+            raise
+        self._publish(changes)
+
+    async def _publish_on_recovery(self, changes: list[tuple[JobState | None, JobRecord]]) -> None:
+        if await self.until_durable():
+            self._publish(changes)
+
+    async def until_durable(self) -> bool:
+        """Wait until everything changed so far is durable, however long the store takes
+        to recover; False if it closed first (then none of it was acknowledged)."""
+        while True:
+            try:
+                await self.store.flush()  # one round of the writer's retries each time
+            except StoreUnavailable:
+                continue
+            except (ConveyorError, RuntimeError):
+                return False
+            return True
+
+    def _publish(self, changes: list[tuple[JobState | None, JobRecord]]) -> None:
+        for old, job in changes:
+            self._changed(old, job)
 
     def _claimed(self, jobs: list[JobRecord]) -> None:
         """Jobs the dispatcher just started: the event stream hears of them too."""
@@ -158,10 +192,8 @@ class BrokerCore:
             if not job.queue:  # the task's queue, once a worker has declared it
                 job = job.replace(queue=self.routes.get(job.task, UNROUTED))
             born.append(lifecycle.born(job, now))
-        inserted = await self.store.job_insert_many(born)
-        for item in inserted:
-            if item.created:
-                self._changed(None, item.job)
+        inserted = await self.store.job_insert_many(born, durable=False)
+        await self._publish_when_durable([(None, i.job) for i in inserted if i.created])
         return inserted
 
     async def get(self, job_id: str) -> JobRecord:
@@ -508,6 +540,7 @@ class BrokerCore:
         workers = list(self.dispatcher.workers.values())
         data["workers"] = [w.describe() for w in workers]
         data["paused"] = sorted(self.dispatcher.paused)
+        data["store"] = {"url": self.store.url, **self.store.health}
         data["broker"] = {
             **self.info,
             "pid": os.getpid(),

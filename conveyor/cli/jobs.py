@@ -130,6 +130,13 @@ def stats(client: Client, as_json: bool) -> None:
         )
     b = data["broker"]
     click.echo(f"broker:  {b['url']}  store {b['store']}  up {_uptime(b['uptime'])}")
+    store = data.get("store") or {}
+    if store.get("writable") is False:
+        click.echo(
+            f"store:   CANNOT WRITE ({store.get('error')}); changes are kept and written "
+            "when it recovers",
+            err=True,
+        )
 
 
 def _uptime(seconds: float) -> str:

@@ -3,7 +3,8 @@
 The codes are the protocol's (docs/protocol.md, section 11); the statuses follow HTTP:
 400 a body that is not the JSON asked for, 401 no valid token, 403 the role may not,
 404 no such job, 409 the job's state forbids it, 413 a body or payload too large,
-422 a field that breaks a rule (``field`` names it), 429 slow down.
+422 a field that breaks a rule (``field`` names it), 429 slow down, 503 the store cannot
+write now (disk full, ...).
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ class _Snapshot(Collector):
             totals.add_metric([name], value)
         yield totals
         core = self._metrics.core
+        yield GaugeMetricFamily(
+            "conveyor_store_writable",
+            "1 while the store can write, 0 while it cannot (disk full, I/O error)",
+            value=1 if core.store.health["writable"] else 0,
+        )
         workers = GaugeMetricFamily("conveyor_workers", "Connected workers", labels=["status"])
         all_workers = list(core.dispatcher.workers.values())
         busy = sum(1 for w in all_workers if w.started)

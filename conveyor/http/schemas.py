@@ -122,6 +122,13 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")
 
 
+class StoreHealth(BaseModel):
+    writable: bool = Field(description="false while the store cannot write (disk full, ...)")
+    error: str | None
+    since: float | None = Field(description="when writing started to fail (epoch seconds)")
+    failed_attempts: int
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -136,6 +143,7 @@ class Stats(BaseModel):
     paused: list[str]
     run_time: dict[str, float | None] = Field(description="p50/p95/p99 seconds, recent jobs")
     wait_time: dict[str, float | None]
+    store: StoreHealth
 
 
 class WorkerInfo(BaseModel):

@@ -17,7 +17,6 @@ from conveyor.job import (
 )
 from conveyor.security.payload import is_sealed, is_sealed_call
 
-
 ENCRYPTED = "(encrypted)"  # what a person sees where a producer sealed the text
 
 
@@ -179,4 +178,5 @@ async def stats(core: BrokerCore, history: History) -> dict[str, Any]:
         "paused": sorted(core.paused),
         "run_time": rates["run"],
         "wait_time": rates["wait"],
+        "store": core.store.health,
     }

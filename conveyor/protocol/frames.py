@@ -73,6 +73,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"  # (fatal)
     IDLE_TIMEOUT = "idle_timeout"  # (fatal)
     SHUTTING_DOWN = "shutting_down"  # broker is stopping (fatal)
+    STORE_UNAVAILABLE = "store_unavailable"  # the store cannot write now (disk full, ...)
     INTERNAL = "internal"  # a bug on the broker; the request was not done
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.broker.routes.wire import dispatch_map
-from conveyor.errors import BrokerError, Conflict
+from conveyor.errors import BrokerError, Conflict, StoreUnavailable
 from conveyor.job import JobRecord
 from conveyor.lifecycle import Outcome
 from conveyor.limits import (
@@ -180,8 +180,21 @@ def report(peer: Peer, frame: dict[str, Any]) -> Reply:
 
 
 async def _report(peer: Peer, worker: WorkerRef, outcomes: list[Outcome]) -> None:
-    await peer.core.report(worker, outcomes)
-    peer.send({"t": "acked", "ids": [o.id for o in outcomes]})
+    acked = {"t": "acked", "ids": [o.id for o in outcomes]}
+    try:
+        await peer.core.report(worker, outcomes)
+    except StoreUnavailable as exc:
+        # The results are kept and written once the store recovers: say why the ACKED is
+        # late, and send it then (nothing for the worker to resend or redo meanwhile).
+        peer.error(ErrorCode.STORE_UNAVAILABLE, exc.message, None)
+        peer.core.spawn(_ack_when_durable(peer, acked))
+        return
+    peer.send(acked)
+
+
+async def _ack_when_durable(peer: Peer, acked: dict[str, Any]) -> None:
+    if await peer.core.until_durable():
+        peer.send(acked)
 
 
 def heartbeat(peer: Peer, frame: dict[str, Any]) -> Reply:
