@@ -1,0 +1,187 @@
+"""``conveyor bench``: pick a scenario, run it on a throwaway system, print and save it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.bench.store import run_queued_memory, run_reads_under_load, run_restart
+from conveyor.bench.system import LocalSystem, machine
+from conveyor.bench.throughput import run_bench, run_priority_demo
+from conveyor.worker import POOL_KINDS
+
+SCENARIOS = ("throughput", "priority", "queued-memory", "restart", "reads")
+#: scenarios about the durable store run on SQLite whatever --store says
+DURABLE_SCENARIOS = ("queued-memory", "restart", "reads")
+SQLITE = "sqlite:///{home}/bench.db"
+
+
+@click.command()
+@click.option(
+    "--scenario",
+    type=click.Choice(SCENARIOS),
+    default="throughput",
+    show_default=True,
+    help="throughput: enqueue, drain, end to end, round trips; priority: urgent jobs behind "
+    "a backlog; queued-memory: broker memory per queued job, then the drain of that queue; "
+    "restart: time to ready with --history finished jobs; reads: round trips while another "
+    "client lists a --history deep queue",
+)
+@click.option("--jobs", type=click.IntRange(1), default=20_000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 1000), default=16, show_default=True)
+@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
+@click.option(
+    "--store",
+    default="memory://",
+    show_default=True,
+    help="store of the bench's own broker; {home} = its temp home, e.g. sqlite:///{home}/bench.db",
+)
+@click.option(
+    "--broker", "broker_url", help="use this running broker (its workers must offer noop)"
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(10),
+    default=1000,
+    show_default=True,
+    help="latency round trips",
+)
+@click.option(
+    "--history",
+    type=click.IntRange(1000),
+    default=1_000_000,
+    show_default=True,
+    help="finished jobs in the database (restart, reads)",
+)
+@click.option("--priority-demo", is_flag=True, help="the same as --scenario priority")
+@click.option(
+    "--json", "json_file", type=click.Path(dir_okay=False), help="also write results here"
+)
+def bench(
+    scenario: str,
+    jobs: int,
+    workers: int,
+    concurrency: int,
+    pool: str,
+    store: str,
+    broker_url: str | None,
+    samples: int,
+    history: int,
+    priority_demo: bool,
+    json_file: str | None,
+) -> None:
+    """Measure a real broker with real workers over TLS (see --scenario)."""
+    if priority_demo:
+        scenario = "priority"
+    if broker_url and scenario != "throughput":
+        raise click.UsageError(f"--scenario {scenario} starts its own broker; drop --broker")
+    if scenario in DURABLE_SCENARIOS:
+        store = SQLITE if store == "memory://" else store
+        if not store.startswith("sqlite:"):
+            raise click.UsageError(f"--scenario {scenario} measures the SQLite store")
+    system = None if broker_url else LocalSystem(store, workers, concurrency, pool)
+    results: dict[str, Any] = {
+        "scenario": scenario,
+        "jobs": jobs,
+        "workers": workers,
+        "concurrency": concurrency,
+        "pool": pool,
+        "store": store if system else broker_url,
+        "machine": machine(),
+    }
+    try:
+        results.update(_run(_scenario(scenario, system, broker_url, jobs, samples, history)))
+    finally:
+        if system is not None:
+            system.stop()
+    _report(results)
+    if json_file:
+        Path(json_file).write_text(json.dumps(results, indent=2))
+
+
+def _scenario(
+    name: str,
+    system: LocalSystem | None,
+    broker_url: str | None,
+    jobs: int,
+    samples: int,
+    history: int,
+) -> Coroutine[Any, Any, dict[str, Any]]:
+    if system is None:
+        return run_bench(None, broker_url, jobs, samples)
+    if name == "queued-memory":
+        return run_queued_memory(system, jobs)
+    if name == "restart":
+        return run_restart(system, history)
+    if name == "reads":
+        return run_reads_under_load(system, history, samples)
+    system.start_broker()
+    if name == "priority":
+        return _wrap("priority_demo", run_priority_demo(system, bulk=2000, urgent=100))
+    return run_bench(system, None, jobs, samples)
+
+
+async def _wrap(key: str, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    return {key: await coro}
+
+
+def _run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    from conveyor.cli.serve import run_loop
+
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        box.update(await coro)
+
+    run_loop(main())
+    return box
+
+
+_LABELS = {
+    "enqueue_jobs_per_s": ("enqueue jobs per s", "{:,.0f}"),
+    "drain_jobs_per_s": ("drain jobs per s", "{:,.0f}"),
+    "end_to_end_jobs_per_s": ("end to end jobs per s", "{:,.0f}"),
+    "queued_jobs": ("jobs queued", "{:,}"),
+    "rss_idle_mb": ("broker RSS, idle (MB)", "{:.1f}"),
+    "rss_queued_mb": ("broker RSS, queue full (MB)", "{:.1f}"),
+    "bytes_per_queued_job": ("bytes per queued job, first half", "{:,.0f}"),
+    "marginal_bytes_per_queued_job": ("bytes per queued job, second half", "{:,.0f}"),
+    "deep_drain_jobs_per_s": ("drain of that queue, jobs per s", "{:,.0f}"),
+    "finished_jobs": ("finished jobs in the database", "{:,}"),
+    "empty_ready_s": ("ready, empty database (s)", "{:.2f}"),
+    "empty_rss_mb": ("RSS at ready, empty database (MB)", "{:.1f}"),
+    "history_ready_s": ("ready, with the history (s)", "{:.2f}"),
+    "history_rss_mb": ("RSS at ready, with the history (MB)", "{:.1f}"),
+    "idle_p50_ms": ("round trip p50, idle (ms)", "{:.2f}"),
+    "loaded_p50_ms": ("round trip p50, under heavy reads (ms)", "{:.2f}"),
+    "slowdown": ("slowdown", "{:.2f}x"),
+    "heavy_list_ms": ("heavy listing, mean (ms)", "{:.1f}"),
+    "heavy_lists": ("heavy listings served", "{:,}"),
+}
+
+
+def _report(r: dict[str, Any]) -> None:
+    table = Table(
+        title=f"conveyor bench {r['scenario']}: {r['store']}, {r['workers']} workers x "
+        f"{r['concurrency']} ({r['pool']})"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, (label, fmt) in _LABELS.items():
+        if key in r:
+            table.add_row(label, fmt.format(r[key]))
+    for key, value in r.get("latency_ms", {}).items():
+        table.add_row(f"round trip {key} (ms)", f"{value:.2f}")
+    demo = r.get("priority_demo")
+    if demo:
+        table.add_row("urgent mean wait, FIFO (ms)", f"{demo['fifo']['mean_wait_ms']:.1f}")
+        table.add_row("urgent mean wait, priority (ms)", f"{demo['priority']['mean_wait_ms']:.1f}")
+        table.add_row("speed-up", f"{demo['speedup']:.1f}x")
+    Console().print(table)

@@ -1,0 +1,182 @@
+"""The bench's own system: a broker and workers as child processes, in a throwaway home,
+and what the scenarios share (progress bars, polling the broker, process memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from conveyor.client.aio import AsyncClient
+
+console = Console(stderr=True)
+BATCH = 1000
+
+
+class LocalSystem:
+    """A broker and workers as child processes, in a throwaway home."""
+
+    def __init__(self, store: str, workers: int, concurrency: int, pool: str) -> None:
+        self.store = store
+        self.n_workers = workers
+        self.concurrency = concurrency
+        self.pool = pool
+        self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-bench-")
+        self.home = Path(self._tmp.name)
+        self.url = ""
+        self.broker: subprocess.Popen[str] | None = None
+        self.workers: list[subprocess.Popen[str]] = []
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with ``{home}`` filled in."""
+        return self.store.replace("{home}", str(self.home))
+
+    @property
+    def broker_pid(self) -> int:
+        assert self.broker is not None, "the broker is not running"
+        return self.broker.pid
+
+    def start_broker(self, extra: Sequence[str] = ()) -> float:
+        """Start the broker; the seconds from starting the process to its ready line."""
+        started = time.perf_counter()
+        cmd = [
+            *(sys.executable, "-m", "conveyor", "broker", "--no-http", "--port", "0"),
+            *("--store", self.store_url, "--home", str(self.home), "--log-level", "WARNING"),
+            *extra,
+        ]
+        self.broker = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise click.ClickException("the bench broker exited early")
+            found = re.search(r"broker ready on (conveyor://\S+)", line)
+            if found:
+                self.url = found.group(1)
+                return time.perf_counter() - started
+        raise click.ClickException("the bench broker did not start")
+
+    def start_workers(self, queues: str = "default") -> None:
+        for i in range(self.n_workers):
+            cmd = [
+                *(sys.executable, "-m", "conveyor", "worker", "--tasks", "conveyor.examples"),
+                *("--broker", self.url, "--home", str(self.home)),
+                *("--concurrency", str(self.concurrency), "--pool", self.pool),
+                *("--queues", queues, "--name", f"bench-{i + 1}", "--log-level", "WARNING"),
+            ]
+            self.workers.append(subprocess.Popen(cmd, text=True))
+
+    def stop_workers(self) -> None:
+        _stop(self.workers)
+        self.workers = []
+
+    def stop_broker(self) -> None:
+        """Stop the broker (SIGTERM: it flushes its store), keeping the home."""
+        if self.broker is not None:
+            _stop([self.broker])
+            self.broker = None
+
+    def stop(self) -> None:
+        self.stop_workers()
+        self.stop_broker()
+        self._tmp.cleanup()
+
+
+def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Any]:
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.update(task, completed=n)
+
+
+async def wait_completed(c: AsyncClient, target: int, update: Any, timeout: float = 600) -> None:
+    """Watch the broker's completed count until it reaches ``target`` (cheap polling)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = (await c.stats())["totals"]["completed"]
+        update(done)
+        if done >= target:
+            return
+        await asyncio.sleep(0.05)  # stats is a full snapshot: poll it gently
+    raise click.ClickException(f"timed out waiting for {target} completions")
+
+
+async def submit_all(c: AsyncClient, n: int, update: Any, task: str = "noop") -> None:
+    sent = 0
+    in_flight: set[asyncio.Task[Any]] = set()
+    while sent < n:
+        size = min(BATCH, n - sent)
+        in_flight.add(asyncio.ensure_future(c.submit_many([(task, {})] * size)))
+        sent += size
+        if len(in_flight) >= 4:  # a few batches in flight hides the round trip
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for d in done:
+                d.result()
+            update(sent)
+    for d in in_flight:
+        await d
+    update(sent)
+
+
+async def wait_workers(c: AsyncClient, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while len((await c.stats())["workers"]) < n:
+        if time.monotonic() > deadline:
+            raise click.ClickException("workers did not connect")
+        await asyncio.sleep(0.005)
+
+
+def machine() -> dict[str, Any]:
+    try:
+        import uvloop
+
+        loop = f"uvloop {getattr(uvloop, '__version__', '?')}"
+    except ImportError:
+        loop = "asyncio"
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loop": loop,
+    }
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise click.ClickException(f"no VmRSS for process {pid}")
