@@ -86,6 +86,9 @@ RECENT_BYTES = 64 << 20  # ... and at most this many bytes of them
 #: queue never read the disk; beyond this only their index entries stay
 RESIDENT = 50_000
 RESIDENT_BYTES = 16 << 20
+#: a claim that has to read records from disk also reads this many that come next
+READ_AHEAD = 512
+CACHE_KIB = 64 << 10  # the writer's page cache: a constant, whatever the queue depth
 PRUNE_CHUNK = 10_000  # rows deleted per transaction, so commits keep flowing meanwhile
 #: A restart skips this many sequence numbers, so that a lease handed out in the last
 #: moments before a crash (never committed) is not handed out again for the same job.
@@ -149,7 +152,7 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         migrate(conn)
         new_connection_setup(conn)
     except sqlite3.OperationalError as exc:
@@ -248,17 +251,23 @@ class SqliteStore(Store):
             await self._writer.durable()
         return await self._read(fn, *args, **kwargs)
 
-    async def _make_resident(self, ids: Sequence[str]) -> None:
-        """Read back the records of these live jobs that are not in memory."""
+    async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
+        """Read back the records of these live jobs that are not in memory, and of the
+        queued jobs ``ahead`` (those stay within the resident budget)."""
         jobs = self.live.jobs
         missing = [i for i in ids if i not in jobs]
-        if not missing:
+        later = [i for i in ahead if i not in jobs]
+        if not missing and not later:
             return
-        found = await self._read(fetch_jobs, missing)
-        for job in found:
-            self.live.restore(job)
-        if len(found) < len(missing):  # cannot happen: an evicted record was committed
-            lost = sorted(set(missing) - {j.id for j in found})
+        found = await self._read(fetch_jobs, missing + later)
+        by_id = {job.id: self.live.restore(job) for job in found}
+        for job_id in later:  # in claim order: what does not fit is the last to be claimed
+            job = by_id.get(job_id)
+            if job is not None and job.state in _WAITING:
+                for dropped in self._waiting.put(job):
+                    self.live.evict(dropped)
+        lost = [job_id for job_id in missing if job_id not in by_id]
+        if lost:  # cannot happen: an evicted record was committed
             log.error("SQLite store: indexed jobs missing from the database: %s", lost[:10])
 
     # -- open and close ------------------------------------------------------------------
@@ -329,7 +338,12 @@ class SqliteStore(Store):
         ids = live.pop_ready(claimant, limit)
         if not ids:
             return []
-        await self._make_resident(ids)
+        for job_id in ids:  # out of the resident budget: they are being claimed
+            self._waiting.pop(job_id)
+        if any(job_id not in live.jobs for job_id in ids):
+            # Deep in a queue the records are on disk: read the claimant's next ones in
+            # the same query, so that the claims after this one find them in memory.
+            await self._make_resident(ids, live.upcoming(claimant, READ_AHEAD))
         changes: list[tuple[JobRecord, Sequence[Event]]] = []
         for job_id in ids:
             job = live.jobs.get(job_id)
@@ -346,7 +360,6 @@ class SqliteStore(Store):
             )
             new = live.apply(t)
             if new is not None:
-                self._waiting.pop(job_id)
                 changes.append((new, t.events))
         if changes:
             self._stage(changes)
