@@ -24,6 +24,7 @@ NAME_PATTERN: Final = r"[A-Za-z0-9_.:\-]+"
 MAX_TASK_NAME: Final = 200
 MAX_QUEUE_NAME: Final = 100
 MAX_JOB_ID: Final = 100
+MAX_GET_MANY: Final = 1000  # ids per GET_MANY
 MAX_UNIQUE_KEY: Final = 200
 MAX_CLIENT_NAME: Final = 100  # characters of HELLO ``name`` that are kept
 MIN_PRIORITY: Final = 1

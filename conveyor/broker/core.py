@@ -202,6 +202,10 @@ class BrokerCore:
             raise JobNotFound("not_found", f"no job {job_id}")
         return job
 
+    async def get_many(self, ids: list[str]) -> list[JobRecord]:
+        """The jobs among ``ids`` that exist, in the order asked (each id once)."""
+        return await self.store.job_get_many(ids)
+
     async def history(self, job_id: str) -> list[Event]:
         return await self.store.job_events(job_id)
 

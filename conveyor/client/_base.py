@@ -13,14 +13,14 @@ are opened here as they arrive (:func:`read_job`); see :mod:`conveyor.security.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from conveyor._ids import new_job_id
 from conveyor.errors import InvalidJob, JobFailed, PayloadDecryptError
 from conveyor.job import Job, JobState
-from conveyor.limits import FRAME_OVERHEAD, MAX_BATCH, MAX_PAYLOAD
+from conveyor.limits import FRAME_OVERHEAD, MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.protocol.payload import PayloadError, check_json, pack_call
 from conveyor.security.payload import CALL, PayloadCipher, context, is_sealed
 
@@ -200,6 +200,54 @@ def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False)
     if result_only:
         frame["events"] = frame["payload"] = False
     return frame
+
+
+def get_many_frame(ids: Sequence[str]) -> dict[str, Any]:
+    """A GET_MANY: state, result and error of each job, without arguments or history."""
+    return {"t": "get_many", "ids": list(ids)}
+
+
+def rest_after(asked: list[str], reply: dict[str, Any]) -> list[str]:
+    """The ids of ``asked`` that a GET_MANY reply did not get to (it was truncated)."""
+    if not reply.get("truncated") or not reply["jobs"]:
+        return []
+    return asked[asked.index(reply["jobs"][-1]["id"]) + 1 :]
+
+
+class ResultGroup:
+    """The handles of one ``submit_many``: the first ``result()`` asked of one of them
+    reads the finished jobs of its block of :data:`MAX_GET_MANY` handles in one
+    GET_MANY, so that ``[h.result() for h in handles]`` costs a round trip per thousand,
+    not per job, in whatever order they are asked. Results taken this way are as of that
+    read; a job not finished then is waited for on its own."""
+
+    __slots__ = ("_done", "_ids", "_index", "_read")
+
+    def __init__(self, ids: list[str]) -> None:
+        self._ids = ids
+        self._index = {job_id: n for n, job_id in enumerate(ids)}
+        self._done: dict[str, Job] = {}
+        self._read: set[int] = set()  # the blocks read already
+
+    def take(self, job_id: str) -> Job | None:
+        """The finished job, if a read found it so (each is handed out once)."""
+        return self._done.pop(job_id, None)
+
+    def window(self, job_id: str) -> list[str]:
+        """The ids to read for ``job_id`` (empty if its block was read already)."""
+        n = self._index.get(job_id)
+        if n is None or n // MAX_GET_MANY in self._read:
+            return []
+        block = n // MAX_GET_MANY
+        self._read.add(block)
+        return self._ids[block * MAX_GET_MANY : (block + 1) * MAX_GET_MANY]
+
+    def keep(self, jobs: Iterable[Job], asked_for: str) -> None:
+        """Keep the finished jobs of a read (not the one it was made for: that one is
+        handed out at once)."""
+        self._done.update(
+            (job.id, job) for job in jobs if job.state.is_final and job.id != asked_for
+        )
 
 
 def list_frame(

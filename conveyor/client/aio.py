@@ -9,16 +9,19 @@ from types import TracebackType
 from typing import Any
 
 from conveyor.client._base import (
+    ResultGroup,
     TaskRef,
     batch_item,
     chunks,
     dlq_frame,
     final_result,
+    get_many_frame,
     job_spec,
     list_frame,
     pong,
     read_job,
     reply_map,
+    rest_after,
     split_options,
     submitted_ids,
     token_create_frame,
@@ -26,20 +29,21 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.transport import AsyncTransport
-from conveyor.errors import ResultTimeout
+from conveyor.errors import JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
-from conveyor.limits import MAX_BATCH, MAX_PAYLOAD
+from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
 
 class AsyncJob:
     """A handle on one job: ``await handle.result(timeout=10)``."""
 
-    __slots__ = ("client", "id")
+    __slots__ = ("client", "group", "id")
 
-    def __init__(self, client: AsyncClient, job_id: str) -> None:
+    def __init__(self, client: AsyncClient, job_id: str, group: ResultGroup | None = None) -> None:
         self.client = client
         self.id = job_id
+        self.group = group  # the handles submitted with it, whose results are read together
 
     def __repr__(self) -> str:
         return f"<AsyncJob {self.id}>"
@@ -54,6 +58,15 @@ class AsyncJob:
         return await self.client.wait(self.id, timeout)
 
     async def result(self, timeout: float | None = None) -> Any:
+        group = self.group
+        if group is not None:
+            job = group.take(self.id)
+            if job is None and (window := group.window(self.id)):
+                found = await self.client.get_many(window)
+                group.keep(found, self.id)
+                job = next((j for j in found if j.id == self.id and j.state.is_final), None)
+            if job is not None:
+                return final_result(job)
         return await self.client.result(self.id, timeout)
 
     async def cancel(self) -> Job:
@@ -133,11 +146,11 @@ class AsyncClient:
         session = await self._transport.session()
         max_payload = session.limit("max_payload", MAX_PAYLOAD)
         specs = [batch_item(i, self.cipher, max_payload) for i in items]
-        out: list[AsyncJob] = []
+        ids: list[str] = []
         for batch in chunks(specs, session.limit("max_batch", MAX_BATCH), session.max_frame_size):
-            reply = await self._request({"t": "submit", "jobs": batch})
-            out.extend(AsyncJob(self, i) for i in submitted_ids(reply))
-        return out
+            ids.extend(submitted_ids(await self._request({"t": "submit", "jobs": batch})))
+        group = ResultGroup(ids)
+        return [AsyncJob(self, i, group) for i in ids]
 
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id)
@@ -145,6 +158,28 @@ class AsyncClient:
     # -- reading -------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
         return self._job((await self._request({"t": "get", "id": job_id}))["job"])
+
+    async def get_many(self, ids: Iterable[str]) -> list[Job]:
+        """The jobs among ``ids`` that exist, in the order asked: state, result and
+        error, without arguments or history; a round trip per thousand ids."""
+        todo = list(dict.fromkeys(ids))
+        out: list[Job] = []
+        if todo and not (await self._transport.session()).speaks("get_many"):  # an older broker
+            found = [await self._get_or_none(job_id) for job_id in todo]
+            return [job for job in found if job is not None]
+        while todo:
+            asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
+            reply = await self._request(get_many_frame(asked))
+            out.extend(self._job(j) for j in reply["jobs"])
+            todo = rest_after(asked, reply) + todo
+        return out
+
+    async def _get_or_none(self, job_id: str) -> Job | None:
+        try:
+            frame = wait_frame(job_id, 0, result_only=True)
+            return self._job((await self._request(frame))["job"])
+        except JobNotFound:
+            return None
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""

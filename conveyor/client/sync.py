@@ -9,16 +9,19 @@ from types import TracebackType
 from typing import Any
 
 from conveyor.client._base import (
+    ResultGroup,
     TaskRef,
     batch_item,
     chunks,
     dlq_frame,
     final_result,
+    get_many_frame,
     job_spec,
     list_frame,
     pong,
     read_job,
     reply_map,
+    rest_after,
     split_options,
     submitted_ids,
     token_create_frame,
@@ -26,20 +29,21 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.transport import SyncTransport
-from conveyor.errors import ResultTimeout
+from conveyor.errors import JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
-from conveyor.limits import MAX_BATCH, MAX_PAYLOAD
+from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 
 
 class JobHandle:
     """A handle on one job: ``handle.result(timeout=10)``, ``handle.status()``."""
 
-    __slots__ = ("client", "id")
+    __slots__ = ("client", "group", "id")
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, group: ResultGroup | None = None) -> None:
         self.client = client
         self.id = job_id
+        self.group = group  # the handles submitted with it, whose results are read together
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id}>"
@@ -54,6 +58,15 @@ class JobHandle:
         return self.client.wait(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
+        group = self.group
+        if group is not None:
+            job = group.take(self.id)
+            if job is None and (window := group.window(self.id)):
+                found = self.client.get_many(window)
+                group.keep(found, self.id)
+                job = next((j for j in found if j.id == self.id and j.state.is_final), None)
+            if job is not None:
+                return final_result(job)
         return self.client.result(self.id, timeout)
 
     def cancel(self) -> Job:
@@ -153,11 +166,11 @@ class Client:
         max_payload = self._limit("max_payload", MAX_PAYLOAD)
         specs = [batch_item(i, self.cipher, max_payload) for i in items]
         session = self._transport.session
-        out: list[JobHandle] = []
+        ids: list[str] = []
         for batch in chunks(specs, self._limit("max_batch", MAX_BATCH), session.max_frame_size):
-            reply = self._request({"t": "submit", "jobs": batch})
-            out.extend(JobHandle(self, i) for i in submitted_ids(reply))
-        return out
+            ids.extend(submitted_ids(self._request({"t": "submit", "jobs": batch})))
+        group = ResultGroup(ids)
+        return [JobHandle(self, i, group) for i in ids]
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
@@ -165,6 +178,26 @@ class Client:
     # -- reading -------------------------------------------------------------------------
     def get(self, job_id: str) -> Job:
         return self._job(self._request({"t": "get", "id": job_id})["job"])
+
+    def get_many(self, ids: Iterable[str]) -> list[Job]:
+        """The jobs among ``ids`` that exist, in the order asked: state, result and
+        error, without arguments or history; a round trip per thousand ids."""
+        todo = list(dict.fromkeys(ids))
+        out: list[Job] = []
+        if todo and not self._transport.session.speaks("get_many"):  # an older broker
+            return [job for job in map(self._get_or_none, todo) if job is not None]
+        while todo:
+            asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
+            reply = self._request(get_many_frame(asked))
+            out.extend(self._job(j) for j in reply["jobs"])
+            todo = rest_after(asked, reply) + todo
+        return out
+
+    def _get_or_none(self, job_id: str) -> Job | None:
+        try:
+            return self._job(self._request(wait_frame(job_id, 0, result_only=True))["job"])
+        except JobNotFound:
+            return None
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""

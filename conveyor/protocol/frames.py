@@ -14,7 +14,7 @@ from typing import Any
 from conveyor.errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
-FEATURES = ("packed",)
+FEATURES = ("packed", "get_many")
 """Optional features a v1 peer may ask for in HELLO (docs/protocol.md, section 4.2)."""
 
 
@@ -32,6 +32,7 @@ class FrameType(enum.StrEnum):
     SUBMITTED = "submitted"
     GET = "get"
     WAIT = "wait"
+    GET_MANY = "get_many"
     JOB = "job"
     LIST = "list"
     JOBS = "jobs"
@@ -148,6 +149,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "events": (_BOOL, False),
         "payload": (_BOOL, False),
     },
+    FrameType.GET_MANY: {**_RID, "ids": (_LIST, True), "payload": (_BOOL, False)},
     FrameType.JOB: {**_RID, "job": (_MAP, True)},
     FrameType.LIST: {
         **_RID,

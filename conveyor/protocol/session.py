@@ -120,6 +120,10 @@ class ClientSession:
     def max_frame_size(self) -> int:
         return self.conn.max_frame_size
 
+    def speaks(self, feature: str) -> bool:
+        """Whether the broker granted this feature in WELCOME (an older one may not)."""
+        return feature in ((self.welcome or {}).get("features") or ())
+
     def limit(self, name: str, default: int) -> int:
         """A limit the broker announced in WELCOME (``limits``), else ``default``."""
         limits = (self.welcome or {}).get("limits") or {}

@@ -37,6 +37,7 @@ _PRODUCER = frozenset(
     {
         F.SUBMIT,
         F.GET,
+        F.GET_MANY,
         F.WAIT,
         F.LIST,
         F.STATS,

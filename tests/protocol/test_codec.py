@@ -41,6 +41,7 @@ EXAMPLES: dict[FrameType, dict[str, Any]] = {
         "jobs": [{"id": _JOB["id"], "state": "queued", "created": True}],
     },
     FrameType.GET: {"t": "get", "rid": 2, "id": _JOB["id"]},
+    FrameType.GET_MANY: {"t": "get_many", "rid": 2, "ids": [_JOB["id"]]},
     FrameType.WAIT: {"t": "wait", "rid": 3, "id": _JOB["id"], "timeout": 2.5},
     FrameType.JOB: {"t": "job", "rid": 2, "job": _JOB},
     FrameType.LIST: {"t": "list", "rid": 4},

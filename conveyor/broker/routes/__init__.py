@@ -34,6 +34,7 @@ def goodbye(peer: Peer, frame: dict[str, Any]) -> Reply:
 ROUTES: dict[FrameType, Route] = {
     FrameType.SUBMIT: producer.submit,
     FrameType.GET: producer.get,
+    FrameType.GET_MANY: producer.get_many,
     FrameType.WAIT: producer.wait,
     FrameType.CANCEL: producer.cancel,
     FrameType.LIST: producer.list_jobs,

@@ -11,6 +11,8 @@ from conveyor.broker.routes.wire import job_map
 from conveyor.errors import InvalidJob, RateLimited
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import (
+    MAX_GET_MANY,
+    MAX_JOB_ID,
     MAX_LIST,
     MAX_LIST_OFFSET,
     MAX_QUEUE_NAME,
@@ -98,6 +100,38 @@ async def _get(peer: Peer, rid: int, job_id: str, wanted: Wanted) -> None:
     await send_job(peer, rid, await peer.core.get(job_id), wanted)
 
 
+def get_many(peer: Peer, frame: dict[str, Any]) -> Reply:
+    """GET_MANY: the state, result and error of up to MAX_GET_MANY jobs in one reply
+    (their arguments only if ``payload`` is true; no histories)."""
+    ids = frame["ids"]
+    if not 1 <= len(ids) <= MAX_GET_MANY:
+        raise invalid("ids", f"must hold 1 to {MAX_GET_MANY} job ids")
+    for job_id in ids:
+        check_name(job_id, "ids", MAX_JOB_ID)
+    return _get_many(peer, frame["rid"], ids, frame.get("payload") is True)
+
+
+async def _get_many(peer: Peer, rid: int, ids: list[str], payload: bool) -> None:
+    found = await peer.core.get_many(ids)
+    wire = [describe(peer, j, None, payload) for j in found]
+    fits = _prefix_that_fits(peer, wire)  # the client asks again for the rest
+    reply: dict[str, Any] = {"t": "jobs", "rid": rid, "jobs": wire[:fits]}
+    if fits < len(wire):
+        reply["truncated"] = True
+    peer.send(reply)
+
+
+def _prefix_that_fits(peer: Peer, wire: list[dict[str, Any]]) -> int:
+    """How many of these job maps fit in one frame (at least one: a job always fits)."""
+    budget = peer.limits.max_frame_size - 1024
+    size = 0
+    for i, job in enumerate(wire):
+        size += len(pack(job))
+        if size > budget:
+            return max(1, i)
+    return len(wire)
+
+
 def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
     timeout = number(frame, "timeout", 0, MAX_WAIT_TIMEOUT)
     if timeout == 0:
@@ -181,13 +215,7 @@ async def _list(
     wire = [describe(peer, j, None) for j in page.jobs]
     # Big payloads can make a full page exceed the frame limit: send the longest prefix
     # that fits and say so; the client asks again with a larger offset.
-    budget = peer.limits.max_frame_size - 1024
-    size, fits = 0, len(wire)
-    for i, job in enumerate(wire):
-        size += len(pack(job))
-        if size > budget:
-            fits = max(1, i)
-            break
+    fits = _prefix_that_fits(peer, wire)
     reply: dict[str, Any] = {"t": "jobs", "rid": rid, "jobs": wire[:fits]}
     if fits < len(wire):
         reply["truncated"] = True
