@@ -21,6 +21,7 @@ from conveyor.broker.history import History
 from conveyor.broker.maintenance import LeaseReaper, Promoter, RetentionCleaner, Service
 from conveyor.broker.server import TLSServer
 from conveyor.broker.session import Session
+from conveyor.broker.tokenwatch import TokenWatch
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError
 from conveyor.security.tls import server_context
@@ -65,16 +66,19 @@ class Broker:
         self.promoter = Promoter(self.core, clock)
         self.cleaner = RetentionCleaner(self.core, clock)
         self.history = History(self.core, clock)
+        self._changed = asyncio.Event()
+        self.tokenwatch = TokenWatch(self.core, clock, lambda: self.sessions, self._changed.set)
         self.core.on_scheduled = self.promoter.wake
+        self.core.on_tokens_changed = self.tokenwatch.wake
         self._services: tuple[Service, ...] = (
             self.reaper,
             self.promoter,
             self.cleaner,
             self.history,
+            self.tokenwatch,
         )
         self.http: Any = None  # conveyor.http.server.HttpServer, when config.http_port is set
         self._stopped = asyncio.Event()
-        self._changed = asyncio.Event()
         self.core.hub.subscribe(self._on_event)
         self.core.dispatcher.on_dispatch = self._changed.set
         self.core.gauges["connections"] = lambda: len(self.sessions)

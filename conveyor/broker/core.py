@@ -71,6 +71,7 @@ class BrokerCore:
         self.metrics: Counter[str] = Counter()
         self.started_at = 0.0
         self.on_scheduled: Callable[[], None] = lambda: None  # the promoter's wake-up
+        self.on_tokens_changed: Callable[[], None] = lambda: None  # the token watch's wake-up
         self.info: dict[str, Any] = {}  # url, store url: set by the app, shown in stats
         self.gauges: dict[str, Callable[[], Any]] = {}  # live numbers for stats (connections)
         self._worker_seq = itertools.count(1)
@@ -526,7 +527,9 @@ class BrokerCore:
         return self.tokens.list()
 
     async def token_revoke(self, name: str) -> bool:
-        return await asyncio.to_thread(self.tokens.revoke, name)
+        revoked = await asyncio.to_thread(self.tokens.revoke, name)
+        self.on_tokens_changed()  # its open connections close now, not at the next tick
+        return revoked
 
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.roles import may_send
-from conveyor.security.tokens import Role
+from conveyor.security.tokens import Role, hash_token
 
 log = logging.getLogger("conveyor.broker")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:@\-]")
@@ -61,6 +61,8 @@ class Session(asyncio.Protocol):
         self._role: Role | None = None
         self.features: frozenset[str] = frozenset()
         self.token_name = ""
+        self.token_digest = ""  # SHA-256 of the token, for the token watch (tokenwatch.py)
+        self._end_reason = ""  # why the broker ended this connection, for a worker's jobs
         self.client_name = ""
         self.session_id = ""
         self.worker: WorkerRef | None = None
@@ -156,7 +158,7 @@ class Session(asyncio.Protocol):
         self._on_close()
         self.core.waiters.drop_owner(self)
         if self.worker is not None:
-            self.core.worker_left(self.worker)
+            self.core.worker_left(self.worker, self._end_reason or "worker lost")
         self.host.session_closed(self)
 
     # -- sending -----------------------------------------------------------------------
@@ -211,6 +213,25 @@ class Session(asyncio.Protocol):
         self.error(code, message)
         self.close()
 
+    def credentials_ended(self, reason: str) -> None:
+        """The token was revoked, removed or expired: close with ERROR unauthorized."""
+        if self.closed:
+            return
+        held = len(self.worker.holding) if self.worker is not None else 0
+        log.warning(
+            "closing the connection of %s (token %s): %s%s",
+            self.peer,
+            self.token_name,
+            reason,
+            f"; its {held} job(s) go back to their queues" if held else "",
+        )
+        self._end_reason = reason
+        self.fatal(ErrorCode.UNAUTHORIZED, reason)
+        if self.worker is not None:
+            # its jobs go back now, not when the TLS close completes (a peer that does not
+            # read could hold that off): nothing more it sends is read anyway
+            self.core.worker_left(self.worker, reason)
+
     def goodbye(self, reason: str) -> None:
         self.send({"t": "goodbye", "reason": reason})
         self.close()
@@ -261,6 +282,7 @@ class Session(asyncio.Protocol):
             return
         self._role = info.role
         self.token_name = info.name
+        self.token_digest = hash_token(str(token))
         # kept for logs, stats and worker ids: at most 100 characters of a safe set
         self.client_name = _UNSAFE_NAME.sub("_", str(frame.get("name", "")))[:MAX_CLIENT_NAME]
         self.session_id = self.host.new_session_id()

@@ -145,6 +145,7 @@ class Worker:
         """Serve until :meth:`stop`; reconnect with backoff whenever the broker is lost."""
         await self.pool.start()
         delay = 0.1
+        refused = False
         try:
             while not self._stopping.is_set():
                 try:
@@ -154,6 +155,8 @@ class Worker:
                     log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
                 except BrokerError as exc:
                     if exc.code in ("unauthorized", "forbidden"):
+                        # our jobs went back to the broker: waiting for them helps nobody
+                        refused = True
                         raise
                     log.warning("broker refused us (%s); retrying in %.1fs", exc, delay)
                 if self._stopping.is_set():
@@ -163,7 +166,7 @@ class Worker:
                     await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
         finally:
-            await self.pool.close(wait=not self.forced)
+            await self.pool.close(wait=not (self.forced or refused))
 
     def stop(self, force: bool = False) -> None:
         """Begin a graceful stop; with ``force``, also stop waiting for running jobs (they
@@ -235,6 +238,10 @@ class Worker:
             self._abandon(self._generation)
             await conn.close()
             self._conn = None
+        if isinstance(conn.refused, BrokerError) and conn.refused.code == "unauthorized":
+            # our token was revoked or expired while we were connected: reconnecting with
+            # it would only be refused again
+            raise conn.refused
 
     async def _heartbeat(self, conn: AsyncConnection, interval: float) -> None:
         while True:
