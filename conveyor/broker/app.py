@@ -18,7 +18,13 @@ from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import BrokerEvent
 from conveyor.broker.history import History
-from conveyor.broker.maintenance import LeaseReaper, Promoter, RetentionCleaner, Service
+from conveyor.broker.maintenance import (
+    LeaseReaper,
+    LoginReport,
+    Promoter,
+    RetentionCleaner,
+    Service,
+)
 from conveyor.broker.server import TLSServer
 from conveyor.broker.session import Session
 from conveyor.broker.tokenwatch import TokenWatch
@@ -76,6 +82,7 @@ class Broker:
             self.cleaner,
             self.history,
             self.tokenwatch,
+            LoginReport(self.core, clock),
         )
         self.http: Any = None  # conveyor.http.server.HttpServer, when config.http_port is set
         self._stopped = asyncio.Event()

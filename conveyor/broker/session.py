@@ -20,7 +20,13 @@ from conveyor.broker.config import Limits
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.routes import ROUTES
-from conveyor.errors import BrokerError, LocalProtocolError, RemoteProtocolError
+from conveyor.errors import (
+    AuthenticationError,
+    BrokerError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TooManyFailures,
+)
 from conveyor.limits import MAX_CLIENT_NAME
 from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
@@ -197,13 +203,20 @@ class Session(asyncio.Protocol):
             self.close()
 
     def error(
-        self, code: str, message: str, rid: int | None = None, fld: str | None = None
+        self,
+        code: str,
+        message: str,
+        rid: int | None = None,
+        fld: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         frame: dict[str, Any] = {"t": "error", "code": code, "message": message}
         if rid is not None:
             frame["rid"] = rid
         if fld is not None:
             frame["field"] = fld
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
         self.send(frame)
 
     def fatal(self, code: str, message: str) -> None:
@@ -273,12 +286,17 @@ class Session(asyncio.Protocol):
 
     def _hello(self, frame: dict[str, Any]) -> None:
         token = frame.get("token")
-        info = self.core.authenticate(token)
-        if info is None:
-            log.warning("rejected bad token from %s", self.peer)
-            self.core.metrics["auth_failures"] += 1
-            why = "unknown, revoked or expired token" if token else "no token given"
-            self.fatal(ErrorCode.UNAUTHORIZED, why)
+        address = self.peer.rpartition(":")[0]
+        try:
+            info = self.core.logins.login(
+                token, address, self.core.clock.now(), peer=self.peer, http=False
+            )
+        except TooManyFailures as exc:
+            self.error(exc.code, exc.message, retry_after=exc.retry_after)
+            self.close()
+            return
+        except AuthenticationError as exc:
+            self.fatal(exc.code, exc.message)
             return
         self._role = info.role
         self.token_name = info.name

@@ -76,12 +76,14 @@ def _context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(_context)]
 
 
-def _allowed(action: Action) -> Callable[[Context, HTTPAuthorizationCredentials | None], Context]:
+def _allowed(
+    action: Action,
+) -> Callable[[Request, Context, HTTPAuthorizationCredentials | None], Context]:
     """A dependency: the context, once the request's token may do ``action`` (else 401/403)."""
 
-    def dependency(ctx: Ctx, credentials: Credentials) -> Context:
+    def dependency(request: Request, ctx: Ctx, credentials: Credentials) -> Context:
         header = None if credentials is None else f"Bearer {credentials.credentials}"
-        authorize(ctx.core, header, action)
+        authorize(ctx.core, header, action, request.client.host if request.client else "")
         return ctx
 
     return dependency
