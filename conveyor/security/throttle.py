@@ -30,7 +30,6 @@ clock, as long as it is always the same one).
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +173,7 @@ class LoginThrottle:
 
     def _line(self, key: str, src: _Source, now: float) -> str:
         start = now if src.interval_start is None else src.interval_start
-        span = math.ceil(now - start)
+        span = round(now - start)
         parts = [f"{src.unlogged_failures} more bad token(s)"]
         if src.unlogged_refused:
             parts.append(f"{src.unlogged_refused} login(s) refused unchecked while throttled")
