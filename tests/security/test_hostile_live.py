@@ -571,7 +571,7 @@ async def test_soak_hostile_storm_while_jobs_flow(
         f"after {after:.1f} MiB; {done} jobs completed during the storm; bad tokens: "
         f"{outcomes['bad_token', 'unauthorized']} unauthorized, "
         f"{outcomes['bad_token', 'too_many_failures']} too_many_failures, "
-        f"{log.count('bad token')} log line(s)"
+        f"{sum('bad token' in line for line in log.splitlines())} log line(s)"
     )
     # Bounds: after the storm the broker may keep some arena growth, not a per-connection
     # leak (2,000 leaked sessions would be far over). During it, the two clients that never
