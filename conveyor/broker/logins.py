@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.errors import AuthenticationError, TooManyFailures
-from conveyor.security.throttle import LoginThrottle
+from conveyor.security.throttle import LoginThrottle, source_key
 from conveyor.security.tokens import TokenInfo
 
 log = logging.getLogger("conveyor.broker")
@@ -41,7 +41,7 @@ class Logins:
             self._metrics[prefix + "auth_throttled"] += 1
             raise TooManyFailures(
                 TooManyFailures.CODE,
-                f"too many bad tokens from {address}; try again in {wait:.2f}s",
+                f"too many bad tokens from {source_key(address)}; try again in {wait:.2f}s",
                 retry_after=round(wait, 3),
             )
         info = self._authenticate(token)

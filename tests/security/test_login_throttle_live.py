@@ -188,3 +188,21 @@ async def test_300_wrong_tokens_from_one_address(
     assert outcomes["unauthorized"] <= 5 + 2 + elapsed / 0.25
     assert len(lines) <= 2, [r.getMessage() for r in lines]
     assert other < 2.0
+
+
+async def test_ipv6_sources_count_by_slash_64(home: Path) -> None:
+    # a broker on ::1: the peer's address is parsed out of "::1:port" and grouped by /64
+    limits = Limits(login_delay_first=BLOCK, login_delay_max=BLOCK)
+    broker = Broker(
+        BrokerConfig(host="::1", port=0, store_url="memory://", home=home, limits=limits)
+    )
+    await broker.start()
+    try:
+        for _ in range(6):
+            with pytest.raises(AuthenticationError):
+                await AsyncClient(broker.url, home=home, token=BAD).connect()
+        with pytest.raises(TooManyFailures, match=r"from ::/64"):
+            await AsyncClient(broker.url, home=home, token=make(home)).connect()
+        assert (await broker.core.stats())["security"]["sources_blocked"] == 1
+    finally:
+        await broker.stop()
