@@ -80,6 +80,7 @@ class BrokerCore:
                 max_delay=lim.login_delay_max,
             ),
             self.metrics,
+            lambda: self.clock.monotonic(),
         )
         self.started_at = 0.0
         self.on_scheduled: Callable[[], None] = lambda: None  # the promoter's wake-up
@@ -556,7 +557,7 @@ class BrokerCore:
         data["workers"] = [w.describe() for w in workers]
         data["paused"] = sorted(self.dispatcher.paused)
         data["store"] = {"url": self.store.url, **self.store.health}
-        data["security"] = self.logins.snapshot(self.clock.now())
+        data["security"] = self.logins.snapshot()
         data["broker"] = {
             **self.info,
             "pid": os.getpid(),

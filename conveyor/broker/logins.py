@@ -5,7 +5,8 @@ A login from a source that sent too many bad tokens lately is refused unchecked 
 is checked against the token registry, and a bad token raises
 :class:`~conveyor.errors.AuthenticationError` and counts against its source. The policy
 (free failures, doubling blocks, /64 grouping, the bounded table, aggregate logging) is
-:mod:`conveyor.security.throttle`; this module applies it, counts and logs.
+:mod:`conveyor.security.throttle`; this module applies it, counts and logs. Its time is
+monotonic: a wall clock stepped back an hour must not block a source for an hour.
 """
 
 from __future__ import annotations
@@ -21,21 +22,28 @@ from conveyor.security.tokens import TokenInfo
 
 log = logging.getLogger("conveyor.broker")
 Authenticate = Callable[[Any], TokenInfo | None]
+Monotonic = Callable[[], float]
 
 
 class Logins:
     """Check logins behind the per-source throttle; count them in ``metrics``."""
 
     def __init__(
-        self, authenticate: Authenticate, throttle: LoginThrottle, metrics: Counter[str]
+        self,
+        authenticate: Authenticate,
+        throttle: LoginThrottle,
+        metrics: Counter[str],
+        monotonic: Monotonic,
     ) -> None:
         self._authenticate = authenticate
         self.throttle = throttle
         self._metrics = metrics
+        self._monotonic = monotonic
 
-    def login(self, token: Any, address: str, now: float, *, peer: str, http: bool) -> TokenInfo:
+    def login(self, token: Any, address: str, *, peer: str, http: bool) -> TokenInfo:
         """The token's info; raises TooManyFailures or AuthenticationError."""
         prefix = "http_" if http else ""
+        now = self._monotonic()
         wait = self.throttle.retry_after(address, now)
         if wait > 0:
             self._metrics[prefix + "auth_throttled"] += 1
@@ -61,18 +69,18 @@ class Logins:
             )
         raise AuthenticationError("unauthorized", why)
 
-    def report(self, now: float) -> int:
+    def report(self) -> int:
         """Log the aggregate lines that are due; returns how many."""
-        lines = self.throttle.report(now)
+        lines = self.throttle.report(self._monotonic())
         for line in lines:
             log.warning("bad tokens %s", line)
         return len(lines)
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """The ``security`` section of stats."""
         m = self._metrics
         return {
-            **self.throttle.snapshot(now),
+            **self.throttle.snapshot(self._monotonic()),
             "auth_failures": m.get("auth_failures", 0),
             "auth_throttled": m.get("auth_throttled", 0),
             "http_auth_failures": m.get("http_auth_failures", 0),

@@ -97,4 +97,4 @@ class LoginReport(Service):
     interval = 1.0
 
     async def run_once(self, now: float) -> None:
-        self.core.logins.report(now)
+        self.core.logins.report()  # on the monotonic clock the throttle keeps its time by

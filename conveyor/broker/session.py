@@ -288,9 +288,7 @@ class Session(asyncio.Protocol):
         token = frame.get("token")
         address = self.peer.rpartition(":")[0]
         try:
-            info = self.core.logins.login(
-                token, address, self.core.clock.now(), peer=self.peer, http=False
-            )
+            info = self.core.logins.login(token, address, peer=self.peer, http=False)
         except TooManyFailures as exc:
             self.error(exc.code, exc.message, retry_after=exc.retry_after)
             self.close()

@@ -50,7 +50,7 @@ def authorize(core: BrokerCore, header: str | None, action: Action, address: str
         raise HttpError(401, "unauthorized", "give a token: Authorization: Bearer cvy_...")
     peer = address or "an unknown address"
     try:
-        info = core.logins.login(token.strip(), address, core.clock.now(), peer=peer, http=True)
+        info = core.logins.login(token.strip(), address, peer=peer, http=True)
     except TooManyFailures as exc:
         seconds = str(max(1, math.ceil(exc.retry_after)))
         raise HttpError(429, exc.code, exc.message, headers={"Retry-After": seconds}) from None

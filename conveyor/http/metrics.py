@@ -90,7 +90,7 @@ def _security(core: BrokerCore) -> Iterator[Any]:
         throttled.add_metric([channel], m.get(prefix + "auth_throttled", 0))
     yield failures
     yield throttled
-    snap = core.logins.throttle.snapshot(core.clock.now())
+    snap = core.logins.snapshot()
     yield GaugeMetricFamily(
         "conveyor_auth_sources_blocked",
         "Source addresses (IPv4, IPv6 /64) whose logins are refused now",
