@@ -226,24 +226,19 @@ class Session(asyncio.Protocol):
         self.error(code, message)
         self.close()
 
-    def credentials_ended(self, reason: str) -> None:
-        """The token was revoked, removed or expired: close with ERROR unauthorized."""
+    def credentials_ended(self, reason: str) -> int:
+        """The token was revoked, removed or expired: close with ERROR unauthorized.
+        Returns how many jobs the connection's worker held (they go back to their queues)."""
         if self.closed:
-            return
+            return 0
         held = len(self.worker.holding) if self.worker is not None else 0
-        log.warning(
-            "closing the connection of %s (token %s): %s%s",
-            self.peer,
-            self.token_name,
-            reason,
-            f"; its {held} job(s) go back to their queues" if held else "",
-        )
         self._end_reason = reason
         self.fatal(ErrorCode.UNAUTHORIZED, reason)
         if self.worker is not None:
             # its jobs go back now, not when the TLS close completes (a peer that does not
             # read could hold that off): nothing more it sends is read anyway
             self.core.worker_left(self.worker, reason)
+        return held
 
     def goodbye(self, reason: str) -> None:
         self.send({"t": "goodbye", "reason": reason})

@@ -32,10 +32,15 @@ class Credentialed(Protocol):
         ...
 
     @property
+    def token_name(self) -> str: ...
+
+    @property
     def closed(self) -> bool: ...
 
-    def credentials_ended(self, reason: str) -> None:
-        """Close with ERROR ``unauthorized`` and ``reason`` as its message."""
+    def credentials_ended(self, reason: str) -> int:
+        """Close with ERROR ``unauthorized`` and ``reason`` as its message; returns how many
+        jobs its worker held (requeued now)."""
+        ...
 
 
 class TokenWatch(Service):
@@ -68,16 +73,27 @@ class TokenWatch(Service):
                 self._broken = str(exc)
             return 0
         self._broken = None
-        ended = 0
+        # (token name, reason) -> [connections, jobs requeued]: one log line per token
+        ended: dict[tuple[str, str], list[int]] = {}
         for session in list(self._sessions()):
             digest = session.token_digest
             if not digest or session.closed:
                 continue
             reason = registry.why_inactive(digest, now, reload=False)
             if reason is not None:
-                session.credentials_ended(reason)
-                ended += 1
-        if ended:
-            self.core.metrics["token_ended_connections"] += ended
+                counts = ended.setdefault((session.token_name, reason), [0, 0])
+                counts[0] += 1
+                counts[1] += session.credentials_ended(reason)
+        for (name, reason), (connections, jobs) in ended.items():
+            log.warning(
+                "token %s: %s; closed %d connection(s)%s",
+                name,
+                reason,
+                connections,
+                f", {jobs} job(s) back to their queues" if jobs else "",
+            )
+        total = sum(c for c, _ in ended.values())
+        if total:
+            self.core.metrics["token_ended_connections"] += total
             self._on_ended()
-        return ended
+        return total

@@ -17,12 +17,14 @@ from conveyor.stores.memory import MemoryStore
 @dataclass
 class FakeSession:
     token_digest: str
+    token_name: str = "t"
     closed: bool = False
     ended: list[str] = field(default_factory=list)
 
-    def credentials_ended(self, reason: str) -> None:
+    def credentials_ended(self, reason: str) -> int:
         self.ended.append(reason)
         self.closed = True
+        return 2
 
 
 async def test_run_once_ends_only_the_sessions_whose_token_ended(tmp_path: Path) -> None:

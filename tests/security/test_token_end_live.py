@@ -10,6 +10,7 @@ instead of reconnecting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,9 @@ async def ended_with(raw: Raw, reason: str) -> None:
 
 @pytest.mark.parametrize("how", ["revoke", "remove"])
 async def test_a_token_revoked_in_the_file_ends_its_open_connections(
-    broker: Broker, home: Path, how: str
+    broker: Broker, home: Path, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, "conveyor.broker")
     token = make(home, Role.PRODUCER, "leaky")
     first = await Raw.open(broker.port, home, token=token)
     second = await Raw.open(broker.port, home, token=token)
@@ -82,6 +84,9 @@ async def test_a_token_revoked_in_the_file_ends_its_open_connections(
     for raw in (first, second, other):
         await raw.close()
     assert broker.metrics["token_ended_connections"] == 2
+    # one line for the token, not one per connection
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("token leaky")]
+    assert lines == [f"token leaky: {reason}; closed 2 connection(s)"], lines
 
 
 async def test_token_revoke_over_the_protocol_ends_connections_at_once(
@@ -101,8 +106,9 @@ async def test_token_revoke_over_the_protocol_ends_connections_at_once(
 
 
 async def test_a_worker_whose_token_expires_loses_its_jobs_and_stops(
-    broker: Broker, home: Path, client: AsyncClient
+    broker: Broker, home: Path, client: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, "conveyor.broker")
     gate = Gate()
     token = make(home, Role.WORKER, "w-expiring", ttl=60)
     worker = Worker(
@@ -124,6 +130,9 @@ async def test_a_worker_whose_token_expires_loses_its_jobs_and_stops(
         assert job.state is JobState.QUEUED, job
         events = [(e["event"], e.get("reason")) for e in job.events]
         assert ("requeued", "token expired") in events, events
+        assert "token w-expiring: token expired; closed 1 connection(s), 1 job(s) back" in (
+            caplog.text
+        )
         # no reconnect loop: the worker did not knock again with its dead token
         assert broker.metrics["connections_total"] == connections
         assert broker.metrics["auth_failures"] == 0
