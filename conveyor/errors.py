@@ -15,6 +15,8 @@
     │   ├── JobNotFound            code "not_found"
     │   ├── Conflict               code "conflict"
     │   ├── RateLimited            code "rate_limited"
+    │   │   └── TooManyFailures    code "too_many_failures": logins from this address are
+    │   │                          refused for .retry_after seconds (too many bad tokens)
     │   └── StoreUnavailable       code "store_unavailable": the broker cannot write now
     ├── JobFailed                  the job ended dead/cancelled; has .job
     ├── ResultTimeout              result() ran out of time (also a TimeoutError)
@@ -87,7 +89,12 @@ class BrokerError(ConveyorError):
     def from_frame(cls, frame: dict[str, Any]) -> BrokerError:
         code = str(frame.get("code", "internal"))
         klass = _ERROR_CLASSES.get(code, BrokerError)
-        return klass(code, str(frame.get("message", "")), frame.get("field"))
+        error = klass(code, str(frame.get("message", "")), frame.get("field"))
+        if isinstance(error, TooManyFailures):
+            retry_after = frame.get("retry_after")
+            if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+                error.retry_after = max(0.0, float(retry_after))
+        return error
 
 
 class AuthenticationError(BrokerError):
@@ -112,6 +119,20 @@ class Conflict(BrokerError):
 
 class RateLimited(BrokerError):
     """Too many requests; slow down and retry later."""
+
+
+class TooManyFailures(RateLimited):
+    """Too many bad tokens came from this address lately: the broker refuses its logins,
+    unchecked, for ``retry_after`` seconds (docs/security.md, "Failed logins"). Not a
+    verdict on the token: try again after that."""
+
+    CODE = "too_many_failures"
+
+    def __init__(
+        self, code: str, message: str, field: str | None = None, retry_after: float = 1.0
+    ) -> None:
+        super().__init__(code, message, field)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(BrokerError):
@@ -141,6 +162,7 @@ _ERROR_CLASSES: dict[str, type[BrokerError]] = {
     "not_found": JobNotFound,
     "conflict": Conflict,
     "rate_limited": RateLimited,
+    TooManyFailures.CODE: TooManyFailures,
     StoreUnavailable.CODE: StoreUnavailable,
 }
 

@@ -18,9 +18,16 @@ from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import BrokerEvent
 from conveyor.broker.history import History
-from conveyor.broker.maintenance import LeaseReaper, Promoter, RetentionCleaner, Service
+from conveyor.broker.maintenance import (
+    LeaseReaper,
+    LoginReport,
+    Promoter,
+    RetentionCleaner,
+    Service,
+)
 from conveyor.broker.server import TLSServer
 from conveyor.broker.session import Session
+from conveyor.broker.tokenwatch import TokenWatch
 from conveyor.clock import SYSTEM_CLOCK, Clock
 from conveyor.errors import ConfigError
 from conveyor.security.tls import server_context
@@ -65,16 +72,20 @@ class Broker:
         self.promoter = Promoter(self.core, clock)
         self.cleaner = RetentionCleaner(self.core, clock)
         self.history = History(self.core, clock)
+        self._changed = asyncio.Event()
+        self.tokenwatch = TokenWatch(self.core, clock, lambda: self.sessions, self._changed.set)
         self.core.on_scheduled = self.promoter.wake
+        self.core.on_tokens_changed = self.tokenwatch.wake
         self._services: tuple[Service, ...] = (
             self.reaper,
             self.promoter,
             self.cleaner,
             self.history,
+            self.tokenwatch,
+            LoginReport(self.core, clock),
         )
         self.http: Any = None  # conveyor.http.server.HttpServer, when config.http_port is set
         self._stopped = asyncio.Event()
-        self._changed = asyncio.Event()
         self.core.hub.subscribe(self._on_event)
         self.core.dispatcher.on_dispatch = self._changed.set
         self.core.gauges["connections"] = lambda: len(self.sessions)

@@ -31,6 +31,11 @@ class Limits:
     idle_timeout: float = 300.0  # seconds without a frame before a connection is dropped
     submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
     max_inflight_requests: int = 256  # per connection: reading pauses above this
+    # failed logins per source address (IPv4, or IPv6 /64): after this many bad tokens each
+    # further one blocks the source for a delay doubling up to login_delay_max (0 = off)
+    login_free_failures: int = 5
+    login_delay_first: float = 0.25
+    login_delay_max: float = 4.0
 
     def announced(self) -> dict[str, int]:
         """The limits a client must honour, as WELCOME ``limits`` announces them."""

@@ -36,11 +36,13 @@ from conveyor.broker.events import (
     WorkerJoined,
     WorkerLeft,
 )
+from conveyor.broker.logins import Logins
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.clock import Clock
 from conveyor.errors import ConveyorError, JobNotFound, StoreUnavailable
 from conveyor.job import UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Outcome, TaskOptions, Transition
+from conveyor.security.throttle import LoginThrottle
 from conveyor.security.tokens import Role, TokenInfo, TokenRegistry
 from conveyor.stores.base import Inserted, JobFilter, Page, Store
 
@@ -69,8 +71,20 @@ class BrokerCore:
         self.routes: dict[str, str] = {}  # task -> queue, as workers announce them
         self._options: dict[str, TaskOptions] = {}  # task -> its options, as last announced
         self.metrics: Counter[str] = Counter()
+        lim = config.limits
+        self.logins = Logins(  # every login, socket and HTTP, behind one per-source throttle
+            self.authenticate,
+            LoginThrottle(
+                free=lim.login_free_failures,
+                first_delay=lim.login_delay_first,
+                max_delay=lim.login_delay_max,
+            ),
+            self.metrics,
+            lambda: self.clock.monotonic(),
+        )
         self.started_at = 0.0
         self.on_scheduled: Callable[[], None] = lambda: None  # the promoter's wake-up
+        self.on_tokens_changed: Callable[[], None] = lambda: None  # the token watch's wake-up
         self.info: dict[str, Any] = {}  # url, store url: set by the app, shown in stats
         self.gauges: dict[str, Callable[[], Any]] = {}  # live numbers for stats (connections)
         self._worker_seq = itertools.count(1)
@@ -530,7 +544,9 @@ class BrokerCore:
         return self.tokens.list()
 
     async def token_revoke(self, name: str) -> bool:
-        return await asyncio.to_thread(self.tokens.revoke, name)
+        revoked = await asyncio.to_thread(self.tokens.revoke, name)
+        self.on_tokens_changed()  # its open connections close now, not at the next tick
+        return revoked
 
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
@@ -545,6 +561,7 @@ class BrokerCore:
         data["workers"] = [w.describe() for w in workers]
         data["paused"] = sorted(self.dispatcher.paused)
         data["store"] = {"url": self.store.url, **self.store.health}
+        data["security"] = self.logins.snapshot()
         data["broker"] = {
             **self.info,
             "pid": os.getpid(),

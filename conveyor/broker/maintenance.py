@@ -5,6 +5,8 @@
 - :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
   sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
 - :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
+- :class:`LoginReport` logs failed logins in aggregate (one line per source address per
+  interval, :mod:`conveyor.security.throttle`) and forgets quiet sources.
 
 Tests call ``run_once(now)`` with a fake clock's time instead of sleeping.
 """
@@ -89,3 +91,10 @@ class RetentionCleaner(Service):
         pruned = await self.core.prune(now)
         if pruned:
             log.info("retention: pruned %d finished job(s)", pruned)
+
+
+class LoginReport(Service):
+    interval = 1.0
+
+    async def run_once(self, now: float) -> None:
+        self.core.logins.report()  # on the monotonic clock the throttle keeps its time by

@@ -20,13 +20,19 @@ from conveyor.broker.config import Limits
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.routes import ROUTES
-from conveyor.errors import BrokerError, LocalProtocolError, RemoteProtocolError
+from conveyor.errors import (
+    AuthenticationError,
+    BrokerError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TooManyFailures,
+)
 from conveyor.limits import MAX_CLIENT_NAME
 from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.roles import may_send
-from conveyor.security.tokens import Role
+from conveyor.security.tokens import Role, hash_token
 
 log = logging.getLogger("conveyor.broker")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:@\-]")
@@ -61,6 +67,8 @@ class Session(asyncio.Protocol):
         self._role: Role | None = None
         self.features: frozenset[str] = frozenset()
         self.token_name = ""
+        self.token_digest = ""  # SHA-256 of the token, for the token watch (tokenwatch.py)
+        self._end_reason = ""  # why the broker ended this connection, for a worker's jobs
         self.client_name = ""
         self.session_id = ""
         self.worker: WorkerRef | None = None
@@ -156,7 +164,7 @@ class Session(asyncio.Protocol):
         self._on_close()
         self.core.waiters.drop_owner(self)
         if self.worker is not None:
-            self.core.worker_left(self.worker)
+            self.core.worker_left(self.worker, self._end_reason or "worker lost")
         self.host.session_closed(self)
 
     # -- sending -----------------------------------------------------------------------
@@ -195,13 +203,20 @@ class Session(asyncio.Protocol):
             self.close()
 
     def error(
-        self, code: str, message: str, rid: int | None = None, fld: str | None = None
+        self,
+        code: str,
+        message: str,
+        rid: int | None = None,
+        fld: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         frame: dict[str, Any] = {"t": "error", "code": code, "message": message}
         if rid is not None:
             frame["rid"] = rid
         if fld is not None:
             frame["field"] = fld
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
         self.send(frame)
 
     def fatal(self, code: str, message: str) -> None:
@@ -210,6 +225,20 @@ class Session(asyncio.Protocol):
             return
         self.error(code, message)
         self.close()
+
+    def credentials_ended(self, reason: str) -> int:
+        """The token was revoked, removed or expired: close with ERROR unauthorized.
+        Returns how many jobs the connection's worker held (they go back to their queues)."""
+        if self.closed:
+            return 0
+        held = len(self.worker.holding) if self.worker is not None else 0
+        self._end_reason = reason
+        self.fatal(ErrorCode.UNAUTHORIZED, reason)
+        if self.worker is not None:
+            # its jobs go back now, not when the TLS close completes (a peer that does not
+            # read could hold that off): nothing more it sends is read anyway
+            self.core.worker_left(self.worker, reason)
+        return held
 
     def goodbye(self, reason: str) -> None:
         self.send({"t": "goodbye", "reason": reason})
@@ -252,15 +281,19 @@ class Session(asyncio.Protocol):
 
     def _hello(self, frame: dict[str, Any]) -> None:
         token = frame.get("token")
-        info = self.core.authenticate(token)
-        if info is None:
-            log.warning("rejected bad token from %s", self.peer)
-            self.core.metrics["auth_failures"] += 1
-            why = "unknown, revoked or expired token" if token else "no token given"
-            self.fatal(ErrorCode.UNAUTHORIZED, why)
+        address = self.peer.rpartition(":")[0]
+        try:
+            info = self.core.logins.login(token, address, peer=self.peer, http=False)
+        except TooManyFailures as exc:
+            self.error(exc.code, exc.message, retry_after=exc.retry_after)
+            self.close()
+            return
+        except AuthenticationError as exc:
+            self.fatal(exc.code, exc.message)
             return
         self._role = info.role
         self.token_name = info.name
+        self.token_digest = hash_token(str(token))
         # kept for logs, stats and worker ids: at most 100 characters of a safe set
         self.client_name = _UNSAFE_NAME.sub("_", str(frame.get("name", "")))[:MAX_CLIENT_NAME]
         self.session_id = self.host.new_session_id()

@@ -130,6 +130,14 @@ def stats(client: Client, as_json: bool) -> None:
         )
     b = data["broker"]
     click.echo(f"broker:  {b['url']}  store {b['store']}  up {_uptime(b['uptime'])}")
+    sec = data.get("security") or {}
+    if sec.get("login_failures") or sec.get("token_ended_connections"):
+        click.echo(
+            f"security: {sec.get('login_failures', 0)} bad token(s), "
+            f"{sec.get('logins_refused_throttled', 0)} login(s) refused while throttled, "
+            f"{sec.get('sources_blocked', 0)} address(es) blocked now, "
+            f"{sec.get('token_ended_connections', 0)} connection(s) ended by revocation/expiry"
+        )
     store = data.get("store") or {}
     if store.get("writable") is False:
         click.echo(

@@ -8,7 +8,11 @@ asyncio (the AsyncClient's and the worker's). Both give the same guarantees:
   once, naming the address (no retry: there is nothing to come back to);
 * once connected, a lost connection is retried with backoff for ``reconnect_timeout``
   seconds from the loss, and requests marked resendable are sent again;
-* a fatal ERROR caused by our own frame is raised, never resent.
+* a fatal ERROR caused by our own frame is raised, never resent;
+* a refusal of our credentials (``unauthorized``: a bad token at HELLO, or one the broker
+  ended on an open connection because it was revoked or expired) is raised as
+  :class:`~conveyor.errors.AuthenticationError` and remembered: every later request raises
+  it again at once, without knocking on the broker's door (a new token means a new client).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conveyor.client.endpoint import Endpoint
-from conveyor.errors import BrokerUnavailable, ConnectionLost, ProtocolError
+from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost, ProtocolError
 from conveyor.protocol.session import (
     Backoff,
     ClientSession,
@@ -59,6 +63,11 @@ def _unavailable(endpoint: Endpoint, exc: BaseException) -> BrokerUnavailable:
         f"cannot reach the broker at {endpoint.address}: {detail} (is `conveyor broker` "
         "running there? check --broker / CONVEYOR_BROKER_URL)"
     )
+
+
+def _again(exc: AuthenticationError) -> AuthenticationError:
+    """A fresh copy of a remembered refusal (re-raising one instance grows its traceback)."""
+    return type(exc)(exc.code, exc.message, exc.field)
 
 
 def _welcome(event: Event) -> Frame | None:
@@ -151,6 +160,7 @@ class SyncTransport:
         self._backoff = Backoff(reconnect_timeout)
         self._conn: _SyncConnection | None = None
         self._worked = False
+        self._refused: AuthenticationError | None = None  # our credentials, refused for good
 
     @property
     def welcome(self) -> Frame:
@@ -158,14 +168,21 @@ class SyncTransport:
 
     def connect(self) -> None:
         """Connect now; BrokerUnavailable (no retry) if nobody answers."""
+        if self._refused is not None:
+            raise _again(self._refused)
         try:
             self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
         except (OSError, ConnectionLost) as exc:
             raise _unavailable(self.endpoint, exc) from exc
+        except AuthenticationError as exc:
+            self._refused = exc
+            raise
         self._worked = True
         self._backoff.reset()
 
     def _connection(self) -> _SyncConnection:
+        if self._refused is not None:
+            raise _again(self._refused)
         if self._conn is None:
             if not self._worked:
                 self.connect()
@@ -180,6 +197,9 @@ class SyncTransport:
             try:
                 self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
                 return
+            except AuthenticationError as exc:
+                self._refused = exc
+                raise
             except (OSError, ConnectionLost) as exc:
                 delay = self._backoff.next_delay(time.monotonic())
                 if delay is None:
@@ -194,6 +214,11 @@ class SyncTransport:
             conn = self._connection()
             try:
                 reply = conn.request(frame, resend)
+            except AuthenticationError as exc:
+                self._refused = exc  # what a reconnect would hear too
+                conn.sock.close()
+                self._conn = None
+                raise
             except ConnectionLost as exc:
                 conn.sock.close()
                 self._conn = None
@@ -301,6 +326,12 @@ class AsyncConnection:
             if self._writer is not None:
                 self._writer.close()
 
+    @property
+    def refused(self) -> BaseException | None:
+        """The broker's fatal ERROR that closed this connection, when it blamed our frame or
+        our credentials (resending would be refused again); else None."""
+        return self._refused
+
     def _pushed(self, frame: Frame) -> None:
         if self.on_push is not None:
             self.on_push(frame)
@@ -389,13 +420,19 @@ class AsyncTransport:
         self._lock = asyncio.Lock()
         self._worked = False
         self._given_up = 0  # reconnects abandoned: tasks queued behind one fail at once
+        self._refused: AuthenticationError | None = None  # our credentials, refused for good
 
     async def connect(self) -> AsyncConnection:
+        if self._refused is not None:
+            raise _again(self._refused)
         conn = AsyncConnection(self.endpoint, self.agent)
         try:
             await conn.connect()
         except (OSError, ConnectionLost, TimeoutError) as exc:
             raise _unavailable(self.endpoint, exc) from exc
+        except AuthenticationError as exc:
+            self._refused = exc
+            raise
         self._conn = conn
         self._worked = True
         self._backoff.reset()
@@ -407,6 +444,10 @@ class AsyncTransport:
             conn = self._conn
             if conn is not None and not conn.closed.is_set():
                 return conn
+            if conn is not None and isinstance(conn.refused, AuthenticationError):
+                self._refused = conn.refused  # the broker ended our token: do not knock again
+            if self._refused is not None:
+                raise _again(self._refused)
             if not self._worked:
                 return await self.connect()
             if self._given_up != given_up:
@@ -416,6 +457,9 @@ class AsyncTransport:
                 try:
                     fresh = AsyncConnection(self.endpoint, self.agent)
                     await fresh.connect()
+                except AuthenticationError as exc:
+                    self._refused = exc
+                    raise
                 except (OSError, ConnectionLost, TimeoutError) as exc:
                     delay = self._backoff.next_delay(time.monotonic())
                     if delay is None:
@@ -434,6 +478,9 @@ class AsyncTransport:
             conn = await self._connection()
             try:
                 reply = await conn.request(frame, resend)
+            except AuthenticationError as exc:
+                self._refused = exc
+                raise
             except ConnectionLost as exc:
                 if not resend:
                     raise

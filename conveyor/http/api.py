@@ -42,6 +42,7 @@ from conveyor.http.schemas import (
 from conveyor.http.security_info import security
 from conveyor.job import JobState
 from conveyor.limits import MAX_JOB_ID, MAX_QUEUE_NAME, MAX_TASK_NAME, NAME_PATTERN
+from conveyor.security.tokens import hash_token
 from conveyor.stores.base import JobFilter
 from conveyor.validation import check_name, parse_job
 
@@ -75,12 +76,14 @@ def _context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(_context)]
 
 
-def _allowed(action: Action) -> Callable[[Context, HTTPAuthorizationCredentials | None], Context]:
+def _allowed(
+    action: Action,
+) -> Callable[[Request, Context, HTTPAuthorizationCredentials | None], Context]:
     """A dependency: the context, once the request's token may do ``action`` (else 401/403)."""
 
-    def dependency(ctx: Ctx, credentials: Credentials) -> Context:
+    def dependency(request: Request, ctx: Ctx, credentials: Credentials) -> Context:
         header = None if credentials is None else f"Bearer {credentials.credentials}"
-        authorize(ctx.core, header, action)
+        authorize(ctx.core, header, action, request.client.host if request.client else "")
         return ctx
 
     return dependency
@@ -314,11 +317,14 @@ async def security_panel(ctx: Reader) -> dict[str, Any]:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def events(request: Request, ctx: Reader) -> StreamingResponse:
+async def events(request: Request, ctx: Reader, credentials: Credentials) -> StreamingResponse:
     """The live feed (Server-Sent Events): one ``tick`` a second with the numbers, the
-    workers and the job changes since the last tick (at most 50, and how many more)."""
+    workers and the job changes since the last tick (at most 50, and how many more). The
+    token is checked at every tick: once revoked or expired, one ``end`` event and the
+    feed ends."""
+    digest = hash_token(credentials.credentials.strip()) if credentials else ""
     return StreamingResponse(
-        live.feed(ctx.core, ctx.history, request.is_disconnected),
+        live.feed(ctx.core, ctx.history, request.is_disconnected, token_digest=digest),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

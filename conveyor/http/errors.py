@@ -25,6 +25,7 @@ STATUS = {
     "not_found": 404,
     "conflict": 409,
     "rate_limited": 429,
+    "too_many_failures": 429,
     "queue_full": 429,
     "store_unavailable": 503,
 }
@@ -33,12 +34,20 @@ STATUS = {
 class HttpError(Exception):
     """Raised by routes; rendered as the JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -48,13 +57,19 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": error}
 
 
-def _response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status)
+def _response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HttpError)
-    return _response(exc.status, exc.code, exc.message, exc.field)
+    return _response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
 
 async def on_broker_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,6 +6,10 @@ given). Under load that is still one message a second, never one per job, and wh
 for a slow reader is bounded: a subscriber keeps only the last changes, and a reader that
 does not read holds the generator at its ``yield`` (the server's flow control), not the
 broker's memory.
+
+The reader's token is checked again before every tick: once it is revoked, removed or
+expired the feed sends one ``end`` message naming why (``{"reason": "token revoked"}``) and
+ends, as the broker closes a protocol connection whose token ended.
 """
 
 from __future__ import annotations
@@ -91,14 +95,19 @@ async def feed(
     history: History,
     disconnected: Callable[[], Any],
     tick: float = TICK,
+    token_digest: str = "",
 ) -> AsyncIterator[bytes]:
-    """The SSE byte stream for one reader, until it goes away."""
+    """The SSE byte stream for one reader, until it goes away or its token ends."""
     subscriber = Subscriber()
     subscriber.unsubscribe = core.hub.subscribe(subscriber)
     try:
         yield sse("hello", await _numbers(core, history))
         while not await disconnected():
             await asyncio.sleep(tick)  # the tick is the message rate, not a poll for news
+            ended = token_digest and core.tokens.why_inactive(token_digest, core.clock.now())
+            if ended:
+                yield sse("end", {"reason": ended})
+                return
             yield sse("tick", {**await _numbers(core, history), **subscriber.take()})
     finally:
         subscriber.unsubscribe()

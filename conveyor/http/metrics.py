@@ -69,7 +69,43 @@ class _Snapshot(Collector):
         )
         for reason in ("rejected_plaintext", "tls_failures", "auth_failures", "refused_limit"):
             refused.add_metric([reason], core.metrics.get(reason, 0))
+        refused.add_metric(["auth_throttled"], core.metrics.get("auth_throttled", 0))
         yield refused
+        yield from _security(core)
+
+
+def _security(core: BrokerCore) -> Iterator[Any]:
+    """Failed logins and their throttle (the ``security`` section of stats)."""
+    m = core.metrics
+    failures = CounterMetricFamily(
+        "conveyor_auth_failures", "Logins with a bad token, by channel", labels=["channel"]
+    )
+    throttled = CounterMetricFamily(
+        "conveyor_auth_throttled",
+        "Logins refused unchecked (too_many_failures / HTTP 429) while their source was blocked",
+        labels=["channel"],
+    )
+    for channel, prefix in (("socket", ""), ("http", "http_")):
+        failures.add_metric([channel], m.get(prefix + "auth_failures", 0))
+        throttled.add_metric([channel], m.get(prefix + "auth_throttled", 0))
+    yield failures
+    yield throttled
+    snap = core.logins.snapshot()
+    yield GaugeMetricFamily(
+        "conveyor_auth_sources_blocked",
+        "Source addresses (IPv4, IPv6 /64) whose logins are refused now",
+        value=snap["sources_blocked"],
+    )
+    yield GaugeMetricFamily(
+        "conveyor_auth_sources_tracked",
+        "Source addresses with recent bad tokens (bounded table)",
+        value=snap["sources_tracked"],
+    )
+    yield CounterMetricFamily(
+        "conveyor_token_ended_connections",
+        "Open connections closed because their token was revoked, removed or expired",
+        value=m.get("token_ended_connections", 0),
+    )
 
 
 class Metrics:

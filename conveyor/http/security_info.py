@@ -58,4 +58,5 @@ def security(core: BrokerCore, cert_file: Path, http_tls: bool) -> dict[str, Any
         "tls_failures": metrics.get("tls_failures", 0),
         "auth_failures": metrics.get("auth_failures", 0) + metrics.get("http_auth_failures", 0),
         "forbidden": metrics.get("forbidden", 0),
+        "logins": core.logins.snapshot(),
     }

@@ -71,6 +71,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not_found"  # no such job
     CONFLICT = "conflict"  # the job is in a state that forbids this
     RATE_LIMITED = "rate_limited"  # too many submits per second
+    TOO_MANY_FAILURES = "too_many_failures"  # too many bad tokens from this address (fatal)
     TOO_MANY_CONNECTIONS = "too_many_connections"  # (fatal)
     IDLE_TIMEOUT = "idle_timeout"  # (fatal)
     SHUTTING_DOWN = "shutting_down"  # broker is stopping (fatal)
@@ -87,6 +88,7 @@ FATAL_CODES = frozenset(
         ErrorCode.HANDSHAKE_REQUIRED,
         ErrorCode.HANDSHAKE_TIMEOUT,
         ErrorCode.UNAUTHORIZED,
+        ErrorCode.TOO_MANY_FAILURES,
         ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.IDLE_TIMEOUT,
         ErrorCode.SHUTTING_DOWN,
@@ -130,6 +132,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "code": (_STR, True),
         "message": (_STR, True),
         "field": (_STR + _NONE, False),
+        "retry_after": (_NUM, False),  # with too_many_failures: seconds until a new try
     },
     FrameType.PING: {"rid": (_INT, False)},
     FrameType.PONG: {"rid": (_INT, False)},

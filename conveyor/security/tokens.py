@@ -10,6 +10,9 @@ The file is shared by the broker and the ``conveyor token`` CLI: every change re
 the file under a lock, then writes it atomically (temp file + ``os.replace``, mode 0600),
 and a running broker notices the new file through :meth:`TokenRegistry.reload_if_changed`
 (which :meth:`TokenRegistry.verify` calls, so a revoke takes effect at the next HELLO).
+Open connections are checked too: the broker's token watch asks
+:meth:`TokenRegistry.why_inactive` about each one's token every half second, so a revoked,
+removed or expired token loses its connections as well.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class TokenRegistry:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._entries: dict[str, _Entry] = {}
+        self._by_digest: dict[str, TokenInfo] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._read()
 
@@ -108,6 +112,21 @@ class TokenRegistry:
         if found is None or not found.is_active(now):
             return None
         return found
+
+    def why_inactive(self, digest: str, now: float, *, reload: bool = True) -> str | None:
+        """Why the token with this SHA-256 (see :func:`hash_token`) may no longer be used:
+        ``"token revoked"``, ``"token expired"`` or ``"token removed"``; None while it is
+        active. With ``reload``, re-reads the file first if it changed (else one ``stat``)."""
+        if reload:
+            self.reload_if_changed()
+        info = self._by_digest.get(digest)
+        if info is None:
+            return "token removed"
+        if info.revoked:
+            return "token revoked"
+        if not info.is_active(now):
+            return "token expired"
+        return None
 
     def list(self) -> builtins.list[TokenInfo]:
         """Every token, revoked and expired ones included, oldest first."""
@@ -208,11 +227,17 @@ class TokenRegistry:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             self._entries, self._stamp = {}, None
+            self._index()
             return
         except OSError as exc:  # e.g. `conveyor token` was run as another user
             raise ConfigError(f"cannot read token file {self.path}: {exc.strerror}") from None
         self._entries = _parse(raw, self.path)
         self._stamp = stamp
+        self._index()
+
+    def _index(self) -> None:
+        # a new dict, swapped in whole: the event loop may read it while a thread writes
+        self._by_digest = {e.digest: e.info for e in self._entries.values()}
 
     def _write(self) -> None:
         doc = {
@@ -233,6 +258,7 @@ class TokenRegistry:
             tmp.unlink(missing_ok=True)
             raise
         self._stamp = self._file_stamp()
+        self._index()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -44,7 +44,7 @@ from typing import Any
 
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.transport import AsyncConnection
-from conveyor.errors import BrokerError, ConfigError, ConnectionLost
+from conveyor.errors import BrokerError, ConfigError, ConnectionLost, TooManyFailures
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
 from conveyor.worker.execute import RunResult, cancelled, failure
@@ -145,25 +145,33 @@ class Worker:
         """Serve until :meth:`stop`; reconnect with backoff whenever the broker is lost."""
         await self.pool.start()
         delay = 0.1
+        refused = False
         try:
             while not self._stopping.is_set():
+                not_before = 0.0  # the broker said when to come back (too_many_failures)
                 try:
                     await self._session()
                     delay = 0.1
                 except (OSError, ConnectionLost, TimeoutError) as exc:
                     log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                except TooManyFailures as exc:
+                    not_before = exc.retry_after
+                    log.warning("broker refused us (%s); retrying in %.1fs", exc, not_before)
                 except BrokerError as exc:
                     if exc.code in ("unauthorized", "forbidden"):
+                        # our jobs went back to the broker: waiting for them helps nobody
+                        refused = True
                         raise
                     log.warning("broker refused us (%s); retrying in %.1fs", exc, delay)
                 if self._stopping.is_set():
                     break
                 self.stats.reconnects += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay * (0.5 + random.random()))
+                    pause = max(not_before, delay * (0.5 + random.random()))
+                    await asyncio.wait_for(self._stopping.wait(), pause)
                 delay = min(delay * 2, 5.0)
         finally:
-            await self.pool.close(wait=not self.forced)
+            await self.pool.close(wait=not (self.forced or refused))
 
     def stop(self, force: bool = False) -> None:
         """Begin a graceful stop; with ``force``, also stop waiting for running jobs (they
@@ -235,6 +243,10 @@ class Worker:
             self._abandon(self._generation)
             await conn.close()
             self._conn = None
+        if isinstance(conn.refused, BrokerError) and conn.refused.code == "unauthorized":
+            # our token was revoked or expired while we were connected: reconnecting with
+            # it would only be refused again
+            raise conn.refused
 
     async def _heartbeat(self, conn: AsyncConnection, interval: float) -> None:
         while True:

@@ -104,3 +104,18 @@ def test_a_worker_needs_its_task_modules() -> None:
     result = CliRunner().invoke(main, ["worker"], env={"CONVEYOR_TASKS": ""})
     assert result.exit_code == 2
     assert "Missing option '--tasks'" in result.output
+
+
+async def test_stats_shows_failed_logins(cli, broker: Broker, home: Path) -> None:
+    from tests.security.rawconn import Raw
+
+    quiet = await cli("stats")
+    assert quiet.exit_code == 0 and "security:" not in quiet.output  # nothing to say
+    raw = await Raw.open(broker.port, home)
+    assert (await raw.hello("cvy_" + "A" * 43) or {}).get("code") == "unauthorized"
+    await raw.close()
+    result = await cli("stats")
+    assert result.exit_code == 0, result.output
+    assert "security: 1 bad token(s), 0 login(s) refused while throttled" in result.output
+    data = json.loads((await cli("stats", "--json")).output)
+    assert data["security"]["login_failures"] == 1 and data["security"]["sources_tracked"] == 1

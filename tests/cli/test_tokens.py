@@ -90,3 +90,33 @@ async def test_the_clients_token_methods_return_the_reply_maps(client: AsyncClie
     listed = await client.token_list()
     assert [t["name"] for t in listed["tokens"]] == ["admin", "w1"]
     assert await client.token_revoke("w1") == {"revoked": "w1"}
+
+
+async def test_a_running_worker_process_stops_when_its_token_is_revoked(
+    broker: Broker, home: Path
+) -> None:
+    from tests.cli.helpers import cli_env, read_until, spawn
+
+    created = await token(home, "create", "--role", "worker", "--name", "w-cli")
+    assert created.exit_code == 0, created.output
+    worker = await spawn(
+        *("worker", "--tasks", "conveyor.examples", "--broker", broker.url),
+        *("--home", str(home), "--concurrency", "1"),
+        env=cli_env(CONVEYOR_TOKEN=created.output.split()[0]),  # stdout: the token first
+    )
+    try:
+        assert worker.stderr is not None
+        await read_until(worker.stderr, "ready")
+        await broker.wait_until(lambda: len(broker.dispatcher.workers) == 1)
+        revoked = await token(home, "revoke", "w-cli")  # edits tokens.json, as on the host
+        assert revoked.exit_code == 0, revoked.output
+        _, err = await asyncio.wait_for(worker.communicate(), 20)
+        assert worker.returncode == 1, err
+        assert "unauthorized: token revoked" in err.decode(), err
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert not broker.dispatcher.workers
+    assert broker.metrics["token_ended_connections"] == 1
+    assert broker.metrics["auth_failures"] == 0  # it did not come back with the dead token

@@ -39,9 +39,14 @@ class Raw:
         hello: bool = False,
         token: str | None = None,
         rcvbuf: int = 0,
+        source: str | None = None,
     ) -> Raw:
-        """Connect; with ``hello`` (the admin token) or ``token``, also do HELLO/WELCOME."""
+        """Connect; with ``hello`` (the admin token) or ``token``, also do HELLO/WELCOME.
+        ``source`` binds the client's end to another loopback address (127.0.0.2 …), to
+        come from somewhere else."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:
+            sock.bind((source, 0))
         if rcvbuf:  # a small receive window: the broker's replies back up quickly
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)

@@ -10,7 +10,7 @@ from conveyor.security.tokens import Role
 
 COMMON = {F.HELLO, F.PING, F.PONG, F.GOODBYE, F.ERROR}
 PRODUCER = COMMON | {F.SUBMIT, F.GET, F.GET_MANY, F.WAIT, F.LIST, F.STATS, F.CANCEL}
-WORKER = COMMON | {F.READY, F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN, F.GET, F.STATS}
+WORKER = COMMON | {F.READY, F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN, F.GET}
 ADMIN = (
     PRODUCER
     | WORKER
@@ -43,6 +43,9 @@ def test_each_role_may_send_exactly_its_frames(role: Role, expected: set[F]) -> 
         (Role.WORKER, F.CANCEL),
         (Role.WORKER, F.TOKEN_LIST),
         (Role.WORKER, F.DLQ_RETRY),
+        (Role.WORKER, F.STATS),
+        (Role.WORKER, F.LIST),
+        (Role.WORKER, F.WAIT),
     ],
 )
 def test_escalation_is_refused(role: Role, ftype: F) -> None:

@@ -1,5 +1,8 @@
 """The role table, enforced by a running broker: every client frame type, every role.
 
+:data:`MATRIX` spells out every row (client frame type x role) independently of
+``conveyor.security.roles``: ``yes`` (allowed), ``no`` (ERROR ``forbidden``) or ``held``
+(allowed only about a job dispatched to this very connection, else ``forbidden``).
 Each case opens its own raw TLS connection (no client library in between), sends one
 minimal, schema-valid frame of one type and checks what the broker does with it:
 a frame the role may not send gets ERROR ``forbidden`` echoing its rid, and the
@@ -19,7 +22,7 @@ from conveyor.broker.app import Broker
 from conveyor.client.aio import AsyncClient
 from conveyor.errors import AuthenticationError, PermissionDenied
 from conveyor.protocol.frames import PROTOCOL_VERSION, FrameType
-from conveyor.security.roles import BROKER_ONLY_FRAMES, ROLE_PERMISSIONS, may_send
+from conveyor.security.roles import BROKER_ONLY_FRAMES, ROLE_PERMISSIONS, SCOPED, may_send
 from conveyor.security.tokens import Role, TokenRegistry, hash_token
 from tests.security.rawconn import Raw
 
@@ -87,6 +90,50 @@ UNANSWERED = CLIENT_FRAMES - ANSWERED - {F.HELLO, F.GOODBYE}
 WORKER_FRAMES_NEEDING_READY = (F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN)
 
 
+MATRIX_TEXT = """
+frame          producer  worker  admin
+ping           yes       yes     yes
+pong           yes       yes     yes
+error          yes       yes     yes
+goodbye        yes       yes     yes
+hello          again     again   again
+submit         yes       no      yes
+get            yes       held    yes
+get_many       yes       no      yes
+wait           yes       no      yes
+list           yes       no      yes
+stats          yes       no      yes
+cancel         yes       no      yes
+ready          no        yes     yes
+report         no        yes     yes
+heartbeat      no        yes     yes
+release        no        yes     yes
+drain          no        yes     yes
+dlq_retry      no        no      yes
+dlq_purge      no        no      yes
+token_create   no        no      yes
+token_list     no        no      yes
+token_revoke   no        no      yes
+queue_pause    no        no      yes
+queue_resume   no        no      yes
+"""
+"""``again``: a second HELLO is a fatal ``bad_frame`` for every role (the handshake is done)."""
+
+
+def _matrix() -> dict[tuple[Role, FrameType], str]:
+    header, *rows = MATRIX_TEXT.split("\n")[1:-1]
+    roles = [Role(r) for r in header.split()[1:]]
+    table: dict[tuple[Role, FrameType], str] = {}
+    for row in rows:
+        name, *cells = row.split()
+        for role, cell in zip(roles, cells, strict=True):
+            table[role, F(name)] = cell
+    return table
+
+
+MATRIX = _matrix()
+
+
 def new_token(home: Path, role: Role, **kwargs: Any) -> str:
     token, _ = TokenRegistry(home / "tokens.json").create(role, now=time.time(), **kwargs)
     return token
@@ -97,6 +144,19 @@ def test_every_client_frame_type_is_covered() -> None:
     assert {F(minimal_frame(t, 1)["t"]) for t in CLIENT_FRAMES} == CLIENT_FRAMES
     assert ANSWERED | UNANSWERED | {F.HELLO, F.GOODBYE} == CLIENT_FRAMES
     assert set(ROLE_PERMISSIONS) == set(Role)
+    assert set(MATRIX) == {(r, t) for r in Role for t in CLIENT_FRAMES}
+
+
+def test_the_matrix_is_the_role_table() -> None:
+    # the spelled-out matrix and conveyor.security.roles say the same thing
+    for (role, ftype), cell in MATRIX.items():
+        assert may_send(role, ftype) is (cell != "no"), (role, ftype)
+        assert (ftype in SCOPED.get(role, frozenset())) is (cell == "held"), (role, ftype)
+
+
+def expected(role: Role, ftype: FrameType) -> bool:
+    """Whether the minimal frame (about a job nobody holds) is allowed."""
+    return MATRIX[role, ftype] == "yes"
 
 
 @pytest.mark.parametrize("ftype", sorted(ANSWERED | UNANSWERED), ids=str)
@@ -118,19 +178,98 @@ async def test_role_matrix(broker: Broker, home: Path, role: Role, ftype: FrameT
             raw.send({"t": "ping", "rid": ping_rid})
             replies = await raw.until(ping_rid)
         mine = [f for f in replies if f.get("rid") == rid]
-        if may_send(role, ftype):
+        if expected(role, ftype):
             assert all(f.get("code") != "forbidden" for f in replies), replies
             if ftype in ANSWERED:
                 assert mine[-1]["t"] != "error" or mine[-1]["code"] in {"not_found"}, mine
         else:
             assert len(mine) == 1, replies
             assert mine[0]["t"] == "error" and mine[0]["code"] == "forbidden", mine
-            assert role.value in mine[0]["message"] and ftype.value in mine[0]["message"]
+            if MATRIX[role, ftype] == "held":
+                assert "only the jobs dispatched to it" in mine[0]["message"], mine
+            else:
+                assert role.value in mine[0]["message"] and ftype.value in mine[0]["message"]
         # forbidden or not, the session goes on
         await raw.ping()
     finally:
         await raw.close()
-    assert broker.metrics["forbidden"] == (0 if may_send(role, ftype) else 1)
+    assert broker.metrics["forbidden"] == (0 if expected(role, ftype) else 1)
+
+
+@pytest.mark.parametrize("role", list(Role), ids=str)
+async def test_role_matrix_goodbye(broker: Broker, home: Path, role: Role) -> None:
+    # GOODBYE: allowed to every role, and it ends the session (no forbidden, no reply)
+    assert MATRIX[role, F.GOODBYE] == "yes"
+    raw = await Raw.open(broker.port, home, token=new_token(home, role))
+    try:
+        raw.send(minimal_frame(F.GOODBYE, raw.rid()))
+        assert await raw.recv() is None
+    finally:
+        await raw.close()
+    assert broker.metrics["forbidden"] == 0
+
+
+async def test_a_worker_reads_only_the_jobs_dispatched_to_it(broker: Broker, home: Path) -> None:
+    # the "held" row: GET by a worker works for a job its connection holds, and for no other
+    assert MATRIX[Role.WORKER, F.GET] == "held"
+    admin = await Raw.open(broker.port, home, hello=True)
+    worker = await Raw.open(broker.port, home, token=new_token(home, Role.WORKER))
+    other = await Raw.open(broker.port, home, token=new_token(home, Role.WORKER))
+
+    async def get(raw: Raw, job_id: str) -> dict[str, Any]:
+        rid = raw.rid()
+        raw.send({"t": "get", "rid": rid, "id": job_id})
+        return next(f for f in await raw.until(rid) if f.get("rid") == rid)
+
+    async def submit(task: str, **kwargs: Any) -> str:
+        rid = admin.rid()
+        admin.send({"t": "submit", "rid": rid, "jobs": [{"task": task, "kwargs": kwargs}]})
+        return str((await admin.until(rid))[-1]["jobs"][0]["id"])
+
+    try:
+        secret = await submit("mine", secret="s3cret")
+        unrelated = await submit("theirs", secret="not yours")
+        # before READY the worker holds nothing: forbidden, even for a job that exists
+        assert (await get(worker, secret))["code"] == "forbidden"
+        rid = worker.rid()
+        worker.send(
+            {"t": "ready", "rid": rid, "tasks": ["mine"], "queues": ["default"], "concurrency": 1}
+        )
+        frames = await worker.until(rid)
+        dispatched = [f for f in frames if f["t"] == "dispatch"]
+        while not dispatched:
+            frame = await worker.recv()
+            assert frame is not None
+            if frame["t"] == "dispatch":
+                dispatched.append(frame)
+        [job] = dispatched[0]["jobs"]
+        assert job["id"] == secret
+        # its own job: readable, arguments and all
+        reply = await get(worker, secret)
+        assert reply["t"] == "job" and reply["job"]["kwargs"] == {"secret": "s3cret"}, reply
+        # anything else: forbidden, with no hint whether it exists
+        for job_id in (unrelated, "no-such-job"):
+            refused = await get(worker, job_id)
+            assert (refused["t"], refused["code"]) == ("error", "forbidden"), refused
+            assert "secret" not in str(refused)
+        # another worker connection does not hold it
+        assert (await get(other, secret))["code"] == "forbidden"
+        # once reported, it is no longer the worker's to read
+        worker.send(
+            {
+                "t": "report",
+                "results": [{"id": secret, "lease": job["lease"], "ok": True, "result": "done"}],
+            }
+        )
+        while (frame := await worker.recv()) is not None and frame["t"] != "acked":
+            pass
+        assert (await get(worker, secret))["code"] == "forbidden"
+        # the admin (and a producer) still read everything
+        assert (await get(admin, unrelated))["job"]["kwargs"] == {"secret": "not yours"}
+    finally:
+        for raw in (admin, worker, other):
+            await raw.close()
+    assert broker.metrics["forbidden"] == 5
 
 
 @pytest.mark.parametrize(
@@ -150,6 +289,9 @@ async def test_role_matrix(broker: Broker, home: Path, role: Role, ftype: FrameT
         (Role.PRODUCER, F.TOKEN_REVOKE),
         (Role.PRODUCER, F.QUEUE_PAUSE),
         (Role.WORKER, F.QUEUE_RESUME),
+        (Role.WORKER, F.STATS),
+        (Role.WORKER, F.LIST),
+        (Role.WORKER, F.WAIT),
     ],
     ids=str,
 )
@@ -199,6 +341,7 @@ async def test_admin_may_send_everything(broker: Broker, home: Path, start_worke
 
 @pytest.mark.parametrize("role", list(Role), ids=str)
 async def test_a_second_hello_is_a_fatal_bad_frame(broker: Broker, home: Path, role: Role) -> None:
+    assert MATRIX[role, F.HELLO] == "again"
     token = new_token(home, role)
     raw = await Raw.open(broker.port, home, token=token)
     try:
@@ -313,7 +456,9 @@ async def test_client_library_sees_the_same_refusals(broker: Broker, home: Path)
     try:
         with pytest.raises(PermissionDenied):
             await c.submit("add", a=1, b=2)
-        assert "broker" in await c.stats()  # still connected, and allowed stats
+        with pytest.raises(PermissionDenied):
+            await c.stats()  # a worker has no business with the broker's numbers
+        await c.ping()  # still connected
     finally:
         await c.close()
     TokenRegistry(home / "tokens.json").revoke(

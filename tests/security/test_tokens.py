@@ -197,3 +197,29 @@ def test_a_ttl_must_be_a_real_positive_duration(tmp_path: Path, ttl: float) -> N
     registry = TokenRegistry(tmp_path / "tokens.json")
     with pytest.raises(ValueError, match="ttl"):
         registry.create(Role.PRODUCER, "x", ttl, now=0.0)
+
+
+def test_why_inactive_names_the_reason_for_an_open_connection(path: Path) -> None:
+    from conveyor.security.tokens import hash_token
+
+    reg = TokenRegistry(path)
+    revoked, _ = reg.create(Role.WORKER, "r", now=NOW)
+    removed, _ = reg.create(Role.WORKER, "gone", now=NOW)
+    expiring, _ = reg.create(Role.WORKER, "e", ttl=60, now=NOW)
+    fine, _ = reg.create(Role.WORKER, "f", now=NOW)
+    digests = {
+        name: hash_token(t)
+        for name, t in [("r", revoked), ("gone", removed), ("e", expiring), ("f", fine)]
+    }
+    assert all(reg.why_inactive(d, NOW + 1) is None for d in digests.values())
+    other = TokenRegistry(path)  # `conveyor token` in another process
+    other.revoke("r")
+    other.remove("gone")
+    assert reg.why_inactive(digests["r"], NOW + 1) == "token revoked"  # re-read the file
+    assert reg.why_inactive(digests["gone"], NOW + 1) == "token removed"
+    assert reg.why_inactive(digests["e"], NOW + 59) is None
+    assert reg.why_inactive(digests["e"], NOW + 60) == "token expired"
+    assert reg.why_inactive(digests["f"], NOW + 10**6) is None
+    # a name freed and taken again by a new token does not revive the old one
+    reg.create(Role.ADMIN, "gone", now=NOW)
+    assert reg.why_inactive(digests["gone"], NOW + 1) == "token removed"

@@ -8,7 +8,7 @@ from typing import Any
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.broker.routes.wire import job_map
-from conveyor.errors import InvalidJob, RateLimited
+from conveyor.errors import InvalidJob, PermissionDenied, RateLimited
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import (
     MAX_GET_MANY,
@@ -22,6 +22,7 @@ from conveyor.limits import (
 )
 from conveyor.protocol.frames import ErrorCode
 from conveyor.protocol.payload import pack
+from conveyor.security.tokens import Role
 from conveyor.stores.base import JobFilter
 from conveyor.validation import check_name, number, parse_job
 
@@ -93,7 +94,15 @@ async def send_job(peer: Peer, rid: int, job: JobRecord, wanted: Wanted = Wanted
 
 
 def get(peer: Peer, frame: dict[str, Any]) -> Reply:
-    return _get(peer, frame["rid"], frame["id"], Wanted.of(frame))
+    job_id = frame["id"]
+    if peer.role is Role.WORKER and (peer.worker is None or job_id not in peer.worker.holding):
+        # a worker reads the jobs it runs, nothing else; asked before the store, so the
+        # answer does not even say whether such a job exists
+        peer.core.metrics["forbidden"] += 1
+        raise PermissionDenied(
+            ErrorCode.FORBIDDEN, "a worker may read only the jobs dispatched to it"
+        )
+    return _get(peer, frame["rid"], job_id, Wanted.of(frame))
 
 
 async def _get(peer: Peer, rid: int, job_id: str, wanted: Wanted) -> None:
