@@ -19,6 +19,7 @@ FRAME_OVERHEAD: Final = 1024  # room for a job's id, task, queue and fields besi
 # -- jobs ---------------------------------------------------------------------------------------
 MAX_PAYLOAD: Final = 512 * 1024  # bytes of packed [args, kwargs] (configurable on the broker)
 MAX_RESULT: Final = MAX_PAYLOAD  # bytes of a packed result
+MAX_QUEUED: Final = 1_000_000  # queued + scheduled jobs per queue (configurable; 0 = unlimited)
 MAX_DEPTH: Final = 32  # nesting levels of args/kwargs; args and kwargs themselves are level 1
 NAME_PATTERN: Final = r"[A-Za-z0-9_.:\-]+"
 MAX_TASK_NAME: Final = 200

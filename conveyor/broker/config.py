@@ -13,6 +13,7 @@ from conveyor.limits import (
     MAX_FRAME_SIZE,
     MAX_LIST,
     MAX_PAYLOAD,
+    MAX_QUEUED,
     MAX_TRACEBACK,
     MAX_WAITS,
 )
@@ -31,6 +32,9 @@ class Limits:
     idle_timeout: float = 300.0  # seconds without a frame before a connection is dropped
     submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
     max_inflight_requests: int = 256  # per connection: reading pauses above this
+    # queued + scheduled jobs per queue before submits get queue_full; 0 = unlimited
+    max_queued: int = MAX_QUEUED
+    max_queued_by_queue: tuple[tuple[str, int], ...] = ()  # per-queue overrides
 
     def announced(self) -> dict[str, int]:
         """The limits a client must honour, as WELCOME ``limits`` announces them."""
@@ -46,6 +50,10 @@ class Limits:
         }
 
     def __post_init__(self) -> None:
+        for name, n in (("", self.max_queued), *self.max_queued_by_queue):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                where = f" for queue {name!r}" if name else ""
+                raise ValueError(f"max_queued{where} must be an integer >= 0 (0: unlimited)")
         # one job (payload plus its id, names and fields) must always fit in one frame,
         # or it could be accepted and then never dispatched
         if self.max_payload > self.max_frame_size - FRAME_OVERHEAD:

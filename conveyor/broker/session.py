@@ -195,9 +195,9 @@ class Session(asyncio.Protocol):
             self.close()
 
     def error(
-        self, code: str, message: str, rid: int | None = None, fld: str | None = None
+        self, code: str, message: str, rid: int | None = None, fld: str | None = None, **extra: Any
     ) -> None:
-        frame: dict[str, Any] = {"t": "error", "code": code, "message": message}
+        frame: dict[str, Any] = {"t": "error", **extra, "code": code, "message": message}
         if rid is not None:
             frame["rid"] = rid
         if fld is not None:
@@ -245,7 +245,7 @@ class Session(asyncio.Protocol):
         try:
             reply = route(self, frame)
         except BrokerError as exc:
-            self.error(exc.code, exc.message, rid, exc.field)
+            self.error(exc.code, exc.message, rid, exc.field, **exc.details())
             return
         if reply is not None:
             self._spawn(reply, rid)
@@ -292,7 +292,7 @@ class Session(asyncio.Protocol):
         try:
             await coro
         except BrokerError as exc:
-            self.error(exc.code, exc.message, rid, exc.field)
+            self.error(exc.code, exc.message, rid, exc.field, **exc.details())
         except Exception:
             log.exception("request from %s failed", self.peer)
             self.error(ErrorCode.INTERNAL, "internal broker error", rid)

@@ -41,15 +41,17 @@ class HttpError(Exception):
         self.field = field
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {**extra, "code": code, "message": message}
     if field is not None:
         error["field"] = field
     return {"error": error}
 
 
-def _response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status)
+def _response(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field, **extra), status_code=status)
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -62,7 +64,7 @@ async def on_broker_error(request: Request, exc: Exception) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     if exc.code == "invalid" and exc.field == "payload" and "limit" in exc.message:
         status = 413
-    return _response(status, exc.code, exc.message, exc.field)
+    return _response(status, exc.code, exc.message, exc.field, **exc.details())
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,8 @@ class ErrorDetail(BaseModel):
     code: str = Field(description="the protocol's error code (invalid, not_found, ...)")
     message: str
     field: str | None = Field(None, description="with invalid: the offending field")
+    queue: str | None = Field(None, description="with queue_full: the full queue")
+    limit: int | None = Field(None, description="with queue_full: its limit (--max-queued)")
 
 
 class ErrorBody(BaseModel):
