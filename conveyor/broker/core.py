@@ -263,7 +263,7 @@ class BrokerCore:
 
     def waiting_note(self, job: JobRecord) -> str | None:
         """Why a queued job is not running: nobody offers its task on its queue."""
-        if job.state is JobState.QUEUED and (job.queue, job.task) not in self.dispatcher.offered():
+        if job.state is JobState.QUEUED and not self.dispatcher.offers(job.queue, job.task):
             where = f" on queue {job.queue!r}" if job.queue else ""
             return f"no connected worker offers task {job.task!r}{where}"
         return None
@@ -548,10 +548,9 @@ class BrokerCore:
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         data = await self.store.stats()
-        offered = self.dispatcher.offered()
         waiting = await self.store.queue_waiting()
         data["waiting"] = [
-            {"queue": q, "task": t, "count": n, "offered": (q, t) in offered}
+            {"queue": q, "task": t, "count": n, "offered": self.dispatcher.offers(q, t)}
             for (q, t), n in sorted(waiting.items())
         ]
         workers = list(self.dispatcher.workers.values())

@@ -247,6 +247,10 @@ class Session(asyncio.Protocol):
         except BrokerError as exc:
             self.error(exc.code, exc.message, rid, exc.field, **exc.details())
             return
+        except Exception:  # a bug: this request fails, the connection and the broker go on
+            log.exception("%s from %s failed", ftype.value, self.peer)
+            self.error(ErrorCode.INTERNAL, "internal broker error", rid)
+            return
         if reply is not None:
             self._spawn(reply, rid)
 
