@@ -51,7 +51,8 @@ FLOATS = [math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324, 0.0009, 0.001, 0.5, 
 FLOATS += [86400.5, 604800.0, 31536000.0, 31536000.5, 1e11, 1e11 + 1, 1.8e308, -1.0]
 floats = st.sampled_from(FLOATS) | st.floats()
 NAMES = ["x" * 101, "", "default", "fz", "fz.t", "a", " ", "a b", "é", "x" * 100, "x" * 200]
-NAMES += ["x" * 1_048_000]  # fits a frame, but an error that repeats it whole would not
+HUGE = "x" * 1_048_540  # fits a frame, but an error that repeats it whole would not
+NAMES += [HUGE]
 NAMES += ["x" * 201, "x" * 5000, "0", "-", "cvy_", "\x00", "a/b", "q:1", "00000000000000000001"]
 # not "admin": revoking that token would end the run
 names = st.sampled_from(NAMES) | st.text(max_size=12).filter(lambda s: s != "admin")
@@ -112,15 +113,16 @@ SPEC_FIELDS = edge_fields(
 )
 specs = mutated({"task": "fz.x", "queue": "fzq"}, SPEC_FIELDS, most=3)
 id_lists = st.lists(names | edge_values, max_size=3)
+an_id = st.sampled_from([HUGE, "fz-1", "x" * 101]) | names
 PRODUCER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "submit": mutated(
         {"jobs": [{"task": "fz.x", "queue": "fzq"}]},
         {"jobs": mostly(st.lists(specs, min_size=1, max_size=3))},
         most=1,
     ),
-    "get": mutated({"id": "fz-1"}, edge_fields("id", "events", "payload"), most=3),
-    "wait": mutated({"id": "fz-1", "timeout": 0}, edge_fields("id", "timeout", "events")),
-    "cancel": mutated({"id": "fz-1"}, edge_fields("id")),
+    "get": mutated({"id": "fz-1"}, edge_fields("events", "payload", id=an_id), most=3),
+    "wait": mutated({"id": "fz-1", "timeout": 0}, edge_fields("timeout", "events", id=an_id)),
+    "cancel": mutated({"id": "fz-1"}, edge_fields(id=an_id)),
     "list": mutated(
         {"state": "queued"}, edge_fields("state", "queue", "task", "limit", "offset", "cursor")
     ),
@@ -129,7 +131,7 @@ PRODUCER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "dlq_purge": mutated({"ids": ["fz-1"]}, edge_fields("all", ids=id_lists)),
     "token_create": mutated({"role": "producer"}, edge_fields("role", "name", "ttl"), most=3),
     "token_list": st.just({}),
-    "token_revoke": mutated({"name": "nobody"}, edge_fields("name")),
+    "token_revoke": mutated({"name": "nobody"}, edge_fields(name=an_id)),
     "queue_pause": mutated({"queue": "fzq"}, edge_fields("queue")),
     "queue_resume": mutated({"queue": "fzq"}, edge_fields("queue")),
     "ping": st.just({}),

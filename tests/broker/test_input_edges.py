@@ -16,7 +16,7 @@ from conveyor.broker.config import BrokerConfig
 from conveyor.limits import MAX_FRAME_SIZE
 from tests.security.rawconn import Raw
 
-HUGE = "x" * (MAX_FRAME_SIZE - 200)  # fits in a frame; an error that repeats it would not
+HUGE = "x" * (MAX_FRAME_SIZE - 36)  # fits in a frame; an error that repeats it would not
 
 
 def nested(levels: int, leaf: Any = 1) -> Any:
