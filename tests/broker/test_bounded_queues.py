@@ -198,3 +198,83 @@ def test_backlog_moves_count_waiting_states_only() -> None:
 def backlog_admit(backlog: Backlog, jobs: list[JobRecord]) -> list[JobRecord]:
     backlog.admit(jobs)
     return jobs
+
+
+# -- the counters follow the store through every kind of change ----------------------------------
+@pytest.fixture(params=["memory", "sqlite"])
+async def core(request: pytest.FixtureRequest, home: Path, tmp_path: Path) -> Any:
+    from conveyor.broker.core import BrokerCore
+    from conveyor.clock import FakeClock
+    from conveyor.security.tokens import TokenRegistry
+    from conveyor.stores import open_store
+
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/b.db"
+    config = BrokerConfig(home=home, lease=10.0, deadline_grace=2.0)
+    c = BrokerCore(config, open_store(url), TokenRegistry(home / "tokens.json"), FakeClock())
+    await c.open()
+    yield c
+    await c.close()
+
+
+class _Link:
+    def dispatch(self, jobs: list[JobRecord]) -> None: ...
+
+    def abort(self, job_id: str, lease: int | None) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+async def test_the_counters_follow_the_store_through_every_change(core: Any) -> None:
+    from conveyor.lifecycle import Outcome
+
+    async def same() -> None:
+        waiting = {
+            q: n
+            for q, states in (await core.store.stats())["queues"].items()
+            if (n := states.get("queued", 0) + states.get("scheduled", 0))
+        }
+        assert dict(core.backlog.counts) == waiting
+
+    def spec(job_id: str, **kw: Any) -> JobRecord:
+        return JobRecord(id=job_id, task="t", payload=b"\x92\x90\x80", queue="", **kw)
+
+    now = core.clock.now()
+    await core.submit([spec("u1"), spec("u2"), spec("u3", eta=now + 5)])  # unrouted
+    await same()
+    core.clock.advance(6)
+    assert await core.promote(core.clock.now()) == 1  # u3: scheduled -> queued, still unrouted
+    await same()
+
+    def join() -> Any:
+        return core.worker_join(name="w", tasks=["t"], queues=["work"], concurrency=2,
+                                prefetch=0, link=_Link(), routes={"t": "work"})  # fmt: skip
+
+    worker = join()
+    await core.submit([spec("r1", max_retries=1), spec("r2")])  # routed to "work" now
+    await same()
+    await core.dispatcher.run_once()  # claims two: unrouted ones get "work" as they go
+    await same()
+    held = dict(worker.holding)
+    fail = Outcome(next(iter(held)), held[next(iter(held))], False, None, {"type": "E"}, 3.0)
+    await core.report(worker, [fail])  # a retry: back to scheduled
+    await same()
+    await core.cancel("r2")
+    await same()
+    core.worker_left(worker)  # its other job goes back to queued
+    await core.settle()
+    await same()
+    again = join()
+    await core.dispatcher.run_once()
+    core.clock.advance(11)
+    await core.reap(core.clock.now())  # silent: a lease-expiry requeue
+    await same()
+    core.heartbeat(again, [])
+    core.clock.advance(4)
+    await core.promote(core.clock.now())
+    await core.dispatcher.run_once()
+    for job_id, lease in dict(again.holding).items():
+        dead = Outcome(job_id, lease, False, None, {"type": "E"}, None, True)
+        await core.report(again, [dead])
+    await same()
+    assert await core.dlq_retry(None) >= 1  # dead -> queued
+    await same()
