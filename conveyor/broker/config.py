@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from conveyor.limits import (
     MAX_FRAME_SIZE,
     MAX_LIST,
     MAX_PAYLOAD,
+    MAX_QUEUE_NAME,
     MAX_QUEUED,
     MAX_TRACEBACK,
     MAX_WAITS,
+    NAME_PATTERN,
 )
 
 
@@ -50,6 +53,9 @@ class Limits:
         }
 
     def __post_init__(self) -> None:
+        for name, _ in self.max_queued_by_queue:
+            if not re.fullmatch(NAME_PATTERN, name) or len(name) > MAX_QUEUE_NAME:
+                raise ValueError(f"max_queued: {name!r} is not a queue name")
         for name, n in (("", self.max_queued), *self.max_queued_by_queue):
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 where = f" for queue {name!r}" if name else ""

@@ -4,6 +4,7 @@ accepted are untouched and the connection stays usable. Real broker, real client
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor import QueueFull, RateLimited
+from conveyor import Client, QueueFull, RateLimited
 from conveyor.broker.app import Broker
 from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig, Limits
@@ -53,6 +54,19 @@ async def test_a_submit_past_the_limit_is_queue_full_and_the_connection_stays_us
     # what was accepted before is untouched
     assert [(await j.get()).state for j in first] == [JobState.QUEUED] * 2
     assert await waiting(client, "reports") == 2
+
+
+async def test_the_sync_client_raises_queue_full_too(broker: Broker, home: Path) -> None:
+    def scenario() -> QueueFull:
+        with Client(broker.url, home=home) as c:
+            c.submit_many([{"task": "add", "queue": "reports"}] * 2)
+            with pytest.raises(QueueFull) as refused:
+                c.submit_many([{"task": "add", "queue": "reports"}])
+            c.ping()
+            return refused.value
+
+    error = await asyncio.to_thread(scenario)
+    assert (error.queue, error.limit) == ("reports", 2)
 
 
 async def test_a_batch_is_refused_whole_with_an_error_frame_naming_queue_and_limit(
@@ -160,6 +174,8 @@ def test_limits_refuse_a_negative_or_boolean_limit() -> None:
         Limits(max_queued=-1)
     with pytest.raises(ValueError, match="'q'"):
         Limits(max_queued_by_queue=(("q", True),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a queue name"):
+        Limits(max_queued_by_queue=(("a b", 1),))
 
 
 # -- the counters on their own -------------------------------------------------------------------
