@@ -54,5 +54,6 @@ MAX_WORKER_QUEUES: Final = 1_000  # queue names in one READY
 MAX_PID: Final = 2**32 - 1  # READY ``pid``
 MAX_IDS: Final = 10_000  # job ids in one DLQ_RETRY / DLQ_PURGE
 MAX_ECHO: Final = 100  # characters of a refused name an error message repeats
+MAX_ERROR_REPLY: Final = 2_000  # characters of the message of an ERROR the broker sends
 MAX_WAIT_TIMEOUT: Final = 86_400.0  # seconds
 MAX_LIST_OFFSET: Final = 2**31 - 1

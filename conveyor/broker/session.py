@@ -21,7 +21,7 @@ from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.routes import ROUTES
 from conveyor.errors import BrokerError, LocalProtocolError, RemoteProtocolError
-from conveyor.limits import MAX_CLIENT_NAME
+from conveyor.limits import MAX_CLIENT_NAME, MAX_ERROR_REPLY
 from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
 from conveyor.protocol.session import split_to_fit
@@ -197,6 +197,8 @@ class Session(asyncio.Protocol):
     def error(
         self, code: str, message: str, rid: int | None = None, fld: str | None = None, **extra: Any
     ) -> None:
+        # bounded: a message that quotes the input (a path of huge map keys) must still fit
+        message = message if len(message) <= MAX_ERROR_REPLY else message[:MAX_ERROR_REPLY] + "..."
         frame: dict[str, Any] = {"t": "error", **extra, "code": code, "message": message}
         if rid is not None:
             frame["rid"] = rid

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.errors import BrokerError
+from conveyor.limits import MAX_ERROR_REPLY
 
 STATUS = {
     "invalid": 422,
@@ -42,6 +43,8 @@ class HttpError(Exception):
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    if len(message) > MAX_ERROR_REPLY:  # as on the socket: never the whole input back
+        message = message[:MAX_ERROR_REPLY] + "..."
     error: dict[str, Any] = {**extra, "code": code, "message": message}
     if field is not None:
         error["field"] = field

@@ -129,7 +129,7 @@ PRODUCER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "stats": st.just({}),
     "dlq_retry": mutated({"ids": ["fz-1"]}, edge_fields("all", ids=id_lists)),
     "dlq_purge": mutated({"ids": ["fz-1"]}, edge_fields("all", ids=id_lists)),
-    "token_create": mutated({"role": "producer"}, edge_fields("role", "name", "ttl"), most=3),
+    "token_create": mutated({"role": "producer"}, edge_fields("role", "ttl", name=an_id), most=3),
     "token_list": st.just({}),
     "token_revoke": mutated({"name": "nobody"}, edge_fields(name=an_id)),
     "queue_pause": mutated({"queue": "fzq"}, edge_fields("queue")),
