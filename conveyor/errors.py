@@ -14,9 +14,10 @@
     │   ├── InvalidJob             code "invalid" (see .field); also raised before sending
     │   ├── JobNotFound            code "not_found"
     │   ├── Conflict               code "conflict"
-    │   ├── RateLimited            code "rate_limited"
-    │   │   └── TooManyFailures    code "too_many_failures": logins from this address are
-    │   │                          refused for .retry_after seconds (too many bad tokens)
+    │   ├── RateLimited            code "rate_limited": slow down, try again later
+    │   │   ├── TooManyFailures    code "too_many_failures": logins from this address are
+    │   │   │                      refused for .retry_after seconds (too many bad tokens)
+    │   │   └── QueueFull          code "queue_full": the queue is at its limit (.queue, .limit)
     │   └── StoreUnavailable       code "store_unavailable": the broker cannot write now
     ├── JobFailed                  the job ended dead/cancelled; has .job
     ├── ResultTimeout              result() ran out of time (also a TimeoutError)
@@ -94,7 +95,15 @@ class BrokerError(ConveyorError):
             retry_after = frame.get("retry_after")
             if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
                 error.retry_after = max(0.0, float(retry_after))
+        if isinstance(error, QueueFull):
+            queue, limit = frame.get("queue"), frame.get("limit")
+            error.queue = queue if isinstance(queue, str) else ""
+            error.limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
         return error
+
+    def details(self) -> dict[str, Any]:
+        """Fields the ERROR frame (or HTTP error body) carries besides code, message, field."""
+        return {}
 
 
 class AuthenticationError(BrokerError):
@@ -135,6 +144,44 @@ class TooManyFailures(RateLimited):
         self.retry_after = retry_after
 
 
+class QueueFull(RateLimited):
+    """A submit would take a queue past the broker's ``--max-queued`` limit (queued plus
+    scheduled jobs). Nothing of the refused submit was stored; jobs already accepted are
+    untouched. Like :class:`RateLimited` it means "slow down": retry once workers have
+    drained the queue. ``queue`` names the queue (``""`` for unrouted jobs), ``limit`` the
+    limit."""
+
+    CODE = "queue_full"
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        queue: str = "",
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(code, message, field)
+        self.queue = queue
+        self.limit = limit
+
+    @classmethod
+    def of(cls, queue: str, limit: int, count: int, adding: int) -> QueueFull:
+        """The broker's refusal: ``adding`` more jobs onto ``count`` would pass ``limit``."""
+        name = repr(queue) if queue else "'' (unrouted jobs)"
+        return cls(
+            cls.CODE,
+            f"queue {name} is full: {count} job(s) queued or scheduled, the limit is {limit}; "
+            f"{adding} more refused (nothing of this submit was stored); retry later",
+            queue=queue,
+            limit=limit,
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {"queue": self.queue, "limit": self.limit}
+
+
 class StoreUnavailable(BrokerError):
     """The broker cannot write to its store now (disk full, I/O error). The message says
     whether the request may still be stored; resubmitting with the same job ids is safe."""
@@ -163,6 +210,7 @@ _ERROR_CLASSES: dict[str, type[BrokerError]] = {
     "conflict": Conflict,
     "rate_limited": RateLimited,
     TooManyFailures.CODE: TooManyFailures,
+    QueueFull.CODE: QueueFull,
     StoreUnavailable.CODE: StoreUnavailable,
 }
 

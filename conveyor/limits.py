@@ -19,6 +19,7 @@ FRAME_OVERHEAD: Final = 1024  # room for a job's id, task, queue and fields besi
 # -- jobs ---------------------------------------------------------------------------------------
 MAX_PAYLOAD: Final = 512 * 1024  # bytes of packed [args, kwargs] (configurable on the broker)
 MAX_RESULT: Final = MAX_PAYLOAD  # bytes of a packed result
+MAX_QUEUED: Final = 1_000_000  # queued + scheduled jobs per queue (configurable; 0 = unlimited)
 MAX_DEPTH: Final = 32  # nesting levels of args/kwargs; args and kwargs themselves are level 1
 NAME_PATTERN: Final = r"[A-Za-z0-9_.:\-]+"
 MAX_TASK_NAME: Final = 200
@@ -49,5 +50,11 @@ MAX_TRACEBACK: Final = 50_000  # characters (the end is kept: where it was raise
 MAX_LIST: Final = 1000  # jobs per LIST page
 MAX_WAITS: Final = 10_000  # outstanding WAITs per connection
 MAX_CONCURRENCY: Final = 10_000  # a worker's concurrency, and its prefetch
+MAX_WORKER_TASKS: Final = 10_000  # task names in one READY
+MAX_WORKER_QUEUES: Final = 1_000  # queue names in one READY
+MAX_PID: Final = 2**32 - 1  # READY ``pid``
+MAX_IDS: Final = 10_000  # job ids in one DLQ_RETRY / DLQ_PURGE
+MAX_ECHO: Final = 100  # characters of a refused name an error message repeats
+MAX_ERROR_REPLY: Final = 2_000  # characters of the message of an ERROR the broker sends
 MAX_WAIT_TIMEOUT: Final = 86_400.0  # seconds
 MAX_LIST_OFFSET: Final = 2**31 - 1

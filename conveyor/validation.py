@@ -58,10 +58,17 @@ def number(raw: dict[str, Any], fld: str, lo: float, hi: float, *, integer: bool
         return None
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-        raise invalid(fld, f"must be {kind} from {lo:g} to {hi:g}")
+        raise invalid(fld, f"must be {kind} from {_shown(lo)} to {_shown(hi)}")
     if not lo <= value <= hi:  # also refuses NaN and infinity
-        raise invalid(fld, f"must be {kind} from {lo:g} to {hi:g}")
+        raise invalid(fld, f"must be {kind} from {_shown(lo)} to {_shown(hi)}")
     return value
+
+
+def _shown(bound: float) -> str:
+    """A range's bound as people read it: 4294967295, 86400, 0.001, 1e+11."""
+    if float(bound).is_integer() and abs(bound) < 1e15:
+        return str(int(bound))
+    return f"{bound:g}"
 
 
 def _payload(raw: dict[str, Any], max_payload: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from conveyor.limits import (
     MAX_FRAME_SIZE,
     MAX_LIST,
     MAX_PAYLOAD,
+    MAX_QUEUE_NAME,
+    MAX_QUEUED,
     MAX_TRACEBACK,
     MAX_WAITS,
+    NAME_PATTERN,
 )
 
 
@@ -32,10 +36,14 @@ class Limits:
     submits_per_second: float = 0.0  # jobs per second per connection; 0 = unlimited
     max_inflight_requests: int = 256  # per connection: reading pauses above this
     # failed logins per source address (IPv4, or IPv6 /64): after this many bad tokens each
-    # further one blocks the source for a delay doubling up to login_delay_max (0 = off)
+    # further one blocks the source for a delay doubling up to login_delay_max
+    # (login_delay_max = 0 turns the throttle off)
     login_free_failures: int = 5
     login_delay_first: float = 0.25
     login_delay_max: float = 4.0
+    # queued + scheduled jobs per queue before submits get queue_full; 0 = unlimited
+    max_queued: int = MAX_QUEUED
+    max_queued_by_queue: tuple[tuple[str, int], ...] = ()  # per-queue overrides
 
     def announced(self) -> dict[str, int]:
         """The limits a client must honour, as WELCOME ``limits`` announces them."""
@@ -51,6 +59,13 @@ class Limits:
         }
 
     def __post_init__(self) -> None:
+        for name, _ in self.max_queued_by_queue:
+            if not re.fullmatch(NAME_PATTERN, name) or len(name) > MAX_QUEUE_NAME:
+                raise ValueError(f"max_queued: {name!r} is not a queue name")
+        for name, n in (("", self.max_queued), *self.max_queued_by_queue):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                where = f" for queue {name!r}" if name else ""
+                raise ValueError(f"max_queued{where} must be an integer >= 0 (0: unlimited)")
         # one job (payload plus its id, names and fields) must always fit in one frame,
         # or it could be accepted and then never dispatched
         if self.max_payload > self.max_frame_size - FRAME_OVERHEAD:

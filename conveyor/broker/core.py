@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import lifecycle
+from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher, WorkerLink, WorkerRef
 from conveyor.broker.events import (
@@ -69,6 +70,8 @@ class BrokerCore:
             store, clock, config.lease, self._orphaned, on_claimed=self._claimed
         )
         self.routes: dict[str, str] = {}  # task -> queue, as workers announce them
+        limits = config.limits
+        self.backlog = Backlog(limits.max_queued, dict(limits.max_queued_by_queue))
         self._options: dict[str, TaskOptions] = {}  # task -> its options, as last announced
         self.metrics: Counter[str] = Counter()
         lim = config.limits
@@ -95,6 +98,7 @@ class BrokerCore:
         """Open the store; requeue the jobs that were running when the broker stopped."""
         self.started_at = now = self.clock.now()
         running = await self.store.open(now)
+        self.backlog.load((await self.store.stats())["queues"], await self.store.queue_waiting())
         self.routes.update(await self.store.meta_get(ROUTES) or {})
         self.dispatcher.paused.update(await self.store.meta_get(PAUSED) or ())
         if running:
@@ -142,6 +146,7 @@ class BrokerCore:
                 if new is None:
                     pending.append(t.old.id)
                 else:
+                    self.backlog.moved(t.old, new)
                     changes.append((t.old.state, new))
             if not pending:
                 break
@@ -186,6 +191,8 @@ class BrokerCore:
         """Jobs the dispatcher just started: the event stream hears of them too."""
         now = self.clock.now()
         for job in jobs:
+            worker = self.dispatcher.workers.get(job.worker or "")
+            self.backlog.claimed(job, worker.claimant.route(job.task) if worker else None)
             self.hub.publish(JobChanged(job, JobState.QUEUED, now))
 
     def _changed(self, old: JobState | None, job: JobRecord) -> None:
@@ -199,14 +206,21 @@ class BrokerCore:
 
     # -- producers -----------------------------------------------------------------------
     async def submit(self, jobs: Sequence[JobRecord]) -> list[Inserted]:
-        """Store validated jobs (a job without a queue goes to its task's queue)."""
+        """Store validated jobs (a job without a queue goes to its task's queue); a batch
+        that would take a queue past its limit is refused whole (QueueFull)."""
         now = self.clock.now()
         born: list[tuple[JobRecord, Event]] = []
         for job in jobs:
             if not job.queue:  # the task's queue, once a worker has declared it
                 job = job.replace(queue=self.routes.get(job.task, UNROUTED))
             born.append(lifecycle.born(job, now))
-        inserted = await self.store.job_insert_many(born, durable=False)
+        admitted = self.backlog.admit([job for job, _ in born])
+        try:
+            inserted = await self.store.job_insert_many(born, durable=False)
+        except BaseException:
+            self.backlog.cancel(admitted)
+            raise
+        self.backlog.settle((job, i.created) for (job, _), i in zip(born, inserted, strict=True))
         await self._publish_when_durable([(None, i.job) for i in inserted if i.created])
         return inserted
 
@@ -267,7 +281,7 @@ class BrokerCore:
 
     def waiting_note(self, job: JobRecord) -> str | None:
         """Why a queued job is not running: nobody offers its task on its queue."""
-        if job.state is JobState.QUEUED and (job.queue, job.task) not in self.dispatcher.offered():
+        if job.state is JobState.QUEUED and not self.dispatcher.offers(job.queue, job.task):
             where = f" on queue {job.queue!r}" if job.queue else ""
             return f"no connected worker offers task {job.task!r}{where}"
         return None
@@ -311,6 +325,7 @@ class BrokerCore:
     async def promote(self, now: float) -> int:
         promoted = await self.store.job_promote_due(now)
         for job in promoted:
+            self.backlog.promoted(job)
             self._changed(JobState.SCHEDULED, job)
         return len(promoted)
 
@@ -411,6 +426,8 @@ class BrokerCore:
     async def _orphaned(self, worker: WorkerRef, jobs: list[JobRecord]) -> None:
         """The dispatcher claimed jobs for a worker that left meanwhile: straight back."""
         now = self.clock.now()
+        for job in jobs:
+            self.backlog.claimed(job, worker.claimant.route(job.task))
         held = {j.id: j.lease for j in reversed(jobs)}
         await self._transition(
             held, lambda r: self._requeue_if(r, held, now, "worker lost", charged=False)
@@ -551,10 +568,9 @@ class BrokerCore:
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         data = await self.store.stats()
-        offered = self.dispatcher.offered()
         waiting = await self.store.queue_waiting()
         data["waiting"] = [
-            {"queue": q, "task": t, "count": n, "offered": (q, t) in offered}
+            {"queue": q, "task": t, "count": n, "offered": self.dispatcher.offers(q, t)}
             for (q, t), n in sorted(waiting.items())
         ]
         workers = list(self.dispatcher.workers.values())
@@ -570,5 +586,6 @@ class BrokerCore:
             **{name: gauge() for name, gauge in self.gauges.items()},
             "dispatched": self.dispatcher.dispatched,
             "waiters": len(self.waiters),
+            "queue_full": self.backlog.refused,  # jobs refused: their queue was at its limit
         }
         return data

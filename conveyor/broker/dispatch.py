@@ -163,11 +163,14 @@ class Dispatcher:
     def remove(self, worker_id: str) -> WorkerRef | None:
         return self.workers.pop(worker_id, None)
 
-    def offered(self) -> set[tuple[str, str]]:
-        """(queue, task) pairs some connected worker can run (unrouted jobs included)."""
-        return {
-            (q, t) for w in self.workers.values() for q in (*w.queues, UNROUTED) for t in w.tasks
-        }
+    def offers(self, queue: str, task: str) -> bool:
+        """Some connected worker runs ``task`` on ``queue`` (an unrouted job: anywhere).
+        Asked per job and per waiting (queue, task): it never builds every pair a worker
+        could run (a worker may offer thousands of tasks on hundreds of queues)."""
+        return any(
+            task in w.tasks and (queue == UNROUTED or queue in w.queues)
+            for w in self.workers.values()
+        )
 
     def trigger(self) -> None:
         """Ask for a dispatch pass soon (coalesced)."""

@@ -27,7 +27,7 @@ from conveyor.errors import (
     RemoteProtocolError,
     TooManyFailures,
 )
-from conveyor.limits import MAX_CLIENT_NAME
+from conveyor.limits import MAX_CLIENT_NAME, MAX_ERROR_REPLY
 from conveyor.protocol.connection import ConnState, ServerConnection
 from conveyor.protocol.frames import FEATURES, ErrorCode, FrameType
 from conveyor.protocol.session import split_to_fit
@@ -203,20 +203,15 @@ class Session(asyncio.Protocol):
             self.close()
 
     def error(
-        self,
-        code: str,
-        message: str,
-        rid: int | None = None,
-        fld: str | None = None,
-        retry_after: float | None = None,
+        self, code: str, message: str, rid: int | None = None, fld: str | None = None, **extra: Any
     ) -> None:
-        frame: dict[str, Any] = {"t": "error", "code": code, "message": message}
+        # bounded: a message that quotes the input (a path of huge map keys) must still fit
+        message = message if len(message) <= MAX_ERROR_REPLY else message[:MAX_ERROR_REPLY] + "..."
+        frame: dict[str, Any] = {"t": "error", **extra, "code": code, "message": message}
         if rid is not None:
             frame["rid"] = rid
         if fld is not None:
             frame["field"] = fld
-        if retry_after is not None:
-            frame["retry_after"] = retry_after
         self.send(frame)
 
     def fatal(self, code: str, message: str) -> None:
@@ -274,7 +269,11 @@ class Session(asyncio.Protocol):
         try:
             reply = route(self, frame)
         except BrokerError as exc:
-            self.error(exc.code, exc.message, rid, exc.field)
+            self.error(exc.code, exc.message, rid, exc.field, **exc.details())
+            return
+        except Exception:  # a bug: this request fails, the connection and the broker go on
+            log.exception("%s from %s failed", ftype.value, self.peer)
+            self.error(ErrorCode.INTERNAL, "internal broker error", rid)
             return
         if reply is not None:
             self._spawn(reply, rid)
@@ -325,7 +324,7 @@ class Session(asyncio.Protocol):
         try:
             await coro
         except BrokerError as exc:
-            self.error(exc.code, exc.message, rid, exc.field)
+            self.error(exc.code, exc.message, rid, exc.field, **exc.details())
         except Exception:
             log.exception("request from %s failed", self.peer)
             self.error(ErrorCode.INTERNAL, "internal broker error", rid)

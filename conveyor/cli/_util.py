@@ -36,6 +36,32 @@ def duration_option(ctx: click.Context, param: click.Parameter, value: str | Non
         raise
 
 
+_QUEUE_LIMIT = re.compile(r"^(?:([A-Za-z0-9_.:\-]{1,100})=)?([0-9]+)$")
+
+
+def parse_max_queued(
+    values: tuple[str, ...], default: int
+) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """``--max-queued`` values (``N`` or ``QUEUE=N``, also comma-separated) -> the global
+    limit and the per-queue ones; a later value for the same queue wins."""
+    limit, per_queue = default, {}
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            match = _QUEUE_LIMIT.match(part)
+            if match is None:
+                raise click.BadParameter(
+                    f"{part!r}: use N (every queue) or QUEUE=N (one queue), N a whole number "
+                    "of jobs, 0 for no limit; e.g. --max-queued 100000 --max-queued reports=5000",
+                    param_hint="--max-queued",
+                )
+            queue, n = match.group(1), int(match.group(2))
+            if queue is None:
+                limit = n
+            else:
+                per_queue[queue] = n
+    return limit, tuple(sorted(per_queue.items()))
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

@@ -19,7 +19,7 @@ from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
 from conveyor.cli._tasks import import_task_modules
-from conveyor.cli._util import duration_option, log_level_option
+from conveyor.cli._util import duration_option, log_level_option, parse_max_queued
 from conveyor.config import (
     DEFAULT_BROKER_PORT,
     DEFAULT_BROKER_URL,
@@ -30,7 +30,7 @@ from conveyor.config import (
     write_broker_url,
 )
 from conveyor.errors import ConfigError
-from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD
+from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD, MAX_QUEUED
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
 from conveyor.worker.joblog import JsonFormatter
@@ -121,6 +121,15 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--max-connections-per-ip", type=int, default=1_000, show_default=True)
 @click.option("--submit-rate", type=float, default=0.0, help="jobs/s per connection; 0 = no limit")
 @click.option(
+    "--max-queued",
+    multiple=True,
+    metavar="N|QUEUE=N",
+    envvar="CONVEYOR_MAX_QUEUED",
+    show_envvar=True,
+    help=f"jobs a queue may hold queued or scheduled before submits get queue_full "
+    f"(0: no limit); QUEUE=N sets one queue's limit; repeatable [{MAX_QUEUED:,}]",
+)
+@click.option(
     "--max-frame-size",
     type=click.IntRange(1024),
     default=MAX_FRAME_SIZE,
@@ -188,8 +197,11 @@ def _config(opts: dict[str, Any], home: Path, files: Any) -> BrokerConfig:
 
 
 def _limits(opts: dict[str, Any]) -> Limits:
+    max_queued, by_queue = parse_max_queued(tuple(opts["max_queued"]), MAX_QUEUED)
     try:
         return Limits(
+            max_queued=max_queued,
+            max_queued_by_queue=by_queue,
             max_connections=int(opts["max_connections"]),
             max_connections_per_ip=int(opts["max_connections_per_ip"]),
             submits_per_second=float(opts["submit_rate"]),

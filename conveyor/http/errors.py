@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.errors import BrokerError
+from conveyor.limits import MAX_ERROR_REPLY
 
 STATUS = {
     "invalid": 422,
@@ -50,8 +51,10 @@ class HttpError(Exception):
         self.headers = headers
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    if len(message) > MAX_ERROR_REPLY:  # as on the socket: never the whole input back
+        message = message[:MAX_ERROR_REPLY] + "..."
+    error: dict[str, Any] = {**extra, "code": code, "message": message}
     if field is not None:
         error["field"] = field
     return {"error": error}
@@ -63,8 +66,11 @@ def _response(
     message: str,
     field: str | None = None,
     headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(code, message, field, **extra), status_code=status, headers=headers
+    )
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -77,7 +83,7 @@ async def on_broker_error(request: Request, exc: Exception) -> JSONResponse:
     status = STATUS.get(exc.code, 500)
     if exc.code == "invalid" and exc.field == "payload" and "limit" in exc.message:
         status = 413
-    return _response(status, exc.code, exc.message, exc.field)
+    return _response(status, exc.code, exc.message, exc.field, **exc.details())
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 from conveyor.limits import (
     MAX_DELAY,
@@ -18,12 +18,17 @@ from conveyor.limits import (
 
 NAME = f"^{NAME_PATTERN}$"  # task, queue and job names: letters, digits and _ . : -
 JobId = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME)]
+# as on the socket: a boolean is never a number, and a float (1.0) is never an integer
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
 
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="the protocol's error code (invalid, not_found, ...)")
     message: str
     field: str | None = Field(None, description="with invalid: the offending field")
+    queue: str | None = Field(None, description="with queue_full: the full queue")
+    limit: int | None = Field(None, description="with queue_full: its limit (--max-queued)")
 
 
 class ErrorBody(BaseModel):
@@ -54,11 +59,11 @@ class SubmitBody(BaseModel):
     payload: dict[str, Any] | list[Any] | None = None
     kwargs: dict[str, Any] | None = None
     args: list[Any] | None = None
-    priority: int | None = Field(None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    priority: Int | None = Field(None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     queue: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
-    delay: float | None = Field(None, ge=0, le=MAX_DELAY)
-    retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
-    timeout: float | None = Field(None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
+    delay: Number | None = Field(None, ge=0, le=MAX_DELAY)
+    retries: Int | None = Field(None, ge=0, le=MAX_RETRIES)
+    timeout: Number | None = Field(None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
     unique_key: str | None = Field(None, min_length=1, max_length=200)
     id: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
 
@@ -75,7 +80,7 @@ class IdsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[JobId] | None = Field(None, max_length=10_000)
-    all: bool = False
+    all: Annotated[bool, Strict()] = False
 
 
 class Count(BaseModel):

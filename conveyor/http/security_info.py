@@ -53,6 +53,7 @@ def security(core: BrokerCore, cert_file: Path, http_tls: bool) -> dict[str, Any
             "handshake_timeout": config.limits.handshake_timeout,
             "idle_timeout": config.limits.idle_timeout,
             "submits_per_second": config.limits.submits_per_second,
+            "max_queued": config.limits.max_queued,
         },
         "rejected_plaintext": metrics.get("rejected_plaintext", 0),
         "tls_failures": metrics.get("tls_failures", 0),

@@ -72,6 +72,7 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "conflict"  # the job is in a state that forbids this
     RATE_LIMITED = "rate_limited"  # too many submits per second
     TOO_MANY_FAILURES = "too_many_failures"  # too many bad tokens from this address (fatal)
+    QUEUE_FULL = "queue_full"  # a submit would take a queue past its --max-queued limit
     TOO_MANY_CONNECTIONS = "too_many_connections"  # (fatal)
     IDLE_TIMEOUT = "idle_timeout"  # (fatal)
     SHUTTING_DOWN = "shutting_down"  # broker is stopping (fatal)

@@ -6,7 +6,7 @@ from typing import Any
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.errors import JobNotFound
-from conveyor.limits import MAX_QUEUE_NAME
+from conveyor.limits import MAX_ECHO, MAX_QUEUE_NAME
 from conveyor.protocol.frames import ErrorCode
 from conveyor.security.tokens import Role, TokenInfo
 from conveyor.validation import check_name
@@ -71,5 +71,5 @@ def token_revoke(peer: Peer, frame: dict[str, Any]) -> Reply:
 
 async def _token_revoke(peer: Peer, rid: int, name: str) -> None:
     if not await peer.core.token_revoke(name):
-        raise JobNotFound(ErrorCode.NOT_FOUND, f"no token named {name!r}")
+        raise JobNotFound(ErrorCode.NOT_FOUND, f"no token named {name[:MAX_ECHO]!r}")
     peer.send({"t": "ok", "rid": rid, "revoked": name})

@@ -8,10 +8,12 @@ from typing import Any
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.broker.routes.wire import job_map
-from conveyor.errors import InvalidJob, PermissionDenied, RateLimited
+from conveyor.errors import InvalidJob, JobNotFound, PermissionDenied, RateLimited
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import (
+    MAX_ECHO,
     MAX_GET_MANY,
+    MAX_IDS,
     MAX_JOB_ID,
     MAX_LIST,
     MAX_LIST_OFFSET,
@@ -93,16 +95,25 @@ async def send_job(peer: Peer, rid: int, job: JobRecord, wanted: Wanted = Wanted
     peer.send({"t": "job", "rid": rid, "job": describe(peer, job, events, wanted.payload)})
 
 
+def job_id(value: str) -> str:
+    """A requested job id; one that cannot be an id names no job (and is not echoed whole:
+    a megabyte of id would make the error itself too big to send)."""
+    try:
+        return check_name(value, "id", MAX_JOB_ID)
+    except InvalidJob:
+        raise JobNotFound(ErrorCode.NOT_FOUND, f"no job {value[:MAX_ECHO]!r}") from None
+
+
 def get(peer: Peer, frame: dict[str, Any]) -> Reply:
-    job_id = frame["id"]
-    if peer.role is Role.WORKER and (peer.worker is None or job_id not in peer.worker.holding):
+    requested = job_id(frame["id"])
+    if peer.role is Role.WORKER and (peer.worker is None or requested not in peer.worker.holding):
         # a worker reads the jobs it runs, nothing else; asked before the store, so the
         # answer does not even say whether such a job exists
         peer.core.metrics["forbidden"] += 1
         raise PermissionDenied(
             ErrorCode.FORBIDDEN, "a worker may read only the jobs dispatched to it"
         )
-    return _get(peer, frame["rid"], job_id, Wanted.of(frame))
+    return _get(peer, frame["rid"], requested, Wanted.of(frame))
 
 
 async def _get(peer: Peer, rid: int, job_id: str, wanted: Wanted) -> None:
@@ -143,6 +154,7 @@ def _prefix_that_fits(peer: Peer, wire: list[dict[str, Any]]) -> int:
 
 def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
     timeout = number(frame, "timeout", 0, MAX_WAIT_TIMEOUT)
+    job = job_id(frame["id"])
     if timeout == 0:
         return get(peer, frame)
     if peer.waits >= MAX_WAITS:
@@ -150,7 +162,7 @@ def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
             ErrorCode.RATE_LIMITED, f"at most {MAX_WAITS} outstanding waits per connection"
         )
     peer.waits += 1  # counted at once, so a burst of WAITs cannot slip past the cap
-    return _wait(peer, frame["rid"], frame["id"], timeout, Wanted.of(frame))
+    return _wait(peer, frame["rid"], job, timeout, Wanted.of(frame))
 
 
 async def _wait(peer: Peer, rid: int, job_id: str, timeout: float | None, wanted: Wanted) -> None:
@@ -185,7 +197,7 @@ async def _wait(peer: Peer, rid: int, job_id: str, timeout: float | None, wanted
 
 
 def cancel(peer: Peer, frame: dict[str, Any]) -> Reply:
-    return _cancel(peer, frame["rid"], frame["id"])
+    return _cancel(peer, frame["rid"], job_id(frame["id"]))
 
 
 async def _cancel(peer: Peer, rid: int, job_id: str) -> None:
@@ -247,6 +259,8 @@ def _ids(frame: dict[str, Any]) -> list[str] | None:
         if not frame.get("all"):
             raise invalid("ids", "give ids, or all: true")
         return None
+    if len(ids) > MAX_IDS:
+        raise invalid("ids", f"may hold at most {MAX_IDS} ids")
     if not all(isinstance(i, str) for i in ids):
         raise invalid("ids", "must be a list of job id strings")
     return list(ids)

@@ -3,6 +3,7 @@ to push jobs and aborts back to a worker."""
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from conveyor.broker.dispatch import WorkerRef
@@ -15,13 +16,16 @@ from conveyor.limits import (
     MAX_CONCURRENCY,
     MAX_ERROR_MESSAGE,
     MAX_ERROR_TYPE,
+    MAX_PID,
     MAX_QUEUE_NAME,
     MAX_RETRY_DELAY,
     MAX_TASK_NAME,
     MAX_TRACEBACK,
+    MAX_WORKER_QUEUES,
+    MAX_WORKER_TASKS,
 )
 from conveyor.protocol.frames import ErrorCode
-from conveyor.protocol.payload import PayloadError, pack
+from conveyor.protocol.payload import PayloadError, check_json, pack
 from conveyor.validation import check_name, number, parse_task_options
 
 
@@ -49,14 +53,19 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
     if peer.worker is not None:
         raise Conflict(ErrorCode.CONFLICT, "this connection already sent ready")
     tasks, queues = frame["tasks"], frame["queues"]
+    if len(tasks) > MAX_WORKER_TASKS:
+        raise invalid("tasks", f"may name at most {MAX_WORKER_TASKS} tasks")
     for name in tasks:
         check_name(name, "tasks", MAX_TASK_NAME)
     if not queues:
         raise invalid("queues", "must name at least one queue")
+    if len(queues) > MAX_WORKER_QUEUES:
+        raise invalid("queues", f"may name at most {MAX_WORKER_QUEUES} queues")
     for name in queues:
         check_name(name, "queues", MAX_QUEUE_NAME)
     concurrency = number(frame, "concurrency", 1, MAX_CONCURRENCY, integer=True)
     prefetch = number(frame, "prefetch", 0, MAX_CONCURRENCY, integer=True)
+    pid = number(frame, "pid", 0, MAX_PID, integer=True)
     peer.worker = peer.core.worker_join(
         name=peer.client_name or "worker",
         tasks=tasks,
@@ -69,7 +78,7 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
         pool=str(frame.get("pool", ""))[:40],
         peer=peer.peer,
         host=str(frame.get("host", ""))[:200],
-        pid=frame.get("pid"),
+        pid=pid,
     )
     peer.send({"t": "ok", "rid": frame["rid"], "worker": peer.worker.id})
     return None
@@ -81,9 +90,11 @@ def _routes(raw: Any, tasks: list[str]) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict):
         raise invalid("routes", "must map task names to queue names")
+    offered = set(tasks)
     for task, queue in raw.items():
-        if task not in tasks:
-            raise invalid("routes", f"names task {task!r}, which this worker does not offer")
+        if task not in offered:
+            shown = _text(task)[:MAX_TASK_NAME]
+            raise invalid("routes", f"names task {shown!r}, which this worker does not offer")
         check_name(queue, "routes", MAX_QUEUE_NAME)
     return dict(raw)
 
@@ -94,11 +105,26 @@ def _worker_of(peer: Peer) -> WorkerRef:
     return peer.worker
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 4, 200, 200
+
+
+def _text(value: Any) -> str:
+    """A value that should have been text, as text: bounded, and safe for any input (a
+    list nested 900 deep, an integer of 5,000 digits, bytes)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, say
+        return f"<{type(value).__name__}>"
+
+
 def _clean_error(raw: dict[str, Any]) -> dict[str, Any]:
     return {
-        "type": str(raw.get("type", "Error"))[:MAX_ERROR_TYPE],
-        "message": str(raw.get("message", ""))[:MAX_ERROR_MESSAGE],
-        "traceback": str(raw.get("traceback", ""))[-MAX_TRACEBACK:],
+        "type": _text(raw.get("type", "Error"))[:MAX_ERROR_TYPE],
+        "message": _text(raw.get("message", ""))[:MAX_ERROR_MESSAGE],
+        "traceback": _text(raw.get("traceback", ""))[-MAX_TRACEBACK:],
     }
 
 
@@ -130,6 +156,7 @@ def _outcome(raw: Any, max_result: int) -> Outcome:
     result = raw.get("result")
     if not isinstance(result, bytes):  # a plain value (not the packed feature): pack it once
         try:
+            check_json(result, "the result")
             result = pack(result)
         except PayloadError as exc:
             raise invalid("results", f"the result cannot be stored: {exc}") from None
@@ -144,6 +171,7 @@ def _refused(raw: Any, why: str) -> Outcome | None:
         isinstance(raw, dict)
         and isinstance(raw.get("id"), str)
         and isinstance(raw.get("lease"), int)
+        and not isinstance(raw.get("lease"), bool)
     ):
         error = {
             "type": "InvalidReport",
