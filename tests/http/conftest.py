@@ -25,6 +25,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TOKEN_KEY = "conveyor.token"  # api.js keeps the tab's token under this sessionStorage key
 T = TypeVar("T")
+WAIT = 15_000  # ms: a page waits on the live feed (a tick a second) on a busy machine
+
+
+def _expect_patience() -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT)
 
 
 class LiveSystem:
@@ -134,6 +141,7 @@ def browser() -> Iterator[Any]:
         pytest.skip("Chromium is not installed (make browser installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
+    _expect_patience()
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -148,19 +156,19 @@ class PageErrors(list[str]):
 
 def new_page(browser: Any, system: LiveSystem, *, width: int = 1280, login: bool = True) -> Any:
     context = browser.new_context(viewport={"width": width, "height": 900})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(WAIT)
     if login:
-        context.add_init_script(
-            f"sessionStorage.setItem({TOKEN_KEY!r}, {system.token!r})"
-        )
+        context.add_init_script(f"sessionStorage.setItem({TOKEN_KEY!r}, {system.token!r})")
     page = context.new_page()
     errors = PageErrors()
     page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
     page.on(
         "console",
-        lambda message: errors.append(f"console: {message.text}")
-        if message.type == "error" and "Content Security Policy" in message.text
-        else None,
+        lambda message: (
+            errors.append(f"console: {message.text}")
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
     )
     page.errors = errors
     return page

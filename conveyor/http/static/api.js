@@ -83,3 +83,28 @@ export function describe(error) {
   if (error.status === 403) return `Not allowed with this token: ${error.message}.`;
   return error.field ? `${error.field}: ${error.message}` : error.message;
 }
+
+/** `load = serial(fn)`: one call of `fn` at a time; calls made meanwhile make one more
+ * call once it is done, so the last answer shown is never older than the last ask. */
+export function serial(fn) {
+  let running = null;
+  let again = false;
+  const run = async () => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        await fn();
+      } while (again);
+    })();
+    try {
+      await running;
+    } finally {
+      running = null;
+    }
+  };
+  return run;
+}

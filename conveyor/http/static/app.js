@@ -85,7 +85,7 @@ function onNumbers(message, isTick) {
   panels.charts.update(point, stats);
   panels.workers.update(workers);
   panels.queues.update(stats, workers);
-  panels.dlq.onTick(stats);
+  panels.dlq.onTick(stats, isTick ? message : null);
   const banner = $("#banner");
   banner.hidden = stats.store.writable;
   if (!stats.store.writable) setText(banner, `The store cannot write: ${stats.store.error}`);

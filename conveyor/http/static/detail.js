@@ -1,7 +1,7 @@
 // A job's detail (GET /api/jobs/{id}): arguments, result, error, each attempt with its
 // traceback, the event history; cancel and retry. Sealed payloads arrive as "(encrypted)".
 
-import { api, describe } from "./api.js";
+import { api, describe, serial } from "./api.js";
 import { el, fill, fmtSeconds, fmtTime, pretty, priorityBadge, setText, stateBadge }
   from "./dom.js";
 
@@ -14,6 +14,7 @@ export class Detail {
     this.title = dialog.querySelector("#detail-title");
     this.onChanged = onChanged;
     this.id = null;
+    this.refresh = serial(() => this.#load());
     dialog.querySelector("#detail-close").addEventListener("click", () => this.close());
     dialog.addEventListener("close", () => { this.id = null; });
     dialog.addEventListener("click", (event) => {
@@ -34,7 +35,7 @@ export class Detail {
     this.id = null;
   }
 
-  async refresh() {
+  async #load() {
     const id = this.id;
     if (!id) return;
     try {
@@ -46,7 +47,9 @@ export class Detail {
   }
 
   onTick(tick) {
-    if (this.id && tick.jobs && tick.jobs.some((change) => change.id === this.id)) this.refresh();
+    if (!this.id || !tick.jobs) return;
+    // a busy tick carries only the last changes: then look again anyway
+    if (tick.more > 0 || tick.jobs.some((change) => change.id === this.id)) this.refresh();
   }
 
   #render(job) {

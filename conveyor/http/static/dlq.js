@@ -1,6 +1,6 @@
 // The dead-letter queue (admin): dead jobs, paged; retry or purge one, or all.
 
-import { api, ApiError, describe } from "./api.js";
+import { api, ApiError, describe, serial } from "./api.js";
 import { confirmButton, el, fill, fmtTime, setText, shortId } from "./dom.js";
 
 const PAGE = 25;
@@ -13,6 +13,7 @@ export class DeadLetters {
     this.next = null;
     this.dead = null;
     this.allowed = true;
+    this.load = serial(() => this.#fetch());
     confirmButton(retryAll, "Retry every dead job?", () => this.#act("retry all",
       () => api("/api/dlq/retry", { method: "POST", body: { all: true } })));
     confirmButton(purgeAll, "Delete every dead job for good?", () => this.#act("purged",
@@ -25,7 +26,7 @@ export class DeadLetters {
     });
   }
 
-  async load() {
+  async #fetch() {
     if (!this.allowed) return;
     const cursor = this.cursors[this.cursors.length - 1];
     try {
@@ -47,10 +48,13 @@ export class DeadLetters {
     setText(this.pageLabel, `page ${this.cursors.length}`);
   }
 
-  /** A tick: reload when the number of dead jobs moved. */
-  onTick(stats) {
+  /** A tick: reload when the number of dead jobs moved, or a job died or left the DLQ
+   * since the last one (the number alone misses a retry and a death in one second). */
+  onTick(stats, tick) {
     const dead = stats.states.dead;
-    if (dead !== this.dead) {
+    const moved = tick && (tick.more > 0 || tick.jobs.some((c) => c.state === "dead"
+      || c.from === "dead"));
+    if (dead !== this.dead || moved) {
       this.dead = dead;
       this.load();
     }

@@ -2,7 +2,7 @@
 // Only one page is ever in the page; live ticks refresh the first page, or the states of
 // the rows shown on an older one.
 
-import { api, describe } from "./api.js";
+import { api, describe, serial } from "./api.js";
 import { el, fill, fmtTime, priorityBadge, setText, shortId, stateBadge } from "./dom.js";
 
 export const PAGE = 50;
@@ -12,8 +12,7 @@ export class JobTable {
     Object.assign(this, { form, body, newer, older, pageLabel: page, error, openJob });
     this.cursors = [null]; // the cursor of each page shown so far: back is a pop
     this.next = null;
-    this.loading = null;
-    this.stale = false;
+    this.load = serial(() => this.#fetch());
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.cursors = [null];
@@ -38,23 +37,6 @@ export class JobTable {
     const data = Object.fromEntries(new FormData(this.form));
     for (const key of Object.keys(data)) data[key] = String(data[key]).trim();
     return data;
-  }
-
-  async load() {
-    if (this.loading) {
-      this.stale = true; // one more load once this one is done
-      return this.loading;
-    }
-    this.loading = this.#fetch();
-    try {
-      await this.loading;
-    } finally {
-      this.loading = null;
-    }
-    if (this.stale) {
-      this.stale = false;
-      await this.load();
-    }
   }
 
   async #fetch() {

@@ -114,7 +114,7 @@ export class SubmitForm {
   async onTick(tick) {
     const id = this.tracking;
     if (!id || !tick.jobs) return;
-    const change = tick.jobs.find((c) => c.id === id);
+    const change = tick.jobs.findLast((c) => c.id === id); // its newest change
     // the first tick after a submit may have come before its answer: ask once then, and
     // whenever this tick left changes out
     if (!change && !tick.more && this.checked) return;
