@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -29,6 +30,24 @@ def next_ticks(page: Any, n: int = 1) -> None:
 
 def job_row(page: Any, job_id: str) -> Any:
     return page.locator(f'#job-table tbody tr[data-job-id="{job_id}"]')
+
+
+def fill_store(system: LiveSystem, specs: Iterable[dict[str, Any]]) -> None:
+    """Jobs straight into the broker's core, in batches (as a big submit would)."""
+    core = system.broker.core
+
+    async def fill() -> None:
+        now = core.clock.now()
+        batch: list[Any] = []
+        for spec in specs:
+            batch.append(parse_job(spec, now, core.config.limits.max_payload))
+            if len(batch) == 5000:
+                await core.submit(batch)
+                batch = []
+        if batch:
+            await core.submit(batch)
+
+    system.run(fill(), timeout=120)
 
 
 def gated_tasks() -> tuple[TaskRegistry, threading.Event]:
@@ -273,10 +292,14 @@ def test_pause_stops_dispatch_and_resume_restarts_it(page: Any, system: LiveSyst
 
 # -- reading it ---------------------------------------------------------------------------------
 def test_filters_search_and_server_side_paging(page: Any, system: LiveSystem) -> None:
-    ids = [
-        system.submit(task="noop", priority=1 + i % 3, queue="q" + str(i % 2), id=f"job-{i:03}")
-        for i in range(120)
-    ]
+    ids = [f"job-{i:03}" for i in range(120)]
+    fill_store(
+        system,
+        (
+            {"task": "noop", "priority": 1 + i % 3, "queue": f"q{i % 2}", "id": job}
+            for i, job in enumerate(ids)
+        ),
+    )
     expect(page.locator("#job-table tbody tr[data-job-id]")).to_have_count(50)
     expect(page.locator("#job-table tbody tr").first).to_have_attribute("data-job-id", ids[-1])
     page.click("#jobs-older")
@@ -375,29 +398,12 @@ def test_the_feed_reconnects_after_a_drop(page: Any, system: LiveSystem) -> None
     expect(job_row(page, job)).to_have_count(1)  # the page heard of it without a reload
 
 
-def fill_store(system: LiveSystem, n: int) -> None:
-    """``n`` queued jobs of a task no worker offers, straight into the broker's core."""
-    core = system.broker.core
-
-    async def fill() -> None:
-        now = core.clock.now()
-        for start in range(0, n, 5000):
-            batch = [
-                parse_job(
-                    {"task": "bulk", "id": f"bulk-{i:06}", "priority": 1 + i % 10},
-                    now,
-                    core.config.limits.max_payload,
-                )
-                for i in range(start, min(n, start + 5000))
-            ]
-            await core.submit(batch)
-
-    system.run(fill(), timeout=120)
-
-
 @pytest.mark.slow
 def test_a_hundred_thousand_jobs_load_and_page_quickly(browser: Any, system: LiveSystem) -> None:
-    fill_store(system, 100_000)
+    fill_store(  # a task no worker offers: all of them stay queued
+        system,
+        ({"task": "bulk", "id": f"bulk-{i:06}", "priority": 1 + i % 10} for i in range(100_000)),
+    )
     asked: list[str] = []
     page = new_page(browser, system)
     page.on("request", lambda r: asked.append(r.url) if "/api/jobs" in r.url else None)

@@ -102,16 +102,12 @@ async function open() {
   $("#login").hidden = true;
   $("#main").hidden = false;
   $("#logout").hidden = false;
+  // ask first: the answers travel while the panels and charts are being built
+  const security = api("/api/security");
+  const history = api("/api/history", { query: { seconds: 300 } });
+  security.catch(() => {});
+  history.catch(() => {});
   if (!panels) build();
-  const [security, history] = await Promise.allSettled([api("/api/security"),
-    api("/api/history", { query: { seconds: 300 } })]);
-  if (security.status === "fulfilled") {
-    showSecurity(security.value, $("#tls-badge"), $("#security"));
-  }
-  if (history.status === "fulfilled") panels.charts.history(history.value);
-  panels.submit.loadTasks();
-  panels.jobs.load();
-  panels.dlq.load();
   if (!feed) {
     feed = new LiveFeed();
     feed.addEventListener("state", (event) => {
@@ -127,6 +123,19 @@ async function open() {
     });
   }
   feed.start();
+  panels.submit.loadTasks();
+  panels.jobs.load();
+  panels.dlq.load();
+  try {
+    panels.charts.history(await history);
+  } catch {
+    // the charts fill from the live ticks instead
+  }
+  try {
+    showSecurity(await security, $("#tls-badge"), $("#security"));
+  } catch (error) {
+    setText($("#security"), describe(error));
+  }
 }
 
 async function main() {
