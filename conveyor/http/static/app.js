@@ -61,6 +61,7 @@ function build() {
     charts: new Charts({
       throughput: $("#chart-throughput"), depth: $("#chart-depth"),
       states: $("#chart-states"), tasks: $("#chart-tasks"), times: $("#chart-times"),
+      timesText: $("#times-text"),
     }),
     workers: new Workers($("#workers"), openJob),
     queues: new Queues($("#queues"), $("#queues-error")),

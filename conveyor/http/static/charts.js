@@ -2,6 +2,8 @@
 // the last minutes (GET /api/history, then each tick's point), jobs by state and by task,
 // and run/wait time percentiles (from the stats).
 
+import { fmtSeconds, setText } from "./dom.js";
+
 const WINDOW = 300; // seconds of history kept on screen
 const COLORS = {
   completed: "#1a7f37", failed: "#cf222e", queued: "#0969da", scheduled: "#8250df",
@@ -19,7 +21,8 @@ function lineChart(node, series) {
     ...size(node),
     cursor: { drag: { x: false, y: false } },
     scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
-    axes: [{}, { size: 46 }],
+    legend: { live: false },
+    axes: [{ font: "11px system-ui" }, { size: 46, font: "11px system-ui" }],
     series: [{}, ...series.map(([label, color]) => ({
       label, stroke: color, width: 2, points: { show: false },
     }))],
@@ -27,21 +30,25 @@ function lineChart(node, series) {
   return new window.uPlot(opts, [[], ...series.map(() => [])], node);
 }
 
-function barChart(node, series) {
+// Bars by category. `across`: categories down the left, bars to the right (long names
+// stay readable); otherwise categories along the bottom.
+function barChart(node, series, { across = false } = {}) {
   const bars = window.uPlot.paths.bars;
   const n = series.length;
+  const labels = (u, splits) => splits.map((i) => node.labels[i] ?? "");
   const opts = {
     ...size(node),
     cursor: { drag: { x: false, y: false }, points: { show: false } },
-    legend: { show: n > 1 },
+    legend: { show: n > 1, live: false },
     scales: {
-      x: { time: false, range: (u) => [-0.5, Math.max(0.5, u.data[0].length - 0.5)] },
-      y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] },
+      x: { time: false, ori: across ? 1 : 0, dir: across ? -1 : 1,
+        range: (u) => [-0.5, Math.max(0.5, u.data[0].length - 0.5)] },
+      y: { ori: across ? 0 : 1, range: (u, min, max) => [0, Math.max(1, max * 1.15)] },
     },
     axes: [
-      { splits: (u) => u.data[0], values: (u, splits) => splits.map((i) => node.labels[i] ?? ""),
-        gap: 4, size: 36, grid: { show: false } },
-      { size: 46 },
+      { splits: (u) => u.data[0], values: labels, gap: 4, grid: { show: false },
+        side: across ? 3 : 2, size: across ? 96 : 30, font: "11px system-ui" },
+      { side: across ? 2 : 3, size: across ? 30 : 46, font: "11px system-ui" },
     ],
     series: [{}, ...series.map(([label, color], i) => ({
       label, fill: color, stroke: color, width: 0, points: { show: false },
@@ -62,12 +69,12 @@ export class Charts {
       [["completed/s", COLORS.completed], ["failed/s", COLORS.failed]]);
     this.depth = lineChart(nodes.depth, [["queued", COLORS.queued],
       ["scheduled", COLORS.scheduled], ["running", COLORS.running]]);
-    this.states = barChart(nodes.states, [["jobs", COLORS.queued]]);
-    this.tasks = barChart(nodes.tasks, [["jobs", COLORS.completed]]);
+    this.states = barChart(nodes.states, [["jobs", COLORS.queued]], { across: true });
+    this.tasks = barChart(nodes.tasks, [["jobs", COLORS.completed]], { across: true });
     this.times = barChart(nodes.times, [["run", COLORS.run], ["wait", COLORS.wait]]);
     this.charts = [this.throughput, this.depth, this.states, this.tasks, this.times];
     const observer = new ResizeObserver(() => this.#resize());
-    Object.values(nodes).forEach((node) => observer.observe(node));
+    this.charts.forEach((chart) => observer.observe(chart.root.parentElement));
   }
 
   #resize() {
@@ -114,6 +121,11 @@ export class Charts {
     setBars(this.tasks, tasks.map(([name]) => name), [tasks.map(([, n]) => n)]);
     const qs = ["p50", "p95", "p99"];
     setBars(this.times, qs, [qs.map((q) => stats.run_time[q]), qs.map((q) => stats.wait_time[q])]);
+    if (this.nodes.timesText) {
+      const line = (name, t) => `${name}: ${qs.map((q) => `${q} ${fmtSeconds(t[q])}`).join(" · ")}`;
+      setText(this.nodes.timesText,
+        `${line("run", stats.run_time)} — ${line("wait", stats.wait_time)}`);
+    }
   }
 }
 

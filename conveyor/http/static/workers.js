@@ -2,6 +2,8 @@
 
 import { ago, el, fill, setText, shortId } from "./dom.js";
 
+const SHOWN = 3; // current jobs listed per worker (the rest as "+n")
+
 export class Workers {
   constructor(root, openJob) {
     this.root = root;
@@ -10,8 +12,7 @@ export class Workers {
     this.body = el("tbody");
     this.empty = el("p", { class: "empty" }, "No worker is connected. Start one: conveyor worker");
     this.table = el("table", { class: "table workers" },
-      el("thead", {}, el("tr", {}, ["Worker", "State", "Jobs now", "Done", "Failed", "Pool",
-        "Heartbeat"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["Worker", "State", "Jobs now", "Done / failed"].map((h) => el("th", {}, h)))),
       this.body);
     fill(root, this.empty, this.table);
   }
@@ -42,16 +43,15 @@ export class Workers {
     const cells = {
       state: el("span", { class: "badge" }),
       jobs: el("td", { class: "jobs-now" }),
-      completed: el("td", { class: "num" }),
-      failed: el("td", { class: "num" }),
-      heartbeat: el("td", { class: "muted" }),
+      done: el("td", { class: "num" }),
+      heartbeat: el("span"),
     };
     const tr = el("tr", { dataset: { workerId: worker.id } },
       el("td", {}, el("strong", {}, worker.name),
         el("div", { class: "muted small" }, `${worker.host} · pid ${worker.pid ?? "?"} · ` +
-          worker.queues.join(", "))),
-      el("td", {}, cells.state), cells.jobs, cells.completed, cells.failed,
-      el("td", {}, `${worker.pool} × ${worker.concurrency}`), cells.heartbeat);
+          `${worker.pool} × ${worker.concurrency} · ${worker.queues.join(", ")} · heartbeat `,
+        cells.heartbeat)),
+      el("td", {}, cells.state), cells.jobs, cells.done);
     return { tr, cells, jobs: "" };
   }
 
@@ -64,13 +64,13 @@ export class Workers {
     const jobs = worker.jobs.join(" ");
     if (jobs !== row.jobs) {
       row.jobs = jobs;
-      fill(row.cells.jobs, worker.jobs.length ? worker.jobs.slice(0, 5).map((id) =>
+      fill(row.cells.jobs, worker.jobs.length ? worker.jobs.slice(0, SHOWN).map((id) =>
         el("button", { type: "button", class: "link", title: id, dataset: { jobId: id },
           onclick: () => this.openJob(id) }, shortId(id))) : el("span", { class: "muted" }, "–"),
-      worker.jobs.length > 5 ? ` +${worker.jobs.length - 5}` : null);
+      worker.jobs.length > SHOWN ? el("span", { class: "muted" }, `+${worker.jobs.length - SHOWN}`)
+        : null);
     }
-    setText(row.cells.completed, worker.completed);
-    setText(row.cells.failed, worker.failed);
+    setText(row.cells.done, `${worker.completed} / ${worker.failed}`);
     setText(row.cells.heartbeat, ago(worker.last_heartbeat));
   }
 }
