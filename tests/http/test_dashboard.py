@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -353,6 +354,35 @@ def test_user_text_renders_as_text_never_as_html(page: Any, system: LiveSystem) 
     assert page.locator("main script, dialog script").count() == 0
     assert page.evaluate("window.__xss") is None
     assert violations.json_value() == []  # not even an attempt the CSP had to stop
+
+
+def test_sealed_payloads_show_as_encrypted(page: Any, system: LiveSystem, tmp_path: Path) -> None:
+    from conveyor.client.aio import AsyncClient
+    from conveyor.security.payload import generate_key
+
+    key = generate_key()
+    (tmp_path / "payload.keys").write_text(key + "\n")
+    system.start_worker(payload_key_file=tmp_path / "payload.keys")
+
+    async def sealed() -> tuple[str, str]:
+        async with AsyncClient(system.broker.url, home=system.home, payload_key=key) as c:
+            done = await c.submit("reverse_string", data="top secret")
+            failed = await c.submit("fail", message="secret reason", retries=0)
+            return done.id, failed.id
+
+    done, failed = system.run(sealed())
+    system.wait_state(done, "completed")
+    system.wait_state(failed, "dead")
+    job_row(page, done).locator("button").click()
+    detail = page.locator("#detail")
+    expect(detail).to_have_attribute("data-state", "completed")
+    expect(detail.locator("[data-field=payload]")).to_have_text("(encrypted)")
+    expect(detail.locator("[data-field=result]")).to_have_text("(encrypted)")
+    page.click("#detail-close")
+    job_row(page, failed).locator("button").click()
+    expect(detail.locator("[data-field=error]")).to_have_text("RuntimeError: (encrypted)")
+    expect(detail.locator(".attempts")).to_contain_text("RuntimeError: (encrypted)")
+    assert "secret" not in page.locator("body").inner_text()
 
 
 def test_at_phone_width_nothing_overflows_sideways(browser: Any, system: LiveSystem) -> None:

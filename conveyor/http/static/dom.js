@@ -1,6 +1,6 @@
 // DOM helpers. Everything the page shows is built here with createElement and text nodes:
 // task names, arguments, results and errors come from users, so no string is ever parsed
-// as HTML (no innerHTML anywhere in the dashboard).
+// as HTML anywhere in the dashboard (tests/http/test_static.py checks the sinks).
 
 /** `el("td", {class: "x", dataset: {id}}, child, "text")`: an element; strings become text. */
 export function el(tag, props = {}, ...children) {
