@@ -144,6 +144,9 @@ def browser() -> Iterator[Any]:
     _expect_patience()
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        # one context for the module; each test opens its own tab, on its own broker's
+        # origin (a port of its own), so nothing carries over from one test to the next
+        chromium.shared_context = chromium.new_context()
         try:
             yield chromium
         finally:
@@ -154,12 +157,19 @@ class PageErrors(list[str]):
     """Uncaught errors and CSP refusals seen by a page (a test ends with none)."""
 
 
-def new_page(browser: Any, system: LiveSystem, *, width: int = 1280, login: bool = True) -> Any:
-    context = browser.new_context(viewport={"width": width, "height": 900})
-    context.set_default_timeout(WAIT)
+def new_page(
+    browser: Any,
+    system: LiveSystem,
+    *,
+    width: int = 1280,
+    login: bool = True,
+    token: str | None = None,
+) -> Any:
+    page = browser.shared_context.new_page()  # a tab of its own: its own sessionStorage
+    page.set_viewport_size({"width": width, "height": 900})
+    page.set_default_timeout(WAIT)
     if login:
-        context.add_init_script(f"sessionStorage.setItem({TOKEN_KEY!r}, {system.token!r})")
-    page = context.new_page()
+        page.add_init_script(f"sessionStorage.setItem({TOKEN_KEY!r}, {token or system.token!r})")
     errors = PageErrors()
     page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
     page.on(
@@ -184,5 +194,5 @@ def page(browser: Any, system: LiveSystem) -> Iterator[Any]:
         yield tab
     finally:
         errors = list(tab.errors)
-        tab.context.close()
+        tab.close()
     assert not errors, errors

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
+from conveyor.security.tokens import Role, TokenRegistry
 from conveyor.validation import parse_job
 from conveyor.worker.tasks import TaskRegistry, load_tasks, task
 from tests.http.conftest import LiveSystem, new_page
@@ -102,7 +103,30 @@ def test_a_wrong_token_gets_a_clear_message_and_a_good_one_is_kept_for_the_tab(
         assert page.evaluate("sessionStorage.length") == 0
         assert not page.errors, page.errors
     finally:
-        page.context.close()
+        page.close()
+
+
+def test_a_producer_token_reads_and_submits_and_is_told_what_needs_admin(
+    browser: Any, system: LiveSystem
+) -> None:
+    producer, _ = TokenRegistry(system.home / "tokens.json").create(Role.PRODUCER, now=time.time())
+    system.start_worker()
+    page = new_page(browser, system, token=producer)
+    try:
+        page.goto(system.url)
+        expect(page.locator("#conn")).to_have_text("live")
+        expect(page.locator("#dlq-error")).to_have_text(
+            "The dead-letter queue needs an admin token."
+        )
+        page.locator('#queues li[data-queue="default"] button').click()
+        expect(page.locator("#queues-error")).to_contain_text("Not allowed with this token")
+        assert system.api("GET", "/api/stats")["paused"] == []
+        page.fill("#submit-payload", '{"a": 1, "b": 2}')
+        page.click("#submit-form button[type=submit]")
+        expect(page.locator("#submit-status")).to_contain_text("→ 3")
+        assert not page.errors, page.errors
+    finally:
+        page.close()
 
 
 # -- watching it --------------------------------------------------------------------------------
@@ -412,7 +436,7 @@ def test_at_phone_width_nothing_overflows_sideways(browser: Any, system: LiveSys
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 391
         assert not page.errors, page.errors
     finally:
-        page.context.close()
+        page.close()
 
 
 def test_the_feed_reconnects_after_a_drop(page: Any, system: LiveSystem) -> None:
@@ -467,4 +491,4 @@ def test_a_hundred_thousand_jobs_load_and_page_quickly(browser: Any, system: Liv
         assert all("limit=50" in url for url in asked), asked  # never more than a page
         assert not page.errors, page.errors
     finally:
-        page.context.close()
+        page.close()

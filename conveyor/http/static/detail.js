@@ -18,7 +18,11 @@ export class Detail {
     dialog.querySelector("#detail-close").addEventListener("click", () => this.close());
     dialog.addEventListener("close", () => { this.id = null; });
     dialog.addEventListener("click", (event) => {
-      if (event.target === dialog) this.close(); // a click on the backdrop
+      if (event.target !== dialog) return;
+      const box = dialog.getBoundingClientRect(); // the backdrop, not the dialog's padding
+      const inside = event.clientX >= box.left && event.clientX <= box.right
+        && event.clientY >= box.top && event.clientY <= box.bottom;
+      if (!inside) this.close();
     });
   }
 
