@@ -19,10 +19,17 @@ export class DeadLetters {
     confirmButton(purgeAll, "Delete every dead job for good?", () => this.#act("purged",
       () => api("/api/dlq", { method: "DELETE", query: { all: "true" } })));
     older.addEventListener("click", () => {
-      if (this.next) { this.cursors.push(this.next); this.load(); }
+      if (!this.next) return;
+      this.cursors.push(this.next);
+      this.next = null;
+      older.disabled = newer.disabled = true;
+      this.load();
     });
     newer.addEventListener("click", () => {
-      if (this.cursors.length > 1) { this.cursors.pop(); this.load(); }
+      if (this.cursors.length < 2) return;
+      this.cursors.pop();
+      older.disabled = newer.disabled = true;
+      this.load();
     });
   }
 
