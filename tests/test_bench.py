@@ -23,13 +23,14 @@ def _bench(tmp_path: Path, *args: str) -> dict[str, object]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "end to end jobs per s" in proc.stdout
     report: dict[str, object] = json.loads(out.read_text())
     return report
 
 
 def test_bench_reports_throughput_and_latency(tmp_path: Path) -> None:
-    report = _bench(tmp_path, "--jobs", "400", "--samples", "20", "--workers", "1")
+    report = _bench(
+        tmp_path, "--scenario", "throughput", "--jobs", "400", "--samples", "20", "--workers", "1"
+    )
     for key in ("enqueue_jobs_per_s", "drain_jobs_per_s", "end_to_end_jobs_per_s"):
         assert isinstance(report[key], float) and report[key] > 0
     latency = report["latency_ms"]
@@ -40,7 +41,32 @@ def test_bench_reports_throughput_and_latency(tmp_path: Path) -> None:
 
 def test_bench_on_the_durable_store(tmp_path: Path) -> None:
     report = _bench(
-        tmp_path, "--jobs", "300", "--samples", "10", "--store", "sqlite:///{home}/b.db"
+        tmp_path,
+        *("--scenario", "throughput", "--jobs", "300", "--samples", "10"),
+        *("--store", "sqlite:///{home}/b.db"),
     )
     assert str(report["store"]).startswith("sqlite:///")
     assert isinstance(report["end_to_end_jobs_per_s"], float)
+
+
+def test_bench_measures_the_paths_users_take(tmp_path: Path) -> None:
+    """single, batch, drain, e2e, latency and results, with the sync Client."""
+    report = _bench(tmp_path, "--scenario", "e2e", "--jobs", "300", "--workers", "1")
+    for key in ("single_submits_per_s", "submit_many_per_s", "drain_jobs_per_s"):
+        assert isinstance(report[key], float) and report[key] > 0
+    single, batch = report["e2e_single_jobs_per_s"], report["e2e_batch_jobs_per_s"]
+    assert 0 < single < report["single_submits_per_s"]  # type: ignore[operator]
+    assert 0 < batch < report["submit_many_per_s"]  # type: ignore[operator]
+    assert report["concurrency"] == "default"
+    report = _bench(tmp_path, "--scenario", "results", "--jobs", "200", "--workers", "1")
+    assert report["results_s"] > 0  # type: ignore[operator]
+
+
+def test_bench_spreads_work_over_many_tasks_and_queues(tmp_path: Path) -> None:
+    report = _bench(tmp_path, "--scenario", "spread", "--jobs", "300", "--workers", "1")
+    for key in (
+        "drain_one_task_jobs_per_s",
+        "drain_1000_tasks_jobs_per_s",
+        "drain_200_queues_jobs_per_s",
+    ):
+        assert isinstance(report[key], float) and report[key] > 0

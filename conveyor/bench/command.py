@@ -11,12 +11,22 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from conveyor.bench.paths import PATHS, SHAPES, run_paths, run_shapes
 from conveyor.bench.store import run_queued_memory, run_reads_under_load, run_restart
 from conveyor.bench.system import LocalSystem, machine
 from conveyor.bench.throughput import run_bench, run_priority_demo
 from conveyor.worker import POOL_KINDS
 
-SCENARIOS = ("throughput", "priority", "queued-memory", "restart", "reads")
+SCENARIOS = (
+    "all",
+    *PATHS,
+    *SHAPES,
+    "throughput",
+    "priority",
+    "queued-memory",
+    "restart",
+    "reads",
+)
 #: scenarios about the durable store run on SQLite whatever --store says
 DURABLE_SCENARIOS = ("queued-memory", "restart", "reads")
 SQLITE = "sqlite:///{home}/bench.db"
@@ -26,17 +36,27 @@ SQLITE = "sqlite:///{home}/bench.db"
 @click.option(
     "--scenario",
     type=click.Choice(SCENARIOS),
-    default="throughput",
+    default="all",
     show_default=True,
-    help="throughput: enqueue, drain, end to end, round trips; priority: urgent jobs behind "
+    help="all: every path and shape below, one table; single: Client.submit() one at a "
+    "time; batch: one submit_many; drain: the workers empty a queue; e2e: single and "
+    "batch submits plus the drain; latency: submit and result() round trips; results: "
+    "reading --jobs finished results from the sync Client; spread: the drain over 1,000 "
+    "task names and over 200 queues; small-workers: 50 x 1 against 2 x 25; payload: "
+    "400 KB arguments (bytes written, round trip); throughput: the async client's "
+    "enqueue, drain, end to end and round trips; priority: urgent jobs behind "
     "a backlog; queued-memory: broker memory per queued job, then the drain of that queue; "
     "restart: time to ready with --history finished jobs; reads: round trips while another "
     "client lists a --history deep queue",
 )
 @click.option("--jobs", type=click.IntRange(1), default=20_000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--concurrency", type=click.IntRange(1, 1000), default=16, show_default=True)
-@click.option("--pool", type=click.Choice(POOL_KINDS), default="thread", show_default=True)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1000),
+    help="slots per worker  [default: the worker's own, 4]",
+)
+@click.option("--pool", type=click.Choice(POOL_KINDS), help="[default: the worker's own, thread]")
 @click.option(
     "--store",
     default="memory://",
@@ -68,8 +88,8 @@ def bench(
     scenario: str,
     jobs: int,
     workers: int,
-    concurrency: int,
-    pool: str,
+    concurrency: int | None,
+    pool: str | None,
     store: str,
     broker_url: str | None,
     samples: int,
@@ -81,7 +101,10 @@ def bench(
     if priority_demo:
         scenario = "priority"
     if broker_url and scenario != "throughput":
-        raise click.UsageError(f"--scenario {scenario} starts its own broker; drop --broker")
+        raise click.UsageError(
+            f"--scenario {scenario} starts its own broker; use --scenario throughput with "
+            "--broker, or drop --broker"
+        )
     if scenario in DURABLE_SCENARIOS:
         store = SQLITE if store == "memory://" else store
         if not store.startswith("sqlite:"):
@@ -91,8 +114,8 @@ def bench(
         "scenario": scenario,
         "jobs": jobs,
         "workers": workers,
-        "concurrency": concurrency,
-        "pool": pool,
+        "concurrency": concurrency or "default",
+        "pool": pool or "default",
         "store": store if system else broker_url,
         "machine": machine(),
     }
@@ -122,10 +145,23 @@ def _scenario(
         return run_restart(system, history)
     if name == "reads":
         return run_reads_under_load(system, history, samples)
+    if name in PATHS:
+        return run_paths(system, jobs, samples, name)
+    if name in SHAPES:
+        return run_shapes(system, jobs, name)
+    if name == "all":
+        return _all(system, jobs, samples)
     system.start_broker()
     if name == "priority":
         return _wrap("priority_demo", run_priority_demo(system, bulk=2000, urgent=100))
     return run_bench(system, None, jobs, samples)
+
+
+async def _all(system: LocalSystem, jobs: int, samples: int) -> dict[str, Any]:
+    out = await run_paths(system, jobs, samples, "all")
+    system.stop_broker()
+    out.update(await run_shapes(system, jobs, "all"))
+    return out
 
 
 async def _wrap(key: str, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
@@ -145,6 +181,19 @@ def _run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 
 
 _LABELS = {
+    "single_submits_per_s": ("Client.submit() one at a time, per s", "{:,.0f}"),
+    "submit_many_per_s": ("one submit_many, jobs per s", "{:,.0f}"),
+    "e2e_single_jobs_per_s": ("end to end, single submits, jobs per s", "{:,.0f}"),
+    "e2e_batch_jobs_per_s": ("end to end, submit_many, jobs per s", "{:,.0f}"),
+    "results_s": ("results of the finished jobs, sync Client (s)", "{:.2f}"),
+    "drain_one_task_jobs_per_s": ("drain, one task on one queue", "{:,.0f}"),
+    "drain_1000_tasks_jobs_per_s": ("drain, 1,000 task names", "{:,.0f}"),
+    "drain_200_queues_jobs_per_s": ("drain, 200 queues", "{:,.0f}"),
+    "drain_2x25_jobs_per_s": ("drain, 2 workers x 25", "{:,.0f}"),
+    "drain_50x1_jobs_per_s": ("drain, 50 workers x 1", "{:,.0f}"),
+    "payload_round_trip_p50_ms": ("400 KB argument: round trip p50 (ms)", "{:.2f}"),
+    "payload_written_per_job": ("400 KB argument: bytes written per job", "{:,.0f}"),
+    "payload_write_ratio": ("400 KB argument: written / payload", "{:.2f}x"),
     "enqueue_jobs_per_s": ("enqueue jobs per s", "{:,.0f}"),
     "drain_jobs_per_s": ("drain jobs per s", "{:,.0f}"),
     "end_to_end_jobs_per_s": ("end to end jobs per s", "{:,.0f}"),
@@ -177,7 +226,7 @@ def _report(r: dict[str, Any]) -> None:
     for key, (label, fmt) in _LABELS.items():
         if key in r:
             table.add_row(label, fmt.format(r[key]))
-    for key, value in r.get("latency_ms", {}).items():
+    for key, value in (r.get("latency_ms") or r.get("round_trip_ms") or {}).items():
         table.add_row(f"round trip {key} (ms)", f"{value:.2f}")
     demo = r.get("priority_demo")
     if demo:

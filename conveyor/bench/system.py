@@ -30,11 +30,12 @@ BATCH = 1000
 class LocalSystem:
     """A broker and workers as child processes, in a throwaway home."""
 
-    def __init__(self, store: str, workers: int, concurrency: int, pool: str) -> None:
+    def __init__(self, store: str, workers: int, concurrency: int | None, pool: str | None) -> None:
         self.store = store
         self.n_workers = workers
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # None: the worker's own default
         self.pool = pool
+        self.queues = "default"
         self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-bench-")
         self.home = Path(self._tmp.name)
         self.url = ""
@@ -72,14 +73,19 @@ class LocalSystem:
                 return time.perf_counter() - started
         raise click.ClickException("the bench broker did not start")
 
-    def start_workers(self, queues: str = "default") -> None:
+    def start_workers(self, queues: str | None = None) -> None:
+        """Start the worker processes (``conveyor.bench.tasks``) on ``queues``."""
         for i in range(self.n_workers):
             cmd = [
-                *(sys.executable, "-m", "conveyor", "worker", "--tasks", "conveyor.examples"),
+                *(sys.executable, "-m", "conveyor", "worker", "--tasks", "conveyor.bench.tasks"),
                 *("--broker", self.url, "--home", str(self.home)),
-                *("--concurrency", str(self.concurrency), "--pool", self.pool),
-                *("--queues", queues, "--name", f"bench-{i + 1}", "--log-level", "WARNING"),
+                *("--queues", queues or self.queues, "--name", f"bench-{i + 1}"),
+                *("--log-level", "WARNING"),
             ]
+            if self.concurrency is not None:
+                cmd += ["--concurrency", str(self.concurrency)]
+            if self.pool is not None:
+                cmd += ["--pool", self.pool]
             self.workers.append(subprocess.Popen(cmd, text=True))
 
     def stop_workers(self) -> None:
@@ -151,8 +157,9 @@ async def submit_all(c: AsyncClient, n: int, update: Any, task: str = "noop") ->
     update(sent)
 
 
-async def wait_workers(c: AsyncClient, n: int) -> None:
-    deadline = time.monotonic() + 30
+async def wait_workers(c: AsyncClient, n: int, timeout: float = 120) -> None:
+    """Wait until ``n`` workers are connected (fifty starting at once take a while)."""
+    deadline = time.monotonic() + timeout
     while len((await c.stats())["workers"]) < n:
         if time.monotonic() > deadline:
             raise click.ClickException("workers did not connect")

@@ -62,11 +62,27 @@ class ReadyIndex:
         heaps = self._candidates(queues, tasks)
         taken: list[str] = []
         while heaps and len(taken) < limit:
-            job_id = self._pop_best(heaps)
-            if job_id is None:
+            found = self._pop_best(heaps)
+            if found is None:
                 break
+            job_id = found[1][2]
+            self.discard(job_id)
             taken.append(job_id)
         return taken
+
+    def peek(self, queues: Sequence[str], tasks: Collection[str], limit: int) -> list[str]:
+        """The ids :meth:`pop` would take next, leaving the index as it is (in
+        O(limit log n): the entries are popped and pushed back)."""
+        heaps = self._candidates(queues, tasks)
+        seen: list[tuple[list[Entry], Entry]] = []
+        while heaps and len(seen) < limit:
+            found = self._pop_best(heaps)
+            if found is None:
+                break
+            seen.append(found)
+        for heap, entry in seen:
+            heapq.heappush(heap, entry)
+        return [entry[2] for _, entry in seen]
 
     # -- internals ---------------------------------------------------------------------
     def _heap(self, queue: str, task: str) -> list[Entry]:
@@ -84,8 +100,8 @@ class ReadyIndex:
                 heaps.extend(by_task[t] for t in tasks if by_task.get(t))
         return heaps
 
-    def _pop_best(self, heaps: list[list[Entry]]) -> str | None:
-        """Pop the most urgent live entry among the heaps' heads."""
+    def _pop_best(self, heaps: list[list[Entry]]) -> tuple[list[Entry], Entry] | None:
+        """Pop the most urgent live entry among the heaps' heads (stale ones are dropped)."""
         while True:
             best: list[Entry] | None = None
             for heap in heaps:
@@ -93,7 +109,6 @@ class ReadyIndex:
                     best = heap
             if best is None:
                 return None
-            _, seq, job_id = heapq.heappop(best)
-            if self._seq.get(job_id) == seq:
-                self.discard(job_id)
-                return job_id
+            entry = heapq.heappop(best)
+            if self._seq.get(entry[2]) == entry[1]:
+                return best, entry

@@ -188,6 +188,10 @@ class LiveJobs:
         queues = (*claimant.queues, UNROUTED)
         return self.ready.pop(queues, claimant.tasks, limit)
 
+    def upcoming(self, claimant: Claimant, limit: int) -> list[str]:
+        """Ids :meth:`pop_ready` would give this claimant next, left in the index."""
+        return self.ready.peek((*claimant.queues, UNROUTED), claimant.tasks, limit)
+
     def pop_due(self, now: float) -> list[str]:
         """Ids of scheduled jobs whose eta has come, out of the ETA index."""
         due: list[str] = []

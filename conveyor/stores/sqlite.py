@@ -86,6 +86,11 @@ RECENT_BYTES = 64 << 20  # ... and at most this many bytes of them
 #: queue never read the disk; beyond this only their index entries stay
 RESIDENT = 50_000
 RESIDENT_BYTES = 16 << 20
+#: records looked up by id on the loop itself, not on a reader thread (see _fetch)
+LOOKUP_HERE = 32
+#: a claim that has to read records from disk also reads this many that come next
+READ_AHEAD = 512
+CACHE_KIB = 64 << 10  # the writer's page cache: a constant, whatever the queue depth
 PRUNE_CHUNK = 10_000  # rows deleted per transaction, so commits keep flowing meanwhile
 #: A restart skips this many sequence numbers, so that a lease handed out in the last
 #: moments before a crash (never committed) is not handed out again for the same job.
@@ -144,12 +149,16 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _owner_only(path)
-    conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT, isolation_level=None)
+    # check_same_thread off: the writer thread owns it, and the loop commits small
+    # batches on it too, never at the same time (GroupCommitWriter._using)
+    conn = sqlite3.connect(
+        path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         migrate(conn)
         new_connection_setup(conn)
     except sqlite3.OperationalError as exc:
@@ -179,7 +188,12 @@ class SqliteStore(Store):
         self.path, self.synchronous = parse_sqlite_url(url)
         self.live = LiveJobs()
         self._writer: GroupCommitWriter[Batch, list[JobRecord]] = GroupCommitWriter(
-            partial(connect, self.path, self.synchronous), Batch, write_batch, self._committed
+            partial(connect, self.path, self.synchronous),
+            Batch,
+            write_batch,
+            self._committed,
+            # with synchronous=full a commit waits for the disk: never on the loop
+            inline=self.synchronous == "normal",
         )
         self._readers: ReaderPool | None = None  # None for ":memory:": reads on the writer
         self._lock: int | None = None
@@ -248,17 +262,33 @@ class SqliteStore(Store):
             await self._writer.durable()
         return await self._read(fn, *args, **kwargs)
 
-    async def _make_resident(self, ids: Sequence[str]) -> None:
-        """Read back the records of these live jobs that are not in memory."""
+    async def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
+        """Committed records by id: a few are looked up on the loop itself (a primary-key
+        lookup in WAL never waits for the writer), more on a reader thread."""
+        if self._readers is not None and len(ids) <= LOOKUP_HERE:
+            try:
+                return fetch_jobs(self._readers.here(), ids)
+            except sqlite3.OperationalError:
+                pass  # busy (a WAL reset, rarely): the reader thread waits for it
+        return await self._read(fetch_jobs, ids)
+
+    async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
+        """Read back the records of these live jobs that are not in memory, and of the
+        queued jobs ``ahead`` (those stay within the resident budget)."""
         jobs = self.live.jobs
         missing = [i for i in ids if i not in jobs]
-        if not missing:
+        later = [i for i in ahead if i not in jobs]
+        if not missing and not later:
             return
-        found = await self._read(fetch_jobs, missing)
-        for job in found:
-            self.live.restore(job)
-        if len(found) < len(missing):  # cannot happen: an evicted record was committed
-            lost = sorted(set(missing) - {j.id for j in found})
+        found = await self._read(fetch_jobs, missing + later)
+        by_id = {job.id: self.live.restore(job) for job in found}
+        for job_id in later:  # in claim order: what does not fit is the last to be claimed
+            job = by_id.get(job_id)
+            if job is not None and job.state in _WAITING:
+                for dropped in self._waiting.put(job):
+                    self.live.evict(dropped)
+        lost = [job_id for job_id in missing if job_id not in by_id]
+        if lost:  # cannot happen: an evicted record was committed
             log.error("SQLite store: indexed jobs missing from the database: %s", lost[:10])
 
     # -- open and close ------------------------------------------------------------------
@@ -305,7 +335,7 @@ class SqliteStore(Store):
             holder = live.holder(job) or job.id  # a finished job may live only on disk
             if self._in_memory(holder) is None:
                 want.append(holder)
-        on_disk = {j.id: j for j in await self._read(fetch_jobs, want)} if want else {}
+        on_disk = {j.id: j for j in await self._fetch(want)} if want else {}
         out: list[Inserted] = []
         added: list[tuple[JobRecord, Sequence[Event]]] = []
         for job, first in jobs:
@@ -329,7 +359,12 @@ class SqliteStore(Store):
         ids = live.pop_ready(claimant, limit)
         if not ids:
             return []
-        await self._make_resident(ids)
+        for job_id in ids:  # out of the resident budget: they are being claimed
+            self._waiting.pop(job_id)
+        if any(job_id not in live.jobs for job_id in ids):
+            # Deep in a queue the records are on disk: read the claimant's next ones in
+            # the same query, so that the claims after this one find them in memory.
+            await self._make_resident(ids, live.upcoming(claimant, READ_AHEAD))
         changes: list[tuple[JobRecord, Sequence[Event]]] = []
         for job_id in ids:
             job = live.jobs.get(job_id)
@@ -346,7 +381,6 @@ class SqliteStore(Store):
             )
             new = live.apply(t)
             if new is not None:
-                self._waiting.pop(job_id)
                 changes.append((new, t.events))
         if changes:
             self._stage(changes)
@@ -440,14 +474,14 @@ class SqliteStore(Store):
         job = self._in_memory(job_id)
         if job is not None:
             return job
-        found = await self._read(fetch_jobs, [job_id])  # not in memory: committed
+        found = await self._fetch([job_id])  # not in memory: committed
         # memory wins if the job came back meanwhile (dlq retry, a claim)
         return self._in_memory(job_id) or next(iter(found), None)
 
     async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         missing = [i for i in unique if self._in_memory(i) is None]
-        on_disk = {j.id: j for j in await self._read(fetch_jobs, missing)} if missing else {}
+        on_disk = {j.id: j for j in await self._fetch(missing)} if missing else {}
         out = []
         for job_id in unique:
             job = self._in_memory(job_id) or on_disk.get(job_id)

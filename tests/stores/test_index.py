@@ -48,3 +48,14 @@ def test_bulk_load_then_heapify() -> None:
         index.load(f"j{seq}", "q", "t", priority, seq)
     index.heapify()
     assert index.pop(["q"], {"t"}, 2) == ["j2", "j1"]
+
+
+def test_peek_shows_what_pop_takes_next_and_changes_nothing() -> None:
+    index = ReadyIndex()
+    for seq, priority in ((1, 5), (2, 1), (3, 5), (4, 9)):
+        push(index, f"j{seq}", seq, priority)
+    push(index, "gone", 5, 1)
+    index.discard("gone")
+    assert index.peek(["q"], {"t"}, 3) == ["j2", "j1", "j3"]
+    assert len(index) == 4
+    assert index.pop(["q"], {"t"}, 10) == ["j2", "j1", "j3", "j4"]

@@ -9,9 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -236,6 +238,39 @@ async def test_group_commit_batches_concurrent_inserts(reopen: Reopen) -> None:
     await store.close()
     store = await reopen()
     assert (await store.stats())["states"]["queued"] == 5000
+
+
+def _commits_on(store: SqliteStore) -> list[str]:
+    """Record the thread of every batch written from now on."""
+    threads: list[str] = []
+    write = store._writer._write
+
+    def spy(conn: Any, batch: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return write(conn, batch)
+
+    store._writer._write = spy
+    return threads
+
+
+async def test_a_lone_small_commit_happens_on_the_loop_without_a_hand_off(reopen: Reopen) -> None:
+    store = await reopen()
+    threads = _commits_on(store)
+    await insert(store, job("a"))
+    await insert(store, *(job(f"b{i}") for i in range(sqlite_writer.INLINE_MAX + 1)))
+    assert threads == [threading.current_thread().name, "conveyor-sqlite-writer"]
+    assert (await store.stats())["states"]["queued"] == 2 + sqlite_writer.INLINE_MAX
+
+
+async def test_with_synchronous_full_every_commit_is_on_the_writer_thread(url: str) -> None:
+    store = SqliteStore(f"{url}?synchronous=full")
+    await store.open(T0)
+    try:
+        threads = _commits_on(store)
+        await insert(store, job("a"))
+        assert threads == ["conveyor-sqlite-writer"]
+    finally:
+        await store.close()
 
 
 async def test_reads_see_writes_not_yet_committed(reopen: Reopen) -> None:

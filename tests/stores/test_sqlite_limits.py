@@ -167,6 +167,18 @@ async def test_a_deep_queue_keeps_only_index_entries(reopen: Reopen) -> None:
     assert held is not None and held.state is JobState.QUEUED and "j250" not in store.live.jobs
 
 
+async def test_a_claim_deep_in_a_queue_reads_the_next_records_ahead(reopen: Reopen) -> None:
+    store = await reopen(resident=10)
+    await insert(store, *(job(f"j{i:03}") for i in range(300)))
+    first = [j.id for j in await claim(store, 20)]
+    assert first == [f"j{i:03}" for i in range(20)]
+    ahead = [f"j{i:03}" for i in range(20, 30)]
+    assert all(i in store.live.jobs for i in ahead)  # read with the claim, in order
+    assert len(store.live.jobs) <= 20 + 10  # the claimed ones and the resident budget
+    assert [j.id for j in await claim(store, 10)] == ahead
+    assert (await store.stats())["states"]["queued"] == 270
+
+
 async def test_the_recent_cache_is_bounded_in_bytes(reopen: Reopen) -> None:
     store = await reopen(recent_bytes=1_000_000)
     await insert(store, *(job(f"j{i}") for i in range(20)))

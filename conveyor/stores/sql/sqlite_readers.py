@@ -49,6 +49,14 @@ class ReaderPool:
             conn = self._local.conn = self._open()
         return fn(conn, *args, **kwargs)
 
+    def here(self) -> sqlite3.Connection:
+        """This thread's connection (the loop's, for lookups by id that take microseconds:
+        cheaper than a hand-off to a reader thread and back)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open()
+        return conn
+
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA query_only = ON")
