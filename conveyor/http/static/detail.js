@@ -74,7 +74,7 @@ export class Detail {
       ["Created", fmtTime(job.created_at)],
       ["Started", fmtTime(job.started_at)],
       ["Finished", fmtTime(job.finished_at)],
-      job.eta ? ["Runs at", fmtTime(job.eta)] : null,
+      job.eta && job.state === "scheduled" ? ["Runs at", fmtTime(job.eta)] : null,
       job.timeout ? ["Timeout", fmtSeconds(job.timeout)] : null,
       job.unique_key ? ["Unique key", job.unique_key] : null,
       job.cancel_requested ? ["Cancel", "requested: stops when the run ends"] : null,
