@@ -111,3 +111,12 @@ def test_lower_layers_know_nothing_of_the_higher_ones() -> None:
     for module in lower:
         reach = {m for m in graph[module] if m.startswith(upper)}
         assert not reach, f"{module} imports {sorted(reach)}"
+
+
+def test_the_workforce_sits_below_the_core() -> None:
+    """The core composes its workforce; the workforce reaches back only through its narrow
+    ``Core`` protocol, never by importing the core or anything above it."""
+    graph = _graph()
+    assert "conveyor.broker.workforce" in graph["conveyor.broker.core"]
+    above = ("conveyor.broker.core", "conveyor.broker.routes", "conveyor.broker.session")
+    assert not {m for m in graph["conveyor.broker.workforce"] if m.startswith(above)}

@@ -3,46 +3,45 @@
 Theory of operation
 -------------------
 Both faces of the broker (the protocol routes in ``routes/`` and the HTTP routes) are thin
-layers over :class:`BrokerCore`: they check their input, call one method here and shape
-the reply. Every change to a job is computed by :mod:`conveyor.lifecycle` and applied
-through :meth:`BrokerCore._transition`: read the jobs, compute the transitions, apply them
-conditionally, and compute again for any job that changed meanwhile. Each applied change
+layers over :class:`BrokerCore`: they check their input, call one method here (or on its
+workforce, below) and shape the reply. Every change to a job is computed by
+:mod:`conveyor.lifecycle` and applied through :meth:`BrokerCore.transition`: read the jobs,
+compute the transitions, apply them conditionally, and compute again for any job that
+changed meanwhile. Each applied change
 is published on :attr:`BrokerCore.hub` (waiting producers, the live feed and metrics
 listen there) and wakes whoever moves the job on next (dispatcher, promoter).
 
-The core owns the connected workers (through the dispatcher): which jobs each holds under
-which lease, which it has started. So it knows, without asking the store, whose jobs go
+The worker-facing calls (join, report, release, heartbeat, leave, the lease reaper's
+work) are :attr:`BrokerCore.workforce`, a :class:`~conveyor.broker.workforce.Workforce`
+the core composes: it reaches back only through the narrow
+:class:`~conveyor.broker.workforce.Core` protocol (``transition``, ``spawn`` and the
+parts), so the import goes one way, core to workforce. The core owns the dispatcher and so
+the connected workers (which jobs each holds under which lease, which it has started); the
+workforce keeps them up to date, and so knows, without asking the store, whose jobs go
 back when a worker is lost or goes silent, and whether that run counts as an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from conveyor import lifecycle
 from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
-from conveyor.broker.dispatch import Dispatcher, WorkerLink, WorkerRef
-from conveyor.broker.events import (
-    EventHub,
-    JobChanged,
-    QueueChanged,
-    WorkerChanged,
-    WorkerJoined,
-    WorkerLeft,
-)
+from conveyor.broker.dispatch import Dispatcher
+from conveyor.broker.events import EventHub, JobChanged, QueueChanged
 from conveyor.broker.logins import Logins
 from conveyor.broker.waiters import Notify, Waiters
+from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
 from conveyor.errors import ConveyorError, JobNotFound, StoreUnavailable
 from conveyor.job import UNROUTED, Event, JobRecord, JobState
-from conveyor.lifecycle import Outcome, TaskOptions, Transition
+from conveyor.lifecycle import Transition
 from conveyor.security.throttle import LoginThrottle
 from conveyor.security.tokens import Role, TokenInfo, TokenRegistry
 from conveyor.stores.base import Inserted, JobFilter, Page, Store
@@ -50,12 +49,11 @@ from conveyor.stores.base import Inserted, JobFilter, Page, Store
 log = logging.getLogger("conveyor.broker")
 
 _RETRIES = 5  # recomputations of a transition whose job changed meanwhile
-ROUTES = "routes"  # the store setting that keeps task -> queue
 PAUSED = "paused"  # the store setting that keeps the paused queues
 
 
 class BrokerCore:
-    """Submit, wait, cancel, report, release, heartbeat, DLQ, tokens, stats, events."""
+    """Submit, wait, cancel, queues, DLQ, tokens, stats, events; workers via ``workforce``."""
 
     def __init__(
         self, config: BrokerConfig, store: Store, tokens: TokenRegistry, clock: Clock
@@ -66,13 +64,12 @@ class BrokerCore:
         self.clock = clock
         self.hub = EventHub()
         self.waiters = Waiters()
+        self.workforce = Workforce(self)  # the worker-facing calls
         self.dispatcher = Dispatcher(
-            store, clock, config.lease, self._orphaned, on_claimed=self._claimed
+            store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
         )
-        self.routes: dict[str, str] = {}  # task -> queue, as workers announce them
         limits = config.limits
         self.backlog = Backlog(limits.max_queued, dict(limits.max_queued_by_queue))
-        self._options: dict[str, TaskOptions] = {}  # task -> its options, as last announced
         self.metrics: Counter[str] = Counter()
         lim = config.limits
         self.logins = Logins(  # every login, socket and HTTP, behind one per-source throttle
@@ -90,7 +87,6 @@ class BrokerCore:
         self.on_tokens_changed: Callable[[], None] = lambda: None  # the token watch's wake-up
         self.info: dict[str, Any] = {}  # url, store url: set by the app, shown in stats
         self.gauges: dict[str, Callable[[], Any]] = {}  # live numbers for stats (connections)
-        self._worker_seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- open and close ------------------------------------------------------------------
@@ -99,13 +95,13 @@ class BrokerCore:
         self.started_at = now = self.clock.now()
         running = await self.store.open(now)
         self.backlog.load((await self.store.stats())["queues"], await self.store.queue_waiting())
-        self.routes.update(await self.store.meta_get(ROUTES) or {})
+        self.workforce.routes.update(await self.store.meta_get(ROUTES) or {})
         self.dispatcher.paused.update(await self.store.meta_get(PAUSED) or ())
         if running:
             # each requeue goes in front of the last: newest first leaves the oldest in front
             held = {j.id: j.lease for j in reversed(running)}
-            jobs = await self._transition(
-                held, lambda r: self._requeue_if(r, held, now, "broker restart", charged=False)
+            jobs = await self.transition(
+                held, lambda r: requeue_if_held(r, held, now, "broker restart", charged=False)
             )
             log.warning("requeued %d job(s) that were running at the last stop", len(jobs))
 
@@ -125,7 +121,7 @@ class BrokerCore:
         task.add_done_callback(self._tasks.discard)
 
     # -- the one way jobs change ---------------------------------------------------------
-    async def _transition(
+    async def transition(
         self,
         ids: Iterable[str],
         compute: Callable[[JobRecord], Transition | None],
@@ -133,7 +129,8 @@ class BrokerCore:
         durable: bool = True,
     ) -> list[JobRecord]:
         """Read the jobs, compute their transitions, apply them conditionally; compute again
-        for those that changed in between. Returns the jobs as they became."""
+        for those that changed in between. Returns the jobs as they became. The one way
+        jobs change, for the core and its workforce; the routes never call it."""
         pending = list(ids)
         changes: list[tuple[JobState | None, JobRecord]] = []
         for _ in range(_RETRIES):
@@ -212,7 +209,7 @@ class BrokerCore:
         born: list[tuple[JobRecord, Event]] = []
         for job in jobs:
             if not job.queue:  # the task's queue, once a worker has declared it
-                job = job.replace(queue=self.routes.get(job.task, UNROUTED))
+                job = job.replace(queue=self.workforce.routes.get(job.task, UNROUTED))
             born.append(lifecycle.born(job, now))
         admitted = self.backlog.admit([job for job, _ in born])
         try:
@@ -256,7 +253,7 @@ class BrokerCore:
     async def cancel(self, job_id: str) -> JobRecord:
         now = self.clock.now()
         job = await self.get(job_id)  # not_found first
-        changed = await self._transition([job_id], lambda r: lifecycle.cancel(r, now))
+        changed = await self.transition([job_id], lambda r: lifecycle.cancel(r, now))
         job = changed[0] if changed else await self.get(job_id)
         if job.state is JobState.RUNNING:
             self._abort(job)
@@ -311,7 +308,7 @@ class BrokerCore:
     async def dlq_retry(self, ids: Sequence[str] | None) -> int:
         now = self.clock.now()
         dead = [j.id for j in await self.store.job_dead(ids)]
-        retried = await self._transition(
+        retried = await self.transition(
             dead, lambda r: lifecycle.dlq_retry(r, now) if r.state is JobState.DEAD else None
         )
         return len(retried)
@@ -328,222 +325,6 @@ class BrokerCore:
             self.backlog.promoted(job)
             self._changed(JobState.SCHEDULED, job)
         return len(promoted)
-
-    # -- workers -------------------------------------------------------------------------
-    def worker_join(
-        self,
-        *,
-        name: str,
-        tasks: Iterable[str],
-        queues: Iterable[str],
-        concurrency: int,
-        prefetch: int,
-        link: WorkerLink,
-        options: Mapping[str, TaskOptions] | None = None,
-        routes: Mapping[str, str] | None = None,
-        pool: str = "",
-        peer: str = "",
-        host: str = "",
-        pid: int | None = None,
-    ) -> WorkerRef:
-        now = self.clock.now()
-        routes = dict(routes or {})
-        worker = WorkerRef(
-            id=f"{name}#{next(self._worker_seq)}",
-            name=name,
-            tasks=frozenset(tasks),
-            queues=tuple(dict.fromkeys(queues)),
-            concurrency=concurrency,
-            prefetch=prefetch,
-            link=link,
-            options=dict(options or {}),
-            routes=routes,
-            pool=pool,
-            peer=peer,
-            host=host,
-            pid=pid,
-            connected_at=now,
-            last_heartbeat=now,
-        )
-        log.info(
-            "worker %s joined from %s: tasks=%s queues=%s concurrency=%d",
-            worker.id,
-            peer,
-            ",".join(sorted(worker.tasks)) or "-",
-            ",".join(worker.queues),
-            concurrency,
-        )
-        self._options.update(worker.options)
-        self._learn_routes(routes)
-        self.dispatcher.add(worker)
-        self.hub.publish(WorkerJoined(worker, now))
-        return worker
-
-    def _learn_routes(self, routes: Mapping[str, str]) -> None:
-        """Keep the queue each task is declared on, durably: later submits that name no
-        queue go there, across restarts."""
-        fresh = {t: q for t, q in routes.items() if self.routes.get(t) != q}
-        if fresh:
-            self.routes.update(fresh)
-            self.spawn(self.store.meta_set(ROUTES, dict(self.routes)))
-
-    def known_options(self, task: str) -> TaskOptions | None:
-        """The task's options as the last worker offering it announced them."""
-        return self._options.get(task)
-
-    def worker_left(self, worker: WorkerRef, reason: str = "worker lost") -> None:
-        """The worker's connection closed: its jobs go back (started runs are charged)."""
-        if self.dispatcher.remove(worker.id) is None:
-            return
-        log.info("worker %s left (%d job(s) held)", worker.id, len(worker.holding))
-        self.spawn(self._requeue_held(worker, reason))
-        self.hub.publish(WorkerLeft(worker, reason, self.clock.now()))
-
-    async def _requeue_held(self, worker: WorkerRef, reason: str) -> list[JobRecord]:
-        now = self.clock.now()
-        # newest first, so the oldest ends in front of its priority
-        held = dict(reversed(worker.holding.items()))
-        started = set(worker.started)
-        worker.holding.clear()
-        worker.started.clear()
-        jobs = await self._transition(
-            held, lambda r: self._requeue_if(r, held, now, reason, r.id in started)
-        )
-        if jobs:
-            requeued = sum(1 for j in jobs if j.state is JobState.QUEUED)
-            self.metrics["requeued"] += requeued
-            log.warning("%s: requeued %d job(s) of worker %s", reason, requeued, worker.id)
-        return jobs
-
-    @staticmethod
-    def _requeue_if(
-        job: JobRecord, held: Mapping[str, int | None], now: float, reason: str, charged: bool
-    ) -> Transition | None:
-        if job.state is not JobState.RUNNING or job.lease != held.get(job.id):
-            return None  # it moved on already (reported, or requeued by someone else)
-        return lifecycle.requeue(job, now, reason, charged)
-
-    async def _orphaned(self, worker: WorkerRef, jobs: list[JobRecord]) -> None:
-        """The dispatcher claimed jobs for a worker that left meanwhile: straight back."""
-        now = self.clock.now()
-        for job in jobs:
-            self.backlog.claimed(job, worker.claimant.route(job.task))
-        held = {j.id: j.lease for j in reversed(jobs)}
-        await self._transition(
-            held, lambda r: self._requeue_if(r, held, now, "worker lost", charged=False)
-        )
-
-    async def report(self, worker: WorkerRef, outcomes: Sequence[Outcome]) -> None:
-        """Apply results. Only those for jobs this worker holds, under that very lease,
-        count; the credit comes back at once, before the store commits."""
-        mine: dict[str, Outcome] = {}
-        for outcome in outcomes:
-            if worker.holding.get(outcome.id) == outcome.lease:
-                worker.give_back(outcome.id)
-                mine[outcome.id] = outcome
-        if not mine:
-            return
-        self.dispatcher.trigger()
-        now = self.clock.now()
-
-        def compute(job: JobRecord) -> Transition | None:
-            outcome = mine[job.id]
-            if job.state is not JobState.RUNNING or job.lease != outcome.lease:
-                return None
-            return lifecycle.report(job, outcome, now)
-
-        for job in await self._transition(mine, compute):
-            if job.state is JobState.COMPLETED:
-                worker.completed += 1
-            else:
-                worker.failed += 1
-
-    async def release(self, worker: WorkerRef, leases: Mapping[str, int]) -> None:
-        """The worker gives back jobs it never started (a started one is charged, as if
-        its worker had been lost: a release cannot be a way to get attempts back)."""
-        mine = {i: lease for i, lease in leases.items() if worker.holding.get(i) == lease}
-        if not mine:
-            return
-        started = {i for i in mine if i in worker.started}
-        for job_id in mine:
-            worker.give_back(job_id)
-        now = self.clock.now()
-
-        def compute(r: JobRecord) -> Transition | None:
-            if r.state is not JobState.RUNNING or r.lease != mine[r.id]:
-                return None
-            if r.id in started:
-                return lifecycle.requeue(r, now, "released after it started", charged=True)
-            return lifecycle.release(r, now)
-
-        await self._transition(mine, compute)
-        self.dispatcher.trigger()
-
-    def heartbeat(self, worker: WorkerRef, running: Iterable[str]) -> None:
-        """The worker is alive; ``running`` are jobs it has started (attempts count now)."""
-        now = self.clock.now()
-        worker.last_heartbeat = now
-        changed = False
-        for job_id in running:
-            if job_id in worker.holding and job_id not in worker.started:
-                worker.started[job_id] = now
-                changed = True
-        if worker.stalled:
-            worker.stalled, changed = False, True
-            log.info("worker %s is heartbeating again", worker.id)
-            self.dispatcher.trigger()
-        if changed:
-            self.hub.publish(WorkerChanged(worker, now))
-
-    def drain(self, worker: WorkerRef) -> None:
-        worker.draining = True
-
-    # -- the lease reaper and the deadline -----------------------------------------------
-    async def reap(self, now: float) -> int:
-        """Workers silent for a lease lose their jobs (and get none until they heartbeat);
-        runs past their timeout plus the grace fail. Returns how many jobs moved."""
-        moved = 0
-        for worker in list(self.dispatcher.workers.values()):
-            if now - worker.last_heartbeat > self.config.lease:
-                if not worker.stalled:
-                    log.warning(
-                        "worker %s sent no heartbeat for %.1fs; its jobs are requeued and it "
-                        "gets none until it heartbeats again",
-                        worker.id,
-                        now - worker.last_heartbeat,
-                    )
-                worker.stalled = True  # idle or not: it gets nothing until it heartbeats
-                if worker.holding:
-                    moved += len(await self._requeue_held(worker, "lease expired"))
-            else:
-                moved += await self._enforce_deadlines(worker, now)
-        return moved
-
-    async def _enforce_deadlines(self, worker: WorkerRef, now: float) -> int:
-        grace = self.config.deadline_grace
-        overdue: dict[str, int] = {}
-        limits: dict[str, float] = {}
-        for job_id, started in worker.started.items():
-            timeout = worker.timeouts.get(job_id)
-            if timeout is not None and now > started + timeout + grace:
-                overdue[job_id] = worker.holding[job_id]
-                limits[job_id] = timeout
-        if not overdue:
-            return 0
-        for job_id, lease in overdue.items():
-            worker.give_back(job_id)
-            worker.link.abort(job_id, lease)
-        log.warning("worker %s: %d job(s) past their deadline failed", worker.id, len(overdue))
-        jobs = await self._transition(
-            overdue,
-            lambda r: (
-                lifecycle.deadline(r, now, limits[r.id], grace)
-                if r.state is JobState.RUNNING and r.lease == overdue[r.id]
-                else None
-            ),
-        )
-        self.dispatcher.trigger()
-        return len(jobs)
 
     # -- tokens --------------------------------------------------------------------------
     def authenticate(self, token: Any) -> TokenInfo | None:

@@ -1,7 +1,7 @@
 """Background services of the broker: each a ``run_once(now)`` and a thin loop around it.
 
 - :class:`LeaseReaper`: workers that stopped heartbeating lose their jobs; runs past their
-  deadline fail (both in :meth:`BrokerCore.reap <conveyor.broker.core.BrokerCore.reap>`).
+  deadline fail (both in :meth:`Workforce.reap <conveyor.broker.workforce.Workforce.reap>`).
 - :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
   sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
 - :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
@@ -68,7 +68,7 @@ class Service(abc.ABC):
 
 class LeaseReaper(Service):
     async def run_once(self, now: float) -> None:
-        await self.core.reap(now)
+        await self.core.workforce.reap(now)
 
 
 class Promoter(Service):

@@ -164,7 +164,7 @@ class Session(asyncio.Protocol):
         self._on_close()
         self.core.waiters.drop_owner(self)
         if self.worker is not None:
-            self.core.worker_left(self.worker, self._end_reason or "worker lost")
+            self.core.workforce.worker_left(self.worker, self._end_reason or "worker lost")
         self.host.session_closed(self)
 
     # -- sending -----------------------------------------------------------------------
@@ -232,7 +232,7 @@ class Session(asyncio.Protocol):
         if self.worker is not None:
             # its jobs go back now, not when the TLS close completes (a peer that does not
             # read could hold that off): nothing more it sends is read anyway
-            self.core.worker_left(self.worker, reason)
+            self.core.workforce.worker_left(self.worker, reason)
         return held
 
     def goodbye(self, reason: str) -> None:

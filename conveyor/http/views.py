@@ -54,7 +54,7 @@ def _readable_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
-    options = core.known_options(job.task)
+    options = core.workforce.known_options(job.task)
     error = job.error or {}
     return {
         "id": job.id,

@@ -262,7 +262,7 @@ async def test_the_counters_follow_the_store_through_every_change(core: Any) -> 
     await same()
 
     def join() -> Any:
-        return core.worker_join(name="w", tasks=["t"], queues=["work"], concurrency=2,
+        return core.workforce.worker_join(name="w", tasks=["t"], queues=["work"], concurrency=2,
                                 prefetch=0, link=_Link(), routes={"t": "work"})  # fmt: skip
 
     worker = join()
@@ -272,25 +272,25 @@ async def test_the_counters_follow_the_store_through_every_change(core: Any) -> 
     await same()
     held = dict(worker.holding)
     fail = Outcome(next(iter(held)), held[next(iter(held))], False, None, {"type": "E"}, 3.0)
-    await core.report(worker, [fail])  # a retry: back to scheduled
+    await core.workforce.report(worker, [fail])  # a retry: back to scheduled
     await same()
     await core.cancel("r2")
     await same()
-    core.worker_left(worker)  # its other job goes back to queued
+    core.workforce.worker_left(worker)  # its other job goes back to queued
     await core.settle()
     await same()
     again = join()
     await core.dispatcher.run_once()
     core.clock.advance(11)
-    await core.reap(core.clock.now())  # silent: a lease-expiry requeue
+    await core.workforce.reap(core.clock.now())  # silent: a lease-expiry requeue
     await same()
-    core.heartbeat(again, [])
+    core.workforce.heartbeat(again, [])
     core.clock.advance(4)
     await core.promote(core.clock.now())
     await core.dispatcher.run_once()
     for job_id, lease in dict(again.holding).items():
         dead = Outcome(job_id, lease, False, None, {"type": "E"}, None, True)
-        await core.report(again, [dead])
+        await core.workforce.report(again, [dead])
     await same()
     assert await core.dlq_retry(None) >= 1  # dead -> queued
     await same()

@@ -57,7 +57,7 @@ class Harness:
         return [i.job for i in await self.core.submit(jobs)]
 
     def join(self, concurrency: int = 1, prefetch: int = 1, **options: TaskOptions) -> WorkerRef:
-        return self.core.worker_join(
+        return self.core.workforce.worker_join(
             name="w",
             tasks=["t"],
             queues=["default"],
@@ -103,8 +103,8 @@ async def test_a_lost_worker_is_charged_only_for_runs_it_started(h: Harness) -> 
     await h.submit(job("a", max_retries=1), job("b", max_retries=1))
     worker = h.join(concurrency=1, prefetch=1)
     assert [j.id for j in await h.dispatch(worker)] == ["a", "b"]
-    h.core.heartbeat(worker, ["a"])  # a started; b was only prefetched
-    h.core.worker_left(worker)
+    h.core.workforce.heartbeat(worker, ["a"])  # a started; b was only prefetched
+    h.core.workforce.worker_left(worker)
     await h.core.settle()
     got_a, got_b = await h.get("a"), await h.get("b")
     assert (got_a.state, got_a.attempts) == (JobState.QUEUED, 1)
@@ -125,8 +125,8 @@ async def test_a_run_that_keeps_losing_its_worker_ends_dead(h: Harness) -> None:
     for _ in range(2):
         worker = h.join()
         await h.dispatch(worker)
-        h.core.heartbeat(worker, ["a"])
-        h.core.worker_left(worker)
+        h.core.workforce.heartbeat(worker, ["a"])
+        h.core.workforce.worker_left(worker)
         await h.core.settle()
     dead = await h.get("a")
     assert dead.state is JobState.DEAD and dead.attempts == 2
@@ -139,8 +139,8 @@ async def test_claims_resolve_unset_retries_from_the_claiming_workers_task(h: Ha
     worker = h.join(t=TaskOptions(retries=0))
     (claimed,) = await h.dispatch(worker)
     assert claimed.max_retries == 0
-    h.core.heartbeat(worker, ["a"])
-    h.core.worker_left(worker)
+    h.core.workforce.heartbeat(worker, ["a"])
+    h.core.workforce.worker_left(worker)
     await h.core.settle()
     assert (await h.get("a")).state is JobState.DEAD  # retries=0: one run only
 
@@ -152,7 +152,7 @@ async def test_a_silent_worker_loses_its_jobs_and_gets_none_until_it_heartbeats(
     await h.submit(job("a"), job("b"))
     worker = h.join(concurrency=1, prefetch=1)
     await h.dispatch(worker)
-    h.core.heartbeat(worker, ["a"])
+    h.core.workforce.heartbeat(worker, ["a"])
     h.clock.advance(LEASE - 1)
     await LeaseReaper(h.core, h.clock).run_once(h.clock.now())
     assert (await h.get("a")).state is JobState.RUNNING  # not yet
@@ -162,9 +162,9 @@ async def test_a_silent_worker_loses_its_jobs_and_gets_none_until_it_heartbeats(
     assert [e["reason"] for e in await h.events_of("a", "requeued")] == ["lease expired"]
     assert await h.dispatch(worker) == []  # stalled: nothing for it
     # its late report changes nothing: the run is no longer its own
-    await h.core.report(worker, [Outcome("a", 1, True, pack(1))])
+    await h.core.workforce.report(worker, [Outcome("a", 1, True, pack(1))])
     assert (await h.get("a")).state is JobState.QUEUED
-    h.core.heartbeat(worker, [])
+    h.core.workforce.heartbeat(worker, [])
     assert not worker.stalled
     assert {j.id for j in await h.dispatch(worker)} == {"a", "b"}
 
@@ -173,14 +173,14 @@ async def test_the_broker_fails_a_run_past_its_timeout_and_the_grace(h: Harness)
     await h.submit(job("a", timeout=1.0, max_retries=0), job("b"))
     worker = h.join(concurrency=2, prefetch=0)
     await h.dispatch(worker)
-    h.core.heartbeat(worker, ["a", "b"])
+    h.core.workforce.heartbeat(worker, ["a", "b"])
     h.clock.advance(1.0 + GRACE - 0.1)
-    h.core.heartbeat(worker, ["a", "b"])  # still alive: only the deadline can end it
-    await h.core.reap(h.clock.now())
+    h.core.workforce.heartbeat(worker, ["a", "b"])  # still alive: only the deadline can end it
+    await h.core.workforce.reap(h.clock.now())
     assert (await h.get("a")).state is JobState.RUNNING
     h.clock.advance(0.2)
-    h.core.heartbeat(worker, ["a", "b"])
-    await h.core.reap(h.clock.now())
+    h.core.workforce.heartbeat(worker, ["a", "b"])
+    await h.core.workforce.reap(h.clock.now())
     dead = await h.get("a")
     assert dead.state is JobState.DEAD and dead.error is not None
     assert dead.error["type"] == "TimeoutError" and "gave up" in dead.error["message"]
@@ -195,10 +195,10 @@ async def test_only_the_holder_of_the_lease_can_report(h: Harness) -> None:
     worker, other = h.join(), h.join()
     (claimed,) = await h.dispatch(worker) or await h.dispatch(other)
     holder, stranger = (worker, other) if "a" in worker.holding else (other, worker)
-    await h.core.report(stranger, [Outcome("a", claimed.lease or 0, True, pack(1))])
-    await h.core.report(holder, [Outcome("a", (claimed.lease or 0) + 1, True, pack(1))])
+    await h.core.workforce.report(stranger, [Outcome("a", claimed.lease or 0, True, pack(1))])
+    await h.core.workforce.report(holder, [Outcome("a", (claimed.lease or 0) + 1, True, pack(1))])
     assert (await h.get("a")).state is JobState.RUNNING
-    await h.core.report(holder, [Outcome("a", claimed.lease or 0, True, pack(2))])
+    await h.core.workforce.report(holder, [Outcome("a", claimed.lease or 0, True, pack(2))])
     done = await h.get("a")
     assert done.state is JobState.COMPLETED and done.result == pack(2)
     assert holder.completed == 1 and not holder.holding
@@ -212,7 +212,7 @@ async def test_cancel_of_a_running_job_tells_its_worker(h: Harness) -> None:
     assert marked.state is JobState.RUNNING and marked.cancel_requested
     link = worker.link
     assert isinstance(link, FakeLink) and link.aborted == [("a", claimed.lease)]
-    await h.core.report(worker, [Outcome("a", claimed.lease or 0, True, pack(1))])
+    await h.core.workforce.report(worker, [Outcome("a", claimed.lease or 0, True, pack(1))])
     assert (await h.get("a")).state is JobState.CANCELLED
 
 
@@ -260,7 +260,7 @@ async def test_a_restart_requeues_what_was_running_in_its_order(home: Path, tmp_
     await h.submit(job("a"), job("b"), job("c"), job("d"))
     worker = h.join(concurrency=3, prefetch=0)
     await h.dispatch(worker)
-    h.core.heartbeat(worker, ["a", "b", "c"])
+    h.core.workforce.heartbeat(worker, ["a", "b", "c"])
     await first.cancel("b")
     await first.close()  # a crash as far as the running jobs know: nobody reported
 
@@ -285,11 +285,11 @@ async def test_the_deadline_uses_the_tasks_timeout_and_a_cancel_wins(h: Harness)
     await h.submit(job("a", max_retries=0), job("b"))  # no timeout of their own
     worker = h.join(concurrency=2, prefetch=0, t=TaskOptions(timeout=1.0))
     await h.dispatch(worker)
-    h.core.heartbeat(worker, ["a", "b"])
+    h.core.workforce.heartbeat(worker, ["a", "b"])
     await h.core.cancel("b")
     h.clock.advance(1.0 + GRACE + 0.1)
-    h.core.heartbeat(worker, ["a", "b"])
-    await h.core.reap(h.clock.now())
+    h.core.workforce.heartbeat(worker, ["a", "b"])
+    await h.core.workforce.reap(h.clock.now())
     a, b = await h.get("a"), await h.get("b")
     assert a.state is JobState.DEAD and a.error is not None and "1s timeout" in a.error["message"]
     assert b.state is JobState.CANCELLED  # asked to stop, not failed and retried
@@ -299,9 +299,9 @@ async def test_a_release_of_a_started_run_is_charged(h: Harness) -> None:
     await h.submit(job("a"), job("b"))
     worker = h.join(concurrency=1, prefetch=1)
     jobs = await h.dispatch(worker)
-    h.core.heartbeat(worker, ["a"])
-    h.core.drain(worker)  # as a stopping worker does: nothing is dispatched to it again
-    await h.core.release(worker, {j.id: j.lease or 0 for j in jobs})
+    h.core.workforce.heartbeat(worker, ["a"])
+    h.core.workforce.drain(worker)  # as a stopping worker does: nothing is dispatched to it again
+    await h.core.workforce.release(worker, {j.id: j.lease or 0 for j in jobs})
     a, b = await h.get("a"), await h.get("b")
     assert (a.state, a.attempts, b.state, b.attempts) == (JobState.QUEUED, 1, JobState.QUEUED, 0)
     assert [e["event"] for e in await h.core.history("b")][-1] == "released"
@@ -310,11 +310,11 @@ async def test_a_release_of_a_started_run_is_charged(h: Harness) -> None:
 async def test_a_silent_idle_worker_is_stalled_before_it_gets_jobs(h: Harness) -> None:
     worker = h.join()
     h.clock.advance(LEASE + 1)
-    await h.core.reap(h.clock.now())
+    await h.core.workforce.reap(h.clock.now())
     assert worker.stalled
     await h.submit(job("a"))
     assert await h.dispatch(worker) == []  # not given work it would only lose again
-    h.core.heartbeat(worker, [])
+    h.core.workforce.heartbeat(worker, [])
     assert [j.id for j in await h.dispatch(worker)] == ["a"]
 
 
@@ -323,5 +323,5 @@ async def test_a_running_jobs_lease_expiry_follows_its_workers_heartbeats(h: Har
     worker = h.join()
     await h.dispatch(worker)
     h.clock.advance(7)
-    h.core.heartbeat(worker, ["a"])
+    h.core.workforce.heartbeat(worker, ["a"])
     assert h.core.lease_expiry(await h.get("a")) == h.clock.now() + LEASE

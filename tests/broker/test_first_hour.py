@@ -58,7 +58,7 @@ async def test_a_submit_without_a_queue_follows_the_tasks_declared_queue(
     assert (await early.get()).queue == "reports"  # where the worker declares the task
     later = await client.submit("make_report", title="q4", delay=60)
     assert (await later.get()).queue == "reports"  # the broker knows the route now
-    assert broker.core.routes["make_report"] == "reports"
+    assert broker.core.workforce.routes["make_report"] == "reports"
 
 
 async def test_the_cli_submit_of_a_routed_task_does_not_hang(

@@ -83,7 +83,7 @@ def describe(
         job,
         packed=peer.packed,
         events=events,
-        options=core.known_options(job.task),
+        options=core.workforce.known_options(job.task),
         note=core.waiting_note(job),
         payload=payload,
         lease_expires=core.lease_expiry(job),

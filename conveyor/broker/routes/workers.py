@@ -66,7 +66,7 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
     concurrency = number(frame, "concurrency", 1, MAX_CONCURRENCY, integer=True)
     prefetch = number(frame, "prefetch", 0, MAX_CONCURRENCY, integer=True)
     pid = number(frame, "pid", 0, MAX_PID, integer=True)
-    peer.worker = peer.core.worker_join(
+    peer.worker = peer.core.workforce.worker_join(
         name=peer.client_name or "worker",
         tasks=tasks,
         queues=queues,
@@ -210,7 +210,7 @@ def report(peer: Peer, frame: dict[str, Any]) -> Reply:
 async def _report(peer: Peer, worker: WorkerRef, outcomes: list[Outcome]) -> None:
     acked = {"t": "acked", "ids": [o.id for o in outcomes]}
     try:
-        await peer.core.report(worker, outcomes)
+        await peer.core.workforce.report(worker, outcomes)
     except StoreUnavailable as exc:
         # The results are kept and written once the store recovers: say why the ACKED is
         # late, and send it then (nothing for the worker to resend or redo meanwhile).
@@ -227,7 +227,7 @@ async def _ack_when_durable(peer: Peer, acked: dict[str, Any]) -> None:
 
 def heartbeat(peer: Peer, frame: dict[str, Any]) -> Reply:
     running = frame.get("running") or ()
-    peer.core.heartbeat(_worker_of(peer), [i for i in running if isinstance(i, str)])
+    peer.core.workforce.heartbeat(_worker_of(peer), [i for i in running if isinstance(i, str)])
     return None
 
 
@@ -243,9 +243,9 @@ def release(peer: Peer, frame: dict[str, Any]) -> Reply:
         ):
             raise invalid("jobs", "each released job needs id (str) and lease (int)")
         leases[raw["id"]] = raw["lease"]
-    return peer.core.release(worker, leases) if leases else None
+    return peer.core.workforce.release(worker, leases) if leases else None
 
 
 def drain(peer: Peer, frame: dict[str, Any]) -> Reply:
-    peer.core.drain(_worker_of(peer))
+    peer.core.workforce.drain(_worker_of(peer))
     return None
