@@ -64,7 +64,9 @@ SQLITE = "sqlite:///{home}/bench.db"
     help="store of the bench's own broker; {home} = its temp home, e.g. sqlite:///{home}/bench.db",
 )
 @click.option(
-    "--broker", "broker_url", help="use this running broker (its workers must offer noop)"
+    "--broker",
+    "broker_url",
+    help="measure this running broker with the throughput scenario (its workers must offer noop)",
 )
 @click.option(
     "--samples",
@@ -100,6 +102,8 @@ def bench(
     """Measure a real broker with real workers over TLS (see --scenario)."""
     if priority_demo:
         scenario = "priority"
+    if broker_url and scenario == "all":
+        scenario = "throughput"  # the one scenario that measures a broker it did not start
     if broker_url and scenario != "throughput":
         raise click.UsageError(
             f"--scenario {scenario} starts its own broker; use --scenario throughput with "
