@@ -138,6 +138,11 @@ def stats(client: Client, as_json: bool) -> None:
             f"{sec.get('sources_blocked', 0)} address(es) blocked now, "
             f"{sec.get('token_ended_connections', 0)} connection(s) ended by revocation/expiry"
         )
+    if b.get("queue_full"):
+        click.echo(
+            f"refused: {b['queue_full']} job(s) since start, their queue was at its "
+            "--max-queued limit (queue_full)"
+        )
     store = data.get("store") or {}
     if store.get("writable") is False:
         click.echo(

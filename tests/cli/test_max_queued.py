@@ -3,14 +3,19 @@ the environment; a bad value is a usage error naming the flag, before anything s
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from conveyor.broker.app import Broker
+from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli import main
 from conveyor.cli._util import parse_max_queued
+from conveyor.client.aio import AsyncClient
+from conveyor.errors import QueueFull
 from conveyor.limits import MAX_QUEUED
 
 
@@ -56,3 +61,25 @@ def test_flags_and_environment_reach_the_brokers_limits(monkeypatch: pytest.Monk
     limits = _limits(broker.make_context("broker", []).params)
     assert (limits.max_queued, limits.max_queued_by_queue) == (0, (("mail", 9),))
     assert _limits(broker.make_context("broker", ["--max-queued", "3"]).params).max_queued == 3
+
+
+@pytest.fixture
+def broker_config(home: Path) -> BrokerConfig:
+    return BrokerConfig(port=0, store_url="memory://", home=home, limits=Limits(max_queued=2))
+
+
+async def test_stats_says_how_many_jobs_were_refused_for_a_full_queue(
+    broker: Broker, home: Path, client: AsyncClient
+) -> None:
+    env = {"CONVEYOR_HOME": str(home), "CONVEYOR_BROKER_URL": broker.url}
+
+    async def cli(*args: str) -> Result:
+        return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+
+    assert "refused:" not in (await cli("stats")).output  # nothing to say yet
+    await client.submit_many([("add", {"a": 1, "b": 2})] * 2)
+    with pytest.raises(QueueFull):
+        await client.submit_many([("add", {"a": 1, "b": 2})] * 3)
+    result = await cli("stats")
+    assert result.exit_code == 0, result.output
+    assert "refused: 3 job(s) since start" in result.output
