@@ -59,3 +59,45 @@ def test_peek_shows_what_pop_takes_next_and_changes_nothing() -> None:
     assert index.peek(["q"], {"t"}, 3) == ["j2", "j1", "j3"]
     assert len(index) == 4
     assert index.pop(["q"], {"t"}, 10) == ["j2", "j1", "j3", "j4"]
+
+
+def test_views_agree_with_a_plain_sort_through_random_pushes_pops_and_discards() -> None:
+    """Against a reference: the most urgent live (priority, seq) among the claimant's pairs."""
+    import random
+
+    rng = random.Random(7)
+    index = ReadyIndex()
+    live: dict[str, tuple[int, int, str, str]] = {}  # id -> (priority, seq, queue, task)
+    queues, tasks = ["a", "b", "c"], [f"t{i}" for i in range(6)]
+    kinds = [
+        (("a",), frozenset(tasks)),
+        (("a", "b"), frozenset(tasks[:3])),
+        (("c", "b"), frozenset(tasks[2:])),
+        (("a", "b", "c"), frozenset(tasks)),
+    ]
+    seq = 0
+    for step in range(4000):
+        roll = rng.random()
+        if roll < 0.5:
+            seq += 1
+            job, s = f"j{seq}", seq if rng.random() < 0.9 else -seq  # some requeued in front
+            q, t, p = rng.choice(queues), rng.choice(tasks), rng.randint(1, 10)
+            index.push(job, q, t, p, s)
+            live[job] = (p, s, q, t)
+        elif roll < 0.6 and live:
+            job = rng.choice(sorted(live))
+            assert index.discard(job)
+            del live[job]
+        else:
+            qs, ts = rng.choice(kinds)
+            n = rng.randint(1, 3)
+            want = sorted((p, s, job) for job, (p, s, q, t) in live.items() if q in qs and t in ts)[
+                :n
+            ]
+            if roll < 0.7:
+                assert index.peek(qs, ts, n) == [job for _, _, job in want], step
+            got = index.pop(qs, ts, n)
+            assert got == [job for _, _, job in want], step
+            for job in got:
+                del live[job]
+        assert len(index) == len(live)
