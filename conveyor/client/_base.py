@@ -202,9 +202,13 @@ def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False)
     return frame
 
 
-def get_many_frame(ids: Sequence[str]) -> dict[str, Any]:
-    """A GET_MANY: state, result and error of each job, without arguments or history."""
-    return {"t": "get_many", "ids": list(ids)}
+def get_many_frame(ids: Sequence[str], brief: bool = False) -> dict[str, Any]:
+    """A GET_MANY: state, result and error of each job, without arguments or history
+    (``brief``: only those, the task, attempts and finish time)."""
+    frame: dict[str, Any] = {"t": "get_many", "ids": list(ids)}
+    if brief:
+        frame["brief"] = True
+    return frame
 
 
 def rest_after(asked: list[str], reply: dict[str, Any]) -> list[str]:

@@ -62,7 +62,7 @@ class AsyncJob:
         if group is not None:
             job = group.take(self.id)
             if job is None and (window := group.window(self.id)):
-                found = await self.client.get_many(window)
+                found = await self.client.get_many(window, brief=True)
                 group.keep(found, self.id)
                 job = next((j for j in found if j.id == self.id and j.state.is_final), None)
             if job is not None:
@@ -159,9 +159,11 @@ class AsyncClient:
     async def get(self, job_id: str) -> Job:
         return self._job((await self._request({"t": "get", "id": job_id}))["job"])
 
-    async def get_many(self, ids: Iterable[str]) -> list[Job]:
+    async def get_many(self, ids: Iterable[str], *, brief: bool = False) -> list[Job]:
         """The jobs among ``ids`` that exist, in the order asked: state, result and
-        error, without arguments or history; a round trip per thousand ids."""
+        error, without arguments or history; a round trip per thousand ids. ``brief``
+        leaves out all but the task, attempts and finish time too (the other fields of
+        the Jobs are then their defaults)."""
         todo = list(dict.fromkeys(ids))
         out: list[Job] = []
         if todo and not (await self._transport.session()).speaks("get_many"):  # an older broker
@@ -169,7 +171,7 @@ class AsyncClient:
             return [job for job in found if job is not None]
         while todo:
             asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
-            reply = await self._request(get_many_frame(asked))
+            reply = await self._request(get_many_frame(asked, brief))
             out.extend(self._job(j) for j in reply["jobs"])
             todo = rest_after(asked, reply) + todo
         return out

@@ -62,7 +62,7 @@ class JobHandle:
         if group is not None:
             job = group.take(self.id)
             if job is None and (window := group.window(self.id)):
-                found = self.client.get_many(window)
+                found = self.client.get_many(window, brief=True)
                 group.keep(found, self.id)
                 job = next((j for j in found if j.id == self.id and j.state.is_final), None)
             if job is not None:
@@ -179,16 +179,18 @@ class Client:
     def get(self, job_id: str) -> Job:
         return self._job(self._request({"t": "get", "id": job_id})["job"])
 
-    def get_many(self, ids: Iterable[str]) -> list[Job]:
+    def get_many(self, ids: Iterable[str], *, brief: bool = False) -> list[Job]:
         """The jobs among ``ids`` that exist, in the order asked: state, result and
-        error, without arguments or history; a round trip per thousand ids."""
+        error, without arguments or history; a round trip per thousand ids. ``brief``
+        leaves out all but the task, attempts and finish time too (the other fields of
+        the Jobs are then their defaults)."""
         todo = list(dict.fromkeys(ids))
         out: list[Job] = []
         if todo and not self._transport.session.speaks("get_many"):  # an older broker
             return [job for job in map(self._get_or_none, todo) if job is not None]
         while todo:
             asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
-            reply = self._request(get_many_frame(asked))
+            reply = self._request(get_many_frame(asked, brief))
             out.extend(self._job(j) for j in reply["jobs"])
             todo = rest_after(asked, reply) + todo
         return out

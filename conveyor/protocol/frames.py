@@ -153,7 +153,12 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "events": (_BOOL, False),
         "payload": (_BOOL, False),
     },
-    FrameType.GET_MANY: {**_RID, "ids": (_LIST, True), "payload": (_BOOL, False)},
+    FrameType.GET_MANY: {
+        **_RID,
+        "ids": (_LIST, True),
+        "payload": (_BOOL, False),
+        "brief": (_BOOL, False),
+    },
     FrameType.JOB: {**_RID, "job": (_MAP, True)},
     FrameType.LIST: {
         **_RID,

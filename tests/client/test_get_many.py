@@ -162,3 +162,28 @@ async def test_results_asked_out_of_order_are_still_read_by_the_thousand(
     assert counts == {"get_many": 2}
     assert await handles[0].result() == 0  # handed out once: asked again, it is waited for
     assert counts == {"get_many": 2, "wait": 1}
+
+
+async def test_a_brief_get_many_carries_only_what_a_result_needs(
+    broker: Broker, home: Path, start_worker: Any
+) -> None:
+    await start_worker()
+    async with AsyncClient(broker.url, home=home) as c:
+        ok, dead = await c.submit_many(
+            [("add", [2, 3], {}), {"task": "fail", "kwargs": {"message": "no"}, "retries": 0}]
+        )
+        await ok.wait(timeout=10)
+        await dead.wait(timeout=10)
+    raw = await Raw.open(broker.port, home, hello=True)
+    try:
+        rid = raw.rid()
+        raw.send({"t": "get_many", "rid": rid, "ids": [ok.id, dead.id], "brief": True})
+        reply = (await raw.until(rid))[-1]
+    finally:
+        await raw.close()
+    assert reply["t"] == "jobs"
+    first, second = reply["jobs"]
+    fields = {"id", "task", "state", "attempts", "error", "finished_at", "result"}
+    assert set(first) == set(second) == fields
+    assert (first["state"], first["result"], first["error"]) == ("completed", 5, None)
+    assert second["state"] == "dead" and second["error"]["message"] == "no"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.broker.routes._base import Peer, Reply, invalid
-from conveyor.broker.routes.wire import job_map
+from conveyor.broker.routes.wire import brief_map, job_map
 from conveyor.errors import InvalidJob, JobNotFound, PermissionDenied, RateLimited
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import (
@@ -128,12 +128,16 @@ def get_many(peer: Peer, frame: dict[str, Any]) -> Reply:
         raise invalid("ids", f"must hold 1 to {MAX_GET_MANY} job ids")
     for job_id in ids:
         check_name(job_id, "ids", MAX_JOB_ID)
-    return _get_many(peer, frame["rid"], ids, frame.get("payload") is True)
+    brief = frame.get("brief") is True
+    return _get_many(peer, frame["rid"], ids, frame.get("payload") is True and not brief, brief)
 
 
-async def _get_many(peer: Peer, rid: int, ids: list[str], payload: bool) -> None:
+async def _get_many(peer: Peer, rid: int, ids: list[str], payload: bool, brief: bool) -> None:
     found = await peer.core.get_many(ids)
-    wire = [describe(peer, j, None, payload) for j in found]
+    if brief:
+        wire = [brief_map(j, packed=peer.packed) for j in found]
+    else:
+        wire = [describe(peer, j, None, payload) for j in found]
     fits = _prefix_that_fits(peer, wire)  # the client asks again for the rest
     reply: dict[str, Any] = {"t": "jobs", "rid": rid, "jobs": wire[:fits]}
     if fits < len(wire):

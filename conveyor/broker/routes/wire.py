@@ -88,6 +88,19 @@ def job_map(
     return wire
 
 
+def brief_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
+    """The few fields a producer reading a result needs (GET_MANY ``brief``)."""
+    return {
+        "id": job.id,
+        "task": job.task,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "error": job.error,
+        "finished_at": job.finished_at,
+        "result": job.result if packed else plain_value(job.result),
+    }
+
+
 def plain_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
     try:
         return unpack_call(payload)
