@@ -16,6 +16,7 @@ import pytest
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
 from conveyor.security.tokens import Role, TokenRegistry
+from tests.clocks import Later
 
 
 @pytest.fixture
@@ -225,22 +226,9 @@ async def test_an_expired_token_is_refused(broker: Broker, home: Path) -> None:
     headers = {"Authorization": f"Bearer {expiring}"}
     async with httpx.AsyncClient(base_url=broker.dashboard_url or "", headers=headers) as client:
         assert (await client.get("/api/stats")).status_code == 200
-        broker.core.clock = _Later(broker.core.clock, 60.0)  # type: ignore[assignment]
+        broker.core.clock = Later(broker.core.clock, 60.0)  # type: ignore[assignment]
         late = await client.get("/api/stats")
     assert late.status_code == 401 and "expired" in error(late)["message"]
-
-
-class _Later:
-    """The broker's clock, ``ahead`` seconds later (the token's expiry is checked on it)."""
-
-    def __init__(self, clock: Any, ahead: float) -> None:
-        self._clock, self._ahead = clock, ahead
-
-    def now(self) -> float:
-        return float(self._clock.now()) + self._ahead
-
-    def monotonic(self) -> float:
-        return float(self._clock.monotonic())
 
 
 @pytest.mark.parametrize(

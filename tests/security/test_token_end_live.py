@@ -27,6 +27,7 @@ from conveyor.job import JobState
 from conveyor.security.tokens import Role, TokenRegistry
 from conveyor.worker.runner import Worker
 from tests.broker.conftest_helpers import Gate, gated_registry
+from tests.clocks import Later
 from tests.security.rawconn import Raw, admin_token
 
 
@@ -38,19 +39,6 @@ def registry(home: Path) -> TokenRegistry:
 def make(home: Path, role: Role, name: str, **kwargs: Any) -> str:
     token, _ = registry(home).create(role, name, now=time.time(), **kwargs)
     return token
-
-
-class Later:
-    """A clock ``ahead`` seconds after another (what the token watch checks expiry on)."""
-
-    def __init__(self, clock: Any, ahead: float) -> None:
-        self._clock, self._ahead = clock, ahead
-
-    def now(self) -> float:
-        return float(self._clock.now()) + self._ahead
-
-    def monotonic(self) -> float:
-        return float(self._clock.monotonic())
 
 
 async def ended_with(raw: Raw, reason: str) -> None:

@@ -1,7 +1,7 @@
 // The dead-letter queue (admin): dead jobs, paged; retry or purge one, or all.
 
 import { api, ApiError, describe, serial } from "./api.js";
-import { confirmButton, el, fill, fmtTime, setText, shortId } from "./dom.js";
+import { confirmButton, el, fill, fmtTime, keysetPager, setText, shortId } from "./dom.js";
 
 const PAGE = 25;
 
@@ -18,19 +18,7 @@ export class DeadLetters {
       () => api("/api/dlq/retry", { method: "POST", body: { all: true } })));
     confirmButton(purgeAll, "Delete every dead job for good?", () => this.#act("purged",
       () => api("/api/dlq", { method: "DELETE", query: { all: "true" } })));
-    older.addEventListener("click", () => {
-      if (!this.next) return;
-      this.cursors.push(this.next);
-      this.next = null;
-      older.disabled = newer.disabled = true;
-      this.load();
-    });
-    newer.addEventListener("click", () => {
-      if (this.cursors.length < 2) return;
-      this.cursors.pop();
-      older.disabled = newer.disabled = true;
-      this.load();
-    });
+    keysetPager(this, older, newer);
   }
 
   async #fetch() {

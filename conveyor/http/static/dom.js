@@ -107,3 +107,23 @@ export function confirmButton(button, question, action) {
     delete button.dataset.armed;
   }
 }
+
+/** Wire "older"/"newer" buttons to a keyset-paged view: ``view.cursors`` is the stack of
+ * page cursors, ``view.next`` the cursor of the page after this one, ``view.load()``
+ * shows the page on top. Both buttons stay off until that page is shown, so a double
+ * click moves one page. */
+export function keysetPager(view, older, newer) {
+  older.addEventListener("click", () => {
+    if (!view.next) return;
+    view.cursors.push(view.next);
+    view.next = null;
+    older.disabled = newer.disabled = true;
+    view.load();
+  });
+  newer.addEventListener("click", () => {
+    if (view.cursors.length < 2) return;
+    view.cursors.pop();
+    older.disabled = newer.disabled = true;
+    view.load();
+  });
+}

@@ -3,7 +3,16 @@
 // the rows shown on an older one.
 
 import { api, describe, serial } from "./api.js";
-import { el, fill, fmtTime, priorityBadge, setText, shortId, stateBadge } from "./dom.js";
+import {
+  el,
+  fill,
+  fmtTime,
+  keysetPager,
+  priorityBadge,
+  setText,
+  shortId,
+  stateBadge,
+} from "./dom.js";
 
 export const PAGE = 50;
 
@@ -21,20 +30,7 @@ export class JobTable {
     form.addEventListener("change", (event) => {
       if (event.target.tagName === "SELECT") form.requestSubmit();
     });
-    // each button is off until its page is shown, so a double click moves one page
-    older.addEventListener("click", () => {
-      if (!this.next) return;
-      this.cursors.push(this.next);
-      this.next = null;
-      older.disabled = newer.disabled = true;
-      this.load();
-    });
-    newer.addEventListener("click", () => {
-      if (this.cursors.length < 2) return;
-      this.cursors.pop();
-      older.disabled = newer.disabled = true;
-      this.load();
-    });
+    keysetPager(this, older, newer);
   }
 
   filters() {
