@@ -66,6 +66,10 @@ ANSWERS = [
 # string was due" arrives as a perfectly good string.
 
 
+# 15-60 s depending on the machine's load (hypothesis generates ~600 requests): more than
+# the suite's 60 s default allows on a busy 2-core machine, which was this test's "hang".
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_every_route_keeps_to_its_schema_and_never_fails(
     live: tuple[BrokerThread, str],
 ) -> None:
@@ -90,9 +94,16 @@ def _explore(strategy: Any) -> None:
     """Up to 15 generated requests against one operation: no 5xx, answers as documented."""
 
     @given(strategy)
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same requests on every run, so CI cannot pass one day and fail the
+    # next; turn it off locally to explore new requests.
+    @settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: schemathesis.Case) -> None:
-        response = case.call()
+        response = case.call(timeout=10)  # a stuck request fails, naming itself
         assert response.status_code < 500, (case.method, case.path, response.text)
         case.validate_response(response, checks=ANSWERS)
 
