@@ -56,6 +56,7 @@ from conveyor.lifecycle import Transition
 from conveyor.stores._bounded import BoundedRecords
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store
+from conveyor.stores.sql.sqlite_checkpoint import Checkpointer
 from conveyor.stores.sql.sqlite_jobs import (
     Batch,
     Start,
@@ -145,7 +146,8 @@ def _owner_only(path: str) -> None:
 
 
 def connect(path: str, synchronous: str) -> sqlite3.Connection:
-    """Open (creating, 0600) the database in WAL mode, migrated."""
+    """Open (creating, 0600) the database in WAL mode, migrated: the writer's connection,
+    which leaves checkpoints to the :class:`Checkpointer`."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _owner_only(path)
@@ -157,6 +159,8 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's thread does it
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         migrate(conn)
@@ -167,6 +171,15 @@ def connect(path: str, synchronous: str) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
+    return conn
+
+
+def connect_checkpointer(path: str, synchronous: str) -> sqlite3.Connection:
+    """The checkpoint thread's connection (the writer's has made the database)."""
+    conn = sqlite3.connect(
+        path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA synchronous = {synchronous}")  # how a checkpoint syncs
     return conn
 
 
@@ -194,7 +207,9 @@ class SqliteStore(Store):
             self._committed,
             # with synchronous=full a commit waits for the disk: never on the loop
             inline=self.synchronous == "normal",
+            after_commit=self._poke_checkpointer,
         )
+        self._checkpointer: Checkpointer | None = None
         self._readers: ReaderPool | None = None  # None for ":memory:": reads on the writer
         self._lock: int | None = None
         self._recent = BoundedRecords(recent, recent_bytes, drop="oldest")
@@ -303,6 +318,12 @@ class SqliteStore(Store):
             raise
         if self.path != ":memory:":
             self._readers = ReaderPool(self.path)
+            self._checkpointer = Checkpointer(
+                partial(connect_checkpointer, self.path, self.synchronous),
+                self.path,
+                self._writer.hold,
+            )
+            self._checkpointer.start()
         self.live, running = await self._writer.call(load_live, _new_live)
         # Stage the counters even when nothing changes: the lease high-water mark (raised
         # by the restart gap) must be on disk before any new lease is handed out.
@@ -315,10 +336,16 @@ class SqliteStore(Store):
         """Commit everything staged, then close the database."""
         try:
             await self._writer.close()
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.close)
             if self._readers is not None:
                 await self._readers.close()
         finally:
             self._unlock()
+
+    def _poke_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     def _unlock(self) -> None:
         if self._lock is not None:

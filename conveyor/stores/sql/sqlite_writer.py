@@ -174,6 +174,7 @@ class GroupCommitWriter(Generic[B, R]):
         on_commit: Callable[[R], None],
         *,
         inline: bool = True,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
         self._inline = inline
@@ -182,6 +183,8 @@ class GroupCommitWriter(Generic[B, R]):
         self._new_batch = new_batch
         self._write = write
         self._on_commit = on_commit
+        self._after_commit = after_commit  # any thread, right after a commit (checkpoints)
+        self._held = threading.Event()  # set: no commits on the loop (a WAL truncation)
         self._cond = threading.Condition()  # guards everything below that both sides touch
         self._pending: B = new_batch()
         self._waiters: list[asyncio.Future[None]] = []
@@ -238,6 +241,7 @@ class GroupCommitWriter(Generic[B, R]):
             or self._calls
             or len(self._pending) > INLINE_MAX
             or self._health.cause is not None  # failing: the thread retries with a pause
+            or self._held.is_set()
             or not self._using.acquire(blocking=False)
         ):
             return False
@@ -258,6 +262,8 @@ class GroupCommitWriter(Generic[B, R]):
         finally:
             self._using.release()
         self.commits += 1
+        if self._after_commit is not None:
+            self._after_commit()
         self._on_commit(result)
         _settle(waiters, None)
         return True
@@ -283,6 +289,14 @@ class GroupCommitWriter(Generic[B, R]):
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    def hold(self, held: bool) -> None:
+        """Keep commits off the loop (any thread): the checkpointer is about to make the
+        next commit wait for it, and the loop must not be the one waiting."""
+        if held:
+            self._held.set()
+        else:
+            self._held.clear()
 
     def health(self) -> dict[str, Any]:
         """``{"writable", "error", "since", "failed_attempts"}``."""
@@ -353,9 +367,13 @@ class GroupCommitWriter(Generic[B, R]):
         failure: Exception | None = None
         if batch:
             with self._using:
-                failure = self._commit(conn, batch, waiters)
+                failure, result = self._commit(conn, batch, waiters)
             with self._cond:  # committed (or kept in pending): durable() need not wait on
                 self._busy = False  # the calls below
+            if failure is None:
+                # only now, with the connection free and not busy, so that the loop
+                # going on at once finds it so and commits its next small batch itself
+                self._post(self._committed, waiters, result)
         elif waiters:
             self._post(_settle, waiters, None)
         failed = failure is not None
@@ -403,8 +421,9 @@ class GroupCommitWriter(Generic[B, R]):
 
     def _commit(
         self, conn: sqlite3.Connection, batch: B, waiters: list[asyncio.Future[None]]
-    ) -> Exception | None:
-        """Write and commit one batch; the error if it failed (the batch is kept to retry)."""
+    ) -> tuple[Exception | None, R | None]:
+        """Write and commit one batch: (None, what the write returned), or the error if it
+        failed (the batch is kept to retry; the waiters are told)."""
         try:
             with transaction(conn):
                 result = self._write(conn, batch)
@@ -417,12 +436,13 @@ class GroupCommitWriter(Generic[B, R]):
                 self._health.failed(cause, exc, known is not None)
             refusal = StoreUnavailable.because(cause, kept=True)
             self._post(_settle, waiters, refusal)
-            return refusal
+            return refusal, None
         with self._cond:
             self._health.recovered()
         self.commits += 1
-        self._post(self._committed, waiters, result)
-        return None
+        if self._after_commit is not None:
+            self._after_commit()
+        return None, result
 
     def _committed(self, waiters: list[asyncio.Future[None]], result: R) -> None:
         self._on_commit(result)
