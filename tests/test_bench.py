@@ -70,3 +70,13 @@ def test_bench_spreads_work_over_many_tasks_and_queues(tmp_path: Path) -> None:
         "drain_200_queues_jobs_per_s",
     ):
         assert isinstance(report[key], float) and report[key] > 0
+
+
+def test_bench_budget_names_a_cost_for_every_stage(tmp_path: Path) -> None:
+    from conveyor.bench.budget import STAGES
+
+    report = _bench(tmp_path, "--scenario", "budget", "--jobs", "1000", "--workers", "1")
+    for key, _ in STAGES:
+        assert isinstance(report[key], float) and report[key] > 0, key
+    # a batch frame costs less per job than a frame of its own
+    assert report["budget_codec_batch_us"] < report["budget_codec_frame_us"]  # type: ignore[operator]

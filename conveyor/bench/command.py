@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from conveyor.bench.budget import STAGES, run_budget
 from conveyor.bench.paths import PATHS, SHAPES, run_paths, run_shapes
 from conveyor.bench.store import run_queued_memory, run_reads_under_load, run_restart
 from conveyor.bench.system import LocalSystem, machine
@@ -26,6 +27,7 @@ SCENARIOS = (
     "queued-memory",
     "restart",
     "reads",
+    "budget",
 )
 #: scenarios about the durable store run on SQLite whatever --store says
 DURABLE_SCENARIOS = ("queued-memory", "restart", "reads")
@@ -47,7 +49,8 @@ SQLITE = "sqlite:///{home}/bench.db"
     "enqueue, drain, end to end and round trips; priority: urgent jobs behind "
     "a backlog; queued-memory: broker memory per queued job, then the drain of that queue; "
     "restart: time to ready with --history finished jobs; reads: round trips while another "
-    "client lists a --history deep queue",
+    "client lists a --history deep queue; budget: CPU microseconds per job in each stage "
+    "alone (client, codec, validation, store, worker) and of each process",
 )
 @click.option("--jobs", type=click.IntRange(1), default=20_000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -149,6 +152,8 @@ def _scenario(
         return run_restart(system, history)
     if name == "reads":
         return run_reads_under_load(system, history, samples)
+    if name == "budget":
+        return run_budget(system, jobs)
     if name in PATHS:
         return run_paths(system, jobs, samples, name)
     if name in SHAPES:
@@ -230,6 +235,9 @@ def _report(r: dict[str, Any]) -> None:
     for key, (label, fmt) in _LABELS.items():
         if key in r:
             table.add_row(label, fmt.format(r[key]))
+    for key, label in STAGES:
+        if key in r:
+            table.add_row(f"{label} (CPU us per job)", f"{r[key]:,.1f}")
     for key, value in (r.get("latency_ms") or r.get("round_trip_ms") or {}).items():
         table.add_row(f"round trip {key} (ms)", f"{value:.2f}")
     demo = r.get("priority_demo")
