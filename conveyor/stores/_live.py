@@ -227,6 +227,7 @@ class LiveJobs:
         seq: int | None,
         eta: float | None,
         unique_key: str | None,
+        concurrency_key: str | None = None,
     ) -> None:
         """Index a queued or scheduled job read from disk, without its record."""
         if unique_key is not None:
