@@ -215,6 +215,7 @@ class Job:
     timeout: float | None = None
     eta: float | None = None
     unique_key: str | None = None
+    concurrency_key: str | None = None
     attempts: int = 0
     worker: str | None = None
     lease: int | None = None
