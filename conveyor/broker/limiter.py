@@ -58,11 +58,12 @@ class Limiter:
         self._apply()
 
     # -- changes -------------------------------------------------------------------------
-    def check(self, target: Any, value: Any = None, fld: str = "target") -> None:
-        """Refuse (InvalidJob) a bad target, or a bad value for it when one is given."""
-        kind, _ = limitspec.parse_target(target, fld)
+    def check(self, target: Any, value: Any = None, fld: str | None = None) -> None:
+        """Refuse (InvalidJob) a bad target, or a bad value for it when one is given; the
+        error names ``fld``, else ``target`` or ``value``."""
+        kind, _ = limitspec.parse_target(target, fld or "target")
         if value is not None:
-            limitspec.parse_value(kind, value, "value")
+            limitspec.parse_value(kind, value, fld or "value")
 
     async def set(self, target: Any, value: Any) -> dict[str, str | int]:
         """Set one limit (checked: InvalidJob names the field); returns the table."""
