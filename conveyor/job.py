@@ -149,6 +149,8 @@ class JobRecord:
     finished_at: float | None = None
     cancel_requested: bool = False
     version: int = 0
+    # at most a limit of running jobs share this key (docs/workflows.md): set at submit
+    concurrency_key: str | None = None
 
     def replace(self, **changes: Any) -> JobRecord:
         """A copy with ``changes`` applied (slots copied directly: this is on every change
@@ -189,6 +191,7 @@ RECORD_FIELDS = (
     "finished_at",
     "cancel_requested",
     "version",
+    "concurrency_key",
 )
 _FIELD_SET = frozenset(RECORD_FIELDS)
 _new = object.__new__
@@ -212,6 +215,7 @@ class Job:
     timeout: float | None = None
     eta: float | None = None
     unique_key: str | None = None
+    concurrency_key: str | None = None
     attempts: int = 0
     worker: str | None = None
     lease: int | None = None

@@ -76,6 +76,8 @@ class TaskOptions:
     retry_backoff: float | None = None
     retry_backoff_max: float | None = None
     timeout: float | None = None
+    rate: str | None = None  # dispatch no faster (``10/s``; conveyor.limitspec)
+    concurrency_limit: int | None = None  # running jobs per concurrency key
 
 
 def move(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from conveyor import limitspec
 from conveyor._ids import new_job_id
 from conveyor.errors import InvalidJob
 from conveyor.job import DEFAULT_PRIORITY, JobRecord
@@ -153,6 +154,9 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
     job_id = raw.get("id")
     if job_id is not None:
         check_name(job_id, "id", MAX_JOB_ID)
+    concurrency_key = raw.get("concurrency_key")
+    if concurrency_key is not None:
+        limitspec.check_concurrency_key(concurrency_key)
     return JobRecord(
         id=job_id or new_job_id(),
         task=task,
@@ -165,12 +169,13 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
         timeout=None if timeout is None else float(timeout),
         eta=None if eta is None or eta <= now else float(eta),
         unique_key=unique_key,
+        concurrency_key=concurrency_key,
     )
 
 
 def parse_task_options(raw: Any) -> dict[str, TaskOptions]:
-    """READY's ``defaults``: per task, ``retries``, ``retry_backoff``, ``retry_backoff_max``
-    and ``timeout``, each optional."""
+    """READY's ``defaults``: per task, ``retries``, ``retry_backoff``, ``retry_backoff_max``,
+    ``timeout``, ``rate`` and ``concurrency_limit``, each optional."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -182,8 +187,13 @@ def parse_task_options(raw: Any) -> dict[str, TaskOptions]:
         try:
             check_name(name, "task", MAX_TASK_NAME)
             timeout = number(options, "timeout", MIN_TIMEOUT, MAX_TIMEOUT)
+            rate = options.get("rate")
+            limit = options.get("concurrency_limit")
             out[name] = TaskOptions(
-                *_retry_options(options), None if timeout is None else float(timeout)
+                *_retry_options(options),
+                None if timeout is None else float(timeout),
+                None if rate is None else str(limitspec.parse_rate(rate)),
+                None if limit is None else limitspec.parse_key_limit(limit, "concurrency_limit"),
             )
         except InvalidJob as exc:
             raise invalid("defaults", f"defaults for {name!r}: {exc.message}") from None

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor import limitspec
+from conveyor.errors import InvalidJob
 from conveyor.limits import (
     FRAME_OVERHEAD,
     MAX_BATCH,
@@ -97,8 +99,16 @@ class BrokerConfig:
     http_host: str = "127.0.0.1"
     http_tls: bool = False  # HTTPS with the broker's certificate
     http_insecure: bool = False  # allow plain HTTP on a non-loopback address
+    # rate and concurrency limits from the command line (``--rate task:add=100/s``,
+    # ``--concurrency key:domain:=2``): (target, value), applied at every start over what
+    # the store keeps (conveyor.limitspec checks them)
+    rate_limits: tuple[tuple[str, str | int], ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            limitspec.check_table(dict(self.rate_limits))
+        except InvalidJob as exc:
+            raise ValueError(exc.message) from None
         if (
             self.http_port is not None
             and not self.http_tls

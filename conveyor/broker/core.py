@@ -35,6 +35,7 @@ from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
+from conveyor.broker.limiter import Limiter
 from conveyor.broker.logins import Logins
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
@@ -68,6 +69,7 @@ class BrokerCore:
         self.dispatcher = Dispatcher(
             store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
         )
+        self.limiter = Limiter(store, clock, self.dispatcher)  # rate and concurrency limits
         limits = config.limits
         self.backlog = Backlog(limits.max_queued, dict(limits.max_queued_by_queue))
         self.metrics: Counter[str] = Counter()
@@ -97,6 +99,7 @@ class BrokerCore:
         self.backlog.load((await self.store.stats())["queues"], await self.store.queue_waiting())
         self.workforce.routes.update(await self.store.meta_get(ROUTES) or {})
         self.dispatcher.paused.update(await self.store.meta_get(PAUSED) or ())
+        await self.limiter.open(dict(self.config.rate_limits))
         if running:
             # each requeue goes in front of the last: newest first leaves the oldest in front
             held = {j.id: j.lease for j in reversed(running)}
@@ -193,6 +196,10 @@ class BrokerCore:
             self.hub.publish(JobChanged(job, JobState.QUEUED, now))
 
     def _changed(self, old: JobState | None, job: JobRecord) -> None:
+        key = job.concurrency_key
+        if key is not None and old is JobState.RUNNING and job.state is not JobState.RUNNING:
+            self.dispatcher.gate.release(key)  # its key's slot is free
+            self.dispatcher.trigger()
         if job.state.is_final:
             self.waiters.finished(job)
         elif job.state is JobState.QUEUED:
@@ -346,6 +353,28 @@ class BrokerCore:
         self.on_tokens_changed()  # its open connections close now, not at the next tick
         return revoked
 
+    # -- limits --------------------------------------------------------------------------
+    def limits_info(self, waiting_for_key: dict[str, int]) -> dict[str, Any]:
+        """The limits in force and what they hold back (``waiting_for_key``: queued jobs
+        set aside by key, from the store's stats)."""
+        return {**self.limiter.snapshot(), "waiting_for_key": dict(waiting_for_key)}
+
+    async def limits(
+        self, changes: dict[str, Any] | None = None, clears: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Clear, then set limits (each checked first: InvalidJob names the field); return
+        them as :meth:`limits_info` does."""
+        for target in clears or ():
+            self.limiter.check(target)
+        for target, value in (changes or {}).items():
+            self.limiter.check(target, value)
+        for target in clears or ():
+            if target in self.limiter.table:
+                await self.limiter.clear(target)
+        for target, value in (changes or {}).items():
+            await self.limiter.set(target, value)
+        return self.limits_info((await self.store.stats()).get("waiting_for_key", {}))
+
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         data = await self.store.stats()
@@ -357,6 +386,7 @@ class BrokerCore:
         workers = list(self.dispatcher.workers.values())
         data["workers"] = [w.describe() for w in workers]
         data["paused"] = sorted(self.dispatcher.paused)
+        data["limits"] = self.limits_info(data.pop("waiting_for_key", {}))
         data["store"] = {"url": self.store.url, **self.store.health}
         data["security"] = self.logins.snapshot()
         data["broker"] = {

@@ -7,6 +7,12 @@ that has credit, claims a small slice of jobs for it from the store (the store
 orders by priority, then FIFO) and hands them to the worker's link in one go. Slices are
 a quarter of the worker's capacity so that equal workers alternate and share the work.
 Passes are coalesced: many triggers in one loop iteration cause one pass.
+
+Limits (docs/workflows.md): every claim carries the broker's concurrency gate
+(``keygate.py``: a job whose concurrency key is at its limit stays queued and the claim
+goes on past it); when rate limits are set, ``ratelimit.py`` shapes each claim and the
+dispatcher sleeps on one timer until the next token. Without limits neither costs a job
+anything.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from conveyor.broker.keygate import ConcurrencyGate
+from conveyor.broker.ratelimit import RateLimits
 from conveyor.clock import Clock
 from conveyor.job import UNROUTED, JobRecord
 from conveyor.lifecycle import TaskOptions
@@ -155,8 +163,13 @@ class Dispatcher:
         self._running = False
         self._again = False
         self.dispatched = 0
+        self.gate = ConcurrencyGate()  # per-key concurrency limits, asked by every claim
+        self.rates = RateLimits()  # per task and queue; empty: no cost at all
+        self._timer: asyncio.TimerHandle | None = None  # the wake-up for the next token
+        self._wake_at = 0.0
 
     def add(self, worker: WorkerRef) -> None:
+        worker.claimant = replace(worker.claimant, gate=self.gate)
         self.workers[worker.id] = worker
         self.trigger()
 
@@ -181,6 +194,21 @@ class Dispatcher:
             self._pending = True
             asyncio.get_running_loop().call_soon(self._start_pass)
 
+    def _wake_in(self, delay: float) -> None:
+        """A pass when a rate-limited target has a token again (one timer, the earliest)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay + 0.001  # a hair late: the token is whole by then
+        if self._timer is not None and self._wake_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake_at = at
+        self._timer = loop.call_at(at, self._woken)
+
+    def _woken(self) -> None:
+        self._timer = None
+        self.trigger()
+
     def _start_pass(self) -> None:
         self._pending = False
         asyncio.get_running_loop().create_task(self._pass())
@@ -201,6 +229,32 @@ class Dispatcher:
         finally:
             self._running = False
 
+    async def _claim(self, worker: WorkerRef, now: float) -> list[JobRecord]:
+        """Claim a slice of jobs for ``worker``: not from paused queues, within the rate
+        limits, past keys at their concurrency limit."""
+        want = min(worker.free, max(1, worker.capacity // 4))
+        claimant = worker.claimant
+        if self.paused:
+            claimant = replace(
+                claimant, queues=tuple(q for q in worker.queues if q not in self.paused)
+            )
+        if self.rates:
+            shaped, want, wake = self.rates.shape(claimant, want, self.clock.monotonic())
+            if wake is not None:
+                self._wake_in(wake)
+            if shaped is None:
+                return []  # all it offers is rate-limited now
+            claimant = shaped
+        jobs: list[JobRecord] = []
+        try:
+            jobs = await self.store.job_claim(claimant, want, self.lease_seconds, now)
+        finally:
+            if self.gate.pending:  # keyed jobs were admitted: they are running now
+                self.gate.settle(jobs)
+        if jobs and self.rates:
+            self.rates.charge(jobs, self.clock.monotonic())
+        return jobs
+
     async def run_once(self) -> None:
         """One dispatch pass (tests call it directly instead of waiting for a trigger)."""
         heap = [(w.load, w.order, w) for w in self.workers.values() if w.free > 0]
@@ -210,13 +264,7 @@ class Dispatcher:
             _, _, worker = heapq.heappop(heap)
             if worker.id not in self.workers or worker.free <= 0:
                 continue
-            want = min(worker.free, max(1, worker.capacity // 4))
-            claimant = worker.claimant
-            if self.paused:
-                claimant = replace(
-                    claimant, queues=tuple(q for q in worker.queues if q not in self.paused)
-                )
-            jobs = await self.store.job_claim(claimant, want, self.lease_seconds, now)
+            jobs = await self._claim(worker, now)
             if not jobs:
                 continue  # nothing this worker can run; drop it from this pass
             if worker.id not in self.workers:

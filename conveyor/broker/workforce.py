@@ -34,6 +34,7 @@ from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher, WorkerLink, WorkerRef
 from conveyor.broker.events import EventHub, WorkerChanged, WorkerJoined, WorkerLeft
+from conveyor.broker.limiter import Limiter
 from conveyor.clock import Clock
 from conveyor.job import JobRecord, JobState
 from conveyor.lifecycle import Outcome, TaskOptions, Transition
@@ -54,6 +55,7 @@ class Core(Protocol):
     hub: EventHub
     dispatcher: Dispatcher
     backlog: Backlog
+    limiter: Limiter
     metrics: Counter[str]
 
     async def transition(
@@ -130,6 +132,7 @@ class Workforce:
             concurrency,
         )
         self._options.update(worker.options)
+        self.core.limiter.learn(worker.options)
         self._learn_routes(routes)
         self.core.dispatcher.add(worker)
         self.core.hub.publish(WorkerJoined(worker, now))

@@ -9,6 +9,7 @@ from conveyor.cli.dev import dev
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
+from conveyor.cli.limits import limits_group
 from conveyor.cli.ping import ping
 from conveyor.cli.queues import queue_group
 from conveyor.cli.serve import broker, worker
@@ -37,6 +38,7 @@ for command in (
     ping,
     dlq,
     queue_group,
+    limits_group,
     certs_command,
     token_group,
     keygen_command,

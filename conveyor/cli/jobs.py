@@ -9,6 +9,7 @@ import click
 from conveyor.cli._client import echo_json, with_client
 from conveyor.cli._exit import Failed
 from conveyor.cli._show import detail, print_jobs, queue_name, when
+from conveyor.cli.limits import describe
 from conveyor.cli.submit import payload_key_option, use_payload_keys
 from conveyor.client.sync import Client
 from conveyor.errors import Conflict, JobNotFound
@@ -122,6 +123,11 @@ def stats(client: Client, as_json: bool) -> None:
                 f"waiting: {w['count']} job(s) of task {w['task']} on queue "
                 f"{queue_name(w['queue'])} — no connected worker offers it"
             )
+    limits = data.get("limits") or {}
+    if limits.get("rates") or limits.get("concurrency") or limits.get("waiting_for_key"):
+        click.echo("limits:")
+        for line in describe(limits):
+            click.echo("  " + line)
     click.echo(f"workers: {len(data['workers'])}")
     for w in data["workers"]:
         click.echo(

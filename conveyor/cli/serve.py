@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from conveyor import limitspec
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.cli._client import errors_as_exit
@@ -29,7 +30,7 @@ from conveyor.config import (
     home_dir,
     write_broker_url,
 )
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, InvalidJob
 from conveyor.limits import MAX_FRAME_SIZE, MAX_PAYLOAD, MAX_QUEUED
 from conveyor.stores import default_store_url
 from conveyor.worker import POOL_KINDS
@@ -130,6 +131,23 @@ def _split(values: tuple[str, ...]) -> list[str]:
     f"(0: no limit); QUEUE=N sets one queue's limit; repeatable [{MAX_QUEUED:,}]",
 )
 @click.option(
+    "--rate",
+    "rates",
+    multiple=True,
+    metavar="task:NAME=RATE|queue:NAME=RATE",
+    callback=lambda ctx, param, value: _rate_flags(value),
+    help="dispatch a task's or a queue's jobs no faster than RATE (10/s, 100/m, 1000/h), "
+    "across all workers; repeatable; changeable at run time with `conveyor limits`",
+)
+@click.option(
+    "--concurrency",
+    "concurrencies",
+    multiple=True,
+    metavar="PREFIX=N",
+    callback=lambda ctx, param, value: _concurrency_flags(value),
+    help="at most N running jobs share any one concurrency key starting with PREFIX; repeatable",
+)
+@click.option(
     "--max-frame-size",
     type=click.IntRange(1024),
     default=MAX_FRAME_SIZE,
@@ -191,9 +209,36 @@ def _config(opts: dict[str, Any], home: Path, files: Any) -> BrokerConfig:
             http_host=str(opts["http_host"]),
             http_tls=bool(opts["http_tls"]),
             http_insecure=bool(opts["http_insecure"]),
+            rate_limits=(*opts["rates"], *opts["concurrencies"]),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _rate_flags(values: tuple[str, ...]) -> tuple[tuple[str, str | int], ...]:
+    out: list[tuple[str, str | int]] = []
+    for text in values:
+        try:
+            target, value = limitspec.parse_assignment(text, "--rate")
+        except InvalidJob as exc:
+            raise click.BadParameter(
+                f"{exc.message} (--rate task:NAME=RATE or queue:NAME=RATE, RATE like 10/s)"
+            ) from None
+        if target.startswith("key:"):
+            raise click.BadParameter("a key takes a count: use --concurrency PREFIX=N")
+        out.append((target, value))
+    return tuple(out)
+
+
+def _concurrency_flags(values: tuple[str, ...]) -> tuple[tuple[str, str | int], ...]:
+    out: list[tuple[str, str | int]] = []
+    for text in values:
+        try:
+            target, value = limitspec.parse_assignment(f"key:{text}", "--concurrency")
+        except InvalidJob as exc:
+            raise click.BadParameter(f"{exc.message} (--concurrency PREFIX=N)") from None
+        out.append((target, value))
+    return tuple(out)
 
 
 def _limits(opts: dict[str, Any]) -> Limits:

@@ -186,6 +186,10 @@ def warn_if_nobody_offers(client: Client, job: Job) -> None:
 @click.option("--retries", type=click.IntRange(0, 100), help="retries after a failure [3]")
 @click.option("--timeout", "job_timeout", callback=duration_option, help="job time limit")
 @click.option("--unique-key", help="dedupe: return the live job with this key instead")
+@click.option(
+    "--concurrency-key",
+    help="at most the limit set for this key run at once (conveyor limits set key:PREFIX N)",
+)
 @click.option("--id", "job_id", help="choose the job id (a resubmit is then idempotent)")
 @wait_option("wait for the result and print it; with a DURATION (30, 30s, 5m), at most that long")
 @payload_key_option

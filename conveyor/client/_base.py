@@ -34,6 +34,7 @@ SUBMIT_OPTIONS = (
     "delay",
     "eta",
     "unique_key",
+    "concurrency_key",
 )
 
 
@@ -199,6 +200,16 @@ def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False)
         frame["timeout"] = timeout
     if result_only:
         frame["events"] = frame["payload"] = False
+    return frame
+
+
+def limits_frame(set: dict[str, str | int] | None, clear: list[str] | None) -> dict[str, Any]:
+    """A LIMITS: limits to set (target -> value) and targets to clear; none: only read."""
+    frame: dict[str, Any] = {"t": "limits"}
+    if set:
+        frame["set"] = dict(set)
+    if clear:
+        frame["clear"] = list(clear)
     return frame
 
 

@@ -17,6 +17,7 @@ from conveyor.client._base import (
     final_result,
     get_many_frame,
     job_spec,
+    limits_frame,
     list_frame,
     pong,
     read_job,
@@ -222,6 +223,13 @@ class AsyncClient:
     async def resume_queue(self, queue: str) -> None:
         """Dispatch the queue's jobs again (admin)."""
         await self._request({"t": "queue_resume", "queue": queue})
+
+    async def limits(
+        self, set: dict[str, str | int] | None = None, clear: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Rate and concurrency limits (admin): see :meth:`Client.limits`."""
+        limits: dict[str, Any] = (await self._request(limits_frame(set, clear)))["limits"]
+        return limits
 
     async def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int((await self._request(dlq_frame("dlq_purge", ids), resend=False))["count"])

@@ -17,6 +17,7 @@ from conveyor.client._base import (
     final_result,
     get_many_frame,
     job_spec,
+    limits_frame,
     list_frame,
     pong,
     read_job,
@@ -141,7 +142,8 @@ class Client:
 
         Submit options: queue, priority (1 most urgent … 10), retries, retry_backoff,
         retry_backoff_max, timeout, delay (s), eta (aware datetime or epoch s),
-        unique_key, job_id. Pass ``kwargs={...}`` for task arguments with those names.
+        unique_key, concurrency_key (at most its limit run at once), job_id. Pass
+        ``kwargs={...}`` for task arguments with those names.
         Raises :class:`~conveyor.errors.InvalidJob` naming the argument, before anything
         is sent, for what the broker would refuse.
         """
@@ -240,6 +242,14 @@ class Client:
     def resume_queue(self, queue: str) -> None:
         """Dispatch the queue's jobs again (admin)."""
         self._request({"t": "queue_resume", "queue": queue})
+
+    def limits(
+        self, set: dict[str, str | int] | None = None, clear: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Rate and concurrency limits (admin): set ``{"task:add": "10/s", "key:domain:":
+        2}``, clear targets, and return them all as in force (``set``, ``rates``, ...)."""
+        limits: dict[str, Any] = self._request(limits_frame(set, clear))["limits"]
+        return limits
 
     def dlq_purge(self, ids: list[str] | None = None) -> int:
         return int(self._request(dlq_frame("dlq_purge", ids), resend=False)["count"])

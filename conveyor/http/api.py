@@ -30,6 +30,8 @@ from conveyor.http.schemas import (
     JobDetail,
     JobId,
     JobPage,
+    LimitBody,
+    Limits,
     PauseResult,
     QueueInfo,
     SecurityInfo,
@@ -303,6 +305,35 @@ async def resume(name: QueueName, ctx: Admin) -> dict[str, Any]:
     """Dispatch the queue's jobs again."""
     await ctx.core.pause(check_name(name, "queue", MAX_QUEUE_NAME), False)
     return {"queue": name, "paused": False}
+
+
+LimitTarget = Annotated[
+    str,
+    Path(min_length=3, max_length=210, description="task:NAME, queue:NAME or key:PREFIX"),
+]
+
+
+@router.get("/api/limits", response_model=Limits, tags=["limits"])
+async def limits(ctx: Reader) -> dict[str, Any]:
+    """The rate and concurrency limits in force and what they hold back now (global for
+    this broker, whatever the number of workers)."""
+    return await ctx.core.limits()
+
+
+@router.put("/api/limits/{target}", response_model=Limits, tags=["limits"])
+async def limit_set(target: LimitTarget, body: LimitBody, ctx: Admin) -> dict[str, Any]:
+    """Set one limit (``{"value": "10/s"}`` for task: and queue:, ``{"value": 2}`` for
+    key:); it takes effect at once and survives a restart."""
+    return await ctx.core.limits({target: body.value})
+
+
+@router.delete("/api/limits/{target}", response_model=Limits, tags=["limits"])
+async def limit_clear(target: LimitTarget, ctx: Admin) -> dict[str, Any]:
+    """Remove one limit set on the broker (a task's own @task limit applies again)."""
+    ctx.core.limiter.check(target)
+    if target not in ctx.core.limiter.table:
+        raise HttpError(404, "not_found", f"no limit is set for {target[:100]!r}", "target")
+    return await ctx.core.limits(clears=[target])
 
 
 @router.get("/api/security", response_model=SecurityInfo, tags=["broker"])

@@ -8,7 +8,8 @@ headers are ever sent, so other origins cannot read the answers either.
 ===========  ===========================================================
 producer     read (jobs, stats, workers, queues, tasks, events), submit, cancel
 worker       nothing (workers speak the protocol)
-admin        everything: also the dead-letter queue, queue pause/resume, metrics, security
+admin        everything: also the dead-letter queue, queue pause/resume, limits, metrics,
+             security
 ===========  ===========================================================
 
 Bad tokens count against their source address, as on the socket (one throttle for both,

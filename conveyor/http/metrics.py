@@ -72,6 +72,43 @@ class _Snapshot(Collector):
         refused.add_metric(["auth_throttled"], core.metrics.get("auth_throttled", 0))
         yield refused
         yield from _security(core)
+        yield from _limits(core.limits_info(data.get("waiting_for_key", {})))
+
+
+def _limits(info: dict[str, Any]) -> Iterator[Any]:
+    """Rate and concurrency limits (the ``limits`` section of stats)."""
+    rate = GaugeMetricFamily(
+        "conveyor_rate_limit", "Jobs a second a limited task or queue may get", labels=["target"]
+    )
+    limited = GaugeMetricFamily(
+        "conveyor_rate_limited",
+        "1 while a rate limit holds jobs back (no token)",
+        labels=["target"],
+    )
+    passed = CounterMetricFamily(
+        "conveyor_rate_limit_dispatched", "Jobs a rate limit let through", labels=["target"]
+    )
+    for r in info["rates"]:
+        rate.add_metric([r["target"]], r["per_second"])
+        limited.add_metric([r["target"]], 1 if r["limited"] else 0)
+        passed.add_metric([r["target"]], r["dispatched"])
+    yield rate
+    yield limited
+    yield passed
+    running = GaugeMetricFamily(
+        "conveyor_key_running", "Running jobs per concurrency key", labels=["key"]
+    )
+    for key, n in info["running_by_key"].items():
+        running.add_metric([key], n)
+    yield running
+    waiting = GaugeMetricFamily(
+        "conveyor_key_waiting",
+        "Queued jobs set aside because their concurrency key is at its limit",
+        labels=["key"],
+    )
+    for key, n in info["waiting_for_key"].items():
+        waiting.add_metric([key], n)
+    yield waiting
 
 
 def _security(core: BrokerCore) -> Iterator[Any]:

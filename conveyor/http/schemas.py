@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
@@ -65,6 +65,7 @@ class SubmitBody(BaseModel):
     retries: Int | None = Field(None, ge=0, le=MAX_RETRIES)
     timeout: Number | None = Field(None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
     unique_key: str | None = Field(None, min_length=1, max_length=200)
+    concurrency_key: str | None = Field(None, min_length=1, max_length=200, pattern=NAME)
     id: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
 
 
@@ -114,6 +115,7 @@ class JobDetail(JobSummary):
     retry_backoff_max: float
     timeout: float | None
     unique_key: str | None
+    concurrency_key: str | None = None
     cancel_requested: bool
     waiting: str | None = None
     attempts_detail: list[dict[str, Any]] = Field(
@@ -134,6 +136,39 @@ class StoreHealth(BaseModel):
     failed_attempts: int
 
 
+class RateInfo(BaseModel):
+    target: str = Field(description="task:NAME or queue:NAME")
+    rate: str = Field(description="10/s, 100/m, 1000/h")
+    source: Literal["broker", "task"] = Field(description="set on the broker, or by @task")
+    per_second: float
+    tokens: int = Field(description="jobs it may dispatch right now")
+    limited: bool = Field(description="holding jobs back now: no token")
+    dispatched: int = Field(description="jobs it let through since the broker started")
+
+
+class ConcurrencyInfo(BaseModel):
+    target: str = Field(description="key:PREFIX (set on the broker) or task:NAME (@task)")
+    limit: int
+    source: Literal["broker", "task"]
+
+
+class Limits(BaseModel):
+    set: dict[str, str | int] = Field(description="the limits set on the broker: durable")
+    rates: list[RateInfo]
+    concurrency: list[ConcurrencyInfo]
+    running_by_key: dict[str, int] = Field(description="running jobs per concurrency key")
+    waiting_for_key: dict[str, int] = Field(
+        description="queued jobs set aside because their key is at its limit"
+    )
+    held: int = Field(description="claims that left a rate-limited target out")
+
+
+class LimitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str | int = Field(description="a rate (10/s) for task: and queue:, a count for key:")
+
+
 class Stats(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -146,6 +181,7 @@ class Stats(BaseModel):
     requeued: int
     jobs_per_second: float = Field(description="completions per second over the last minute")
     paused: list[str]
+    limits: Limits
     run_time: dict[str, float | None] = Field(description="p50/p95/p99 seconds, recent jobs")
     wait_time: dict[str, float | None]
     store: StoreHealth

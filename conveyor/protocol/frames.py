@@ -46,6 +46,7 @@ class FrameType(enum.StrEnum):
     TOKEN_REVOKE = "token_revoke"
     QUEUE_PAUSE = "queue_pause"
     QUEUE_RESUME = "queue_resume"
+    LIMITS = "limits"
     OK = "ok"
     # worker <-> broker
     READY = "ready"
@@ -190,6 +191,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.TOKEN_REVOKE: {**_RID, "name": (_STR, True)},
     FrameType.QUEUE_PAUSE: {**_RID, "queue": (_STR, True)},
     FrameType.QUEUE_RESUME: {**_RID, "queue": (_STR, True)},
+    FrameType.LIMITS: {**_RID, "set": (_MAP, False), "clear": (_LIST, False)},
     FrameType.OK: {**_RID},
     FrameType.READY: {
         **_RID,

@@ -18,6 +18,13 @@ first use, kept for the most recent :data:`MAX_VIEWS` claimant kinds, and rebuil
 stale entries pile up. A claimant's ``tasks`` must not change in place (the broker's are
 frozensets).
 
+Jobs with a concurrency key (``JobRecord.concurrency_key``) are claimed through a gate
+that says whether their key may have one more running job. One it refuses is *parked*:
+set aside in a heap of its key, out of every view, so the claims after it never look at
+it again and go on to the jobs behind it. When the gate says slots of a key were freed
+(a job holding it finished), that many of its parked jobs go back, most urgent first.
+Jobs without a key cost nothing of this: the gate is not asked and no map grows.
+
 The index is compact on purpose: per queued job one heap entry and one dict slot, with
 the job id and the sequence number shared between them (about 220 bytes a job in
 all), because the SQLite engine keeps only this in memory for a queue of millions.
@@ -26,12 +33,14 @@ all), because the SQLite engine keeps only this in memory for a queue of million
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 Entry = tuple[int, int, str]  # (priority, sequence, job id)
 Head = tuple[int, int, int]  # (priority, sequence, heap number): a heap's head in a view
 ViewKey = tuple[tuple[str, ...], frozenset[str]]
+Parked = tuple[int, int, str, int]  # (priority, sequence, job id, heap number)
+Admit = Callable[[str, str], bool]  # (task, concurrency key) -> may one more run now
 
 MAX_VIEWS = 64  # claimant kinds whose views are kept (LRU)
 
@@ -60,6 +69,11 @@ class ReadyIndex:
         self._views_of: list[list[_View]] = []  # heap number -> the views including it
         self._views: OrderedDict[ViewKey, _View] = OrderedDict()
         self._seq: dict[str, int] = {}  # job id -> the sequence its live entry has
+        self._names: list[tuple[str, str]] = []  # heap number -> (queue, task)
+        self._keys: dict[str, str] = {}  # job id -> concurrency key (keyed jobs only)
+        self._parked: dict[str, list[Parked]] = {}  # key -> its parked jobs, a heap
+        self._parked_ids: set[str] = set()
+        self._waiting: Counter[str] = Counter()  # key -> live parked jobs
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._seq
@@ -71,9 +85,13 @@ class ReadyIndex:
     def __len__(self) -> int:
         return len(self._seq)
 
-    def push(self, job_id: str, queue: str, task: str, priority: int, seq: int) -> None:
-        """Index a job that just became queued."""
+    def push(
+        self, job_id: str, queue: str, task: str, priority: int, seq: int, key: str | None = None
+    ) -> None:
+        """Index a job that just became queued (``key``: its concurrency key)."""
         self._seq[job_id] = seq
+        if key is not None:
+            self._keys[job_id] = key
         number = self._number(queue, task)
         heap = self._by_number[number]
         entry = (priority, seq, job_id)
@@ -81,9 +99,13 @@ class ReadyIndex:
         if heap[0] is entry:
             self._new_head(number)
 
-    def load(self, job_id: str, queue: str, task: str, priority: int, seq: int) -> None:
+    def load(
+        self, job_id: str, queue: str, task: str, priority: int, seq: int, key: str | None = None
+    ) -> None:
         """Like push, without keeping heap order; call :meth:`heapify` after a bulk load."""
         self._seq[job_id] = seq
+        if key is not None:
+            self._keys[job_id] = key
         self._by_number[self._number(queue, task)].append((priority, seq, job_id))
 
     def heapify(self) -> None:
@@ -95,19 +117,80 @@ class ReadyIndex:
 
     def discard(self, job_id: str) -> bool:
         """Forget a queued job (its heap entry is skipped later); False if not indexed."""
+        if self._keys:
+            key = self._keys.pop(job_id, None)
+            if key is not None and job_id in self._parked_ids:
+                self._parked_ids.discard(job_id)
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
         return self._seq.pop(job_id, None) is not None
 
-    def pop(self, queues: Sequence[str], tasks: Collection[str], limit: int) -> list[str]:
-        """Take up to ``limit`` of the most urgent job ids these queues and tasks offer."""
+    def pop(
+        self,
+        queues: Sequence[str],
+        tasks: Collection[str],
+        limit: int,
+        admit: Admit | None = None,
+    ) -> list[str]:
+        """Take up to ``limit`` of the most urgent job ids these queues and tasks offer;
+        a keyed job ``admit`` refuses is parked instead (see the module docstring)."""
         view = self._view(queues, tasks)
         taken: list[str] = []
+        if admit is None or not self._keys:  # the common path: no keyed job anywhere
+            while len(taken) < limit:
+                entry = self._pop_best(view)
+                if entry is None:
+                    break
+                self.discard(entry[2])
+                taken.append(entry[2])
+            return taken
         while len(taken) < limit:
-            entry = self._pop_best(view)
-            if entry is None:
+            number = self._best_heap(view)
+            if number is None:
                 break
+            entry = self._take_head(number)
+            key = self._keys.get(entry[2])
+            if key is not None and not admit(self._names[number][1], key):
+                self._park(key, entry, number)
+                continue
             self.discard(entry[2])
             taken.append(entry[2])
         return taken
+
+    def unpark(self, freed: Mapping[str, int] | None) -> None:
+        """Put parked jobs back: per key, as many as it has freed slots (most urgent
+        first); ``None``: all of them (a limit changed)."""
+        keys = list(self._parked) if freed is None else [k for k in freed if k in self._parked]
+        for key in keys:
+            heap = self._parked[key]
+            n = len(heap) if freed is None else freed[key]
+            while heap and n > 0:
+                priority, seq, job_id, number = heapq.heappop(heap)
+                if job_id not in self._parked_ids or self._seq.get(job_id) != seq:
+                    continue  # gone meanwhile (cancelled)
+                self._parked_ids.discard(job_id)
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+                entry = (priority, seq, job_id)
+                target = self._by_number[number]
+                heapq.heappush(target, entry)
+                if target[0] is entry:
+                    self._new_head(number)
+                n -= 1
+            if not heap:
+                del self._parked[key]
+
+    def waiting_for_key(self) -> dict[str, int]:
+        """Parked jobs by concurrency key: queued, waiting for a running one to finish."""
+        return dict(self._waiting)
+
+    def _park(self, key: str, entry: Entry, number: int) -> None:
+        priority, seq, job_id = entry
+        heapq.heappush(self._parked.setdefault(key, []), (priority, seq, job_id, number))
+        self._parked_ids.add(job_id)
+        self._waiting[key] += 1
 
     def peek(self, queues: Sequence[str], tasks: Collection[str], limit: int) -> list[str]:
         """The ids :meth:`pop` would take next, leaving the index as it is (in
@@ -133,6 +216,7 @@ class ReadyIndex:
         if number is None:
             number = by_task[task] = len(self._by_number)
             self._by_number.append([])
+            self._names.append((queue, task))
             views = [v for v in self._views.values() if v.covers(queue, task)]
             self._views_of.append(views)
             for view in views:

@@ -116,7 +116,7 @@ class LiveJobs:
             seq = next(self._front) if front else next(self._seq)
             if seq > 0:
                 self.high_water = seq
-            self.ready.push(job.id, job.queue, job.task, job.priority, seq)
+            self.ready.push(job.id, job.queue, job.task, job.priority, seq, job.concurrency_key)
         elif job.state is JobState.SCHEDULED:
             eta = job.eta or 0.0
             self._eta[job.id] = eta
@@ -186,7 +186,13 @@ class LiveJobs:
         """Ids of the most urgent queued jobs the claimant can run, out of the ready index
         (records not resident must be restored before the claims are applied)."""
         queues = (*claimant.queues, UNROUTED)
-        return self.ready.pop(queues, claimant.tasks, limit)
+        gate = claimant.gate
+        if gate is None:
+            return self.ready.pop(queues, claimant.tasks, limit)
+        freed = gate.freed()
+        if freed is None or freed:
+            self.ready.unpark(freed)
+        return self.ready.pop(queues, claimant.tasks, limit, gate.admit)
 
     def upcoming(self, claimant: Claimant, limit: int) -> list[str]:
         """Ids :meth:`pop_ready` would give this claimant next, left in the index."""
@@ -227,12 +233,14 @@ class LiveJobs:
         seq: int | None,
         eta: float | None,
         unique_key: str | None,
+        concurrency_key: str | None = None,
     ) -> None:
         """Index a queued or scheduled job read from disk, without its record."""
         if unique_key is not None:
             self._unique[unique_key] = job_id
         if state is JobState.QUEUED:
-            self.ready.load(job_id, queue, task, priority, next(self._seq) if seq is None else seq)
+            seq = next(self._seq) if seq is None else seq
+            self.ready.load(job_id, queue, task, priority, seq, concurrency_key)
         else:
             self._eta[job_id] = eta or 0.0
             self._scheduled.append((eta or 0.0, job_id))
@@ -264,6 +272,7 @@ class LiveJobs:
                 ):
                     by[name].setdefault(key, Counter())[state.value] += n
         out: dict[str, Any] = {"states": states, "totals": dict(self.totals)}
+        out["waiting_for_key"] = self.ready.waiting_for_key()
         for name, groups in by.items():
             ordered = sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0]))  # "2" < "10"
             out[name] = {key: dict(counts) for key, counts in ordered}

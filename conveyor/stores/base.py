@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.job import DEFAULT_QUEUE, Event, JobRecord, JobState
 from conveyor.lifecycle import TaskOptions, Transition
@@ -37,12 +37,32 @@ class Inserted:
     created: bool  # False: an existing job was returned (same id, or same live unique_key)
 
 
+class KeyGate(Protocol):
+    """Per-key concurrency limits as a claim sees them (the broker's
+    :class:`~conveyor.broker.keygate.ConcurrencyGate` is one).
+
+    A claim asks :meth:`admit` for each job that has a concurrency key, before taking it;
+    a job refused stays queued, and the engine should not offer it again until
+    :meth:`freed` names its key (the memory and SQLite engines park it aside).
+    """
+
+    def admit(self, task: str, key: str) -> bool:
+        """Reserve a running slot of ``key`` for one job of ``task``; False: at its limit."""
+        ...
+
+    def freed(self) -> Mapping[str, int] | None:
+        """Slots freed per key since the last call (the call forgets them); ``None``:
+        limits changed, every refused job may be tried again."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Claimant:
     """What a worker can take: its id, queues, tasks, and per task its own options and
     declared queue (``routes``: where an unrouted job of that task goes when claimed).
 
     Every claimant also takes unrouted jobs (queue ``UNROUTED``) of the tasks it offers.
+    With a ``gate``, a job that has a concurrency key is taken only if the gate admits it.
     """
 
     worker: str
@@ -50,6 +70,7 @@ class Claimant:
     tasks: Collection[str]
     options: Mapping[str, TaskOptions] = field(default_factory=dict)
     routes: Mapping[str, str] = field(default_factory=dict)
+    gate: KeyGate | None = None
 
     def route(self, task: str) -> str:
         return self.routes.get(task, DEFAULT_QUEUE)
@@ -182,4 +203,5 @@ class Store(abc.ABC):
     # -- numbers -----------------------------------------------------------------------------
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:
-        """``{"states": {state: n}, "queues": {queue: {state: n}}, "totals": {kind: n}}``."""
+        """``{"states": {state: n}, "queues": {queue: {state: n}}, "totals": {kind: n}}``;
+        optionally ``"waiting_for_key": {key: n}`` (queued jobs a gate refused)."""

@@ -195,6 +195,10 @@ class Worker:
             }
             if t.timeout is not None:
                 options["timeout"] = t.timeout
+            if t.rate is not None:
+                options["rate"] = t.rate
+            if t.concurrency_limit is not None:
+                options["concurrency_limit"] = t.concurrency_limit
             defaults[t.name] = options
         return {
             "t": "ready",

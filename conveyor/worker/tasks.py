@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from conveyor import limitspec
 from conveyor.client.default import default_client
 from conveyor.client.sync import Client, JobHandle
 from conveyor.errors import ConfigError, InvalidJob
@@ -58,6 +59,8 @@ class TaskDef:
     is_async: bool = False
     signature: inspect.Signature | None = None  # arguments are checked against it first
     priority: int | None = None  # for jobs submitted through the task object
+    rate: str | None = None  # the broker dispatches it no faster ("10/m": limitspec)
+    concurrency_limit: int | None = None  # running jobs per concurrency key, broker-wide
 
     def submit_options(self) -> dict[str, Any]:
         """The options a job of this task gets when submitted through the task object."""
@@ -205,6 +208,20 @@ def _check_options(
         raise ValueError(f"@task {name!r}: retry_backoff and retry_backoff_max must be >= 0")
 
 
+def _check_limits(
+    name: str, rate: str | None, concurrency_limit: int | None
+) -> tuple[str | None, int | None]:
+    try:
+        return (
+            None if rate is None else str(limitspec.parse_rate(rate)),
+            None
+            if concurrency_limit is None
+            else limitspec.parse_key_limit(concurrency_limit, "concurrency_limit"),
+        )
+    except InvalidJob as exc:
+        raise ValueError(f"@task {name!r}: {exc.message}") from None
+
+
 def _non_retryable(value: Any, name: str) -> tuple[type[BaseException], ...]:
     items = value if isinstance(value, tuple | list) else (value,)
     for item in items:
@@ -228,6 +245,8 @@ def task(
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
     priority: int | None = None,
+    rate: str | None = None,
+    concurrency_limit: int | None = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -244,12 +263,16 @@ def task(
     retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
     non_retryable: tuple[type[BaseException], ...] | type[BaseException] = (),
     priority: int | None = None,
+    rate: str | None = None,
+    concurrency_limit: int | None = None,
     registry: TaskRegistry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Register a function as a task; use bare (``@task``) or with options (``@task(...)``).
 
     The name defaults to the function's ``__name__``. ``non_retryable`` exceptions fail
-    the job at once, as :class:`~conveyor.errors.Reject` does.
+    the job at once, as :class:`~conveyor.errors.Reject` does. ``rate`` (``"10/s"``,
+    ``"100/m"``) and ``concurrency_limit`` (running jobs per ``concurrency_key``) are
+    enforced by the broker across all workers (docs/workflows.md).
     """
 
     def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -261,6 +284,7 @@ def task(
             isinstance(priority, bool) or not MIN_PRIORITY <= priority <= MAX_PRIORITY
         ):
             raise ValueError(f"@task {task_name!r}: priority must be from 1 to 10")
+        checked_rate, checked_limit = _check_limits(task_name, rate, concurrency_limit)
         definition = TaskDef(
             name=task_name,
             fn=func,
@@ -273,6 +297,8 @@ def task(
             is_async=inspect.iscoroutinefunction(func),
             signature=_signature(func),
             priority=priority,
+            rate=checked_rate,
+            concurrency_limit=checked_limit,
         )
         (default_registry if registry is None else registry).register(definition)
         return Task(func, definition)

@@ -107,7 +107,7 @@ def edge_fields(*names_: str, **special: st.SearchStrategy[Any]) -> dict[str, An
 
 SPEC_FIELDS = edge_fields(
     *("task", "queue", "priority", "retries", "retry_backoff", "retry_backoff_max"),
-    *("timeout", "delay", "eta", "unique_key", "id", "payload", "x"),
+    *("timeout", "delay", "eta", "unique_key", "concurrency_key", "id", "payload", "x"),
     args=st.lists(values, max_size=3) | deep,
     kwargs=st.dictionaries(names, values, max_size=3) | deep.map(lambda d: {"k": d}),
 )
@@ -134,6 +134,17 @@ PRODUCER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "token_revoke": mutated({"name": "nobody"}, edge_fields(name=an_id)),
     "queue_pause": mutated({"queue": "fzq"}, edge_fields("queue")),
     "queue_resume": mutated({"queue": "fzq"}, edge_fields("queue")),
+    "limits": mutated(  # targets no fuzzed job uses: a limit set here slows nothing else
+        {"set": {"task:fz.limited": "5/s"}},
+        edge_fields(
+            "clear",
+            set=st.dictionaries(
+                st.sampled_from(["task:fz.limited", "queue:fz-limited", "key:fzk", "x:y"]) | names,
+                edge_values | st.sampled_from(["0/s", "-1/s", "abc", "5/x", "1e400", 0, -2]),
+                max_size=2,
+            ),
+        ),
+    ),
     "ping": st.just({}),
     "pong": st.just({}),
     "error": mutated({"code": "invalid", "message": "m"}, edge_fields("code", "message", "field")),
@@ -197,7 +208,13 @@ READY = mutated(
         queues=st.lists(names, max_size=3),
         defaults=st.dictionaries(
             names,
-            mutated({}, edge_fields("retries", "retry_backoff", "retry_backoff_max", "timeout")),
+            mutated(
+                {},
+                edge_fields(
+                    *("retries", "retry_backoff", "retry_backoff_max", "timeout"),
+                    *("rate", "concurrency_limit"),
+                ),
+            ),
             max_size=2,
         ),
         routes=st.dictionaries(names, names | edge_values, max_size=2),

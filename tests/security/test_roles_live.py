@@ -52,6 +52,7 @@ def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
         F.TOKEN_REVOKE: {"name": "no-such-token"},
         F.QUEUE_PAUSE: {"queue": "roles-test"},
         F.QUEUE_RESUME: {"queue": "roles-test"},
+        F.LIMITS: {},
         F.READY: {"tasks": ["add"], "queues": ["default"], "concurrency": 1},
         F.REPORT: {"results": []},
         F.HEARTBEAT: {"running": []},
@@ -81,6 +82,7 @@ ANSWERED = frozenset(
         F.TOKEN_REVOKE,
         F.QUEUE_PAUSE,
         F.QUEUE_RESUME,
+        F.LIMITS,
         F.READY,
     }
 )
@@ -116,6 +118,7 @@ token_list     no        no      yes
 token_revoke   no        no      yes
 queue_pause    no        no      yes
 queue_resume   no        no      yes
+limits         no        no      yes
 """
 """``again``: a second HELLO is a fatal ``bad_frame`` for every role (the handshake is done)."""
 

@@ -386,6 +386,17 @@ async def test_waiting_counts_follow_queued_jobs(store: Store) -> None:
     assert await store.queue_waiting() == {("default", "x"): 1, ("q2", "y"): 1}
 
 
+# -- concurrency keys ---------------------------------------------------------------------------
+async def test_the_concurrency_key_is_kept_through_every_change(store: Store) -> None:
+    (keyed, plain) = await insert(store, spec(concurrency_key="domain:x"), spec())
+    (got,) = await store.job_get_many([keyed.id])
+    assert (got.concurrency_key, plain.concurrency_key) == ("domain:x", None)
+    running = {j.id: j for j in await claim(store)}
+    assert running[keyed.id].concurrency_key == "domain:x"
+    (again,) = await store.job_get_many([keyed.id])
+    assert again.concurrency_key == "domain:x"
+
+
 # -- dedup --------------------------------------------------------------------------------------
 async def test_unique_key_dedups_while_live_only(store: Store) -> None:
     first, dup = await store.job_insert_many(

@@ -96,6 +96,7 @@ async def test_acknowledged_work_survives_a_restart(reopen: Reopen) -> None:
         job("running", kwargs={"x": [1, 2]}),
         job("later", eta=T0 + 3600),
         job("waiting", unique_key="u1"),
+        job("keyed", concurrency_key="domain:x"),
     )
     done, dead, _ = await claim(store, "w1", 3)
     error = {"type": "KeyError", "message": "x", "traceback": "tb"}
@@ -122,6 +123,8 @@ async def test_acknowledged_work_survives_a_restart(reopen: Reopen) -> None:
         got_later = await store.job_get("later")
         assert got_later is not None and got_later.state is JobState.SCHEDULED
         assert await store.job_next_eta() == T0 + 3600
+        keyed = await store.job_get("keyed")
+        assert keyed is not None and keyed.concurrency_key == "domain:x"
         # the unique key is still held, and a client id is still idempotent
         dup, again = await store.job_insert_many(
             [

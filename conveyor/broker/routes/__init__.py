@@ -46,6 +46,7 @@ ROUTES: dict[FrameType, Route] = {
     FrameType.TOKEN_REVOKE: admin.token_revoke,
     FrameType.QUEUE_PAUSE: admin.queue_pause,
     FrameType.QUEUE_RESUME: admin.queue_resume,
+    FrameType.LIMITS: admin.limits,
     FrameType.PING: ping,
     FrameType.PONG: ignore,
     FrameType.GOODBYE: goodbye,

@@ -1,4 +1,4 @@
-"""Admin routes: token management over the protocol."""
+"""Admin routes: tokens, queue pause and resume, rate and concurrency limits."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.errors import JobNotFound
 from conveyor.limits import MAX_ECHO, MAX_QUEUE_NAME
+from conveyor.limitspec import MAX_LIMITS
 from conveyor.protocol.frames import ErrorCode
 from conveyor.security.tokens import Role, TokenInfo
 from conveyor.validation import check_name
@@ -39,6 +40,25 @@ def _pause(peer: Peer, frame: dict[str, Any], paused: bool) -> Reply:
 async def _paused(peer: Peer, rid: int, queue: str, paused: bool) -> None:
     await peer.core.pause(queue, paused)
     peer.send({"t": "ok", "rid": rid, "queue": queue, "paused": paused})
+
+
+def limits(peer: Peer, frame: dict[str, Any]) -> Reply:
+    """LIMITS: clear (``clear``: targets) and set (``set``: target -> value) limits, then
+    reply with them all; with neither, only the reply. All are checked before any changes."""
+    changes = frame.get("set") or {}
+    clears = frame.get("clear") or []
+    if len(changes) + len(clears) > MAX_LIMITS:
+        raise invalid("set", f"may change at most {MAX_LIMITS} limits at once")
+    for target, value in changes.items():
+        peer.core.limiter.check(target, value, "set")
+    for target in clears:
+        peer.core.limiter.check(target, None, "clear")
+    return _limits(peer, frame["rid"], changes, clears)
+
+
+async def _limits(peer: Peer, rid: int, changes: dict[str, Any], clears: list[str]) -> None:
+    info = await peer.core.limits(changes, clears)
+    peer.send({"t": "ok", "rid": rid, "limits": info})
 
 
 def token_create(peer: Peer, frame: dict[str, Any]) -> Reply:

@@ -60,6 +60,7 @@ def job_map(
         "timeout": job.timeout,
         "eta": job.eta,
         "unique_key": job.unique_key,
+        "concurrency_key": job.concurrency_key,
         "attempts": job.attempts,
         "worker": job.worker,
         "lease": job.lease,

@@ -241,7 +241,7 @@ class Start:
     lowest: int  # the lowest (front) sequence stored
 
 
-_WAITING_COLUMNS = "id, state, queue, task, priority, seq, eta, unique_key"
+_WAITING_COLUMNS = "id, state, queue, task, priority, seq, eta, unique_key, concurrency_key"
 
 
 def load_live(
@@ -264,8 +264,8 @@ def load_live(
     rows = conn.execute(
         f"SELECT {_WAITING_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled')"
     )
-    for job_id, state, queue, task, priority, seq, eta, unique_key in rows:
-        live.load_waiting(job_id, JobState(state), queue, task, priority, seq, eta, unique_key)
+    for job_id, state, queue, task, priority, seq, eta, unique_key, key in rows:
+        live.load_waiting(job_id, JobState(state), queue, task, priority, seq, eta, unique_key, key)
     running = conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE state = 'running'")
     jobs = [row_job(r) for r in running]
     for job in jobs:

@@ -85,13 +85,24 @@ COLUMNS = (
     "error",
     "result",
     "payload",
+    "concurrency_key",  # v5
 )
 SELECT_COLUMNS = ", ".join(c for c in COLUMNS if c != "seq")
 #: what a state change may alter: everything but the job's identity and its payload
 MUTABLE = tuple(
     c
     for c in COLUMNS
-    if c not in ("id", "task", "priority", "unique_key", "timeout", "created_at", "payload")
+    if c
+    not in (
+        "id",
+        "task",
+        "priority",
+        "unique_key",
+        "timeout",
+        "created_at",
+        "payload",
+        "concurrency_key",
+    )
 )
 
 
@@ -131,6 +142,7 @@ def job_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         pack_map(job.error),
         job.result,
         job.payload,
+        job.concurrency_key,
     )
 
 
@@ -184,6 +196,7 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         error,
         result,
         payload,
+        concurrency_key,
     ) = row
     return JobRecord(
         id=job_id,
@@ -209,6 +222,7 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         finished_at=finished_at,
         cancel_requested=bool(cancel_requested),
         version=version,
+        concurrency_key=concurrency_key,
     )
 
 
@@ -236,7 +250,8 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS jobs_prunable")
     for statement in _V2_TABLES:
         conn.execute(statement)
-    placeholders = ", ".join("?" * len(COLUMNS))
+    v2_columns = COLUMNS[: COLUMNS.index("concurrency_key")]  # what v2's table has
+    placeholders = ", ".join("?" * len(v2_columns))
     rows = conn.execute(
         "SELECT id, state, queue, task, priority, eta, unique_key, created_at, finished_at,"
         " seq, data FROM jobs_v1 ORDER BY rowid"
@@ -269,7 +284,9 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
             cancel_requested=bool(d.get("cancel_requested", False)),
             version=1,
         )
-        conn.execute(f"INSERT INTO jobs VALUES ({placeholders})", job_row(job, seq))
+        conn.execute(
+            f"INSERT INTO jobs VALUES ({placeholders})", job_row(job, seq)[: len(v2_columns)]
+        )
         conn.executemany(
             "INSERT INTO events (job_id, data) VALUES (?, ?)",
             [(job_id, pack_map(ev)) for ev in d.get("events", ())],
@@ -300,11 +317,17 @@ def _v4_counts_and_listing_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_worker ON jobs (worker) WHERE worker IS NOT NULL")
 
 
+def _v5_concurrency_key(conn: sqlite3.Connection) -> None:
+    """A job may carry a concurrency key: at most a limit of running jobs share one."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN concurrency_key TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
     _v3_meta,
     _v4_counts_and_listing_indexes,
+    _v5_concurrency_key,
 )
 
 

@@ -1,0 +1,85 @@
+"""The ready index with concurrency keys: refused jobs are parked, the claim goes past
+them, and freed slots put back that many (the gate as the broker's dispatcher uses it)."""
+
+from __future__ import annotations
+
+from conveyor.broker.keygate import ConcurrencyGate
+from conveyor.job import JobRecord
+from conveyor.stores._index import ReadyIndex
+
+Q, T = ("q",), frozenset({"t"})
+
+
+def _claim(index: ReadyIndex, gate: ConcurrencyGate, limit: int, keys: dict[str, str]) -> list[str]:
+    """What one claim does: put back what was freed, pop through the gate, settle."""
+    index.unpark(gate.freed())
+    ids = index.pop(Q, T, limit, gate.admit)
+    gate.settle(JobRecord(id=i, task="t", payload=b"", concurrency_key=keys.get(i)) for i in ids)
+    return ids
+
+
+def test_a_key_at_its_limit_is_skipped_and_the_rest_flow() -> None:
+    index, gate = ReadyIndex(), ConcurrencyGate(lambda task: 2)
+    keys = {f"a{n}": "domain:a" for n in range(5)}
+    for n in range(5):
+        index.push(f"a{n}", "q", "t", 5, n + 1, "domain:a")
+    for n in range(3):
+        index.push(f"free{n}", "q", "t", 5, 10 + n)
+    assert _claim(index, gate, 10, keys) == ["a0", "a1", "free0", "free1", "free2"]
+    assert index.waiting_for_key() == {"domain:a": 3}
+    assert _claim(index, gate, 10, keys) == []  # parked: not looked at again
+    assert len(index) == 3  # still queued
+    gate.release("domain:a")
+    assert _claim(index, gate, 10, keys) == ["a2"]  # one slot freed: one comes back
+    assert index.waiting_for_key() == {"domain:a": 2}
+
+
+def test_a_cancelled_parked_job_never_comes_back_and_is_not_counted() -> None:
+    index, gate = ReadyIndex(), ConcurrencyGate(lambda task: 1)
+    keys = {"k1": "k", "k2": "k", "k3": "k"}
+    for n, job_id in enumerate(keys, start=1):
+        index.push(job_id, "q", "t", 5, n, "k")
+    assert _claim(index, gate, 10, keys) == ["k1"]
+    assert index.discard("k2")
+    assert index.waiting_for_key() == {"k": 1}
+    gate.release("k")
+    assert _claim(index, gate, 10, keys) == ["k3"]
+    assert index.waiting_for_key() == {}
+
+
+def test_a_raised_limit_puts_every_parked_job_back() -> None:
+    limit = {"n": 1}
+    index, gate = ReadyIndex(), ConcurrencyGate(lambda task: limit["n"])
+    keys = {f"j{n}": "k" for n in range(4)}
+    for n in range(4):
+        index.push(f"j{n}", "q", "t", 5, n + 1, "k")
+    assert _claim(index, gate, 10, keys) == ["j0"]
+    limit["n"] = 3
+    gate.reconsider()
+    assert _claim(index, gate, 10, keys) == ["j1", "j2"]
+
+
+def test_broker_prefixes_win_over_the_tasks_own_limit() -> None:
+    gate = ConcurrencyGate(lambda task: 5)
+    gate.prefixes = {"domain:": 2, "domain:big.": 4}
+    assert gate.limit("t", "domain:x") == 2
+    assert gate.limit("t", "domain:big.example") == 4
+    assert gate.limit("t", "other") == 5
+
+
+def test_an_admitted_job_the_claim_did_not_take_frees_its_slot() -> None:
+    gate = ConcurrencyGate(lambda task: 1)
+    assert gate.admit("t", "k")
+    gate.settle([])  # cancelled while the claim read it back
+    assert gate.running == {} and gate.freed() == {"k": 1}
+    assert gate.admit("t", "k")
+
+
+def test_without_keys_no_gate_is_asked() -> None:
+    index = ReadyIndex()
+    index.push("a", "q", "t", 5, 1)
+
+    def refuse(task: str, key: str) -> bool:
+        raise AssertionError("asked about a job without a key")
+
+    assert index.pop(Q, T, 5, refuse) == ["a"]
