@@ -77,9 +77,10 @@ class AsyncClient:
     """Talks to a broker from asyncio code. Reconnects with backoff when it is lost.
 
     ``AsyncClient(url, token=..., ca=...)``; every argument defaults from the
-    environment and ``$CONVEYOR_HOME`` (see README). ``payload_key`` turns on end-to-end
-    payload encryption, exactly as for :class:`~conveyor.client.sync.Client`. Safe to use
-    from many tasks at once: their requests share one connection.
+    environment and ``$CONVEYOR_HOME`` (see README); ``url`` may list several brokers to
+    fail over between, as for :class:`~conveyor.client.sync.Client`. ``payload_key``
+    turns on end-to-end payload encryption, exactly as for Client. Safe to use from many
+    tasks at once: their requests share one connection.
     """
 
     def __init__(

@@ -77,10 +77,12 @@ class Client:
     """Talks to a broker from blocking code. Reconnects with backoff when it is lost.
 
     ``Client(url, token=..., ca=...)``; every argument defaults from the environment
-    and ``$CONVEYOR_HOME`` (see README). Use as a context manager. Not thread-safe:
-    give each thread its own Client. The first connection is made by the first request
-    (or :meth:`connect`); if no broker answers it raises
-    :class:`~conveyor.errors.BrokerUnavailable` at once.
+    and ``$CONVEYOR_HOME`` (see README). ``url`` may list several brokers of one system,
+    ``conveyor://a:65432,b:65432``: the client starts at a random one and fails over to
+    the next when its broker is lost (docs/deploy.md says what is resent). Use as a
+    context manager. Not thread-safe: give each thread its own Client. The first
+    connection is made by the first request (or :meth:`connect`); if no broker answers it
+    raises :class:`~conveyor.errors.BrokerUnavailable` at once.
 
     ``payload_key`` (one Fernet key, several with the primary first, or a
     :class:`~conveyor.security.payload.PayloadCipher`; default: the key file named by

@@ -93,6 +93,8 @@ class WorkerStats:
 class Worker:
     """Runs tasks from ``modules`` (or a ready ``registry``) for a broker until stopped.
 
+    ``url`` may list several brokers (``conveyor://a:65432,b:65432``) to fail over between.
+
     ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
     or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
     Each job's start and end are logged (:mod:`conveyor.worker.joblog`); its arguments and
