@@ -10,6 +10,9 @@ makes on first start and what local clients read from it::
                                            the broker at start (mode 0600), so clients and
                                            workers find a broker on a non-default port
 
+A broker URL may list several brokers to fail over between, comma-separated
+(``conveyor://a:65432,b:65432``; :func:`parse_broker_urls`).
+
 Environment: ``CONVEYOR_HOME``, ``CONVEYOR_BROKER_URL``, ``CONVEYOR_TOKEN``,
 ``CONVEYOR_CA``, ``CONVEYOR_CERT``, ``CONVEYOR_KEY``. An empty variable counts as unset.
 """
@@ -88,6 +91,50 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return host, port
 
 
+MAX_BROKER_ADDRESSES = 64  # a list longer than this is a mistake, not a cluster
+
+
+def parse_broker_urls(text: str) -> list[tuple[str, int]]:
+    """One or several broker addresses, comma-separated, in the order given.
+
+    ``conveyor://a:65432,b:65432`` (hosts after the scheme share it, so their port may be
+    left out: ``conveyor://a,b``), ``conveyor://a:1,conveyor://b:2`` and ``a:1,b:2`` all
+    work; each entry is checked as :func:`parse_broker_url` checks one. An empty entry,
+    the same address twice or more than :data:`MAX_BROKER_ADDRESSES` raise ConfigError.
+    """
+    entries = text.split(",")  # no valid entry holds a comma (IPv6 goes in brackets)
+    if len(entries) > MAX_BROKER_ADDRESSES:
+        raise ConfigError(
+            f"broker URL lists {len(entries)} addresses; at most {MAX_BROKER_ADDRESSES} are "
+            "allowed (put a load balancer or DNS name in front of a larger pool)"
+        )
+    if len(entries) == 1:
+        return [parse_broker_url(text)]
+    addresses: list[tuple[str, int]] = []
+    schemed = False  # an entry after conveyor://... is read as if it carried the scheme too
+    for n, raw in enumerate(entries, 1):
+        entry = raw.strip()
+        if not entry:
+            raise ConfigError(
+                f"broker URL {text!r} has an empty entry (number {n}): separate addresses "
+                "with single commas, as in conveyor://a:65432,b:65432"
+            )
+        if "://" in entry:
+            schemed = True
+        elif schemed:
+            entry = f"{SCHEME}://{entry}"
+        try:
+            address = parse_broker_url(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"entry {n} of broker URL {text!r}: {exc}") from None
+        if address in addresses:
+            host, port = address
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ConfigError(f"broker URL {text!r} lists {shown} twice")
+        addresses.append(address)
+    return addresses
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """How a client reaches and authenticates to the broker."""
@@ -105,7 +152,13 @@ class ClientSettings:
 
     @property
     def address(self) -> tuple[str, int]:
-        return parse_broker_url(self.broker_url)
+        """The first address of :attr:`addresses`."""
+        return self.addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every broker address the URL lists (one, or several to fail over between)."""
+        return parse_broker_urls(self.broker_url)
 
 
 def resolve_client_settings(
@@ -130,7 +183,7 @@ def resolve_client_settings(
     )
     url = url or DEFAULT_BROKER_URL
     try:
-        parse_broker_url(url)
+        parse_broker_urls(url)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (the URL came from {url_source})") from None
     tok, token_source = _first(

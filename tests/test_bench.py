@@ -80,3 +80,44 @@ def test_bench_budget_names_a_cost_for_every_stage(tmp_path: Path) -> None:
         assert isinstance(report[key], float) and report[key] > 0, key
     # a batch frame costs less per job than a frame of its own
     assert report["budget_codec_batch_us"] < report["budget_codec_frame_us"]  # type: ignore[operator]
+
+
+def test_bench_scaling_reports_every_point_and_saves_the_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "docs" / "scaling.png"
+    report = _bench(
+        tmp_path,
+        *("--scaling", "--jobs", "20", "--scale", "1,2", "--pool", "thread"),
+        *("--plot", str(plot)),
+    )
+    points = report["scaling"]
+    assert isinstance(points, list)
+    assert {(p["kind"], p["pool"], p["workers"]) for p in points} == {
+        (kind, "thread", n) for kind in ("cpu", "io") for n in (1, 2)
+    }
+    assert all(p["jobs_per_s"] > 0 for p in points)
+    assert {p["speedup"] for p in points if p["workers"] == 1} == {1.0}
+    assert report["jobs"] == 20 and report["concurrency"] == 1
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_scaling_plot_is_skipped_with_a_message_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.bench.plot import save_plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    points = [{"kind": "cpu", "pool": "thread", "workers": 1, "jobs_per_s": 1.0, "speedup": 1.0}]
+    message = save_plot(points, tmp_path / "s.png", 2)
+    assert "matplotlib is not installed" in message and "conveyor[plot]" in message
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_bench_scaling_refuses_a_bad_scale() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "bench", "--scaling", "--scale", "4,2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "ascending worker counts" in proc.stderr

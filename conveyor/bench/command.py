@@ -13,6 +13,8 @@ from rich.table import Table
 
 from conveyor.bench.budget import STAGES, run_budget
 from conveyor.bench.paths import PATHS, SHAPES, run_paths, run_shapes
+from conveyor.bench.plot import DEFAULT_PLOT, save_plot
+from conveyor.bench.scaling import SIZES, parse_sizes, run_scaling
 from conveyor.bench.store import run_queued_memory, run_reads_under_load, run_restart
 from conveyor.bench.system import LocalSystem, machine
 from conveyor.bench.throughput import run_bench, run_priority_demo
@@ -28,6 +30,7 @@ SCENARIOS = (
     "restart",
     "reads",
     "budget",
+    "scaling",
 )
 #: scenarios about the durable store run on SQLite whatever --store says
 DURABLE_SCENARIOS = ("queued-memory", "restart", "reads")
@@ -50,9 +53,14 @@ SQLITE = "sqlite:///{home}/bench.db"
     "a backlog; queued-memory: broker memory per queued job, then the drain of that queue; "
     "restart: time to ready with --history finished jobs; reads: round trips while another "
     "client lists a --history deep queue; budget: CPU microseconds per job in each stage "
-    "alone (client, codec, validation, store, worker) and of each process",
+    "alone (client, codec, validation, store, worker) and of each process; scaling (not in "
+    "all): the same as --scaling",
 )
-@click.option("--jobs", type=click.IntRange(1), default=20_000, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    help="jobs per measurement  [default: 20,000; 2,000 with --scaling]",
+)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option(
     "--concurrency",
@@ -87,11 +95,35 @@ SQLITE = "sqlite:///{home}/bench.db"
 )
 @click.option("--priority-demo", is_flag=True, help="the same as --scenario priority")
 @click.option(
+    "--scaling",
+    is_flag=True,
+    help="speed-up with 1, 2, 4 and 8 worker processes (--scale), for each pool kind (or "
+    "--pool), on a CPU-bound and a 10 ms I/O-bound task: a table and a plot (--plot); "
+    "each worker has one slot unless --concurrency says otherwise",
+)
+@click.option(
+    "--scale",
+    "scale",
+    default=",".join(map(str, SIZES)),
+    show_default=True,
+    metavar="N,N,...",
+    callback=lambda ctx, param, value: parse_sizes(value),
+    help="worker counts for --scaling",
+)
+@click.option(
+    "--plot",
+    "plot_file",
+    default=DEFAULT_PLOT,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="where --scaling saves its plot (PNG; needs the plot extra: conveyor[plot])",
+)
+@click.option(
     "--json", "json_file", type=click.Path(dir_okay=False), help="also write results here"
 )
 def bench(
     scenario: str,
-    jobs: int,
+    jobs: int | None,
     workers: int,
     concurrency: int | None,
     pool: str | None,
@@ -100,11 +132,20 @@ def bench(
     samples: int,
     history: int,
     priority_demo: bool,
+    scaling: bool,
+    scale: tuple[int, ...],
+    plot_file: str,
     json_file: str | None,
 ) -> None:
     """Measure a real broker with real workers over TLS (see --scenario)."""
     if priority_demo:
         scenario = "priority"
+    if scaling:
+        scenario = "scaling"
+    if scenario == "scaling":
+        jobs = jobs or 2_000
+        concurrency = concurrency or 1  # one slot each: the worker count is the variable
+    jobs = jobs or 20_000
     if broker_url and scenario == "all":
         scenario = "throughput"  # the one scenario that measures a broker it did not start
     if broker_url and scenario != "throughput":
@@ -127,11 +168,19 @@ def bench(
         "machine": machine(),
     }
     try:
-        results.update(_run(_scenario(scenario, system, broker_url, jobs, samples, history)))
+        if scenario == "scaling" and system is not None:
+            pools = (pool,) if pool else POOL_KINDS
+            results.update(_run(run_scaling(system, jobs, scale, pools)))
+        else:
+            results.update(_run(_scenario(scenario, system, broker_url, jobs, samples, history)))
     finally:
         if system is not None:
             system.stop()
-    _report(results)
+    if scenario == "scaling":
+        _report_scaling(results)
+        Console(stderr=True).print(save_plot(results["scaling"], plot_file, machine()["cpus"]))
+    else:
+        _report(results)
     if json_file:
         Path(json_file).write_text(json.dumps(results, indent=2))
 
@@ -245,4 +294,26 @@ def _report(r: dict[str, Any]) -> None:
         table.add_row("urgent mean wait, FIFO (ms)", f"{demo['fifo']['mean_wait_ms']:.1f}")
         table.add_row("urgent mean wait, priority (ms)", f"{demo['priority']['mean_wait_ms']:.1f}")
         table.add_row("speed-up", f"{demo['speedup']:.1f}x")
+    Console().print(table)
+
+
+def _report_scaling(r: dict[str, Any]) -> None:
+    points = r["scaling"]
+    sizes = sorted({p["workers"] for p in points})
+    table = Table(
+        title=f"conveyor bench --scaling: {r['jobs']:,} jobs a point, {r['store']}, "
+        f"{r['concurrency']} slot(s) a worker, {r['machine']['cpus']} CPUs"
+    )
+    table.add_column("task")
+    table.add_column("pool")
+    for n in sizes:
+        table.add_column(f"{n} worker{'s' if n > 1 else ''}", justify="right")
+    for kind in dict.fromkeys(p["kind"] for p in points):
+        for pool in dict.fromkeys(p["pool"] for p in points):
+            row = {p["workers"]: p for p in points if p["kind"] == kind and p["pool"] == pool}
+            cells = [
+                f"{row[n]['jobs_per_s']:,.0f}/s  {row[n]['speedup']:.2f}x" if n in row else "-"
+                for n in sizes
+            ]
+            table.add_row(kind, pool, *cells)
     Console().print(table)

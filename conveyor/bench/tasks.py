@@ -4,13 +4,23 @@ and the scaling scenario (CPU-bound and I/O-bound)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
 from conveyor.examples import add, noop
 from conveyor.worker.tasks import task
 
-__all__ = ["SPREAD_QUEUES", "SPREAD_TASKS", "add", "bench_cpu", "bench_io", "bench_size", "noop"]
+__all__ = [
+    "SPREAD_QUEUES",
+    "SPREAD_TASKS",
+    "add",
+    "bench_cpu",
+    "bench_io",
+    "bench_io_async",
+    "bench_size",
+    "noop",
+]
 
 SPREAD_TASKS = 1000
 SPREAD_QUEUES = 200
@@ -35,6 +45,12 @@ def bench_cpu(rounds: int = 2000) -> str:
 def bench_io(seconds: float = 0.01) -> None:
     """A 10 ms wait, as for a network call (I/O-bound)."""
     time.sleep(seconds)
+
+
+@task
+async def bench_io_async(seconds: float = 0.01) -> None:
+    """The same 10 ms wait, awaited: what the async pool is for."""
+    await asyncio.sleep(seconds)
 
 
 def _spread() -> None:

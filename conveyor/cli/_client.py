@@ -32,7 +32,8 @@ def client_options(fn: F) -> F:
                 "--broker",
                 "broker_url",
                 metavar="URL",
-                help="conveyor://host:port [env CONVEYOR_BROKER_URL; else broker_url in "
+                help="conveyor://host:port, or several to fail over between: "
+                "conveyor://a:65432,b:65432 [env CONVEYOR_BROKER_URL; else broker_url in "
                 "$CONVEYOR_HOME/config.toml; default conveyor://127.0.0.1:65432]",
             ),
             click.option(

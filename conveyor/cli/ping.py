@@ -15,6 +15,6 @@ def ping(client: Client) -> None:
     of your token. Exit 0 when it answers, 3 when it cannot be reached or used."""
     reply = client.ping()
     click.echo(
-        f"conveyor://{client.endpoint.address}  {reply['rtt'] * 1000:.1f} ms  "
+        f"conveyor://{client.address}  {reply['rtt'] * 1000:.1f} ms  "
         f"role {reply['role']}  ({reply['server'] or 'unknown server'})"
     )

@@ -347,7 +347,8 @@ def _submit_hint(url: str, home: Path) -> str:
     "--broker",
     "broker_url",
     metavar="URL",
-    help="[env CONVEYOR_BROKER_URL; else broker_url in $CONVEYOR_HOME/config.toml]",
+    help="conveyor://host:port, or several to fail over between: conveyor://a:65432,b:65432 "
+    "[env CONVEYOR_BROKER_URL; else broker_url in $CONVEYOR_HOME/config.toml]",
 )
 @click.option("--token", help="[env CONVEYOR_TOKEN; default $CONVEYOR_HOME/admin.token]")
 @click.option("--ca", help="[env CONVEYOR_CA; default $CONVEYOR_HOME/ca.pem]")

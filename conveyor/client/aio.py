@@ -29,8 +29,8 @@ from conveyor.client._base import (
     wait_frame,
 )
 from conveyor.client.endpoint import make_endpoint
-from conveyor.client.transport import AsyncTransport
-from conveyor.errors import JobNotFound, ResultTimeout
+from conveyor.client.transport import AsyncTransport, NotResent
+from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
@@ -78,9 +78,10 @@ class AsyncClient:
     """Talks to a broker from asyncio code. Reconnects with backoff when it is lost.
 
     ``AsyncClient(url, token=..., ca=...)``; every argument defaults from the
-    environment and ``$CONVEYOR_HOME`` (see README). ``payload_key`` turns on end-to-end
-    payload encryption, exactly as for :class:`~conveyor.client.sync.Client`. Safe to use
-    from many tasks at once: their requests share one connection.
+    environment and ``$CONVEYOR_HOME`` (see README); ``url`` may list several brokers to
+    fail over between, as for :class:`~conveyor.client.sync.Client`. ``payload_key``
+    turns on end-to-end payload encryption, exactly as for Client. Safe to use from many
+    tasks at once: their requests share one connection.
     """
 
     def __init__(
@@ -120,6 +121,12 @@ class AsyncClient:
 
     async def _limit(self, name: str, default: int) -> int:
         return (await self._transport.session()).limit(name, default)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker in use: the one connected to, or the next to try
+        (the URL may list several to fail over between)."""
+        return str(self._transport.address)
 
     def _job(self, wire: dict[str, Any]) -> Job:
         return read_job(wire, self.cipher)
@@ -196,7 +203,24 @@ class AsyncClient:
         return final_result(job)
 
     async def cancel(self, job_id: str) -> Job:
-        return self._job((await self._request({"t": "cancel", "id": job_id}, resend=False))["job"])
+        """Cancel a queued or scheduled job; a running one is marked, and cancelled when its
+        run ends. Conflict if the job is already final.
+
+        Cut off by a lost connection, the cancel is sent again (after a reconnect, to
+        another broker if the URL lists several): repeating it by id is harmless, and if
+        the first one had applied, the job found cancelled is returned."""
+        frame = {"t": "cancel", "id": job_id}
+        try:
+            return self._job((await self._request(frame, resend=False))["job"])
+        except NotResent:
+            pass
+        try:
+            return self._job((await self._request(frame))["job"])
+        except Conflict:
+            job = await self.get(job_id)
+            if job.state is JobState.CANCELLED:  # our first cancel did apply
+                return job
+            raise
 
     async def list_jobs(
         self,

@@ -1,7 +1,10 @@
-"""Where a broker is and how to reach it: settings resolved into an :class:`Endpoint`.
+"""Where the brokers are and how to reach them: settings resolved into an :class:`Endpoint`.
 
 Shared by the clients and the worker: an argument beats the environment, which beats the
-files in ``$CONVEYOR_HOME`` (:func:`conveyor.config.resolve_client_settings`).
+files in ``$CONVEYOR_HOME`` (:func:`conveyor.config.resolve_client_settings`). An endpoint
+holds one :class:`Address` or several (``conveyor://a:65432,b:65432``) that share the CA,
+the client certificate and the token; each connection checks the certificate against the
+host it dials (:mod:`conveyor.client.failover` picks which).
 """
 
 from __future__ import annotations
@@ -9,18 +12,30 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from conveyor.config import ClientSettings, resolve_client_settings
 from conveyor.errors import ConfigError
 from conveyor.security.tls import client_context
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a broker is and how to authenticate to it."""
+class Address(NamedTuple):
+    """One broker's host and port; ``str()`` gives ``host:port`` (IPv6 in brackets)."""
 
     host: str
     port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the brokers are (one address or several, in the order given) and how to
+    authenticate to them."""
+
+    addresses: tuple[Address, ...]
     ssl_context: ssl.SSLContext
     token: str | None
     name: str
@@ -28,9 +43,19 @@ class Endpoint:
     token_source: str = ""  # where the token came from ("--token (token= in Python)", a file)
 
     @property
+    def host(self) -> str:
+        """The first address's host."""
+        return self.addresses[0].host
+
+    @property
+    def port(self) -> int:
+        """The first address's port."""
+        return self.addresses[0].port
+
+    @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """Every address, comma-separated, for messages."""
+        return ",".join(map(str, self.addresses))
 
 
 def make_endpoint(
@@ -62,12 +87,12 @@ def make_endpoint(
             f"CONVEYOR_TOKEN; there is none at {settings.home / 'admin.token'} (the broker "
             "writes an admin token there on first start; `conveyor token create` makes more)"
         )
-    host, port = settings.address
+    addresses = tuple(Address(host, port) for host, port in settings.addresses)
     try:
         ctx = client_context(settings.ca_file, settings.cert_file, settings.key_file)
     except ConfigError as exc:
         raise ConfigError(f"{exc} ({_tls_hint(settings, str(exc))})") from None
-    return Endpoint(host, port, ctx, settings.token, name, settings.ca_file, settings.token_source)
+    return Endpoint(addresses, ctx, settings.token, name, settings.ca_file, settings.token_source)
 
 
 def _tls_hint(settings: ClientSettings, message: str) -> str:

@@ -29,8 +29,8 @@ from conveyor.client._base import (
     wait_frame,
 )
 from conveyor.client.endpoint import make_endpoint
-from conveyor.client.transport import SyncTransport
-from conveyor.errors import JobNotFound, ResultTimeout
+from conveyor.client.transport import NotResent, SyncTransport
+from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
@@ -78,10 +78,12 @@ class Client:
     """Talks to a broker from blocking code. Reconnects with backoff when it is lost.
 
     ``Client(url, token=..., ca=...)``; every argument defaults from the environment
-    and ``$CONVEYOR_HOME`` (see README). Use as a context manager. Not thread-safe:
-    give each thread its own Client. The first connection is made by the first request
-    (or :meth:`connect`); if no broker answers it raises
-    :class:`~conveyor.errors.BrokerUnavailable` at once.
+    and ``$CONVEYOR_HOME`` (see README). ``url`` may list several brokers of one system,
+    ``conveyor://a:65432,b:65432``: the client starts at a random one and fails over to
+    the next when its broker is lost (docs/deploy.md says what is resent). Use as a
+    context manager. Not thread-safe: give each thread its own Client. The first
+    connection is made by the first request (or :meth:`connect`); if no broker answers it
+    raises :class:`~conveyor.errors.BrokerUnavailable` at once.
 
     ``payload_key`` (one Fernet key, several with the primary first, or a
     :class:`~conveyor.security.payload.PayloadCipher`; default: the key file named by
@@ -128,6 +130,12 @@ class Client:
 
     def _limit(self, name: str, default: int) -> int:
         return self._transport.session.limit(name, default)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker in use: the one connected to, or the next to try
+        (the URL may list several to fail over between)."""
+        return str(self._transport.address)
 
     def _job(self, wire: dict[str, Any]) -> Job:
         return read_job(wire, self.cipher)
@@ -215,7 +223,24 @@ class Client:
         return final_result(job)
 
     def cancel(self, job_id: str) -> Job:
-        return self._job(self._request({"t": "cancel", "id": job_id}, resend=False)["job"])
+        """Cancel a queued or scheduled job; a running one is marked, and cancelled when its
+        run ends. Conflict if the job is already final.
+
+        Cut off by a lost connection, the cancel is sent again (after a reconnect, to
+        another broker if the URL lists several): repeating it by id is harmless, and if
+        the first one had applied, the job found cancelled is returned."""
+        frame = {"t": "cancel", "id": job_id}
+        try:
+            return self._job((self._request(frame, resend=False))["job"])
+        except NotResent:
+            pass
+        try:
+            return self._job((self._request(frame))["job"])
+        except Conflict:
+            job = self.get(job_id)
+            if job.state is JobState.CANCELLED:  # our first cancel did apply
+                return job
+            raise
 
     def list_jobs(
         self,

@@ -4,10 +4,14 @@ and a TLS socket, and reconnect when a working connection is lost. Nothing else.
 :class:`SyncTransport` blocks (a plain socket, no threads); :class:`AsyncTransport` runs on
 asyncio (the AsyncClient's and the worker's). Both give the same guarantees:
 
-* the first connection that fails raises :class:`~conveyor.errors.BrokerUnavailable` at
-  once, naming the address (no retry: there is nothing to come back to);
+* the first connection tries each of the endpoint's addresses once, in the order of a
+  :class:`~conveyor.client.failover.Rotation` (one address: just that one); if none
+  answers it raises :class:`~conveyor.errors.BrokerUnavailable` at once, naming each
+  address and why (no retry: there is nothing to come back to);
 * once connected, a lost connection is retried with backoff for ``reconnect_timeout``
-  seconds from the loss, and requests marked resendable are sent again;
+  seconds from the loss, each round trying the other addresses first (failover), and
+  requests marked resendable are sent again on the new connection; a request not marked
+  so raises :class:`~conveyor.errors.ConnectionLost`, saying it was not resent;
 * a fatal ERROR caused by our own frame is raised, never resent;
 * a refusal of our credentials (``unauthorized``: a bad token at HELLO, or one the broker
   ended on an open connection because it was revoked or expired) is raised as
@@ -26,7 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.client.endpoint import Endpoint
+from conveyor.client.endpoint import Address, Endpoint
+from conveyor.client.failover import Rotation, unreachable
 from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost, ProtocolError
 from conveyor.protocol.session import (
     Backoff,
@@ -46,23 +51,35 @@ Frame = dict[str, Any]
 READ_SIZE = 262144
 
 
-def _unavailable(endpoint: Endpoint, exc: BaseException) -> BrokerUnavailable:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        ca = f"the CA in {endpoint.ca_file}" if endpoint.ca_file else "the system's CAs"
-        return BrokerUnavailable(
-            f"cannot verify the broker at {endpoint.address} against {ca}: "
-            f"{exc.verify_message or exc} (give the broker's CA with --ca / CONVEYOR_CA; "
-            "its certificate must name this host: conveyor broker --hosts)"
-        )
-    detail = (
-        exc.strerror
-        if isinstance(exc, OSError) and exc.strerror
-        else str(exc) or type(exc).__name__
+Failures = list[tuple[Address, BaseException]]
+UNREACHABLE = (OSError, ConnectionLost, TimeoutError)  # a broker we could not use: try another
+
+
+class _NoneAnswered(Exception):
+    """No address of a round could be used (internal: becomes BrokerUnavailable or
+    ConnectionLost with the words of :func:`~conveyor.client.failover.unreachable`)."""
+
+    def __init__(self, endpoint: Endpoint, failures: Failures) -> None:
+        super().__init__(unreachable(endpoint, failures))
+        self.failures = failures
+
+
+class NotResent(ConnectionLost):
+    """A request marked not resendable was cut off by a lost connection: the broker may
+    or may not have applied it, and it was not sent again."""
+
+
+def _not_resent(frame: Frame, address: Address, exc: BaseException) -> NotResent:
+    return NotResent(
+        f"the connection to the broker at {address} was lost before it answered this "
+        f"{frame.get('t')!r} request ({exc}); it was not sent again, since the broker may "
+        "have applied it already: check before repeating it"
     )
-    return BrokerUnavailable(
-        f"cannot reach the broker at {endpoint.address}: {detail} (is `conveyor broker` "
-        "running there? check --broker / CONVEYOR_BROKER_URL)"
-    )
+
+
+def _failed_over(lost: Address | None, address: Address) -> None:
+    if lost is not None and lost != address:
+        log.warning("lost the broker at %s; failed over to the broker at %s", lost, address)
 
 
 def _again(exc: AuthenticationError) -> AuthenticationError:
@@ -78,12 +95,16 @@ def _welcome(event: Event) -> Frame | None:
 class _SyncConnection:
     """One blocking TLS connection and its session."""
 
-    def __init__(self, endpoint: Endpoint, agent: str, connect_timeout: float) -> None:
+    def __init__(
+        self, endpoint: Endpoint, address: Address, agent: str, connect_timeout: float
+    ) -> None:
+        self.address = address
         self.session = ClientSession(endpoint.token, endpoint.name, agent)
-        raw = socket.create_connection((endpoint.host, endpoint.port), timeout=connect_timeout)
+        raw = socket.create_connection((address.host, address.port), timeout=connect_timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=endpoint.host)
+            # the certificate is checked against the host dialled, each address its own
+            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=address.host)
         except BaseException:
             raw.close()
             raise
@@ -158,6 +179,7 @@ class SyncTransport:
         self.agent = agent
         self.connect_timeout = connect_timeout
         self._backoff = Backoff(reconnect_timeout)
+        self._rotation = Rotation(endpoint.addresses)
         self._conn: _SyncConnection | None = None
         self._worked = False
         self._refused: AuthenticationError | None = None  # our credentials, refused for good
@@ -166,19 +188,40 @@ class SyncTransport:
     def welcome(self) -> Frame:
         return self._connection().welcome
 
+    @property
+    def address(self) -> Address:
+        """The broker connected to (before the first connection: the first to try)."""
+        return self._rotation.current
+
     def connect(self) -> None:
-        """Connect now; BrokerUnavailable (no retry) if nobody answers."""
+        """Connect now, to the first address that answers; BrokerUnavailable (no retry)
+        if none does."""
         if self._refused is not None:
             raise _again(self._refused)
         try:
-            self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
-        except (OSError, ConnectionLost) as exc:
-            raise _unavailable(self.endpoint, exc) from exc
-        except AuthenticationError as exc:
-            self._refused = exc
-            raise
+            self._conn = self._dial(self._rotation.first_round(), None)
+        except _NoneAnswered as exc:
+            raise BrokerUnavailable(str(exc)) from exc.failures[-1][1]
         self._worked = True
         self._backoff.reset()
+
+    def _dial(self, order: list[Address], lost: Address | None) -> _SyncConnection:
+        """The first connection of ``order`` that completes its handshake."""
+        failures: Failures = []
+        for address in order:
+            try:
+                conn = _SyncConnection(self.endpoint, address, self.agent, self.connect_timeout)
+            except AuthenticationError as exc:
+                self._refused = exc  # every broker of the system shares the tokens
+                raise
+            except UNREACHABLE as exc:
+                log.debug("broker at %s unusable: %s", address, exc)
+                failures.append((address, exc))
+                continue
+            self._rotation.connected(address)
+            _failed_over(lost, address)
+            return conn
+        raise _NoneAnswered(self.endpoint, failures)
 
     def _connection(self) -> _SyncConnection:
         if self._refused is not None:
@@ -193,18 +236,16 @@ class SyncTransport:
 
     def _reconnect(self) -> None:
         self._backoff.start(time.monotonic())
+        lost = self._rotation.current
         while True:
             try:
-                self._conn = _SyncConnection(self.endpoint, self.agent, self.connect_timeout)
+                self._conn = self._dial(self._rotation.after_loss(), lost)
                 return
-            except AuthenticationError as exc:
-                self._refused = exc
-                raise
-            except (OSError, ConnectionLost) as exc:
+            except _NoneAnswered as exc:
                 delay = self._backoff.next_delay(time.monotonic())
                 if delay is None:
                     raise ConnectionLost(
-                        f"lost the broker at {self.endpoint.address} and could not reconnect: {exc}"
+                        f"lost the broker at {lost} and could not reconnect: {exc}"
                     ) from exc
                 time.sleep(delay)
 
@@ -223,20 +264,20 @@ class SyncTransport:
                 conn.sock.close()
                 self._conn = None
                 if not resend:
-                    raise
+                    raise _not_resent(frame, conn.address, exc) from exc
                 # lost again right after a reconnect: the same budget and pace as connecting
-                time.sleep(self._pause_before_resend(exc))
+                time.sleep(self._pause_before_resend(conn.address, exc))
                 continue
             self._backoff.reset()  # the budget is for a loss: a served request ends one
             return reply
 
-    def _pause_before_resend(self, exc: ConnectionLost) -> float:
+    def _pause_before_resend(self, address: Address, exc: ConnectionLost) -> float:
         now = time.monotonic()
         self._backoff.start(now)
         delay = self._backoff.next_delay(now)
         if delay is None:
             raise ConnectionLost(
-                f"the broker at {self.endpoint.address} keeps dropping the connection: {exc}"
+                f"the broker at {address} keeps dropping the connection: {exc}"
             ) from exc
         return delay
 
@@ -259,8 +300,15 @@ class AsyncConnection:
     leave in one write. Pushed frames go to ``on_push``. When the connection drops, every
     pending request fails with ConnectionLost and :attr:`closed` is set."""
 
-    def __init__(self, endpoint: Endpoint, agent: str, on_push: Push_ | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        agent: str,
+        on_push: Push_ | None = None,
+        address: Address | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.address = endpoint.addresses[0] if address is None else address
         self.session = ClientSession(endpoint.token, endpoint.name, agent)
         self.on_push = on_push
         self.welcome: Frame = {}
@@ -273,10 +321,10 @@ class AsyncConnection:
         self._refused: BaseException | None = None  # why pending requests must not be resent
 
     async def connect(self, timeout: float = 10.0) -> Frame:
-        ep = self.endpoint
+        host, port = self.address
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                ep.host, ep.port, ssl=ep.ssl_context, server_hostname=ep.host, limit=2**20
+            asyncio.open_connection(  # the certificate is checked against the host dialled
+                host, port, ssl=self.endpoint.ssl_context, server_hostname=host, limit=2**20
             ),
             timeout,
         )
@@ -416,27 +464,50 @@ class AsyncTransport:
         self.endpoint = endpoint
         self.agent = agent
         self._backoff = Backoff(reconnect_timeout)
+        self._rotation = Rotation(endpoint.addresses)
         self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._worked = False
         self._given_up = 0  # reconnects abandoned: tasks queued behind one fail at once
         self._refused: AuthenticationError | None = None  # our credentials, refused for good
 
+    @property
+    def address(self) -> Address:
+        """The broker connected to (before the first connection: the first to try)."""
+        return self._rotation.current
+
     async def connect(self) -> AsyncConnection:
+        """Connect now, to the first address that answers; BrokerUnavailable (no retry)
+        if none does."""
         if self._refused is not None:
             raise _again(self._refused)
-        conn = AsyncConnection(self.endpoint, self.agent)
         try:
-            await conn.connect()
-        except (OSError, ConnectionLost, TimeoutError) as exc:
-            raise _unavailable(self.endpoint, exc) from exc
-        except AuthenticationError as exc:
-            self._refused = exc
-            raise
+            conn = await self._dial(self._rotation.first_round(), None)
+        except _NoneAnswered as exc:
+            raise BrokerUnavailable(str(exc)) from exc.failures[-1][1]
         self._conn = conn
         self._worked = True
         self._backoff.reset()
         return conn
+
+    async def _dial(self, order: list[Address], lost: Address | None) -> AsyncConnection:
+        """The first connection of ``order`` that completes its handshake."""
+        failures: Failures = []
+        for address in order:
+            conn = AsyncConnection(self.endpoint, self.agent, address=address)
+            try:
+                await conn.connect()
+            except AuthenticationError as exc:
+                self._refused = exc  # every broker of the system shares the tokens
+                raise
+            except UNREACHABLE as exc:
+                log.debug("broker at %s unusable: %s", address, exc)
+                failures.append((address, exc))
+                continue
+            self._rotation.connected(address)
+            _failed_over(lost, address)
+            return conn
+        raise _NoneAnswered(self.endpoint, failures)
 
     async def _connection(self) -> AsyncConnection:
         given_up = self._given_up
@@ -451,22 +522,18 @@ class AsyncTransport:
             if not self._worked:
                 return await self.connect()
             if self._given_up != given_up:
-                raise ConnectionLost(f"the broker at {self.endpoint.address} is unreachable")
+                raise ConnectionLost(f"no broker of {self.endpoint.address} is reachable")
             self._backoff.start(time.monotonic())
+            lost = self._rotation.current
             while True:
                 try:
-                    fresh = AsyncConnection(self.endpoint, self.agent)
-                    await fresh.connect()
-                except AuthenticationError as exc:
-                    self._refused = exc
-                    raise
-                except (OSError, ConnectionLost, TimeoutError) as exc:
+                    fresh = await self._dial(self._rotation.after_loss(), lost)
+                except _NoneAnswered as exc:
                     delay = self._backoff.next_delay(time.monotonic())
                     if delay is None:
                         self._given_up += 1
                         raise ConnectionLost(
-                            f"lost the broker at {self.endpoint.address} and could not "
-                            f"reconnect: {exc}"
+                            f"lost the broker at {lost} and could not reconnect: {exc}"
                         ) from exc
                     await asyncio.sleep(delay)
                     continue
@@ -483,15 +550,14 @@ class AsyncTransport:
                 raise
             except ConnectionLost as exc:
                 if not resend:
-                    raise
+                    raise _not_resent(frame, conn.address, exc) from exc
                 # lost again right after a reconnect: the same budget and pace as connecting
                 now = time.monotonic()
                 self._backoff.start(now)
                 delay = self._backoff.next_delay(now)
                 if delay is None:
                     raise ConnectionLost(
-                        f"the broker at {self.endpoint.address} keeps dropping the connection: "
-                        f"{exc}"
+                        f"the broker at {conn.address} keeps dropping the connection: {exc}"
                     ) from exc
                 await asyncio.sleep(delay)
                 continue

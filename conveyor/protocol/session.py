@@ -11,7 +11,8 @@ bytes its methods return.
 
 When the connection is lost, :meth:`lost` hands back the pending requests: those marked
 resendable (reads, waits, submits with client-chosen ids: all idempotent) go again on the
-next connection; the rest (cancel, DLQ operations) fail with
+next connection (another broker's, when the client fails over); the rest (DLQ operations,
+token creation, and a cancel's first try, which the client repeats itself) fail with
 :class:`~conveyor.errors.ConnectionLost`, since the broker may have applied them already.
 A request refused with a fatal error caused by our own frame is never sent again.
 

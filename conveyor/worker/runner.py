@@ -13,6 +13,16 @@ leaves in one REPORT frame. Periodic heartbeats keep our jobs ours.
 If the connection drops, the broker requeues everything we held, so results of that
 connection's jobs are dropped (a *generation* number tells them apart) and jobs still
 waiting for a slot are abandoned; the worker reconnects with backoff and carries on.
+Jobs already running keep their slot until they end; only their report is dropped (the
+broker that gave them out requeues them at once if it is alive, or, sharing its store,
+another broker does once their leases expire: at-least-once, the job runs again).
+
+Given several broker addresses, the worker starts at a random one
+(:class:`~conveyor.client.failover.Rotation`) and, when its broker is lost, tries the
+others in turn before coming back to it, sending READY again to whichever answers. The
+pace is the same as with one address (a short pause after a lost connection, doubling
+after each round in which no broker answered). A refused token (``unauthorized``,
+``forbidden``) stops the worker as before: it is not tried on the other brokers.
 
 Payloads arrive packed and are handed to the pool as they are (the process pool's
 children unpack them); results come back packed. With a payload key
@@ -42,7 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conveyor.client.endpoint import make_endpoint
+from conveyor.client.endpoint import Address, make_endpoint
+from conveyor.client.failover import Rotation
 from conveyor.client.transport import AsyncConnection
 from conveyor.errors import BrokerError, ConfigError, ConnectionLost, TooManyFailures
 from conveyor.protocol.session import split_to_fit
@@ -82,6 +93,8 @@ class WorkerStats:
 class Worker:
     """Runs tasks from ``modules`` (or a ready ``registry``) for a broker until stopped.
 
+    ``url`` may list several brokers (``conveyor://a:65432,b:65432``) to fail over between.
+
     ``payload_key_file`` (a key file, a :class:`~conveyor.security.payload.PayloadCipher`,
     or default ``$CONVEYOR_PAYLOAD_KEY_FILE``) lets it run end-to-end encrypted jobs.
     Each job's start and end are logged (:mod:`conveyor.worker.joblog`); its arguments and
@@ -113,6 +126,7 @@ class Worker:
         self.registry = registry if registry is not None else load_tasks(self.modules)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, self.name)
+        self._rotation = Rotation(self.endpoint.addresses)
         self.cipher: PayloadCipher | None = (
             payload_key_file
             if isinstance(payload_key_file, PayloadCipher)
@@ -146,14 +160,17 @@ class Worker:
         await self.pool.start()
         delay = 0.1
         refused = False
+        order = self._rotation.first_round()  # the addresses left to try in this round
         try:
             while not self._stopping.is_set():
                 not_before = 0.0  # the broker said when to come back (too_many_failures)
+                address = order.pop(0)
                 try:
-                    await self._session()
+                    await self._session(address)
                     delay = 0.1
+                    order = []  # it worked: a new round, from the address after it
                 except (OSError, ConnectionLost, TimeoutError) as exc:
-                    log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                    log.warning("broker at %s unavailable (%s)", address, exc)
                 except TooManyFailures as exc:
                     not_before = exc.retry_after
                     log.warning("broker refused us (%s); retrying in %.1fs", exc, not_before)
@@ -162,14 +179,16 @@ class Worker:
                         # our jobs went back to the broker: waiting for them helps nobody
                         refused = True
                         raise
-                    log.warning("broker refused us (%s); retrying in %.1fs", exc, delay)
+                    log.warning("broker at %s refused us (%s)", address, exc)
                 if self._stopping.is_set():
                     break
                 self.stats.reconnects += 1
                 with contextlib.suppress(TimeoutError):
                     pause = max(not_before, delay * (0.5 + random.random()))
                     await asyncio.wait_for(self._stopping.wait(), pause)
-                delay = min(delay * 2, 5.0)
+                if not order:  # a round is over: the next goes slower, if it fails too
+                    order = self._rotation.after_loss()
+                    delay = min(delay * 2, 5.0)
         finally:
             await self.pool.close(wait=not (self.forced or refused))
 
@@ -213,17 +232,20 @@ class Worker:
             "pid": os.getpid(),
         }
 
-    async def _session(self) -> None:
-        conn = AsyncConnection(self.endpoint, f"conveyor-worker/{self.pool_kind}", self._on_push)
+    async def _session(self, address: Address) -> None:
+        agent = f"conveyor-worker/{self.pool_kind}"
+        conn = AsyncConnection(self.endpoint, agent, self._on_push, address)
         welcome = await conn.connect()
+        self._rotation.connected(address)
         self._generation += 1
         self._conn = conn
         try:
             reply = await conn.request(self._ready_frame())
             self.worker_id = str(reply.get("worker", ""))
             log.info(
-                "worker %s ready: %d task(s), queues %s, concurrency %d (%s pool)",
+                "worker %s ready on %s: %d task(s), queues %s, concurrency %d (%s pool)",
                 self.worker_id,
+                address,
                 len(self.registry),
                 ",".join(self.queues),
                 self.concurrency,
