@@ -11,6 +11,7 @@ from conveyor.cli.jobs import cancel, jobs_command, stats, status
 from conveyor.cli.keys import keygen_command
 from conveyor.cli.ping import ping
 from conveyor.cli.queues import queue_group
+from conveyor.cli.schedules import schedule_group
 from conveyor.cli.serve import broker, worker
 from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
@@ -37,6 +38,7 @@ for command in (
     ping,
     dlq,
     queue_group,
+    schedule_group,
     certs_command,
     token_group,
     keygen_command,
