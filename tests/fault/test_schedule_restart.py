@@ -79,9 +79,7 @@ async def test_every_second_across_a_restart_fires_each_slot_once(
     slots = sorted(slot for _, slot in fired if slot is not None)
     assert len(slots) == len(set(slots)) == len(page.jobs)  # one job per slot, no other
     assert slots[0] == first_slot
-    missing = [
-        t for t in range(int(slots[0]), int(slots[-1]) + 1) if float(t) not in set(slots)
-    ]
+    missing = [t for t in range(int(slots[0]), int(slots[-1]) + 1) if float(t) not in set(slots)]
     if catch_up == "all":
         assert missing == []  # the slots of the downtime were fired after it
     else:  # none: only slots of the downtime (and the start-up after it) are skipped
