@@ -52,6 +52,7 @@ async def test_add_list_get_pause_resume_run_remove(http: httpx.AsyncClient) -> 
     assert ran.status_code == 201 and job_schedule(ran.json()["id"]) == ("nightly", None)
     job = (await http.get(f"/api/jobs/{ran.json()['id']}")).json()
     assert (job["task"], job["kwargs"], job["priority"]) == ("add", {"a": 1, "b": 2}, 4)
+    assert job["schedule"] == {"name": "nightly", "slot": None}
     assert (await http.get("/api/schedules/nightly")).json()["last_job"] == ran.json()["id"]
     assert (await http.delete("/api/schedules/nightly")).json() == {"removed": "nightly"}
     assert (await http.get("/api/schedules")).json() == []
