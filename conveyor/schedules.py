@@ -242,7 +242,7 @@ def _check_call(raw: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
 
 
 def parse_schedule(raw: Any, now: float, *, source: str = "api") -> Schedule:
-    """Check an untrusted schedule spec (docs/protocol.md, section 7.5) into a definition.
+    """Check an untrusted schedule spec (docs/protocol.md, section 6.7) into a definition.
 
     ``name``, ``task``, exactly one of ``cron`` and ``every``; optional ``tz`` (cron only),
     ``args``, ``kwargs``, ``queue``, ``priority``, ``catch_up``, ``paused``.

@@ -1,4 +1,4 @@
-"""Building SCHEDULE requests (docs/protocol.md, section 7.5), shared by both clients."""
+"""Building SCHEDULE requests (docs/protocol.md, section 6.7), shared by both clients."""
 
 from __future__ import annotations
 

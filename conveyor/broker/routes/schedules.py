@@ -1,7 +1,7 @@
 """SCHEDULE: manage the broker's periodic schedules (producer and admin roles).
 
 One frame type with an ``op``: ``add``, ``list``, ``get``, ``pause``, ``resume``,
-``remove``, ``run_now`` (docs/protocol.md, section 7.5). Each checks its fields and calls
+``remove``, ``run_now`` (docs/protocol.md, section 6.7). Each checks its fields and calls
 the core's :class:`~conveyor.broker.schedules.ScheduleBook`.
 """
 
