@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -153,7 +154,7 @@ def test_hourly_runs_in_both_passes_of_a_repeated_hour() -> None:
         "10-27 02:30+0100",
         "10-27 03:30+0100",
     ]
-    assert [t2 - t1 for t1, t2 in zip(slots, slots[1:], strict=False)] == [3600.0] * 3
+    assert [t2 - t1 for t1, t2 in itertools.pairwise(slots)] == [3600.0] * 3
 
 
 def test_forward_and_backward_counts_agree_over_a_year() -> None:

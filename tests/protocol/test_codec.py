@@ -56,6 +56,12 @@ EXAMPLES: dict[FrameType, dict[str, Any]] = {
     FrameType.TOKEN_REVOKE: {"t": "token_revoke", "rid": 11, "name": "ci"},
     FrameType.QUEUE_PAUSE: {"t": "queue_pause", "rid": 15, "queue": "emails"},
     FrameType.QUEUE_RESUME: {"t": "queue_resume", "rid": 16, "queue": "emails"},
+    FrameType.SCHEDULE: {
+        "t": "schedule",
+        "rid": 17,
+        "op": "add",
+        "schedule": {"name": "nightly", "task": "add", "cron": "0 3 * * *"},
+    },
     FrameType.OK: {"t": "ok", "rid": 12},
     FrameType.READY: {
         "t": "ready",
