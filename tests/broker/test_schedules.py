@@ -3,17 +3,19 @@ restart, two brokers on one store, pruned runs, pause, run-now, declarations."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from conveyor.broker.config import BrokerConfig
+from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.scheduler import Scheduler
 from conveyor.clock import FakeClock
 from conveyor.errors import Conflict, JobNotFound
-from conveyor.job import JobState
+from conveyor.job import JobRecord, JobState
+from conveyor.protocol.payload import EMPTY_CALL
 from conveyor.schedules import Schedule, job_schedule, parse_schedule, slot_job_id
 from conveyor.security.tokens import TokenRegistry
 from conveyor.stores import open_store
@@ -137,7 +139,7 @@ async def test_a_lost_record_or_a_pruned_job_does_not_fire_a_slot_again(core: Br
     await core.schedules.add(spec())
     assert await core.schedules.fire_due(T0 + 10) == 1
     # a crash between the submit and the record of the slot: the job's id still says no
-    await core.store.meta_set("schedule.state:tick", {"last": T0})
+    await core.store.meta_set("schedules.state", {"tick": {"last": T0}})
     assert await core.schedules.fire_due(T0 + 10) == 0
     # retention prunes the finished run: the record of the slot still says no
     await core.cancel(slot_job_id("tick", T0 + 10))
@@ -196,3 +198,27 @@ async def test_a_declaration_keeps_the_pause_and_the_state(core: BrokerCore) -> 
     info = await core.schedules.get("t")
     assert info["paused"] and info["every"] == 20 and info["last_run"] == T0 + 10
     assert info["created_at"] == T0
+
+
+async def test_a_full_queue_holds_back_only_its_own_schedule(home: Path) -> None:
+    limits = dataclasses.replace(Limits(), max_queued_by_queue=(("small", 1),))
+    core = BrokerCore(
+        BrokerConfig(home=home, limits=limits),
+        open_store("memory://"),
+        TokenRegistry(home / "tokens.json"),
+        FakeClock(T0),
+    )
+    await core.open()
+    try:
+        [filler] = await core.submit([JobRecord(id="filler", task="t", payload=EMPTY_CALL,
+                                                queue="small")])  # fmt: skip
+        await core.schedules.add(spec("full", queue="small"))
+        await core.schedules.add(spec("free"))
+        assert await core.schedules.fire_due(T0 + 10) == 1  # the batch was refused; free
+        assert await slots(core, "full") == [] and await slots(core, "free") == [T0 + 10]
+        assert core.schedules.next_due == T0 + 11  # the refused one is tried again soon
+        await core.cancel(filler.job.id)  # room again
+        assert await core.schedules.fire_due(T0 + 11) == 1
+        assert await slots(core, "full") == [T0 + 10]  # the slot was not lost
+    finally:
+        await core.close()
