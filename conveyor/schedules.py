@@ -189,6 +189,10 @@ def check_cron(value: Any) -> str:
         ok = False
     if not ok:
         raise _invalid("cron", f"{text!r} is not a valid cron expression")
+    try:  # valid but never due (February 30th): croniter gives up looking, say so now
+        croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(float)
+    except Exception:  # CroniterBadDateError
+        raise _invalid("cron", f"{text!r} never matches a date") from None
     return text
 
 

@@ -61,6 +61,11 @@ def test_bad_durations_name_the_field(bad: object) -> None:
     assert exc.value.field == "every"
 
 
+def test_a_leap_day_schedule_is_fine() -> None:
+    s = cron("0 12 29 2 *", "UTC")
+    assert datetime.fromtimestamp(next_slot(s, at(2025, 1, 1))).year == 2028
+
+
 def test_format_every() -> None:
     assert [format_every(s) for s in (1, 90, 3600, 86400 + 60)] == ["1s", "1m30s", "1h", "1d1m"]
 
@@ -72,6 +77,7 @@ def test_format_every() -> None:
         ({"cron": "61 * * * *"}, "cron"),
         ({"cron": "* * * * * *"}, "cron"),  # no seconds field: 5 fields only
         ({"cron": "@often"}, "cron"),
+        ({"cron": "0 0 30 2 *"}, "cron"),  # valid, but February has no 30th
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "tz"),
         ({"cron": "* * * * *", "tz": "../../etc/passwd"}, "tz"),
         ({"every": "30s", "tz": "Europe/Berlin"}, "tz"),
