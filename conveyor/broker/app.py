@@ -25,6 +25,7 @@ from conveyor.broker.maintenance import (
     RetentionCleaner,
     Service,
 )
+from conveyor.broker.scheduler import Scheduler
 from conveyor.broker.server import TLSServer
 from conveyor.broker.session import Session
 from conveyor.broker.tokenwatch import TokenWatch
@@ -72,6 +73,8 @@ class Broker:
         self.promoter = Promoter(self.core, clock)
         self.cleaner = RetentionCleaner(self.core, clock)
         self.history = History(self.core, clock)
+        self.scheduler = Scheduler(self.core, clock)
+        self.core.schedules.on_changed = self.scheduler.wake
         self._changed = asyncio.Event()
         self.tokenwatch = TokenWatch(self.core, clock, lambda: self.sessions, self._changed.set)
         self.core.on_scheduled = self.promoter.wake
@@ -79,6 +82,7 @@ class Broker:
         self._services: tuple[Service, ...] = (
             self.reaper,
             self.promoter,
+            self.scheduler,
             self.cleaner,
             self.history,
             self.tokenwatch,

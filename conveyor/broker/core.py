@@ -37,6 +37,7 @@ from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
 from conveyor.broker.limiter import Limiter
 from conveyor.broker.logins import Logins
+from conveyor.broker.schedules import ScheduleBook
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
@@ -66,6 +67,7 @@ class BrokerCore:
         self.hub = EventHub()
         self.waiters = Waiters()
         self.workforce = Workforce(self)  # the worker-facing calls
+        self.schedules = ScheduleBook(store, clock, self.submit)  # periodic jobs
         self.dispatcher = Dispatcher(
             store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
         )

@@ -12,6 +12,7 @@ from conveyor.cli.keys import keygen_command
 from conveyor.cli.limits import limits_group
 from conveyor.cli.ping import ping
 from conveyor.cli.queues import queue_group
+from conveyor.cli.schedules import schedule_group
 from conveyor.cli.serve import broker, worker
 from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
@@ -39,6 +40,7 @@ for command in (
     dlq,
     queue_group,
     limits_group,
+    schedule_group,
     certs_command,
     token_group,
     keygen_command,

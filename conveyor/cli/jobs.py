@@ -14,6 +14,7 @@ from conveyor.cli.submit import payload_key_option, use_payload_keys
 from conveyor.client.sync import Client
 from conveyor.errors import Conflict, JobNotFound
 from conveyor.job import JobState
+from conveyor.schedules import job_schedule
 from conveyor.security.payload import TEXT_PREFIX, is_sealed, is_sealed_call
 
 
@@ -34,6 +35,9 @@ def status(client: Client, job_id: str, as_json: bool, payload_key_file: str | N
     click.echo(f"  attempts {job.attempts}/{job.max_retries + 1}  worker {job.worker or '-'}")
     if job.waiting:
         click.echo(f"  waiting: {job.waiting}")
+    if (fired_by := job_schedule(job.id)) is not None:
+        name, slot = fired_by
+        click.echo(f"  schedule {name}  " + (f"slot {when(slot)} UTC" if slot else "run now"))
     if job.eta and job.state is JobState.SCHEDULED:
         click.echo(f"  runs at {when(job.eta)} UTC")
     if is_sealed_call(job.args, job.kwargs):

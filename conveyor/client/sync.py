@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from conveyor.client import _schedules
 from conveyor.client._base import (
     ResultGroup,
     TaskRef,
@@ -286,6 +287,49 @@ class Client:
         started = time.perf_counter()
         self._request({"t": "ping"})
         return pong(session.welcome, time.perf_counter() - started)
+
+    # -- schedules (a producer or admin token) -----------------------------------------
+    def _schedule(self, frame: dict[str, Any], *, resend: bool = True) -> dict[str, Any]:
+        _schedules.require(self._transport.session.speaks(_schedules.FEATURE))
+        return self._request(frame, resend=resend)
+
+    def schedule_add(
+        self,
+        name: str,
+        task: TaskRef,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Add a periodic schedule: ``cron="*/5 * * * *"`` (with ``tz="Europe/Berlin"``) or
+        ``every="30s"``; also ``queue``, ``priority``, ``catch_up`` ("none", "one", "all"),
+        ``paused``, ``replace`` (else an existing name is a Conflict). Returns its map."""
+        frame = _schedules.add_frame(name, task, args, kwargs, **options)
+        return dict((self._schedule(frame, resend=False))["schedule"])
+
+    def schedule_list(self) -> list[dict[str, Any]]:
+        """Every schedule: its definition, ``last_run``, ``last_job``, ``next_run``."""
+        return list((self._schedule({"t": "schedule", "op": "list"}))["schedules"])
+
+    def schedule_get(self, name: str) -> dict[str, Any]:
+        """One schedule's map; JobNotFound if there is none of that name."""
+        return dict((self._schedule(_schedules.named_frame("get", name)))["schedule"])
+
+    def schedule_pause(self, name: str) -> dict[str, Any]:
+        """Fire no slot of it until :meth:`schedule_resume` (missed slots are skipped)."""
+        return dict((self._schedule(_schedules.named_frame("pause", name)))["schedule"])
+
+    def schedule_resume(self, name: str) -> dict[str, Any]:
+        return dict((self._schedule(_schedules.named_frame("resume", name)))["schedule"])
+
+    def schedule_remove(self, name: str) -> None:
+        self._schedule(_schedules.named_frame("remove", name), resend=False)
+
+    def schedule_run_now(self, name: str) -> JobHandle:
+        """Fire one run of it now, outside its slots; returns the job's handle."""
+        frame = _schedules.named_frame("run_now", name)
+        reply = self._schedule(frame, resend=False)
+        return JobHandle(self, str(reply["job"]["id"]))
 
     # -- tokens (an admin token) -------------------------------------------------------
     def token_create(

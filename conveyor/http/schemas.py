@@ -105,8 +105,14 @@ class JobSummary(BaseModel):
     error_message: str | None = None
 
 
+class FiredBy(BaseModel):
+    name: str = Field(description="the schedule that fired this job")
+    slot: float | None = Field(description="the slot it fired for; null for a run-now")
+
+
 class JobDetail(JobSummary):
     encrypted: bool = Field(description="arguments and result sealed end to end: not shown")
+    schedule: FiredBy | None = None
     args: list[Any]
     kwargs: dict[str, Any]
     result: Any = None

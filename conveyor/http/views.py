@@ -15,6 +15,7 @@ from conveyor.job import (
     Event,
     JobRecord,
 )
+from conveyor.schedules import job_schedule
 from conveyor.security.payload import is_sealed, is_sealed_call
 
 ENCRYPTED = "(encrypted)"  # what a person sees where a producer sealed the text
@@ -92,9 +93,16 @@ def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[st
         "concurrency_key": job.concurrency_key,
         "cancel_requested": job.cancel_requested,
         "waiting": core.waiting_note(job),
+        "schedule": _schedule(job.id),
         "attempts_detail": attempts(events),
         "events": [_readable_event(ev) for ev in events],
     }
+
+
+def _schedule(job_id: str) -> dict[str, Any] | None:
+    """The schedule that fired the job, and its slot (None for a run-now)."""
+    fired = job_schedule(job_id)
+    return None if fired is None else {"name": fired[0], "slot": fired[1]}
 
 
 _ENDS = {"completed", "failed", "requeued", "released", "cancelled"}

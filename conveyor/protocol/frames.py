@@ -14,7 +14,7 @@ from typing import Any
 from conveyor.errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
-FEATURES = ("packed", "get_many")
+FEATURES = ("packed", "get_many", "schedules")
 """Optional features a v1 peer may ask for in HELLO (docs/protocol.md, section 4.2)."""
 
 
@@ -47,6 +47,7 @@ class FrameType(enum.StrEnum):
     QUEUE_PAUSE = "queue_pause"
     QUEUE_RESUME = "queue_resume"
     LIMITS = "limits"
+    SCHEDULE = "schedule"  # add, list, get, pause, resume, remove, run_now ("op")
     OK = "ok"
     # worker <-> broker
     READY = "ready"
@@ -192,6 +193,13 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.QUEUE_PAUSE: {**_RID, "queue": (_STR, True)},
     FrameType.QUEUE_RESUME: {**_RID, "queue": (_STR, True)},
     FrameType.LIMITS: {**_RID, "set": (_MAP, False), "clear": (_LIST, False)},
+    FrameType.SCHEDULE: {
+        **_RID,
+        "op": (_STR, True),
+        "name": (_STR, False),
+        "schedule": (_MAP, False),
+        "replace": (_BOOL, False),
+    },
     FrameType.OK: {**_RID},
     FrameType.READY: {
         **_RID,
@@ -202,6 +210,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "pool": (_STR, False),
         "defaults": (_MAP, False),
         "routes": (_MAP, False),
+        "schedules": (_MAP, False),
         "host": (_STR, False),
         "pid": (_INT, False),
     },

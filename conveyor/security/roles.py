@@ -44,6 +44,9 @@ _PRODUCER = frozenset(
         # Producers may cancel jobs: whoever can submit work can withdraw it. Jobs carry
         # no owner yet, so this is any queued/scheduled job, not only the producer's own.
         F.CANCEL,
+        # Schedules are standing submits: whoever may submit may schedule (and pause,
+        # remove or run one now), as with CANCEL; workers may not.
+        F.SCHEDULE,
     }
 )
 # Workers run what they are given and report on it. GET is allowed for the jobs the

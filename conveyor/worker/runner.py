@@ -228,6 +228,7 @@ class Worker:
             "pool": self.pool_kind,
             "defaults": defaults,
             "routes": {t.name: t.queue for t in self.registry},
+            "schedules": {t.name: t.schedule for t in self.registry if t.schedule},
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -36,6 +36,7 @@ from conveyor.limits import (
     MAX_TIMEOUT,
     MIN_PRIORITY,
 )
+from conveyor.schedules import parse_schedule
 from conveyor.validation import check_name
 
 P = ParamSpec("P")
@@ -61,6 +62,7 @@ class TaskDef:
     priority: int | None = None  # for jobs submitted through the task object
     rate: str | None = None  # the broker dispatches it no faster ("10/m": limitspec)
     concurrency_limit: int | None = None  # running jobs per concurrency key, broker-wide
+    schedule: dict[str, Any] | None = None  # @task(schedule=...): announced in READY
 
     def submit_options(self) -> dict[str, Any]:
         """The options a job of this task gets when submitted through the task object."""
@@ -247,6 +249,7 @@ def task(
     priority: int | None = None,
     rate: str | None = None,
     concurrency_limit: int | None = None,
+    schedule: str | Mapping[str, Any] | None = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -265,6 +268,7 @@ def task(
     priority: int | None = None,
     rate: str | None = None,
     concurrency_limit: int | None = None,
+    schedule: str | Mapping[str, Any] | None = None,
     registry: TaskRegistry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Register a function as a task; use bare (``@task``) or with options (``@task(...)``).
@@ -272,7 +276,10 @@ def task(
     The name defaults to the function's ``__name__``. ``non_retryable`` exceptions fail
     the job at once, as :class:`~conveyor.errors.Reject` does. ``rate`` (``"10/s"``,
     ``"100/m"``) and ``concurrency_limit`` (running jobs per ``concurrency_key``) are
-    enforced by the broker across all workers (docs/workflows.md).
+    enforced by the broker across all workers (docs/workflows.md). ``schedule`` runs it
+    periodically: a cron expression (``"0 3 * * *"``), ``"every 30s"``, or a map with
+    ``cron`` or ``every`` and ``tz``, ``catch_up``, ``args``, ``kwargs``, ``priority``;
+    the broker registers it (named after the task) when a worker offering it connects.
     """
 
     def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -299,11 +306,32 @@ def task(
             priority=priority,
             rate=checked_rate,
             concurrency_limit=checked_limit,
+            schedule=_schedule(schedule, task_name, queue),
         )
         (default_registry if registry is None else registry).register(definition)
         return Task(func, definition)
 
     return decorate if fn is None else decorate(fn)
+
+
+def _schedule(value: Any, name: str, queue: str) -> dict[str, Any] | None:
+    """``@task(schedule=...)`` as the spec READY carries, checked now (not at connect)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        spec: dict[str, Any] = (
+            {"every": text[6:].strip()} if text.lower().startswith("every ") else {"cron": text}
+        )
+    elif isinstance(value, Mapping):
+        spec = dict(value)
+    else:
+        raise TypeError(f"@task {name!r}: schedule must be a cron string, 'every 30s' or a map")
+    try:
+        parse_schedule({"queue": queue, **spec, "name": name, "task": name}, 0.0)
+    except InvalidJob as exc:
+        raise ValueError(f"@task {name!r}: schedule {exc.message}") from exc
+    return spec
 
 
 def _unexpected(signature: inspect.Signature, kwargs: dict[str, Any]) -> str | None:

@@ -57,6 +57,12 @@ EXAMPLES: dict[FrameType, dict[str, Any]] = {
     FrameType.QUEUE_PAUSE: {"t": "queue_pause", "rid": 15, "queue": "emails"},
     FrameType.QUEUE_RESUME: {"t": "queue_resume", "rid": 16, "queue": "emails"},
     FrameType.LIMITS: {"t": "limits", "rid": 17, "set": {"task:add": "5/s"}, "clear": []},
+    FrameType.SCHEDULE: {
+        "t": "schedule",
+        "rid": 18,
+        "op": "add",
+        "schedule": {"name": "nightly", "task": "add", "cron": "0 3 * * *"},
+    },
     FrameType.OK: {"t": "ok", "rid": 12},
     FrameType.READY: {
         "t": "ready",

@@ -9,7 +9,7 @@ from conveyor.security.roles import BROKER_ONLY_FRAMES, ROLE_PERMISSIONS, may_se
 from conveyor.security.tokens import Role
 
 COMMON = {F.HELLO, F.PING, F.PONG, F.GOODBYE, F.ERROR}
-PRODUCER = COMMON | {F.SUBMIT, F.GET, F.GET_MANY, F.WAIT, F.LIST, F.STATS, F.CANCEL}
+PRODUCER = COMMON | {F.SUBMIT, F.GET, F.GET_MANY, F.WAIT, F.LIST, F.STATS, F.CANCEL, F.SCHEDULE}
 WORKER = COMMON | {F.READY, F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN, F.GET}
 ADMIN = (
     PRODUCER
@@ -46,6 +46,7 @@ def test_each_role_may_send_exactly_its_frames(role: Role, expected: set[F]) -> 
         (Role.WORKER, F.STATS),
         (Role.WORKER, F.LIST),
         (Role.WORKER, F.WAIT),
+        (Role.WORKER, F.SCHEDULE),
     ],
 )
 def test_escalation_is_refused(role: Role, ftype: F) -> None:

@@ -53,6 +53,7 @@ def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
         F.QUEUE_PAUSE: {"queue": "roles-test"},
         F.QUEUE_RESUME: {"queue": "roles-test"},
         F.LIMITS: {},
+        F.SCHEDULE: {"op": "list"},
         F.READY: {"tasks": ["add"], "queues": ["default"], "concurrency": 1},
         F.REPORT: {"results": []},
         F.HEARTBEAT: {"running": []},
@@ -83,6 +84,7 @@ ANSWERED = frozenset(
         F.QUEUE_PAUSE,
         F.QUEUE_RESUME,
         F.LIMITS,
+        F.SCHEDULE,
         F.READY,
     }
 )
@@ -119,6 +121,7 @@ token_revoke   no        no      yes
 queue_pause    no        no      yes
 queue_resume   no        no      yes
 limits         no        no      yes
+schedule       yes       no      yes
 """
 """``again``: a second HELLO is a fatal ``bad_frame`` for every role (the handshake is done)."""
 
@@ -295,6 +298,7 @@ async def test_a_worker_reads_only_the_jobs_dispatched_to_it(broker: Broker, hom
         (Role.WORKER, F.STATS),
         (Role.WORKER, F.LIST),
         (Role.WORKER, F.WAIT),
+        (Role.WORKER, F.SCHEDULE),
     ],
     ids=str,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.broker.routes import admin, producer, workers
+from conveyor.broker.routes import admin, producer, schedules, workers
 from conveyor.broker.routes._base import Peer, Reply, Route
 from conveyor.protocol.frames import FrameType
 
@@ -47,6 +47,7 @@ ROUTES: dict[FrameType, Route] = {
     FrameType.QUEUE_PAUSE: admin.queue_pause,
     FrameType.QUEUE_RESUME: admin.queue_resume,
     FrameType.LIMITS: admin.limits,
+    FrameType.SCHEDULE: schedules.schedule,
     FrameType.PING: ping,
     FrameType.PONG: ignore,
     FrameType.GOODBYE: goodbye,

@@ -26,6 +26,7 @@ from conveyor.limits import (
 )
 from conveyor.protocol.frames import ErrorCode
 from conveyor.protocol.payload import PayloadError, check_json, pack
+from conveyor.schedules import parse_declared
 from conveyor.validation import check_name, number, parse_task_options
 
 
@@ -66,6 +67,7 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
     concurrency = number(frame, "concurrency", 1, MAX_CONCURRENCY, integer=True)
     prefetch = number(frame, "prefetch", 0, MAX_CONCURRENCY, integer=True)
     pid = number(frame, "pid", 0, MAX_PID, integer=True)
+    declared = parse_declared(frame.get("schedules"), set(tasks), peer.core.clock.now())
     peer.worker = peer.core.workforce.worker_join(
         name=peer.client_name or "worker",
         tasks=tasks,
@@ -81,6 +83,8 @@ def ready(peer: Peer, frame: dict[str, Any]) -> Reply:
         pid=pid,
     )
     peer.send({"t": "ok", "rid": frame["rid"], "worker": peer.worker.id})
+    if declared:  # in the background: a slow store must not hold the worker's start up
+        peer.core.spawn(peer.core.schedules.declare(declared))
     return None
 
 
