@@ -85,13 +85,30 @@ COLUMNS = (
     "error",
     "result",
     "payload",
+    "workflow",
+    "depends_on",
+    "feed",
+    "inputs",
+    "progress",
 )
 SELECT_COLUMNS = ", ".join(c for c in COLUMNS if c != "seq")
 #: what a state change may alter: everything but the job's identity and its payload
 MUTABLE = tuple(
     c
     for c in COLUMNS
-    if c not in ("id", "task", "priority", "unique_key", "timeout", "created_at", "payload")
+    if c
+    not in (
+        "id",
+        "task",
+        "priority",
+        "unique_key",
+        "timeout",
+        "created_at",
+        "payload",
+        "workflow",
+        "depends_on",
+        "feed",
+    )
 )
 
 
@@ -131,6 +148,11 @@ def job_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         pack_map(job.error),
         job.result,
         job.payload,
+        job.workflow,
+        pack_map(list(job.depends_on)) if job.depends_on else None,
+        job.feed,
+        job.inputs,
+        pack_map(job.progress),
     )
 
 
@@ -155,6 +177,8 @@ def change_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         job.finished_at,
         pack_map(job.error),
         job.result,
+        job.inputs,
+        pack_map(job.progress),
     )
 
 
@@ -184,6 +208,11 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         error,
         result,
         payload,
+        workflow,
+        depends_on,
+        feed,
+        inputs,
+        progress,
     ) = row
     return JobRecord(
         id=job_id,
@@ -208,6 +237,11 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         started_at=started_at,
         finished_at=finished_at,
         cancel_requested=bool(cancel_requested),
+        workflow=workflow,
+        depends_on=tuple(unpack_map(depends_on) or ()),
+        feed=feed,
+        inputs=inputs,
+        progress=unpack_map(progress),
         version=version,
     )
 
@@ -236,7 +270,8 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS jobs_prunable")
     for statement in _V2_TABLES:
         conn.execute(statement)
-    placeholders = ", ".join("?" * len(COLUMNS))
+    v2_columns = COLUMNS[: COLUMNS.index("payload") + 1]  # later migrations add the rest
+    placeholders = ", ".join("?" * len(v2_columns))
     rows = conn.execute(
         "SELECT id, state, queue, task, priority, eta, unique_key, created_at, finished_at,"
         " seq, data FROM jobs_v1 ORDER BY rowid"
@@ -269,7 +304,10 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
             cancel_requested=bool(d.get("cancel_requested", False)),
             version=1,
         )
-        conn.execute(f"INSERT INTO jobs VALUES ({placeholders})", job_row(job, seq))
+        conn.execute(
+            f"INSERT INTO jobs ({', '.join(v2_columns)}) VALUES ({placeholders})",
+            job_row(job, seq)[: len(v2_columns)],
+        )
         conn.executemany(
             "INSERT INTO events (job_id, data) VALUES (?, ?)",
             [(job_id, pack_map(ev)) for ev in d.get("events", ())],
@@ -300,11 +338,27 @@ def _v4_counts_and_listing_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_worker ON jobs (worker) WHERE worker IS NOT NULL")
 
 
+def _v5_workflows_and_progress(conn: sqlite3.Connection) -> None:
+    """Workflows (the workflow a job belongs to, the jobs it waits for, what of their
+    results it gets, those results once it is released) and the last progress a run
+    reported; an index to list a workflow's members."""
+    for column, kind in (
+        ("workflow", "TEXT"),
+        ("depends_on", "BLOB"),
+        ("feed", "TEXT"),
+        ("inputs", "BLOB"),
+        ("progress", "BLOB"),
+    ):
+        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
     _v3_meta,
     _v4_counts_and_listing_indexes,
+    _v5_workflows_and_progress,
 )
 
 
