@@ -26,6 +26,7 @@ from conveyor.errors import (
     Retry,
 )
 from conveyor.job import Job, JobState
+from conveyor.worker.progress import CurrentJob, current_job
 from conveyor.worker.tasks import task
 
 try:
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "ConveyorError",
+    "CurrentJob",
     "InvalidJob",
     "Job",
     "JobFailed",
@@ -57,5 +59,6 @@ __all__ = [
     "ResultTimeout",
     "Retry",
     "__version__",
+    "current_job",
     "task",
 ]

@@ -36,6 +36,7 @@ from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
 from conveyor.broker.logins import Logins
+from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.waiters import Notify, Waiters
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
@@ -64,6 +65,7 @@ class BrokerCore:
         self.clock = clock
         self.hub = EventHub()
         self.waiters = Waiters()
+        self.progress = ProgressBoard(self.hub, clock)  # running jobs' live progress
         self.workforce = Workforce(self)  # the worker-facing calls
         self.dispatcher = Dispatcher(
             store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
@@ -134,7 +136,11 @@ class BrokerCore:
         pending = list(ids)
         changes: list[tuple[JobState | None, JobRecord]] = []
         for _ in range(_RETRIES):
-            transitions = [t for r in await self.store.job_get_many(pending) if (t := compute(r))]
+            transitions = [
+                self.progress.attach(t)  # an ending run keeps its last progress
+                for r in await self.store.job_get_many(pending)
+                if (t := compute(r))
+            ]
             if not transitions:
                 break
             results = await self.store.job_apply(transitions, durable=False)
@@ -193,6 +199,8 @@ class BrokerCore:
             self.hub.publish(JobChanged(job, JobState.QUEUED, now))
 
     def _changed(self, old: JobState | None, job: JobRecord) -> None:
+        if old is JobState.RUNNING and job.state is not JobState.RUNNING:
+            self.progress.ended(job)
         if job.state.is_final:
             self.waiters.finished(job)
         elif job.state is JobState.QUEUED:

@@ -192,13 +192,23 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 # -- request frames: built once here, sent by either twin -----------------------------------
-def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False) -> dict[str, Any]:
-    """A WAIT; ``result_only`` leaves the history and the arguments out of the reply."""
+def wait_frame(
+    job_id: str,
+    timeout: float | None,
+    *,
+    result_only: bool = False,
+    progress_since: float | None = None,
+) -> dict[str, Any]:
+    """A WAIT; ``result_only`` leaves the history and the arguments out of the reply;
+    ``progress_since`` also ends it at a progress report newer than that time."""
     frame: dict[str, Any] = {"t": "wait", "id": job_id}
     if timeout is not None:
         frame["timeout"] = timeout
     if result_only:
         frame["events"] = frame["payload"] = False
+    if progress_since is not None:
+        frame["progress"] = max(0.0, progress_since)
+        frame["events"] = False
     return frame
 
 

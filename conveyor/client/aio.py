@@ -57,6 +57,9 @@ class AsyncJob:
     async def wait(self, timeout: float | None = None) -> Job:
         return await self.client.wait(self.id, timeout)
 
+    async def next_progress(self, since: float | None = 0.0, timeout: float | None = None) -> Job:
+        return await self.client.next_progress(self.id, since, timeout)
+
     async def result(self, timeout: float | None = None) -> Any:
         group = self.group
         if group is not None:
@@ -186,6 +189,14 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
         return self._job((await self._request(wait_frame(job_id, timeout)))["job"])
+
+    async def next_progress(
+        self, job_id: str, since: float | None = 0.0, timeout: float | None = None
+    ) -> Job:
+        """The job once its task reports progress newer than ``since`` (0: any), or once
+        it is final, or after ``timeout`` seconds (see :meth:`Client.next_progress`)."""
+        frame = wait_frame(job_id, timeout, progress_since=since or 0.0)
+        return self._job((await self._request(frame))["job"])
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         frame = wait_frame(job_id, timeout, result_only=True)

@@ -57,6 +57,9 @@ class JobHandle:
     def wait(self, timeout: float | None = None) -> Job:
         return self.client.wait(self.id, timeout)
 
+    def next_progress(self, since: float | None = 0.0, timeout: float | None = None) -> Job:
+        return self.client.next_progress(self.id, since, timeout)
+
     def result(self, timeout: float | None = None) -> Any:
         group = self.group
         if group is not None:
@@ -204,6 +207,15 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
         return self._job(self._request(wait_frame(job_id, timeout))["job"])
+
+    def next_progress(
+        self, job_id: str, since: float | None = 0.0, timeout: float | None = None
+    ) -> Job:
+        """The job once its task reports progress newer than ``since`` (a
+        ``job.progress_at`` seen before; 0: any), or once it is final, or (after
+        ``timeout`` seconds) as it is then. The broker pushes it: nothing polls."""
+        frame = wait_frame(job_id, timeout, progress_since=since or 0.0)
+        return self._job(self._request(frame)["job"])
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result; JobFailed if it died or was cancelled; ResultTimeout if late."""

@@ -116,6 +116,13 @@ class JobDetail(JobSummary):
     unique_key: str | None
     cancel_requested: bool
     waiting: str | None = None
+    progress: dict[str, Any] | None = Field(
+        None, description="the task's last report: {value (0-1 or null), message, meta, at}"
+    )
+    workflow: str | None = Field(None, description="the workflow this job belongs to")
+    depends_on: list[str] = Field(
+        default_factory=list, description="the jobs it waits for (state waiting)"
+    )
     attempts_detail: list[dict[str, Any]] = Field(
         description="each attempt: number, worker, started, ended, outcome, error, traceback"
     )

@@ -91,6 +91,9 @@ def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[st
         "unique_key": job.unique_key,
         "cancel_requested": job.cancel_requested,
         "waiting": core.waiting_note(job),
+        "progress": core.progress.of(job),
+        "workflow": job.workflow,
+        "depends_on": list(job.depends_on),
         "attempts_detail": attempts(events),
         "events": [_readable_event(ev) for ev in events],
     }

@@ -53,6 +53,7 @@ class FrameType(enum.StrEnum):
     REPORT = "report"
     ACKED = "acked"
     HEARTBEAT = "heartbeat"
+    PROGRESS = "progress"
     RELEASE = "release"
     DRAIN = "drain"
     ABORT = "abort"
@@ -152,6 +153,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "timeout": (_NUM + _NONE, False),
         "events": (_BOOL, False),
         "payload": (_BOOL, False),
+        "progress": (_NUM + _NONE, False),  # also reply at progress newer than this time
     },
     FrameType.GET_MANY: {
         **_RID,
@@ -207,6 +209,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.REPORT: {"results": (_LIST, True)},
     FrameType.ACKED: {"ids": (_LIST, True)},
     FrameType.HEARTBEAT: {"running": (_LIST, False)},
+    FrameType.PROGRESS: {"jobs": (_LIST, True)},
     FrameType.RELEASE: {"jobs": (_LIST, True)},
     FrameType.DRAIN: {},
     FrameType.ABORT: {"id": (_STR, True), "lease": (_INT, False)},

@@ -38,6 +38,7 @@ def job_map(
     note: str | None = None,
     payload: bool = True,
     lease_expires: float | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The job map; retry options not resolved yet show the task's (``options``) or 3/1/300.
 
@@ -69,6 +70,9 @@ def job_map(
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "cancel_requested": job.cancel_requested,
+        "progress": progress if progress is not None else job.progress,
+        "workflow": job.workflow,
+        "depends_on": list(job.depends_on),
     }
     if payload and len(job.payload) + len(job.result or b"") > MAX_JOB_MAP_PAYLOAD:
         payload = False
