@@ -49,6 +49,7 @@ MAX_TRACEBACK: Final = 50_000  # characters (the end is kept: where it was raise
 # -- requests -----------------------------------------------------------------------------------
 MAX_LIST: Final = 1000  # jobs per LIST page
 MAX_WAITS: Final = 10_000  # outstanding WAITs per connection
+MAX_DEPENDENCIES: Final = 1000  # jobs one job may wait for (SUBMIT ``after``; a chord's group)
 MAX_PROGRESS_MESSAGE: Final = 500  # characters of a job's progress message
 MAX_META: Final = 4096  # bytes of a job's metadata, packed (current_job().set_meta)
 MAX_PROGRESS_BATCH: Final = 1000  # jobs in one PROGRESS frame

@@ -38,6 +38,7 @@ from conveyor.broker.events import EventHub, JobChanged, QueueChanged
 from conveyor.broker.logins import Logins
 from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.waiters import Notify, Waiters
+from conveyor.broker.workflows import Workflows
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
 from conveyor.errors import ConveyorError, JobNotFound, StoreUnavailable
@@ -67,6 +68,7 @@ class BrokerCore:
         self.waiters = Waiters()
         self.progress = ProgressBoard(self.hub, clock)  # running jobs' live progress
         self.workforce = Workforce(self)  # the worker-facing calls
+        self.workflows = Workflows(self, config.limits.max_payload)  # waiting jobs' release
         self.dispatcher = Dispatcher(
             store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
         )
@@ -106,6 +108,7 @@ class BrokerCore:
                 held, lambda r: requeue_if_held(r, held, now, "broker restart", charged=False)
             )
             log.warning("requeued %d job(s) that were running at the last stop", len(jobs))
+        await self.workflows.resume()  # a release lost in a crash happens now
 
     async def settle(self, timeout: float = 2.0) -> None:
         """Wait for the background work started so far (a lost worker's requeue ...)."""
@@ -203,6 +206,7 @@ class BrokerCore:
             self.progress.ended(job)
         if job.state.is_final:
             self.waiters.finished(job)
+            self.workflows.finished(job)  # its dependants may be ready now
         elif job.state is JobState.QUEUED:
             self.dispatcher.trigger()
         elif job.state is JobState.SCHEDULED:
@@ -226,7 +230,10 @@ class BrokerCore:
             self.backlog.cancel(admitted)
             raise
         self.backlog.settle((job, i.created) for (job, _), i in zip(born, inserted, strict=True))
-        await self._publish_when_durable([(None, i.job) for i in inserted if i.created])
+        created = [i.job for i in inserted if i.created]
+        await self._publish_when_durable([(None, job) for job in created])
+        if any(job.state is JobState.WAITING for job in created):
+            self.spawn(self.workflows.submitted(created))  # their dependencies may be done
         return inserted
 
     async def get(self, job_id: str) -> JobRecord:

@@ -23,6 +23,7 @@ from conveyor.job import Job, JobState
 from conveyor.limits import FRAME_OVERHEAD, MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.protocol.payload import PayloadError, check_json, pack_call
 from conveyor.security.payload import CALL, PayloadCipher, context, is_sealed
+from conveyor.workflow import Plan
 
 SUBMIT_OPTIONS = (
     "queue",
@@ -34,6 +35,7 @@ SUBMIT_OPTIONS = (
     "delay",
     "eta",
     "unique_key",
+    "after",
 )
 
 
@@ -115,6 +117,9 @@ def job_spec(
         eta = eta.timestamp()
     if eta is not None:
         spec["eta"] = eta
+    after = options.pop("after", None)
+    if after:  # ids, or handles (anything with an ``id``)
+        spec["after"] = [a if isinstance(a, str) else str(a.id) for a in after]
     for name, value in options.items():
         if name not in SUBMIT_OPTIONS:
             raise TypeError(f"unknown submit option {name!r}")
@@ -302,3 +307,36 @@ def reply_map(reply: dict[str, Any]) -> dict[str, Any]:
 
 def submitted_ids(reply: dict[str, Any]) -> list[str]:
     return [str(j["id"]) for j in reply["jobs"]]
+
+
+def workflow_specs(
+    flow: Plan, cipher: PayloadCipher | None, max_payload: int
+) -> list[dict[str, Any]]:
+    """The submit maps of a planned workflow (conveyor.workflow.plan), in its order."""
+    specs: list[dict[str, Any]] = []
+    for job in flow.jobs:
+        step = job.step
+        options = dict(step.options)
+        task: TaskRef = step.task
+        definition: TaskDefinition | None = getattr(task, "__conveyor_task__", None)
+        if definition is not None and job.feed is not None:
+            # its first argument comes from the workflow: the call cannot be checked yet
+            task = definition.name
+            for name, value in definition.submit_options().items():
+                if options.get(name) is None:
+                    options[name] = value
+        spec = job_spec(
+            task,
+            step.args,
+            step.kwargs,
+            cipher=cipher,
+            max_payload=max_payload,
+            job_id=job.id,
+            after=list(job.after) or None,
+            **options,
+        )
+        spec["workflow"] = flow.id
+        if job.feed is not None:
+            spec["feed"] = job.feed
+        specs.append(spec)
+    return specs

@@ -26,13 +26,16 @@ from conveyor.client._base import (
     submitted_ids,
     token_create_frame,
     wait_frame,
+    workflow_specs,
 )
 from conveyor.client.endpoint import make_endpoint
+from conveyor.client.flows import AsyncWorkflow
 from conveyor.client.transport import AsyncTransport
 from conveyor.errors import JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
+from conveyor.workflow import Node, plan
 
 
 class AsyncJob:
@@ -154,6 +157,18 @@ class AsyncClient:
             ids.extend(submitted_ids(await self._request({"t": "submit", "jobs": batch})))
         group = ResultGroup(ids)
         return [AsyncJob(self, i, group) for i in ids]
+
+    async def submit_workflow(self, flow: Node) -> AsyncWorkflow:
+        """Submit a workflow (conveyor.workflow: ``chain``, ``group``, ``chord`` of
+        signatures) as one batch of jobs; returns its handle (``.result()``)."""
+        planned = plan(flow)
+        session = await self._transport.session()
+        specs = workflow_specs(planned, self.cipher, session.limit("max_payload", MAX_PAYLOAD))
+        # in plan order: a job's dependencies are always in its batch or an earlier one
+        max_batch = session.limit("max_batch", MAX_BATCH)
+        for batch in chunks(specs, max_batch, session.max_frame_size):
+            await self._request({"t": "submit", "jobs": batch})
+        return AsyncWorkflow(self, planned)
 
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id)

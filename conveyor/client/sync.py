@@ -26,13 +26,16 @@ from conveyor.client._base import (
     submitted_ids,
     token_create_frame,
     wait_frame,
+    workflow_specs,
 )
 from conveyor.client.endpoint import make_endpoint
+from conveyor.client.flows import WorkflowHandle
 from conveyor.client.transport import SyncTransport
 from conveyor.errors import JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
+from conveyor.workflow import Node, plan
 
 
 class JobHandle:
@@ -144,7 +147,9 @@ class Client:
 
         Submit options: queue, priority (1 most urgent … 10), retries, retry_backoff,
         retry_backoff_max, timeout, delay (s), eta (aware datetime or epoch s),
-        unique_key, job_id. Pass ``kwargs={...}`` for task arguments with those names.
+        unique_key, job_id, after (job ids or handles: the job runs once they all
+        completed, and is cancelled if one of them ends otherwise). Pass ``kwargs={...}``
+        for task arguments with those names.
         Raises :class:`~conveyor.errors.InvalidJob` naming the argument, before anything
         is sent, for what the broker would refuse.
         """
@@ -174,6 +179,18 @@ class Client:
             ids.extend(submitted_ids(self._request({"t": "submit", "jobs": batch})))
         group = ResultGroup(ids)
         return [JobHandle(self, i, group) for i in ids]
+
+    def submit_workflow(self, flow: Node) -> WorkflowHandle:
+        """Submit a workflow (conveyor.workflow: ``chain``, ``group``, ``chord`` of
+        signatures) as one batch of jobs; returns its handle (``.result()``)."""
+        planned = plan(flow)
+        max_payload = self._limit("max_payload", MAX_PAYLOAD)
+        specs = workflow_specs(planned, self.cipher, max_payload)
+        session = self._transport.session
+        # in plan order: a job's dependencies are always in its batch or an earlier one
+        for batch in chunks(specs, self._limit("max_batch", MAX_BATCH), session.max_frame_size):
+            self._request({"t": "submit", "jobs": batch})
+        return WorkflowHandle(self, planned)
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)

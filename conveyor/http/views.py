@@ -7,7 +7,7 @@ from typing import Any
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.history import History
-from conveyor.broker.routes.wire import plain_call, plain_value
+from conveyor.broker.routes.wire import call_payload, plain_call, plain_value
 from conveyor.job import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF,
@@ -75,7 +75,7 @@ def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
 
 
 def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[str, Any]:
-    args, kwargs = plain_call(job.payload)
+    args, kwargs = plain_call(call_payload(job))
     encrypted = is_sealed_call(args, kwargs)
     result = plain_value(job.result)
     return {

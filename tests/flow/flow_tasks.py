@@ -84,3 +84,16 @@ def wait_for(gate: str, value: Any = None) -> Any:
 @task(name="flow.boom", retries=0)
 def boom(*_: Any) -> None:
     raise Reject("boom")
+
+
+@task(name="flow.tally")
+def tally(results: list[Any], path: str, what: str) -> list[Any]:
+    """A chord callback that records each run of itself in ``path``."""
+    record(path, what)
+    return results
+
+
+@task(name="flow.hold")
+def hold(value: Any, gate: str) -> Any:
+    """A chain step that passes ``value`` on once the test opens ``gate``."""
+    return wait_for(gate, value)

@@ -18,7 +18,7 @@ from conveyor.job import (
 )
 from conveyor.lifecycle import TaskOptions
 from conveyor.limits import MAX_FRAME_SIZE
-from conveyor.protocol.payload import PayloadError, unpack, unpack_call
+from conveyor.protocol.payload import PayloadError, prepend_args, unpack, unpack_call
 
 #: payload + result bytes above which a job map leaves the payload out, so that any job's map
 #: fits in a default frame (each may be up to max_payload on its own)
@@ -79,11 +79,11 @@ def job_map(
         wire["omitted"] = ["payload"]
     if packed:
         if payload:
-            wire["payload"] = job.payload
+            wire["payload"] = call_payload(job)
         wire["result"] = job.result
     else:
         if payload:
-            wire["args"], wire["kwargs"] = plain_call(job.payload)
+            wire["args"], wire["kwargs"] = plain_call(call_payload(job))
         wire["result"] = plain_value(job.result)
     if events is not None:
         wire["events"] = events
@@ -103,6 +103,17 @@ def brief_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "result": job.result if packed else plain_value(job.result),
     }
+
+
+def call_payload(job: JobRecord) -> bytes:
+    """The call the job's task receives: its payload, with the results a workflow passed
+    it (``inputs``) before its own positional arguments."""
+    if job.inputs is None:
+        return job.payload
+    try:
+        return prepend_args(job.payload, job.inputs)
+    except PayloadError:
+        return job.payload  # a payload the producer packed badly: its worker says so
 
 
 def plain_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
@@ -133,7 +144,7 @@ def dispatch_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
         "timeout": job.timeout,
     }
     if packed:
-        wire["payload"] = job.payload
+        wire["payload"] = call_payload(job)
     else:
-        wire["args"], wire["kwargs"] = plain_call(job.payload)
+        wire["args"], wire["kwargs"] = plain_call(call_payload(job))
     return wire
