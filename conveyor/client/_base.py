@@ -270,10 +270,15 @@ class ResultGroup:
 
 
 def list_frame(
-    state: str | None, queue: str | None, limit: int, offset: int, task: str | None = None
+    state: str | None,
+    queue: str | None,
+    limit: int,
+    offset: int,
+    task: str | None = None,
+    workflow: str | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
-    for name, value in (("state", state), ("queue", queue), ("task", task)):
+    for name, value in (("state", state), ("queue", queue), ("task", task), ("workflow", workflow)):
         if value:
             frame[name] = value
     return frame

@@ -230,8 +230,9 @@ class AsyncClient:
         limit: int = 100,
         offset: int = 0,
         task: str | None = None,
+        workflow: str | None = None,
     ) -> list[Job]:
-        frame = list_frame(state, queue, limit, offset, task)
+        frame = list_frame(state, queue, limit, offset, task, workflow)
         return [self._job(j) for j in (await self._request(frame))["jobs"]]
 
     async def stats(self) -> dict[str, Any]:

@@ -251,8 +251,9 @@ class Client:
         limit: int = 100,
         offset: int = 0,
         task: str | None = None,
+        workflow: str | None = None,
     ) -> list[Job]:
-        frame = list_frame(state, queue, limit, offset, task)
+        frame = list_frame(state, queue, limit, offset, task, workflow)
         return [self._job(j) for j in self._request(frame)["jobs"]]
 
     def stats(self) -> dict[str, Any]:

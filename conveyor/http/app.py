@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.http import api
+from conveyor.http import api, workflows
 from conveyor.http.errors import HANDLERS, error_body
 
 STATIC = files("conveyor.http") / "static"
@@ -108,6 +108,7 @@ def create(ctx: api.Context) -> ASGIApp:
         app.add_exception_handler(exc, handler)
     app.state.conveyor = ctx
     app.include_router(api.router)
+    app.include_router(workflows.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -66,6 +66,9 @@ class SubmitBody(BaseModel):
     timeout: Number | None = Field(None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
     unique_key: str | None = Field(None, min_length=1, max_length=200)
     id: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
+    after: list[str] | None = Field(
+        None, max_length=1000, description="job ids: run once they all completed"
+    )
 
 
 class Submitted(BaseModel):

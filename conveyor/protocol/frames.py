@@ -167,6 +167,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "state": (_STR + _NONE, False),
         "queue": (_STR + _NONE, False),
         "task": (_STR + _NONE, False),
+        "workflow": (_STR + _NONE, False),
         "limit": (_INT, False),
         "offset": (_INT, False),
         "cursor": (_STR + _NONE, False),

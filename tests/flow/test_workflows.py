@@ -40,6 +40,8 @@ async def test_a_chain_passes_each_result_on(
     assert [j.args for j in jobs] == [[1, 2], [3, 10], [13, 100]]  # what each task got
     assert {j.workflow for j in jobs} == {flow.id}
     assert jobs[1].depends_on == (jobs[0].id,)
+    listed = await client.list_jobs(workflow=flow.id)
+    assert [j.id for j in reversed(listed)] == flow.ids  # LIST by workflow, newest first
 
 
 async def test_a_failed_step_cancels_the_rest_of_the_chain(

@@ -39,3 +39,22 @@ def test_the_detail_shows_progress_live_and_keeps_the_last(page: Any, system: Li
     gate.set()
     expect(detail).to_have_attribute("data-state", "completed")
     expect(detail.locator("[data-field=progress]")).to_have_text("100% done")
+
+
+def test_the_detail_shows_the_workflow_a_job_belongs_to(page: Any, system: LiveSystem) -> None:
+    from conveyor import Client, chain, sig
+
+    system.start_worker()
+    with Client(system.broker.url, home=system.home) as client:
+        flow = client.submit_workflow(chain(sig("add", 1, 2), sig("add", 10)))
+        assert flow.result(timeout=20) == 13
+    row = job_row(page, flow.ids[1])
+    expect(row).to_have_attribute("data-state", "completed")
+    row.locator("button").click()
+    detail = page.locator("#detail")
+    box = detail.locator("[data-field=workflow]")
+    expect(box.locator("[data-field=workflow-state]")).to_have_text("completed: 2 job(s)")
+    expect(box.locator("li")).to_have_count(2)
+    expect(detail.locator("[data-field=payload]")).to_contain_text("3")  # the result passed on
+    box.locator(f'li[data-job-id="{flow.ids[0]}"] button').click()  # to the first step
+    expect(page.locator("#detail-title")).to_have_text(f"Job {flow.ids[0]}")

@@ -241,7 +241,11 @@ def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
     state = frame.get("state")
     if state is not None and state not in _STATES:
         raise invalid("state", f"must be one of {', '.join(s.value for s in JobState)}")
-    for fld, max_len in (("queue", MAX_QUEUE_NAME), ("task", MAX_TASK_NAME)):
+    for fld, max_len in (
+        ("queue", MAX_QUEUE_NAME),
+        ("task", MAX_TASK_NAME),
+        ("workflow", MAX_JOB_ID),
+    ):
         if frame.get(fld) is not None:
             check_name(frame[fld], fld, max_len)
     limit = number(frame, "limit", 1, MAX_LIST, integer=True) or 100
@@ -255,6 +259,7 @@ def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
         state=None if state is None else JobState(state),
         queue=frame.get("queue"),
         task=frame.get("task"),
+        workflow=frame.get("workflow"),
     )
     return _list(peer, frame["rid"], where, limit, cursor, offset)
 

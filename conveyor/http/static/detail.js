@@ -91,6 +91,7 @@ export class Detail {
       actions, message,
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
       job.progress ? this.#progress(job.progress) : null,
+      job.workflow ? this.#workflow(job) : null,
       el("h3", {}, "Payload"), el("pre", { class: "code", dataset: { field: "payload" } }, payload),
       job.state === "completed" || job.result !== null
         ? [el("h3", {}, "Result"), el("pre", { class: "code", dataset: { field: "result" } },
@@ -102,6 +103,25 @@ export class Detail {
           el("pre", { class: "code" }, job.error.traceback)) : null] : null,
       el("h3", {}, "Attempts"), this.#attempts(job.attempts_detail),
       el("h3", {}, "Timeline"), this.#timeline(job.events));
+  }
+
+  // the workflow it belongs to, as one thing: its jobs in order, each one click away
+  #workflow(job) {
+    const box = el("div", { class: "workflow", dataset: { field: "workflow" } },
+      el("p", { class: "muted" }, "Loading…"));
+    api(`/api/workflows/${encodeURIComponent(job.workflow)}`).then((flow) => {
+      if (this.id !== job.id) return;
+      fill(box,
+        el("p", { dataset: { field: "workflow-state" } },
+          `${flow.state}: ${flow.jobs.length} job(s)`),
+        el("ol", { class: "members" }, flow.jobs.map((member) => el("li",
+          { dataset: { jobId: member.id, state: member.state } },
+          member.id === job.id ? el("strong", {}, member.task)
+            : el("button", { type: "button", class: "link", onclick: () => this.open(member.id) },
+              member.task),
+          " ", stateBadge(member.state)))));
+    }).catch((error) => fill(box, el("p", { class: "error" }, describe(error))));
+    return [el("h3", {}, "Workflow"), box];
   }
 
   // what the task last said of itself (current_job().progress / set_meta): text only
