@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -33,6 +34,15 @@ def status(client: Client, job_id: str, as_json: bool, payload_key_file: str | N
     click.echo(f"  attempts {job.attempts}/{job.max_retries + 1}  worker {job.worker or '-'}")
     if job.waiting:
         click.echo(f"  waiting: {job.waiting}")
+    if job.depends_on:
+        click.echo(f"  after {', '.join(job.depends_on)}")
+    if job.workflow:
+        click.echo(f"  workflow {job.workflow}")
+    if job.progress_at is not None:
+        value = "" if job.progress is None else f"{job.progress:.0%} "
+        click.echo(f"  progress {value}{job.progress_message or ''}".rstrip())
+        if job.meta:
+            click.echo(f"  meta {json.dumps(job.meta, sort_keys=True)}")
     if job.eta and job.state is JobState.SCHEDULED:
         click.echo(f"  runs at {when(job.eta)} UTC")
     if is_sealed_call(job.args, job.kwargs):

@@ -320,6 +320,15 @@ def workflow_specs(
     """The submit maps of a planned workflow (conveyor.workflow.plan), in its order."""
     specs: list[dict[str, Any]] = []
     for job in flow.jobs:
+        if cipher is not None and job.feed is not None:
+            # a sealed result opens only for the job that made it: the next step would get
+            # the envelope, not the value
+            raise InvalidJob(
+                "invalid",
+                "a workflow that passes results on cannot use payload encryption; "
+                "submit its steps with after=[...] instead",
+                "feed",
+            )
         step = job.step
         options = dict(step.options)
         task: TaskRef = step.task

@@ -179,3 +179,35 @@ async def test_a_workflow_survives_a_broker_restart_mid_way(
             await asyncio.wait_for(running, 30)
     finally:
         await broker.stop()
+
+
+def test_a_workflow_plan_puts_each_job_after_those_it_waits_for() -> None:
+    from conveyor.workflow import plan
+
+    flow = plan(chain(sig("a"), group(sig("b"), chain(sig("c"), sig("d"))), sig("e")))
+    by_task = {j.step.name: j for j in flow.jobs}
+    assert [j.step.name for j in flow.jobs] == ["a", "b", "c", "d", "e"]
+    assert by_task["b"].after == by_task["c"].after == (by_task["a"].id,)
+    assert (by_task["b"].feed, by_task["d"].feed) == ("result", "result")
+    assert by_task["e"].after == (by_task["b"].id, by_task["d"].id)
+    assert by_task["e"].feed == "results" and flow.tails == (by_task["e"].id,)
+    assert plan(group(sig("x"), sig("y"))).many
+    assert by_task["a"].after == () and by_task["a"].feed is None
+    with pytest.raises(ValueError):
+        group()
+    with pytest.raises(TypeError):
+        chain("not a signature")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        sig("a").set(after=["x"])
+
+
+async def test_a_workflow_that_passes_results_refuses_payload_encryption(
+    broker: Broker, home: Path
+) -> None:
+    from conveyor.errors import InvalidJob
+    from conveyor.security.payload import generate_key
+
+    async with AsyncClient(broker.url, home=home, payload_key=generate_key()) as sealed:
+        with pytest.raises(InvalidJob, match="after="):
+            await sealed.submit_workflow(chain(sig("flow.add", 1), sig("flow.add", 2)))
+        await sealed.submit_workflow(group(sig("flow.add", 1), sig("flow.add", 2)))  # fine
