@@ -14,12 +14,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from conveyor.http import views
-from conveyor.http.api import Reader, job_id
+from conveyor.http.api import ERRORS, Reader, job_id
 from conveyor.http.errors import HttpError
 from conveyor.job import JobRecord, JobState
 from conveyor.stores.base import JobFilter
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 MAX_MEMBERS = 10_000  # jobs shown of one workflow
 
 
