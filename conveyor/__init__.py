@@ -6,6 +6,7 @@ The public surface is what ``__all__`` lists; everything else is internal.
 from importlib import metadata as _metadata
 
 from conveyor.client.aio import AsyncClient, AsyncJob
+from conveyor.client.flows import AsyncWorkflow, WorkflowHandle
 from conveyor.client.sync import Client, JobHandle
 from conveyor.errors import (
     AuthenticationError,
@@ -26,7 +27,9 @@ from conveyor.errors import (
     Retry,
 )
 from conveyor.job import Job, JobState
+from conveyor.worker.progress import CurrentJob, current_job
 from conveyor.worker.tasks import task
+from conveyor.workflow import chain, chord, group, sig
 
 try:
     __version__ = _metadata.version("conveyor")
@@ -36,12 +39,14 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "AsyncWorkflow",
     "AuthenticationError",
     "BrokerError",
     "Client",
     "ConfigError",
     "ConnectionLost",
     "ConveyorError",
+    "CurrentJob",
     "InvalidJob",
     "Job",
     "JobFailed",
@@ -56,6 +61,12 @@ __all__ = [
     "Reject",
     "ResultTimeout",
     "Retry",
+    "WorkflowHandle",
     "__version__",
+    "chain",
+    "chord",
+    "current_job",
+    "group",
+    "sig",
     "task",
 ]

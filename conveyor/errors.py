@@ -172,8 +172,8 @@ class QueueFull(RateLimited):
         name = repr(queue) if queue else "'' (unrouted jobs)"
         return cls(
             cls.CODE,
-            f"queue {name} is full: {count} job(s) queued or scheduled, the limit is {limit}; "
-            f"{adding} more refused (nothing of this submit was stored); retry later",
+            f"queue {name} is full: {count} job(s) queued, scheduled or waiting, the limit is "
+            f"{limit}; {adding} more refused (nothing of this submit was stored); retry later",
             queue=queue,
             limit=limit,
         )

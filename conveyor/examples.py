@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 
+from conveyor.worker.progress import current_job
 from conveyor.worker.tasks import task
 
 MAX_FIBONACCI = 10_000
@@ -121,3 +122,25 @@ async def async_sleep(seconds: float) -> float:
     seconds = _seconds(seconds)
     await asyncio.sleep(seconds)
     return seconds
+
+
+@task(non_retryable=_BAD_INPUT)
+def total(values: list[float], *more: float) -> float:
+    """The sum of a list (a chord's callback: ``chord(group(...), sig("total"))``)."""
+    if not isinstance(values, list):
+        raise TypeError("values must be a list of numbers")
+    return float(sum(values) + sum(more))
+
+
+@task(non_retryable=_BAD_INPUT)
+def steps(n: int = 10, seconds: float = 0.2) -> int:
+    """Work through ``n`` steps of ``seconds`` each, reporting progress after each one."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 10_000:
+        raise ValueError("n must be an integer from 1 to 10000")
+    pause = _seconds(seconds)
+    job = current_job()
+    job.set_meta(steps=n)
+    for i in range(n):
+        time.sleep(pause)
+        job.progress((i + 1) / n, f"step {i + 1}/{n}")
+    return n

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A job is born ``queued`` (or ``scheduled`` when it has an ETA in the future). The
+A job is born ``queued`` (or ``scheduled`` when it has an ETA in the future, or
+``waiting`` when it depends on other jobs: a workflow member or ``after=[ids]``). The
 *promoter* (broker maintenance) moves due ``scheduled`` jobs to ``queued``. The
 *dispatcher* claims a ``queued`` job for a worker: it becomes ``running`` under a
 lease. The worker's report decides what comes next: ``completed``; or, on failure,
@@ -12,11 +13,15 @@ A lost worker or an expired lease puts a ``running`` job back to ``queued`` (eve
 attempts left, ``dead`` (``WorkerLost``). ``queued``/``scheduled`` jobs can be
 ``cancelled`` at once; a ``running`` one is cancelled when its worker gives it up.
 ``dead`` jobs sit in the dead-letter queue until retried (back to ``queued``) or purged.
+A ``waiting`` job is released (``queued``, or ``scheduled`` for a future ETA) by the
+broker's workflow service once every job it depends on has completed, or ``cancelled``
+when one of them ends otherwise (dead or cancelled).
 
 Every move is made by :mod:`conveyor.lifecycle`, which checks it against
 :data:`TRANSITIONS`. Who moves a job out of each state:
 
 =========  =================================================================
+waiting    workflow service (dependencies completed, or one failed) · cancel
 scheduled  promoter (eta reached) · cancel
 queued     dispatcher (claim) · cancel
 running    worker report (complete/fail) · lease reaper · deadline · worker loss ·
@@ -41,6 +46,7 @@ from conveyor.protocol.payload import PayloadError, unpack, unpack_call
 
 
 class JobState(enum.StrEnum):
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -54,11 +60,13 @@ class JobState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
-LIVE_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+LIVE_STATES = frozenset({JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
 PRUNABLE_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED})
 """Final states that retention deletes; dead jobs stay until retried or purged."""
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # released once its dependencies completed (scheduled: it has a future eta)
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.CANCELLED}),
     JobState.SCHEDULED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.RUNNING: frozenset(
@@ -84,6 +92,7 @@ class EventKind(enum.StrEnum):
     SUBMITTED = "submitted"
     STARTED = "started"
     RELEASED = "released"
+    READY = "ready"  # a waiting job's dependencies completed
     REQUEUED = "requeued"
     RETRIED = "retried"
     COMPLETED = "completed"
@@ -105,6 +114,14 @@ def event(kind: EventKind, at: float, **details: Any) -> Event:
             entry[key] = value
     return entry
 
+
+FEED_RESULT = "result"
+"""A waiting job gets the result of its one dependency as its first positional argument
+(the next step of a chain)."""
+FEED_RESULTS = "results"
+"""A waiting job gets the list of its dependencies' results, in their order, as its first
+positional argument (a chord's callback, the step after a group in a chain)."""
+FEEDS = frozenset({FEED_RESULT, FEED_RESULTS})
 
 DEFAULT_QUEUE = "default"
 UNROUTED = ""
@@ -148,6 +165,11 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    workflow: str | None = None  # the workflow this job belongs to (its id)
+    depends_on: tuple[str, ...] = ()  # ids of the jobs that must complete before it runs
+    feed: str | None = None  # what of them it receives first: FEED_RESULT or FEED_RESULTS
+    inputs: bytes | None = None  # packed list of their results, set when it is released
+    progress: dict[str, Any] | None = None  # the last progress its run reported
     version: int = 0
     # at most a limit of running jobs share this key (docs/workflows.md): set at submit
     concurrency_key: str | None = None
@@ -190,6 +212,11 @@ RECORD_FIELDS = (
     "started_at",
     "finished_at",
     "cancel_requested",
+    "workflow",
+    "depends_on",
+    "feed",
+    "inputs",
+    "progress",
     "version",
     "concurrency_key",
 )
@@ -228,11 +255,21 @@ class Job:
     cancel_requested: bool = False
     events: tuple[Event, ...] = ()
     waiting: str | None = None  # why a queued job is not running (no worker offers its task)
+    workflow: str | None = None  # the workflow it belongs to
+    depends_on: tuple[str, ...] = ()  # the jobs it waits for (state ``waiting``)
+    progress: float | None = None  # 0.0 ... 1.0, as its task last reported (current_job())
+    progress_message: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # small metadata its task set
+    progress_at: float | None = None  # when the task last reported progress or metadata
 
     def to_wire(self, *, events: bool = True) -> dict[str, Any]:
         """The job as a plain map with values decoded (for JSON output)."""
         wire: dict[str, Any] = {name: getattr(self, name) for name in _JOB_WIRE_FIELDS}
         wire["state"] = self.state.value
+        wire["depends_on"] = list(self.depends_on)
+        wire["progress"] = progress_map(
+            self.progress, self.progress_message, self.meta, self.progress_at
+        )
         if events:
             wire["events"] = list(self.events)
         return wire
@@ -255,6 +292,14 @@ class Job:
                 fields["result"] = None
         fields["state"] = JobState(fields.get("state", "queued"))
         fields["events"] = tuple(data.get("events") or ())
+        fields["depends_on"] = tuple(data.get("depends_on") or ())
+        report = data.get("progress")
+        fields["progress"] = None
+        if isinstance(report, dict):  # the wire map (docs/protocol.md, section 8.1)
+            fields["progress"] = report.get("value")
+            fields["progress_message"] = report.get("message")
+            fields["meta"] = dict(report.get("meta") or {})
+            fields["progress_at"] = report.get("at")
         for name, default in (
             ("max_retries", DEFAULT_RETRIES),
             ("retry_backoff", DEFAULT_RETRY_BACKOFF),
@@ -265,4 +310,17 @@ class Job:
         return cls(**fields)
 
 
-_JOB_WIRE_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "events")
+_JOB_WIRE_FIELDS = tuple(
+    f
+    for f in Job.__dataclass_fields__
+    if f not in ("events", "progress", "progress_message", "meta", "progress_at")
+)
+
+
+def progress_map(
+    value: float | None, message: str | None, meta: dict[str, Any] | None, at: float | None
+) -> dict[str, Any] | None:
+    """A job's progress as the job map carries it; None if it never reported any."""
+    if value is None and message is None and not meta and at is None:
+        return None
+    return {"value": value, "message": message, "meta": dict(meta or {}), "at": at}

@@ -100,12 +100,30 @@ def _amend(old: JobRecord, *events: Event, **changes: Any) -> Transition:
 
 # -- birth --------------------------------------------------------------------------------------
 def born(job: JobRecord, now: float) -> tuple[JobRecord, Event]:
-    """A new job, queued or (with a future eta) scheduled, and its ``submitted`` event."""
-    state = JobState.SCHEDULED if job.eta is not None and job.eta > now else JobState.QUEUED
-    eta = job.eta if state is JobState.SCHEDULED else None
+    """A new job, queued, (with a future eta) scheduled, or (with dependencies) waiting,
+    and its ``submitted`` event."""
+    future = job.eta is not None and job.eta > now
+    state = JobState.SCHEDULED if future else JobState.QUEUED
+    if job.depends_on:
+        state = JobState.WAITING
+    eta = job.eta if future else None
     return job.replace(state=state, eta=eta, created_at=now, version=1), event(
         EventKind.SUBMITTED, now
     )
+
+
+# -- workflows: a waiting job's dependencies ended ---------------------------------------------
+def ready(job: JobRecord, now: float, inputs: bytes | None = None) -> Transition:
+    """Waiting → queued (scheduled, if its eta is still ahead): every job it depends on
+    completed. ``inputs`` is the packed list of their results it receives (``feed``)."""
+    to = JobState.SCHEDULED if job.eta is not None and job.eta > now else JobState.QUEUED
+    return move(job, to, event(EventKind.READY, now), inputs=inputs)
+
+
+def blocked(job: JobRecord, now: float, reason: str) -> Transition:
+    """Waiting → cancelled: a job it depends on will never complete (dead, cancelled,
+    gone); ``reason`` says which, in its history."""
+    return _cancelled(job, now, reason)
 
 
 # -- dispatch -----------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ MAX_TRACEBACK: Final = 50_000  # characters (the end is kept: where it was raise
 # -- requests -----------------------------------------------------------------------------------
 MAX_LIST: Final = 1000  # jobs per LIST page
 MAX_WAITS: Final = 10_000  # outstanding WAITs per connection
+MAX_DEPENDENCIES: Final = 1000  # jobs one job may wait for (SUBMIT ``after``; a chord's group)
+MAX_PROGRESS_MESSAGE: Final = 500  # characters of a job's progress message
+MAX_META: Final = 4096  # bytes of a job's metadata, packed (current_job().set_meta)
+MAX_PROGRESS_BATCH: Final = 1000  # jobs in one PROGRESS frame
+PROGRESS_INTERVAL: Final = 0.2  # seconds: a worker sends each job's progress at most this often
 MAX_CONCURRENCY: Final = 10_000  # a worker's concurrency, and its prefetch
 MAX_WORKER_TASKS: Final = 10_000  # task names in one READY
 MAX_WORKER_QUEUES: Final = 1_000  # queue names in one READY

@@ -13,10 +13,11 @@ from typing import Any
 from conveyor import limitspec
 from conveyor._ids import new_job_id
 from conveyor.errors import InvalidJob
-from conveyor.job import DEFAULT_PRIORITY, JobRecord
+from conveyor.job import DEFAULT_PRIORITY, FEED_RESULT, FEEDS, JobRecord
 from conveyor.lifecycle import TaskOptions
 from conveyor.limits import (
     MAX_DELAY,
+    MAX_DEPENDENCIES,
     MAX_ETA,
     MAX_JOB_ID,
     MAX_PAYLOAD,
@@ -157,6 +158,7 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
     concurrency_key = raw.get("concurrency_key")
     if concurrency_key is not None:
         limitspec.check_concurrency_key(concurrency_key)
+    after, workflow, feed = _workflow_fields(raw)
     return JobRecord(
         id=job_id or new_job_id(),
         task=task,
@@ -170,7 +172,36 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
         eta=None if eta is None or eta <= now else float(eta),
         unique_key=unique_key,
         concurrency_key=concurrency_key,
+        workflow=workflow,
+        depends_on=after,
+        feed=feed,
     )
+
+
+def _workflow_fields(raw: dict[str, Any]) -> tuple[tuple[str, ...], str | None, str | None]:
+    """``after`` (the jobs it waits for), ``workflow`` (its id) and ``feed`` (what of their
+    results it receives), docs/protocol.md section 6.1."""
+    after = raw.get("after")
+    if after is None:
+        after = []
+    if not isinstance(after, list) or len(after) > MAX_DEPENDENCIES:
+        raise invalid("after", f"must be a list of at most {MAX_DEPENDENCIES} job ids")
+    for dep in after:
+        check_name(dep, "after", MAX_JOB_ID)
+    if len(set(after)) != len(after):
+        raise invalid("after", "names a job twice")
+    workflow = raw.get("workflow")
+    if workflow is not None:
+        check_name(workflow, "workflow", MAX_JOB_ID)
+    feed = raw.get("feed")
+    if feed is not None:
+        if feed not in FEEDS:
+            raise invalid("feed", f"must be one of {', '.join(sorted(FEEDS))}, or nil")
+        if not after:
+            raise invalid("feed", "needs after: the jobs whose results it receives")
+        if feed == FEED_RESULT and len(after) != 1:
+            raise invalid("feed", "'result' takes the result of exactly one job in after")
+    return tuple(after), workflow, feed
 
 
 def parse_task_options(raw: Any) -> dict[str, TaskOptions]:

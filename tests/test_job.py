@@ -49,7 +49,7 @@ def test_no_state_moves_to_itself() -> None:
 
 
 def test_every_state_is_reachable_from_birth() -> None:
-    seen = {JobState.QUEUED, JobState.SCHEDULED}  # a job is born in one of these
+    seen = {JobState.QUEUED, JobState.SCHEDULED, JobState.WAITING}  # born in one of these
     frontier = list(seen)
     while frontier:
         for nxt in TRANSITIONS[frontier.pop()]:
@@ -85,6 +85,7 @@ def test_can_move(src: JobState, dst: JobState, ok: bool) -> None:
 
 def test_states_and_events_are_wire_strings() -> None:
     assert [s.value for s in JobState] == [
+        "waiting",
         "scheduled",
         "queued",
         "running",
@@ -96,6 +97,7 @@ def test_states_and_events_are_wire_strings() -> None:
         "submitted",
         "started",
         "released",
+        "ready",
         "cancel_requested",
         "requeued",
         "retried",
@@ -174,7 +176,16 @@ def test_wire_round_trip(job: Job) -> None:
 
 def test_wire_has_every_field() -> None:
     wire = _full_job().to_wire()
-    assert set(wire) == {f.name for f in dataclasses.fields(Job)}
+    split = {"progress_message", "meta", "progress_at"}  # inside the "progress" map
+    assert set(wire) == {f.name for f in dataclasses.fields(Job)} - split
+
+
+def test_progress_travels_as_one_map() -> None:
+    job = Job(id="x", task="t", progress=0.25, progress_message="a", meta={"k": 1}, progress_at=2.0)
+    wire = job.to_wire()
+    assert wire["progress"] == {"value": 0.25, "message": "a", "meta": {"k": 1}, "at": 2.0}
+    assert Job.from_wire(wire) == job
+    assert Job.from_wire({"id": "x", "task": "t"}).progress is None
 
 
 def test_wire_without_events() -> None:

@@ -162,3 +162,18 @@ def test_functions_refuse_jobs_in_the_wrong_state() -> None:
     ):
         with pytest.raises(IllegalTransition):
             wrong()
+
+
+def test_a_job_with_dependencies_is_born_waiting_and_released_when_ready() -> None:
+    job, _ = lifecycle.born(JobRecord(id="j", task="t", payload=EMPTY_CALL, depends_on=("a",)), T)
+    assert job.state is JobState.WAITING
+    t = lifecycle.ready(job, T + 1, b"\x91\x01")
+    assert (t.new.state, t.new.inputs) == (JobState.QUEUED, b"\x91\x01")
+    assert t.events[0]["event"] == "ready"
+    later, _ = lifecycle.born(
+        JobRecord(id="k", task="t", payload=EMPTY_CALL, depends_on=("a",), eta=T + 60), T
+    )
+    assert lifecycle.ready(later, T + 1).new.state is JobState.SCHEDULED
+    gone = lifecycle.blocked(job, T + 1, "dependency a is dead")
+    assert gone.new.state is JobState.CANCELLED
+    assert gone.events[0]["reason"] == "dependency a is dead"

@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-A queue's *backlog* is its jobs that are ``queued`` or ``scheduled`` (delayed, or waiting
-for a retry). :class:`Backlog` keeps one counter per queue, loaded once from the store's
-counts when the broker opens (``store.stats()``) and then moved by the core at every
-change it makes: a submit adds, a claim or a cancel takes away, a requeue, a retry or a
-DLQ retry adds again. Nothing here reads the store on the hot path.
+A queue's *backlog* is its jobs that are ``queued``, ``scheduled`` (delayed, or waiting
+for a retry) or ``waiting`` (for the jobs they depend on). :class:`Backlog` keeps one
+counter per queue, loaded once from the store's counts when the broker opens
+(``store.stats()``) and then moved by the core at every change it makes: a submit adds, a
+claim or a cancel takes away, a requeue, a retry or a DLQ retry adds again. Nothing here
+reads the store on the hot path.
 
 A submit is *admitted* before it is stored: every job of the batch is counted at once
 (synchronously, so two concurrent submits cannot both slip under the limit), and if any
@@ -37,8 +38,8 @@ from typing import Any
 from conveyor.errors import QueueFull
 from conveyor.job import UNROUTED, JobRecord, JobState
 
-WAITING = frozenset({JobState.QUEUED, JobState.SCHEDULED})
-"""The states a queue's limit counts."""
+WAITING = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.WAITING})
+"""The states a queue's limit counts (``waiting``: held until its dependencies complete)."""
 
 
 class Backlog:

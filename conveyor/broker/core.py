@@ -37,8 +37,10 @@ from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
 from conveyor.broker.limiter import Limiter
 from conveyor.broker.logins import Logins
+from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.schedules import ScheduleBook
 from conveyor.broker.waiters import Notify, Waiters
+from conveyor.broker.workflows import Workflows
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
 from conveyor.errors import ConveyorError, JobNotFound, StoreUnavailable
@@ -66,8 +68,10 @@ class BrokerCore:
         self.clock = clock
         self.hub = EventHub()
         self.waiters = Waiters()
+        self.progress = ProgressBoard(self.hub, clock)  # running jobs' live progress
         self.workforce = Workforce(self)  # the worker-facing calls
         self.schedules = ScheduleBook(store, clock, self.submit)  # periodic jobs
+        self.workflows = Workflows(self, config.limits.max_payload)  # waiting jobs' release
         self.dispatcher = Dispatcher(
             store, clock, config.lease, self.workforce.orphaned, on_claimed=self._claimed
         )
@@ -109,6 +113,7 @@ class BrokerCore:
                 held, lambda r: requeue_if_held(r, held, now, "broker restart", charged=False)
             )
             log.warning("requeued %d job(s) that were running at the last stop", len(jobs))
+        await self.workflows.resume()  # a release lost in a crash happens now
 
     async def settle(self, timeout: float = 2.0) -> None:
         """Wait for the background work started so far (a lost worker's requeue ...)."""
@@ -139,7 +144,11 @@ class BrokerCore:
         pending = list(ids)
         changes: list[tuple[JobState | None, JobRecord]] = []
         for _ in range(_RETRIES):
-            transitions = [t for r in await self.store.job_get_many(pending) if (t := compute(r))]
+            transitions = [
+                self.progress.attach(t)  # an ending run keeps its last progress
+                for r in await self.store.job_get_many(pending)
+                if (t := compute(r))
+            ]
             if not transitions:
                 break
             results = await self.store.job_apply(transitions, durable=False)
@@ -202,8 +211,11 @@ class BrokerCore:
         if key is not None and old is JobState.RUNNING and job.state is not JobState.RUNNING:
             self.dispatcher.gate.release(key)  # its key's slot is free
             self.dispatcher.trigger()
+        if old is JobState.RUNNING and job.state is not JobState.RUNNING:
+            self.progress.ended(job)
         if job.state.is_final:
             self.waiters.finished(job)
+            self.workflows.finished(job)  # its dependants may be ready now
         elif job.state is JobState.QUEUED:
             self.dispatcher.trigger()
         elif job.state is JobState.SCHEDULED:
@@ -227,7 +239,10 @@ class BrokerCore:
             self.backlog.cancel(admitted)
             raise
         self.backlog.settle((job, i.created) for (job, _), i in zip(born, inserted, strict=True))
-        await self._publish_when_durable([(None, i.job) for i in inserted if i.created])
+        created = [i.job for i in inserted if i.created]
+        await self._publish_when_durable([(None, job) for job in created])
+        if any(job.state is JobState.WAITING for job in created):
+            self.spawn(self.workflows.submitted(created))  # their dependencies may be done
         return inserted
 
     async def get(self, job_id: str) -> JobRecord:

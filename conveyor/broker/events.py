@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.job import JobRecord, JobState
@@ -23,6 +24,15 @@ class JobChanged:
 
     job: JobRecord
     old: JobState | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """A running job reported progress: ``progress`` is ``{value, message, meta, at}``."""
+
+    job_id: str
+    progress: dict[str, Any]
     at: float
 
 
@@ -56,7 +66,7 @@ class QueueChanged:
     at: float
 
 
-BrokerEvent = JobChanged | WorkerJoined | WorkerChanged | WorkerLeft | QueueChanged
+BrokerEvent = JobChanged | JobProgress | WorkerJoined | WorkerChanged | WorkerLeft | QueueChanged
 Subscriber = Callable[[BrokerEvent], None]
 
 

@@ -163,6 +163,7 @@ class Session(asyncio.Protocol):
             self._timer.cancel()
         self._on_close()
         self.core.waiters.drop_owner(self)
+        self.core.progress.drop_owner(self)
         if self.worker is not None:
             self.core.workforce.worker_left(self.worker, self._end_reason or "worker lost")
         self.host.session_closed(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -38,6 +39,15 @@ def status(client: Client, job_id: str, as_json: bool, payload_key_file: str | N
     if (fired_by := job_schedule(job.id)) is not None:
         name, slot = fired_by
         click.echo(f"  schedule {name}  " + (f"slot {when(slot)} UTC" if slot else "run now"))
+    if job.depends_on:
+        click.echo(f"  after {', '.join(job.depends_on)}")
+    if job.workflow:
+        click.echo(f"  workflow {job.workflow}")
+    if job.progress_at is not None:
+        value = "" if job.progress is None else f"{job.progress:.0%} "
+        click.echo(f"  progress {value}{job.progress_message or ''}".rstrip())
+        if job.meta:
+            click.echo(f"  meta {json.dumps(job.meta, sort_keys=True)}")
     if job.eta and job.state is JobState.SCHEDULED:
         click.echo(f"  runs at {when(job.eta)} UTC")
     if is_sealed_call(job.args, job.kwargs):

@@ -191,6 +191,13 @@ def warn_if_nobody_offers(client: Client, job: Job) -> None:
     help="at most the limit set for this key run at once (conveyor limits set key:PREFIX N)",
 )
 @click.option("--id", "job_id", help="choose the job id (a resubmit is then idempotent)")
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="JOB_ID",
+    help="run only once this job completed (repeat for several); cancelled if it fails",
+)
 @wait_option("wait for the result and print it; with a DURATION (30, 30s, 5m), at most that long")
 @payload_key_option
 @with_client
@@ -211,6 +218,7 @@ def submit(
     """
     use_payload_keys(client, payload_key_file)
     kwargs = parse_pairs(payload, json_text)
+    options["after"] = list(options.get("after") or ()) or None
     handle = client.submit(task, kwargs=kwargs, timeout=job_timeout, **options)
     if wait is None:
         click.echo(handle.id)

@@ -23,6 +23,7 @@ from conveyor.job import Job, JobState
 from conveyor.limits import FRAME_OVERHEAD, MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.protocol.payload import PayloadError, check_json, pack_call
 from conveyor.security.payload import CALL, PayloadCipher, context, is_sealed
+from conveyor.workflow import Plan
 
 SUBMIT_OPTIONS = (
     "queue",
@@ -35,6 +36,7 @@ SUBMIT_OPTIONS = (
     "eta",
     "unique_key",
     "concurrency_key",
+    "after",
 )
 
 
@@ -116,6 +118,9 @@ def job_spec(
         eta = eta.timestamp()
     if eta is not None:
         spec["eta"] = eta
+    after = options.pop("after", None)
+    if after:  # ids, or handles (anything with an ``id``)
+        spec["after"] = [a if isinstance(a, str) else str(a.id) for a in after]
     for name, value in options.items():
         if name not in SUBMIT_OPTIONS:
             raise TypeError(f"unknown submit option {name!r}")
@@ -193,13 +198,23 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 # -- request frames: built once here, sent by either twin -----------------------------------
-def wait_frame(job_id: str, timeout: float | None, *, result_only: bool = False) -> dict[str, Any]:
-    """A WAIT; ``result_only`` leaves the history and the arguments out of the reply."""
+def wait_frame(
+    job_id: str,
+    timeout: float | None,
+    *,
+    result_only: bool = False,
+    progress_since: float | None = None,
+) -> dict[str, Any]:
+    """A WAIT; ``result_only`` leaves the history and the arguments out of the reply;
+    ``progress_since`` also ends it at a progress report newer than that time."""
     frame: dict[str, Any] = {"t": "wait", "id": job_id}
     if timeout is not None:
         frame["timeout"] = timeout
     if result_only:
         frame["events"] = frame["payload"] = False
+    if progress_since is not None:
+        frame["progress"] = max(0.0, progress_since)
+        frame["events"] = False
     return frame
 
 
@@ -266,10 +281,15 @@ class ResultGroup:
 
 
 def list_frame(
-    state: str | None, queue: str | None, limit: int, offset: int, task: str | None = None
+    state: str | None,
+    queue: str | None,
+    limit: int,
+    offset: int,
+    task: str | None = None,
+    workflow: str | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "list", "limit": limit, "offset": offset}
-    for name, value in (("state", state), ("queue", queue), ("task", task)):
+    for name, value in (("state", state), ("queue", queue), ("task", task), ("workflow", workflow)):
         if value:
             frame[name] = value
     return frame
@@ -303,3 +323,45 @@ def reply_map(reply: dict[str, Any]) -> dict[str, Any]:
 
 def submitted_ids(reply: dict[str, Any]) -> list[str]:
     return [str(j["id"]) for j in reply["jobs"]]
+
+
+def workflow_specs(
+    flow: Plan, cipher: PayloadCipher | None, max_payload: int
+) -> list[dict[str, Any]]:
+    """The submit maps of a planned workflow (conveyor.workflow.plan), in its order."""
+    specs: list[dict[str, Any]] = []
+    for job in flow.jobs:
+        if cipher is not None and job.feed is not None:
+            # a sealed result opens only for the job that made it: the next step would get
+            # the envelope, not the value
+            raise InvalidJob(
+                "invalid",
+                "a workflow that passes results on cannot use payload encryption; "
+                "submit its steps with after=[...] instead",
+                "feed",
+            )
+        step = job.step
+        options = dict(step.options)
+        task: TaskRef = step.task
+        definition: TaskDefinition | None = getattr(task, "__conveyor_task__", None)
+        if definition is not None and job.feed is not None:
+            # its first argument comes from the workflow: the call cannot be checked yet
+            task = definition.name
+            for name, value in definition.submit_options().items():
+                if options.get(name) is None:
+                    options[name] = value
+        spec = job_spec(
+            task,
+            step.args,
+            step.kwargs,
+            cipher=cipher,
+            max_payload=max_payload,
+            job_id=job.id,
+            after=list(job.after) or None,
+            **options,
+        )
+        spec["workflow"] = flow.id
+        if job.feed is not None:
+            spec["feed"] = job.feed
+        specs.append(spec)
+    return specs

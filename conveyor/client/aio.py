@@ -28,13 +28,16 @@ from conveyor.client._base import (
     submitted_ids,
     token_create_frame,
     wait_frame,
+    workflow_specs,
 )
 from conveyor.client.endpoint import make_endpoint
+from conveyor.client.flows import AsyncWorkflow
 from conveyor.client.transport import AsyncTransport, NotResent
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
+from conveyor.workflow import Node, plan
 
 
 class AsyncJob:
@@ -58,6 +61,9 @@ class AsyncJob:
 
     async def wait(self, timeout: float | None = None) -> Job:
         return await self.client.wait(self.id, timeout)
+
+    async def next_progress(self, since: float | None = 0.0, timeout: float | None = None) -> Job:
+        return await self.client.next_progress(self.id, since, timeout)
 
     async def result(self, timeout: float | None = None) -> Any:
         group = self.group
@@ -161,6 +167,18 @@ class AsyncClient:
         group = ResultGroup(ids)
         return [AsyncJob(self, i, group) for i in ids]
 
+    async def submit_workflow(self, flow: Node) -> AsyncWorkflow:
+        """Submit a workflow (conveyor.workflow: ``chain``, ``group``, ``chord`` of
+        signatures) as one batch of jobs; returns its handle (``.result()``)."""
+        planned = plan(flow)
+        session = await self._transport.session()
+        specs = workflow_specs(planned, self.cipher, session.limit("max_payload", MAX_PAYLOAD))
+        # in plan order: a job's dependencies are always in its batch or an earlier one
+        max_batch = session.limit("max_batch", MAX_BATCH)
+        for batch in chunks(specs, max_batch, session.max_frame_size):
+            await self._request({"t": "submit", "jobs": batch})
+        return AsyncWorkflow(self, planned)
+
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id)
 
@@ -196,6 +214,14 @@ class AsyncClient:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
         return self._job((await self._request(wait_frame(job_id, timeout)))["job"])
 
+    async def next_progress(
+        self, job_id: str, since: float | None = 0.0, timeout: float | None = None
+    ) -> Job:
+        """The job once its task reports progress newer than ``since`` (0: any), or once
+        it is final, or after ``timeout`` seconds (see :meth:`Client.next_progress`)."""
+        frame = wait_frame(job_id, timeout, progress_since=since or 0.0)
+        return self._job((await self._request(frame))["job"])
+
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         frame = wait_frame(job_id, timeout, result_only=True)
         job = self._job((await self._request(frame))["job"])
@@ -230,8 +256,9 @@ class AsyncClient:
         limit: int = 100,
         offset: int = 0,
         task: str | None = None,
+        workflow: str | None = None,
     ) -> list[Job]:
-        frame = list_frame(state, queue, limit, offset, task)
+        frame = list_frame(state, queue, limit, offset, task, workflow)
         return [self._job(j) for j in (await self._request(frame))["jobs"]]
 
     async def stats(self) -> dict[str, Any]:

@@ -28,13 +28,16 @@ from conveyor.client._base import (
     submitted_ids,
     token_create_frame,
     wait_frame,
+    workflow_specs,
 )
 from conveyor.client.endpoint import make_endpoint
+from conveyor.client.flows import WorkflowHandle
 from conveyor.client.transport import NotResent, SyncTransport
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
+from conveyor.workflow import Node, plan
 
 
 class JobHandle:
@@ -58,6 +61,9 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> Job:
         return self.client.wait(self.id, timeout)
+
+    def next_progress(self, since: float | None = 0.0, timeout: float | None = None) -> Job:
+        return self.client.next_progress(self.id, since, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         group = self.group
@@ -151,8 +157,9 @@ class Client:
 
         Submit options: queue, priority (1 most urgent … 10), retries, retry_backoff,
         retry_backoff_max, timeout, delay (s), eta (aware datetime or epoch s),
-        unique_key, concurrency_key (at most its limit run at once), job_id. Pass
-        ``kwargs={...}`` for task arguments with those names.
+        unique_key, concurrency_key (at most its limit run at once), job_id, after (job
+        ids or handles: the job runs once they all completed, and is cancelled if one of
+        them ends otherwise). Pass ``kwargs={...}`` for task arguments with those names.
         Raises :class:`~conveyor.errors.InvalidJob` naming the argument, before anything
         is sent, for what the broker would refuse.
         """
@@ -182,6 +189,18 @@ class Client:
             ids.extend(submitted_ids(self._request({"t": "submit", "jobs": batch})))
         group = ResultGroup(ids)
         return [JobHandle(self, i, group) for i in ids]
+
+    def submit_workflow(self, flow: Node) -> WorkflowHandle:
+        """Submit a workflow (conveyor.workflow: ``chain``, ``group``, ``chord`` of
+        signatures) as one batch of jobs; returns its handle (``.result()``)."""
+        planned = plan(flow)
+        max_payload = self._limit("max_payload", MAX_PAYLOAD)
+        specs = workflow_specs(planned, self.cipher, max_payload)
+        session = self._transport.session
+        # in plan order: a job's dependencies are always in its batch or an earlier one
+        for batch in chunks(specs, self._limit("max_batch", MAX_BATCH), session.max_frame_size):
+            self._request({"t": "submit", "jobs": batch})
+        return WorkflowHandle(self, planned)
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, job_id)
@@ -215,6 +234,15 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once final, or (after ``timeout`` seconds) as it is then."""
         return self._job(self._request(wait_frame(job_id, timeout))["job"])
+
+    def next_progress(
+        self, job_id: str, since: float | None = 0.0, timeout: float | None = None
+    ) -> Job:
+        """The job once its task reports progress newer than ``since`` (a
+        ``job.progress_at`` seen before; 0: any), or once it is final, or (after
+        ``timeout`` seconds) as it is then. The broker pushes it: nothing polls."""
+        frame = wait_frame(job_id, timeout, progress_since=since or 0.0)
+        return self._job(self._request(frame)["job"])
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result; JobFailed if it died or was cancelled; ResultTimeout if late."""
@@ -250,8 +278,9 @@ class Client:
         limit: int = 100,
         offset: int = 0,
         task: str | None = None,
+        workflow: str | None = None,
     ) -> list[Job]:
-        frame = list_frame(state, queue, limit, offset, task)
+        frame = list_frame(state, queue, limit, offset, task, workflow)
         return [self._job(j) for j in self._request(frame)["jobs"]]
 
     def stats(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429)
 }
-StateName = Literal["scheduled", "queued", "running", "completed", "dead", "cancelled"]
+StateName = Literal["waiting", "scheduled", "queued", "running", "completed", "dead", "cancelled"]
 NAME = f"^{NAME_PATTERN}$"
 QueueName = Annotated[str, Path(min_length=1, max_length=MAX_QUEUE_NAME, pattern=NAME)]
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.http import api, schedules_api
+from conveyor.http import api, schedules_api, workflows
 from conveyor.http.errors import HANDLERS, error_body
 
 STATIC = files("conveyor.http") / "static"
@@ -109,6 +109,7 @@ def create(ctx: api.Context) -> ASGIApp:
     app.state.conveyor = ctx
     app.include_router(api.router)
     app.include_router(schedules_api.router)
+    app.include_router(workflows.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,9 +1,10 @@
 """``GET /api/events``: the live feed, as Server-Sent Events.
 
-Each subscriber gets one message a second (a *tick*): the numbers, the workers, and the job
-changes since the last tick, at most :data:`MAX_CHANGES` of them (the count of the rest is
-given). Under load that is still one message a second, never one per job, and what waits
-for a slow reader is bounded: a subscriber keeps only the last changes, and a reader that
+Each subscriber gets one message a second (a *tick*): the numbers, the workers, the job
+changes since the last tick and the latest progress of the running jobs that reported any,
+at most :data:`MAX_CHANGES` of each (the count of the rest of the changes is given).
+Under load that is still one message a second, never one per job, and what waits for a
+slow reader is bounded: a subscriber keeps only the last changes, and a reader that
 does not read holds the generator at its ``yield`` (the server's flow control), not the
 broker's memory.
 
@@ -24,6 +25,7 @@ from conveyor.broker.core import BrokerCore
 from conveyor.broker.events import (
     BrokerEvent,
     JobChanged,
+    JobProgress,
     QueueChanged,
     WorkerChanged,
     WorkerJoined,
@@ -45,6 +47,9 @@ class Subscriber:
         self.joined: list[str] = []
         self.left: list[str] = []
         self.queues: dict[str, bool] = {}
+        #: running jobs' latest progress since the last tick (bounded like the changes)
+        self.progress: dict[str, dict[str, Any]] = {}
+        self.max_changes = max_changes
         self.unsubscribe: Callable[[], None] = lambda: None
 
     def __call__(self, event: BrokerEvent) -> None:
@@ -63,6 +68,9 @@ class Subscriber:
                     "at": event.at,
                 }
             )
+        elif isinstance(event, JobProgress):
+            if event.job_id in self.progress or len(self.progress) < self.max_changes:
+                self.progress[event.job_id] = {"id": event.job_id, **event.progress}
         elif isinstance(event, WorkerJoined):
             self.joined.append(event.worker.id)
         elif isinstance(event, WorkerLeft):
@@ -79,7 +87,9 @@ class Subscriber:
             "joined": self.joined,
             "left": self.left,
             "queues": self.queues,
+            "progress": list(self.progress.values()),
         }
+        self.progress = {}
         self.jobs.clear()
         self.seen = 0
         self.joined, self.left, self.queues = [], [], {}

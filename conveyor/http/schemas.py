@@ -67,6 +67,9 @@ class SubmitBody(BaseModel):
     unique_key: str | None = Field(None, min_length=1, max_length=200)
     concurrency_key: str | None = Field(None, min_length=1, max_length=200, pattern=NAME)
     id: str | None = Field(None, min_length=1, max_length=100, pattern=NAME)
+    after: list[str] | None = Field(
+        None, max_length=1000, description="job ids: run once they all completed"
+    )
 
 
 class Submitted(BaseModel):
@@ -124,6 +127,13 @@ class JobDetail(JobSummary):
     concurrency_key: str | None = None
     cancel_requested: bool
     waiting: str | None = None
+    progress: dict[str, Any] | None = Field(
+        None, description="the task's last report: {value (0-1 or null), message, meta, at}"
+    )
+    workflow: str | None = Field(None, description="the workflow this job belongs to")
+    depends_on: list[str] = Field(
+        default_factory=list, description="the jobs it waits for (state waiting)"
+    )
     attempts_detail: list[dict[str, Any]] = Field(
         description="each attempt: number, worker, started, ended, outcome, error, traceback"
     )

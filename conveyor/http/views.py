@@ -7,7 +7,7 @@ from typing import Any
 from conveyor.broker.core import BrokerCore
 from conveyor.broker.dispatch import WorkerRef
 from conveyor.broker.history import History
-from conveyor.broker.routes.wire import plain_call, plain_value
+from conveyor.broker.routes.wire import call_payload, plain_call, plain_value
 from conveyor.job import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF,
@@ -76,7 +76,7 @@ def job_summary(job: JobRecord, core: BrokerCore) -> dict[str, Any]:
 
 
 def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[str, Any]:
-    args, kwargs = plain_call(job.payload)
+    args, kwargs = plain_call(call_payload(job))
     encrypted = is_sealed_call(args, kwargs)
     result = plain_value(job.result)
     return {
@@ -94,6 +94,9 @@ def job_detail(job: JobRecord, events: list[Event], core: BrokerCore) -> dict[st
         "cancel_requested": job.cancel_requested,
         "waiting": core.waiting_note(job),
         "schedule": _schedule(job.id),
+        "progress": core.progress.of(job),
+        "workflow": job.workflow,
+        "depends_on": list(job.depends_on),
         "attempts_detail": attempts(events),
         "events": [_readable_event(ev) for ev in events],
     }

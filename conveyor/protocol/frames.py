@@ -55,6 +55,7 @@ class FrameType(enum.StrEnum):
     REPORT = "report"
     ACKED = "acked"
     HEARTBEAT = "heartbeat"
+    PROGRESS = "progress"
     RELEASE = "release"
     DRAIN = "drain"
     ABORT = "abort"
@@ -154,6 +155,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "timeout": (_NUM + _NONE, False),
         "events": (_BOOL, False),
         "payload": (_BOOL, False),
+        "progress": (_NUM + _NONE, False),  # also reply at progress newer than this time
     },
     FrameType.GET_MANY: {
         **_RID,
@@ -167,6 +169,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "state": (_STR + _NONE, False),
         "queue": (_STR + _NONE, False),
         "task": (_STR + _NONE, False),
+        "workflow": (_STR + _NONE, False),
         "limit": (_INT, False),
         "offset": (_INT, False),
         "cursor": (_STR + _NONE, False),
@@ -218,6 +221,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
     FrameType.REPORT: {"results": (_LIST, True)},
     FrameType.ACKED: {"ids": (_LIST, True)},
     FrameType.HEARTBEAT: {"running": (_LIST, False)},
+    FrameType.PROGRESS: {"jobs": (_LIST, True)},
     FrameType.RELEASE: {"jobs": (_LIST, True)},
     FrameType.DRAIN: {},
     FrameType.ABORT: {"id": (_STR, True), "lease": (_INT, False)},

@@ -142,3 +142,27 @@ def _hint(value: Any) -> str:
 
 def fits_msgpack_int(value: int) -> bool:
     return INT_MIN <= value <= INT_MAX
+
+
+def array_header(n: int) -> bytes:
+    """The MessagePack header of an array of ``n`` elements (the shortest form)."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def pack_packed(items: Sequence[bytes]) -> bytes:
+    """The array of values already packed (results), without decoding them."""
+    return array_header(len(items)) + b"".join(items)
+
+
+def prepend_args(payload: bytes, packed_args: bytes) -> bytes:
+    """The payload with the values of the packed array ``packed_args`` put before its
+    positional arguments (a workflow step's inputs, docs/workflows.md)."""
+    args, kwargs = unpack_call(payload)
+    extra = unpack(packed_args)
+    if not isinstance(extra, list):
+        raise PayloadError("inputs must be an array")
+    return pack_call([*extra, *args], kwargs)

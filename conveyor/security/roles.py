@@ -53,7 +53,7 @@ _PRODUCER = frozenset(
 # connection holds (dispatched to it, not yet reported): the route refuses any other id.
 # No STATS, LIST or WAIT: a worker has no need to see the queue's other work, its numbers or
 # the other workers (hosts, pids, addresses).
-_WORKER = frozenset({F.READY, F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN, F.GET})
+_WORKER = frozenset({F.READY, F.REPORT, F.HEARTBEAT, F.PROGRESS, F.RELEASE, F.DRAIN, F.GET})
 SCOPED: Mapping[Role, frozenset[FrameType]] = MappingProxyType({Role.WORKER: frozenset({F.GET})})
 """Frames a role may send only about some jobs: GET by a worker, of a job it holds."""
 _ADMIN = frozenset(FrameType) - BROKER_ONLY_FRAMES  # everything a client can send

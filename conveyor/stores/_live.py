@@ -46,6 +46,8 @@ class LiveJobs:
         self._scheduled: list[tuple[float, str]] = []  # (eta, id) heap; stale entries skipped
         self._eta: dict[str, float] = {}  # scheduled job id -> the eta its live entry has
         self._unique: dict[str, str] = {}  # unique key -> id of the live job holding it
+        #: job id -> the waiting jobs that depend on it (waiting jobs are always resident)
+        self._dependants: dict[str, set[str]] = {}
         self.counts: Counter[CountKey] = Counter()  # (state, queue, task, priority) -> jobs
         #: count changes not yet taken by :meth:`take_deltas` (SQLite persists them)
         self.deltas: Counter[CountKey] = Counter()
@@ -88,6 +90,24 @@ class LiveJobs:
             self._unique[job.unique_key] = job.id
         self._place(job, front=False)
         self._count(events)
+        if job.state is JobState.WAITING:
+            self._depend(job, True)
+
+    def _depend(self, job: JobRecord, on: bool) -> None:
+        for dep in job.depends_on:
+            if on:
+                self._dependants.setdefault(dep, set()).add(job.id)
+            elif (waiting := self._dependants.get(dep)) is not None:
+                waiting.discard(job.id)
+                if not waiting:
+                    del self._dependants[dep]
+
+    def waiting_on(self, ids: Iterable[str]) -> list[str]:
+        """Ids of the waiting jobs that depend on any of ``ids`` (each once)."""
+        out: dict[str, None] = {}
+        for dep in ids:
+            out.update(dict.fromkeys(sorted(self._dependants.get(dep, ()))))
+        return list(out)
 
     def apply(self, t: Transition) -> JobRecord | None:
         """Apply ``t`` if the resident job is still at ``t.old``'s version."""
@@ -108,6 +128,8 @@ class LiveJobs:
                 self._eta.pop(old.id, None)
             self._place(new, t.front)
             self._hold_key(old, new)
+            if old.state is JobState.WAITING:
+                self._depend(old, False)
         self._count(t.events)
         return new
 
@@ -151,6 +173,8 @@ class LiveJobs:
             del self.jobs[job.id]
         if uncount:
             self._recount(job.state, job.queue, job.task, job.priority, -1)
+        if job.state is JobState.WAITING:
+            self._depend(job, False)
 
     def uncount(self, state: JobState, queue: str, task: str, priority: int, n: int = 1) -> None:
         """Jobs deleted where the engine has counted the deletion already (SQL)."""
@@ -218,10 +242,13 @@ class LiveJobs:
 
     # -- restoring (SQLite at open) --------------------------------------------------------
     def load(self, job: JobRecord) -> None:
-        """Put back a running job read from disk (resident); call :meth:`loaded` after."""
+        """Put back a running or waiting job read from disk (resident); call
+        :meth:`loaded` after."""
         self.jobs[job.id] = job
         if job.unique_key is not None:
             self._unique[job.unique_key] = job.id
+        if job.state is JobState.WAITING:
+            self._depend(job, True)
 
     def load_waiting(
         self,

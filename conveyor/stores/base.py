@@ -86,6 +86,7 @@ class JobFilter:
     worker: str | None = None
     priority: int | None = None
     id_prefix: str | None = None
+    workflow: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,20 @@ class Store(abc.ABC):
         self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
     ) -> Page:
         """Jobs matching ``where``, newest first (by submission)."""
+
+    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
+        """The ``waiting`` jobs that depend on any of ``ids`` (the workflow service
+        releases or cancels them when those end). This default pages through every
+        waiting job; engines with an index of their own override it."""
+        wanted = set(ids)
+        out: list[JobRecord] = []
+        cursor: str | None = None
+        while True:
+            page = await self.job_list(JobFilter(state=JobState.WAITING), 1000, cursor)
+            out.extend(j for j in page.jobs if wanted.intersection(j.depends_on))
+            if page.cursor is None:
+                return out
+            cursor = page.cursor
 
     @abc.abstractmethod
     async def job_next_eta(self) -> float | None:

@@ -156,6 +156,10 @@ class MemoryStore(Store):
             out.append(job)
         return Page(out, None)
 
+    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
+        jobs = self.live.jobs
+        return [jobs[i] for i in self.live.waiting_on(ids)]
+
     async def job_next_eta(self) -> float | None:
         return self.live.next_eta()
 
@@ -174,4 +178,5 @@ def _matches(job: JobRecord, where: JobFilter) -> bool:
         and (where.worker is None or job.worker == where.worker)
         and (where.priority is None or job.priority == where.priority)
         and (where.id_prefix is None or job.id.startswith(where.id_prefix))
+        and (where.workflow is None or job.workflow == where.workflow)
     )

@@ -529,7 +529,7 @@ class SqliteStore(Store):
         terms: list[tuple[str, Any]] = []
         if where.state is not None:
             terms.append(("state = ?", where.state.value))
-        for column in ("queue", "task", "worker", "priority"):
+        for column in ("queue", "task", "worker", "priority", "workflow"):
             value = getattr(where, column)
             if value is not None:
                 terms.append((f"{column} = ?", value))
@@ -540,6 +540,10 @@ class SqliteStore(Store):
         jobs, last = await self._read_fresh(list_jobs, terms, limit, before, offset)
         jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))
+
+    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
+        jobs = self.live.jobs  # waiting jobs are always resident (loaded at open)
+        return [jobs[i] for i in self.live.waiting_on(ids) if i in jobs]
 
     async def job_next_eta(self) -> float | None:
         return self.live.next_eta()

@@ -42,6 +42,7 @@ from conveyor.limits import (
     MAX_TRACEBACK,
 )
 from conveyor.protocol.payload import PayloadError, check_json, pack, unpack_call
+from conveyor.worker.progress import CurrentJob, running
 from conveyor.worker.tasks import TaskDef
 
 UNKNOWN_TASK = "UnknownTask"
@@ -63,6 +64,7 @@ class RunRequest:
     task: str
     payload: bytes
     timeout: float | None = None
+    current: CurrentJob | None = None  # what current_job() returns in the task
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +190,9 @@ def prepare(definition: TaskDef, payload: bytes) -> tuple[list[Any], dict[str, A
     return args, kwargs
 
 
-def run_sync(definition: TaskDef, payload: bytes) -> RunResult:
+def run_sync(definition: TaskDef, payload: bytes, current: CurrentJob | None = None) -> RunResult:
     """Call the task in this thread; an ``async def`` task gets its own event loop.
+    ``current`` is what :func:`conveyor.current_job` returns inside it.
 
     Never raises: anything the task raises (even ``SystemExit``) becomes a result.
     """
@@ -197,6 +200,11 @@ def run_sync(definition: TaskDef, payload: bytes) -> RunResult:
     if isinstance(call, RunResult):
         return call
     args, kwargs = call
+    with running(current):
+        return _call_sync(definition, args, kwargs)
+
+
+def _call_sync(definition: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> RunResult:
     try:
         if definition.is_async:
             value = asyncio.run(definition.fn(*args, **kwargs))
@@ -207,14 +215,17 @@ def run_sync(definition: TaskDef, payload: bytes) -> RunResult:
     return success(value)
 
 
-async def run_async(definition: TaskDef, payload: bytes) -> RunResult:
+async def run_async(
+    definition: TaskDef, payload: bytes, current: CurrentJob | None = None
+) -> RunResult:
     """Await an ``async def`` task on the running loop. Cancellation propagates."""
     call = prepare(definition, payload)
     if isinstance(call, RunResult):
         return call
     args, kwargs = call
     try:
-        value = await definition.fn(*args, **kwargs)
+        with running(current):  # the task's own context (ensure_future copied it)
+            value = await definition.fn(*args, **kwargs)
     except Exception as exc:
         return from_exception(exc, definition)
     return success(value)

@@ -112,7 +112,7 @@ class _LocalPool:
     ) -> RunResult:
         assert self._executor is not None
         try:
-            cfuture = self._executor.submit(execute.run_sync, definition, job.payload)
+            cfuture = self._executor.submit(execute.run_sync, definition, job.payload, job.current)
         except RuntimeError:  # the executor shut down under us
             self._slots.release()
             raise
@@ -131,7 +131,7 @@ class _LocalPool:
             self._waiting.discard(future)
 
     async def _run_on_loop(self, job: RunRequest, definition: TaskDef, timeout: float) -> RunResult:
-        task = asyncio.ensure_future(execute.run_async(definition, job.payload))
+        task = asyncio.ensure_future(execute.run_async(definition, job.payload, job.current))
         task.add_done_callback(lambda _: self._slots.release())
         self._on_loop[job.job_id] = task
         self._waiting.add(task)

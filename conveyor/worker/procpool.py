@@ -5,9 +5,11 @@ Theory of operation
 ``start()`` spawns ``concurrency`` children. Each imports the task modules *by name*
 (the same list the worker was started with), answers "ready", then loops: read a
 request, run it, write the outcome. Both ways the pipe carries msgpack bytes only —
-``[task name, payload]`` down (the job's packed arguments, as they came from the
-broker: only the child unpacks them), ``[ok, packed result, error, retry_delay, reject]``
-up — so no callable and no pickle of job data ever crosses it.
+``[task name, payload, job id, attempt]`` down (the job's packed arguments, as they came
+from the broker: only the child unpacks them), ``[ok, packed result, error, retry_delay,
+reject]`` up, after any number of progress reports ``[{value, message, meta}]`` (a thread
+of the child sends the job's latest at most every ``PROGRESS_INTERVAL``) — so no callable
+and no pickle of job data ever crosses it.
 
 ``run()`` takes an idle child, sends the request and waits (in a small thread pool,
 one thread per slot, so the wait is portable) for the answer. If the job outlives
@@ -32,6 +34,8 @@ import multiprocessing
 import multiprocessing.util
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 from contextlib import suppress
@@ -43,9 +47,10 @@ from typing import Any
 import msgpack
 
 from conveyor.errors import ConfigError
-from conveyor.limits import MAX_RESULT, MAX_TRACEBACK
+from conveyor.limits import MAX_RESULT, MAX_TRACEBACK, PROGRESS_INTERVAL
 from conveyor.worker import execute
 from conveyor.worker.execute import RunRequest, RunResult
+from conveyor.worker.progress import CurrentJob
 from conveyor.worker.tasks import TaskRegistry, load_tasks
 
 log = logging.getLogger("conveyor.worker")
@@ -63,6 +68,45 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+class _ChildReporter:
+    """A child's progress reports: a thread sends the running job's latest state at most
+    every PROGRESS_INTERVAL, and the last one goes before the job's outcome (one lock
+    keeps the two writers of the pipe apart)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.job: CurrentJob | None = None
+        threading.Thread(target=self._loop, name="conveyor-progress", daemon=True).start()
+
+    def start(self, job_id: str, task: str, attempt: int) -> CurrentJob:
+        job = CurrentJob(job_id, task, attempt, self.wake.set)
+        with self.lock:
+            self.job = job
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            with self.lock:
+                self._send_latest()
+            time.sleep(PROGRESS_INTERVAL)  # the throttle: one report per interval at most
+
+    def _send_latest(self) -> None:
+        state = self.job.take() if self.job is not None else None
+        if state is not None:
+            with suppress(OSError):
+                self.conn.send_bytes(_pack([state]))
+
+    def finish(self, outcome: bytes) -> None:
+        with self.lock:
+            self._send_latest()
+            self.job = None
+            self.conn.send_bytes(outcome)
+
+
 def _child_main(conn: Connection, modules: list[str], sys_path: list[str]) -> None:
     """A child's whole life: import the task modules, then serve requests until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to handle
@@ -73,18 +117,20 @@ def _child_main(conn: Connection, modules: list[str], sys_path: list[str]) -> No
         conn.send_bytes(_pack([False, "".join(traceback.format_exception(exc))]))
         return
     conn.send_bytes(_pack([True, None]))
+    reporter = _ChildReporter(conn)
     while True:
         try:
-            name, payload = _unpack(conn.recv_bytes())
+            name, payload, job_id, attempt = _unpack(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the pool closed our pipe (or died): time to go
         definition = registry.get(name)
         if definition is None:
             outcome = execute.unknown_task(name)
         else:
-            outcome = execute.run_sync(definition, payload)
+            current = reporter.start(job_id, name, attempt)
+            outcome = execute.run_sync(definition, payload, current)
         try:
-            conn.send_bytes(
+            reporter.finish(
                 _pack(
                     [outcome.ok, outcome.result, outcome.error, outcome.retry_delay, outcome.reject]
                 )
@@ -98,9 +144,17 @@ def _decode(data: bytes) -> RunResult:
     return RunResult(ok=ok, result=result, error=error, retry_delay=retry_delay, reject=reject)
 
 
-def _round_trip(conn: Connection, payload: bytes) -> bytes:
+def _round_trip(conn: Connection, payload: bytes, current: CurrentJob | None = None) -> bytes:
+    """Send a job, hand its progress reports (one-element arrays) to ``current``, and
+    return the outcome's bytes."""
     conn.send_bytes(payload)
-    return conn.recv_bytes(_MAX_REPLY)  # a longer reply is an OSError: the child is replaced
+    while True:
+        data = conn.recv_bytes(_MAX_REPLY)  # a longer reply is an OSError: the child is replaced
+        if data[:1] != b"\x91":  # not a progress report: the outcome
+            return data
+        (state,) = _unpack(data)
+        if current is not None and isinstance(state, dict):
+            current.put(state)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -247,7 +301,10 @@ class ProcessPool:
         if definition is None:
             return execute.unknown_task(job.task)
         timeout = execute.effective_timeout(job.timeout, definition.timeout)
-        payload = _pack([job.task, job.payload])
+        current = job.current
+        payload = _pack(
+            [job.task, job.payload, job.job_id, current.attempt if current is not None else 1]
+        )
         self._wanting += 1
         try:
             child = await self._idle.get()
@@ -257,11 +314,13 @@ class ProcessPool:
             if child is not None:
                 self._idle.put_nowait(child)
             raise RuntimeError("process pool closed while the job waited for a process")
-        return await self._run_in(child, payload, timeout)
+        return await self._run_in(child, payload, timeout, current)
 
-    async def _run_in(self, child: _Child, payload: bytes, timeout: float) -> RunResult:
+    async def _run_in(
+        self, child: _Child, payload: bytes, timeout: float, current: CurrentJob | None = None
+    ) -> RunResult:
         assert self._io is not None
-        child.pending = self._io.submit(_round_trip, child.conn, payload)
+        child.pending = self._io.submit(_round_trip, child.conn, payload, current)
         future = asyncio.wrap_future(child.pending)
         self._running.add(future)
         try:

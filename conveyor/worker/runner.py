@@ -8,7 +8,10 @@ The moment a job takes a slot the worker says so (a HEARTBEAT listing it, writte
 the job is handed to the pool): should the job then kill this process, the broker knows
 the run had started and counts the attempt, so a job that crashes its worker cannot come
 back for ever. Results are batched: every result that finishes in one loop iteration
-leaves in one REPORT frame. Periodic heartbeats keep our jobs ours.
+leaves in one REPORT frame. Periodic heartbeats keep our jobs ours. What tasks say of
+themselves (``current_job().progress()``, ``set_meta()``) leaves in PROGRESS frames, the
+latest state of every job that changed, at most one frame per ``PROGRESS_INTERVAL``, and
+a job's last state just before its report.
 
 If the connection drops, the broker requeues everything we held, so results of that
 connection's jobs are dropped (a *generation* number tells them apart) and jobs still
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -56,11 +60,13 @@ from conveyor.client.endpoint import Address, make_endpoint
 from conveyor.client.failover import Rotation
 from conveyor.client.transport import AsyncConnection
 from conveyor.errors import BrokerError, ConfigError, ConnectionLost, TooManyFailures
+from conveyor.limits import PROGRESS_INTERVAL
 from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
 from conveyor.worker.execute import RunResult, cancelled, failure
 from conveyor.worker.joblog import JobLog
 from conveyor.worker.pools import Pool, make_pool
+from conveyor.worker.progress import CurrentJob
 from conveyor.worker.sealed import open_request, seal_result
 from conveyor.worker.tasks import TaskRegistry, load_tasks
 
@@ -77,6 +83,7 @@ class _Held:
     generation: int
     started: bool = False
     task: asyncio.Task[None] | None = None
+    current: CurrentJob | None = None  # what current_job() gives its task
 
 
 @dataclass(slots=True)
@@ -149,6 +156,9 @@ class Worker:
         self._reports_scheduled = False
         self._starts: list[str] = []
         self._starts_scheduled = False
+        self._progressed: dict[str, _Held] = {}  # jobs whose progress changed, not yet sent
+        self._progress_timer: asyncio.TimerHandle | None = None
+        self._progress_sent = 0.0  # loop time of the last PROGRESS frame
         self._unacked: set[str] = set()
         self._acked = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -387,13 +397,48 @@ class Worker:
             if isinstance(request, RunResult):
                 result = outcome = request  # sealed and this worker cannot open it, or no payload
             else:
-                outcome = await self.pool.run(request)
+                held.current = self._current_job(held, raw)
+                outcome = await self.pool.run(dataclasses.replace(request, current=held.current))
                 result = seal_result(outcome, self.cipher, raw)
             self.joblog.finished(held.id, raw["task"], raw["attempt"], started, outcome)
         self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
         self._queue_report(held, result)
+
+    # -- progress ------------------------------------------------------------------------
+    def _current_job(self, held: _Held, raw: dict[str, Any]) -> CurrentJob:
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:  # from the task's thread (or the loop): once per send
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(self._progress_changed, held)
+
+        return CurrentJob(held.id, str(raw["task"]), int(raw.get("attempt") or 1), changed)
+
+    def _progress_changed(self, held: _Held) -> None:
+        """A job's progress changed: send it with the others, at most once an interval."""
+        self._progressed[held.id] = held
+        if self._progress_timer is None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._progress_sent + PROGRESS_INTERVAL - loop.time())
+            self._progress_timer = loop.call_later(delay, self._flush_progress)
+
+    def _flush_progress(self, only: list[_Held] | None = None) -> None:
+        if only is None:
+            self._progress_timer = None
+            self._progress_sent = asyncio.get_running_loop().time()
+            pending, self._progressed = list(self._progressed.values()), {}
+        else:
+            pending = [h for h in only if self._progressed.pop(h.id, None) is not None]
+        entries = []
+        for held in pending:
+            state = held.current.take() if held.current is not None else None
+            if state is not None and held.generation == self._generation:
+                entries.append({"id": held.id, "lease": held.lease, **state})
+        if entries and self._conn is not None:
+            with contextlib.suppress(ConnectionLost):
+                self._conn.send({"t": "progress", "jobs": entries})
 
     def _note_started(self, held: _Held) -> None:
         self._starts.append(held.id)
@@ -410,6 +455,8 @@ class Worker:
                 self._conn.flush()  # now, not at the end of this loop turn
 
     def _queue_report(self, held: _Held, result: RunResult) -> None:
+        if held.current is not None:
+            self._flush_progress([held])  # its last progress goes before its report
         report: dict[str, Any] = {"id": held.id, "lease": held.lease, "ok": result.ok}
         if result.ok:
             report["result"] = result.result

@@ -38,6 +38,7 @@ from conveyor.limits import (
 )
 from conveyor.schedules import parse_schedule
 from conveyor.validation import check_name
+from conveyor.workflow import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -189,6 +190,10 @@ class Task(Generic[P, R]):
     def delay(self, *args: Any, **kwargs: Any) -> JobHandle:
         """The same as :meth:`submit` (Celery's name for it)."""
         return self.submit(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task for a workflow (``chain(resize.s(path), ...)``)."""
+        return Signature(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<task {self.task.name!r} {self.task.qualname}>"

@@ -119,3 +119,19 @@ async def test_stats_shows_failed_logins(cli, broker: Broker, home: Path) -> Non
     assert "security: 1 bad token(s), 0 login(s) refused while throttled" in result.output
     data = json.loads((await cli("stats", "--json")).output)
     assert data["security"]["login_failures"] == 1 and data["security"]["sources_tracked"] == 1
+
+
+async def test_submit_after_and_status_show_the_dependency_and_progress(
+    cli, client: AsyncClient, start_worker
+) -> None:
+    first = await client.submit("no_worker_has_this")
+    result = await cli("submit", "add", "a=1", "b=2", "--after", first.id)
+    assert result.exit_code == 0, result.output
+    later = result.output.strip()
+    status = await cli("status", later)
+    assert "waiting" in status.output and f"after {first.id}" in status.output
+    await start_worker()
+    steps = await client.submit("steps", n=2, seconds=0)
+    await steps.wait(timeout=20)
+    shown = (await cli("status", steps.id)).output
+    assert "progress 100% step 2/2" in shown and 'meta {"steps": 2}' in shown

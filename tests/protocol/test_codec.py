@@ -78,6 +78,7 @@ EXAMPLES: dict[FrameType, dict[str, Any]] = {
     FrameType.REPORT: {"t": "report", "results": [{"id": "j1", "lease": 9, "ok": True}]},
     FrameType.ACKED: {"t": "acked", "ids": ["j1"]},
     FrameType.HEARTBEAT: {"t": "heartbeat"},
+    FrameType.PROGRESS: {"t": "progress", "jobs": [{"id": "j", "lease": 1, "value": 0.5}]},
     FrameType.RELEASE: {"t": "release", "jobs": [{"id": "j1", "lease": 9}]},
     FrameType.DRAIN: {"t": "drain"},
     FrameType.ABORT: {"t": "abort", "id": "j1", "lease": 9},

@@ -57,6 +57,7 @@ def minimal_frame(ftype: FrameType, rid: int) -> dict[str, Any]:
         F.READY: {"tasks": ["add"], "queues": ["default"], "concurrency": 1},
         F.REPORT: {"results": []},
         F.HEARTBEAT: {"running": []},
+        F.PROGRESS: {"jobs": []},
         F.RELEASE: {"jobs": []},
         F.DRAIN: {},
     }
@@ -91,7 +92,7 @@ ANSWERED = frozenset(
 # frames the broker may answer without a rid, or not at all; checked with a PING after them
 # (HELLO and GOODBYE end or break the session and have their own tests)
 UNANSWERED = CLIENT_FRAMES - ANSWERED - {F.HELLO, F.GOODBYE}
-WORKER_FRAMES_NEEDING_READY = (F.REPORT, F.HEARTBEAT, F.RELEASE, F.DRAIN)
+WORKER_FRAMES_NEEDING_READY = (F.REPORT, F.HEARTBEAT, F.PROGRESS, F.RELEASE, F.DRAIN)
 
 
 MATRIX_TEXT = """
@@ -111,6 +112,7 @@ cancel         yes       no      yes
 ready          no        yes     yes
 report         no        yes     yes
 heartbeat      no        yes     yes
+progress       no        yes     yes
 release        no        yes     yes
 drain          no        yes     yes
 dlq_retry      no        no      yes

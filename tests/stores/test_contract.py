@@ -526,6 +526,7 @@ async def test_stats_count_states_queues_and_totals(store: Store) -> None:
     await claim(store, limit=1, queues=["q2"])
     stats = await store.stats()
     assert stats["states"] == {
+        "waiting": 0,
         "scheduled": 1,
         "queued": 1,
         "running": 1,
@@ -565,3 +566,55 @@ async def test_job_list_filters_newest_first_with_cursors(store: Store) -> None:
             break
         cursor = page.cursor
     assert seen == [j.id for j in reversed(jobs)]
+
+
+# -- waiting jobs (workflows) -------------------------------------------------------------------
+async def test_a_job_with_dependencies_waits_and_is_found_by_them(store: Store) -> None:
+    (first,) = await insert(store, spec())
+    (later,) = await insert(
+        store, spec(depends_on=(first.id,), workflow="wf-1", feed="result", args=[2])
+    )
+    assert later.state is JobState.WAITING
+    assert [j.id for j in await claim(store)] == [first.id]  # the waiting one is not ready
+    assert [j.id for j in await store.job_waiting_on([first.id])] == [later.id]
+    assert await store.job_waiting_on(["nobody"]) == []
+    assert (await store.stats())["states"]["waiting"] == 1
+    members = await store.job_list(JobFilter(workflow="wf-1"))
+    assert [j.id for j in members.jobs] == [later.id]
+    released = await change(store, later.id, lambda r: lifecycle.ready(r, T0, pack([7])))
+    assert released is not None and released.state is JobState.QUEUED
+    assert released.inputs == pack([7]) and released.depends_on == (first.id,)
+    assert await store.job_waiting_on([first.id]) == []
+    (got,) = await store.job_get_many([later.id])
+    assert (got.workflow, got.feed, got.inputs) == ("wf-1", "result", pack([7]))
+
+
+async def test_a_waiting_job_can_be_cancelled_or_blocked(store: Store) -> None:
+    a, b = await insert(store, spec(depends_on=("x",)), spec(depends_on=("x", "y")))
+    assert {j.id for j in await store.job_waiting_on(["x"])} == {a.id, b.id}
+    cancelled = await change(store, a.id, lambda r: lifecycle.cancel(r, T0))
+    blocked = await change(store, b.id, lambda r: lifecycle.blocked(r, T0, "y is dead"))
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+    assert blocked is not None and blocked.state is JobState.CANCELLED
+    assert (await store.job_events(b.id))[-1]["reason"] == "y is dead"
+    assert await store.job_waiting_on(["x", "y"]) == []
+
+
+async def test_progress_is_kept_with_the_job(store: Store) -> None:
+    await insert(store, spec())
+    (job,) = await claim(store)
+    progress = {"value": 0.5, "message": "half", "meta": {"n": 1}, "at": T0}
+    done = await change(
+        store,
+        job.id,
+        lambda r: lifecycle.Transition(
+            r,
+            lifecycle.report(r, Outcome(r.id, r.lease or 0, True, pack(1)), T0).new.replace(
+                progress=progress
+            ),
+            (),
+        ),
+    )
+    assert done is not None
+    (got,) = await store.job_get_many([job.id])
+    assert got.progress == progress

@@ -564,3 +564,24 @@ def test_the_statements_of_a_commit_find_rows_by_key_never_by_scanning() -> None
         new_connection_setup(conn)
         plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + _APPLY_CHANGES)]
     assert not [step for step in plan if step.startswith("SCAN")], plan
+
+
+async def test_waiting_jobs_and_their_dependencies_survive_a_restart(reopen: Reopen) -> None:
+    store = await reopen(resident=0, recent=0)
+    await insert(
+        store,
+        job("a"),
+        job("b", depends_on=("a",), workflow="wf", feed="result"),
+        job("c", depends_on=("a", "b"), workflow="wf", feed="results"),
+    )
+    await store.close()
+    again = await reopen(resident=0, recent=0)
+    assert [j.id for j in await again.job_waiting_on(["a"])] == ["b", "c"]
+    (c,) = await again.job_get_many(["c"])
+    assert (c.state, c.depends_on, c.workflow, c.feed) == (
+        JobState.WAITING,
+        ("a", "b"),
+        "wf",
+        "results",
+    )
+    assert (await again.stats())["states"]["waiting"] == 2

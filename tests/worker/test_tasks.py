@@ -239,7 +239,9 @@ def test_examples_are_registered() -> None:
             "noop",
             "reverse_string",
             "slow_task",
+            "steps",
             "to_uppercase",
+            "total",
         ]
     )
     assert examples.async_sleep.task.is_async
@@ -251,6 +253,7 @@ def test_examples_compute() -> None:
     assert [examples.fibonacci(n) for n in range(8)] == [0, 1, 1, 2, 3, 5, 8, 13]
     assert examples.fibonacci(100) == 354224848179261915075
     assert examples.add(2, 3) == 5 and examples.noop() is None
+    assert examples.total([1, 2], 3) == 6.0
     assert examples.slow_task(0) == 0.0
     assert asyncio.run(examples.async_sleep(0.001)) == 0.001
     assert examples.flaky(0) == "ok"

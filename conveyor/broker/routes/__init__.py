@@ -55,6 +55,7 @@ ROUTES: dict[FrameType, Route] = {
     FrameType.READY: workers.ready,
     FrameType.REPORT: workers.report,
     FrameType.HEARTBEAT: workers.heartbeat,
+    FrameType.PROGRESS: workers.progress,
     FrameType.RELEASE: workers.release,
     FrameType.DRAIN: workers.drain,
 }

@@ -12,6 +12,7 @@ from conveyor.errors import InvalidJob, JobNotFound, PermissionDenied, RateLimit
 from conveyor.job import JobRecord, JobState
 from conveyor.limits import (
     MAX_ECHO,
+    MAX_ETA,
     MAX_GET_MANY,
     MAX_IDS,
     MAX_JOB_ID,
@@ -87,6 +88,7 @@ def describe(
         note=core.waiting_note(job),
         payload=payload,
         lease_expires=core.lease_expiry(job),
+        progress=core.progress.of(job),
     )
 
 
@@ -158,6 +160,7 @@ def _prefix_that_fits(peer: Peer, wire: list[dict[str, Any]]) -> int:
 
 def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
     timeout = number(frame, "timeout", 0, MAX_WAIT_TIMEOUT)
+    since = number(frame, "progress", 0, MAX_ETA)
     job = job_id(frame["id"])
     if timeout == 0:
         return get(peer, frame)
@@ -166,26 +169,42 @@ def wait(peer: Peer, frame: dict[str, Any]) -> Reply:
             ErrorCode.RATE_LIMITED, f"at most {MAX_WAITS} outstanding waits per connection"
         )
     peer.waits += 1  # counted at once, so a burst of WAITs cannot slip past the cap
-    return _wait(peer, frame["rid"], job, timeout, Wanted.of(frame))
+    return _wait(peer, frame["rid"], job, timeout, Wanted.of(frame), since)
 
 
-async def _wait(peer: Peer, rid: int, job_id: str, timeout: float | None, wanted: Wanted) -> None:
-    """Reply with the job once it is final (or when ``timeout`` passes); no polling."""
+async def _wait(
+    peer: Peer,
+    rid: int,
+    job_id: str,
+    timeout: float | None,
+    wanted: Wanted,
+    since: float | None = None,
+) -> None:
+    """Reply with the job once it is final (or when ``timeout`` passes; or, with
+    ``since``, at its first progress report newer than that); no polling."""
     core = peer.core
     timer: asyncio.TimerHandle | None = None
 
-    def done(job: JobRecord) -> None:
+    def stop_waiting() -> None:
         if timer is not None:
             timer.cancel()
+        core.progress.unwatch(job_id, progressed)
+        core.waiters.discard(job_id, done)
         peer.waits -= 1
+
+    def done(job: JobRecord) -> None:
+        stop_waiting()
         if wanted.events:
             core.spawn(send_job(peer, rid, job, wanted))
         else:  # result(): state, result and error are all it needs; no read
             peer.send({"t": "job", "rid": rid, "job": describe(peer, job, None, wanted.payload)})
 
+    def progressed() -> None:
+        stop_waiting()
+        core.spawn(_get(peer, rid, job_id, wanted))
+
     def expired() -> None:
-        core.waiters.discard(job_id, done)
-        peer.waits -= 1
+        stop_waiting()
         core.spawn(_get(peer, rid, job_id, wanted))
 
     try:
@@ -196,7 +215,14 @@ async def _wait(peer: Peer, rid: int, job_id: str, timeout: float | None, wanted
     if final is not None:
         peer.waits -= 1
         await send_job(peer, rid, final, wanted)
-    elif timeout is not None:
+        return
+    if since is not None:
+        core.progress.watch(job_id, peer, progressed)  # before the read: no report slips by
+        current = core.progress.of(await core.get(job_id))
+        if current is not None and current.get("at", 0) > since:
+            progressed()  # newer than the producer has seen already
+            return
+    if timeout is not None:
         timer = asyncio.get_running_loop().call_later(timeout, expired)
 
 
@@ -215,7 +241,11 @@ def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
     state = frame.get("state")
     if state is not None and state not in _STATES:
         raise invalid("state", f"must be one of {', '.join(s.value for s in JobState)}")
-    for fld, max_len in (("queue", MAX_QUEUE_NAME), ("task", MAX_TASK_NAME)):
+    for fld, max_len in (
+        ("queue", MAX_QUEUE_NAME),
+        ("task", MAX_TASK_NAME),
+        ("workflow", MAX_JOB_ID),
+    ):
         if frame.get(fld) is not None:
             check_name(frame[fld], fld, max_len)
     limit = number(frame, "limit", 1, MAX_LIST, integer=True) or 100
@@ -229,6 +259,7 @@ def list_jobs(peer: Peer, frame: dict[str, Any]) -> Reply:
         state=None if state is None else JobState(state),
         queue=frame.get("queue"),
         task=frame.get("task"),
+        workflow=frame.get("workflow"),
     )
     return _list(peer, frame["rid"], where, limit, cursor, offset)
 

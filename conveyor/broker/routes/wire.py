@@ -18,7 +18,7 @@ from conveyor.job import (
 )
 from conveyor.lifecycle import TaskOptions
 from conveyor.limits import MAX_FRAME_SIZE
-from conveyor.protocol.payload import PayloadError, unpack, unpack_call
+from conveyor.protocol.payload import PayloadError, prepend_args, unpack, unpack_call
 
 #: payload + result bytes above which a job map leaves the payload out, so that any job's map
 #: fits in a default frame (each may be up to max_payload on its own)
@@ -38,6 +38,7 @@ def job_map(
     note: str | None = None,
     payload: bool = True,
     lease_expires: float | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The job map; retry options not resolved yet show the task's (``options``) or 3/1/300.
 
@@ -70,17 +71,20 @@ def job_map(
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "cancel_requested": job.cancel_requested,
+        "progress": progress if progress is not None else job.progress,
+        "workflow": job.workflow,
+        "depends_on": list(job.depends_on),
     }
     if payload and len(job.payload) + len(job.result or b"") > MAX_JOB_MAP_PAYLOAD:
         payload = False
         wire["omitted"] = ["payload"]
     if packed:
         if payload:
-            wire["payload"] = job.payload
+            wire["payload"] = call_payload(job)
         wire["result"] = job.result
     else:
         if payload:
-            wire["args"], wire["kwargs"] = plain_call(job.payload)
+            wire["args"], wire["kwargs"] = plain_call(call_payload(job))
         wire["result"] = plain_value(job.result)
     if events is not None:
         wire["events"] = events
@@ -100,6 +104,17 @@ def brief_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "result": job.result if packed else plain_value(job.result),
     }
+
+
+def call_payload(job: JobRecord) -> bytes:
+    """The call the job's task receives: its payload, with the results a workflow passed
+    it (``inputs``) before its own positional arguments."""
+    if job.inputs is None:
+        return job.payload
+    try:
+        return prepend_args(job.payload, job.inputs)
+    except PayloadError:
+        return job.payload  # a payload the producer packed badly: its worker says so
 
 
 def plain_call(payload: bytes) -> tuple[list[Any], dict[str, Any]]:
@@ -130,7 +145,7 @@ def dispatch_map(job: JobRecord, *, packed: bool) -> dict[str, Any]:
         "timeout": job.timeout,
     }
     if packed:
-        wire["payload"] = job.payload
+        wire["payload"] = call_payload(job)
     else:
-        wire["args"], wire["kwargs"] = plain_call(job.payload)
+        wire["args"], wire["kwargs"] = plain_call(call_payload(job))
     return wire

@@ -1,4 +1,4 @@
-"""Worker routes: ready, report, heartbeat, release, drain; and the link the core uses
+"""Worker routes: ready, report, heartbeat, progress, release, drain; and the link the core uses
 to push jobs and aborts back to a worker."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import reprlib
 from typing import Any
 
 from conveyor.broker.dispatch import WorkerRef
+from conveyor.broker.progress import Update
 from conveyor.broker.routes._base import Peer, Reply, invalid
 from conveyor.broker.routes.wire import dispatch_map
 from conveyor.errors import BrokerError, Conflict, StoreUnavailable
@@ -16,7 +17,10 @@ from conveyor.limits import (
     MAX_CONCURRENCY,
     MAX_ERROR_MESSAGE,
     MAX_ERROR_TYPE,
+    MAX_META,
     MAX_PID,
+    MAX_PROGRESS_BATCH,
+    MAX_PROGRESS_MESSAGE,
     MAX_QUEUE_NAME,
     MAX_RETRY_DELAY,
     MAX_TASK_NAME,
@@ -233,6 +237,51 @@ def heartbeat(peer: Peer, frame: dict[str, Any]) -> Reply:
     running = frame.get("running") or ()
     peer.core.workforce.heartbeat(_worker_of(peer), [i for i in running if isinstance(i, str)])
     return None
+
+
+def progress(peer: Peer, frame: dict[str, Any]) -> Reply:
+    """PROGRESS: the latest progress of running jobs (no reply). The whole frame is
+    refused (ERROR ``invalid`` without rid) if an entry is malformed."""
+    worker = _worker_of(peer)
+    jobs = frame["jobs"]
+    if len(jobs) > MAX_PROGRESS_BATCH:
+        raise invalid("jobs", f"may hold at most {MAX_PROGRESS_BATCH} entries")
+    try:
+        updates = [_update(raw) for raw in jobs]
+    except BrokerError as exc:
+        peer.error(ErrorCode.INVALID, exc.message, None, "jobs")
+        return None
+    peer.core.progress.report(worker, updates)
+    return None
+
+
+def _update(raw: Any) -> Update:
+    if not isinstance(raw, dict):
+        raise invalid("jobs", "each progress entry must be a map")
+    job_id, lease = raw.get("id"), raw.get("lease")
+    if not isinstance(job_id, str) or not isinstance(lease, int) or isinstance(lease, bool):
+        raise invalid("jobs", "each progress entry needs id (str) and lease (int)")
+    value = raw.get("value")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
+    ):
+        raise invalid("jobs", "progress value must be a number from 0 to 1, or nil")
+    message = raw.get("message")
+    if message is not None and (
+        not isinstance(message, str) or len(message) > MAX_PROGRESS_MESSAGE
+    ):
+        raise invalid("jobs", f"progress message must be text of at most {MAX_PROGRESS_MESSAGE}")
+    meta = raw.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise invalid("jobs", "progress meta must be a map")
+    try:
+        check_json(meta, "meta")
+        size = len(pack(meta))
+    except PayloadError as exc:
+        raise invalid("jobs", f"progress meta is not JSON-compatible: {exc}") from None
+    if size > MAX_META:
+        raise invalid("jobs", f"progress meta is {size} bytes packed; the limit is {MAX_META}")
+    return Update(job_id, lease, None if value is None else float(value), message, meta)
 
 
 def release(peer: Peer, frame: dict[str, Any]) -> Reply:

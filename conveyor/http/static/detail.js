@@ -5,7 +5,7 @@ import { api, describe, serial } from "./api.js";
 import { el, fill, fmtSeconds, fmtTime, pretty, priorityBadge, setText, stateBadge }
   from "./dom.js";
 
-const CANCELLABLE = new Set(["queued", "scheduled", "running"]);
+const CANCELLABLE = new Set(["waiting", "queued", "scheduled", "running"]);
 
 export class Detail {
   constructor(dialog, onChanged) {
@@ -53,7 +53,8 @@ export class Detail {
   onTick(tick) {
     if (!this.id || !tick.jobs) return;
     // a busy tick carries only the last changes: then look again anyway
-    if (tick.more > 0 || tick.jobs.some((change) => change.id === this.id)) this.refresh();
+    if (tick.more > 0 || tick.jobs.some((change) => change.id === this.id)
+      || (tick.progress ?? []).some((report) => report.id === this.id)) this.refresh();
   }
 
   #render(job) {
@@ -79,6 +80,8 @@ export class Detail {
       job.unique_key ? ["Unique key", job.unique_key] : null,
       job.cancel_requested ? ["Cancel", "requested: stops when the run ends"] : null,
       job.waiting ? ["Waiting", job.waiting] : null,
+      job.workflow ? ["Workflow", job.workflow] : null,
+      job.depends_on?.length ? ["After", job.depends_on.join(", ")] : null,
     ].filter(Boolean);
     const payload = job.encrypted ? "(encrypted)"
       : pretty(job.args.length && Object.keys(job.kwargs).length
@@ -87,6 +90,8 @@ export class Detail {
     fill(this.body,
       actions, message,
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      job.progress ? this.#progress(job.progress) : null,
+      job.workflow ? this.#workflow(job) : null,
       el("h3", {}, "Payload"), el("pre", { class: "code", dataset: { field: "payload" } }, payload),
       job.state === "completed" || job.result !== null
         ? [el("h3", {}, "Result"), el("pre", { class: "code", dataset: { field: "result" } },
@@ -98,6 +103,39 @@ export class Detail {
           el("pre", { class: "code" }, job.error.traceback)) : null] : null,
       el("h3", {}, "Attempts"), this.#attempts(job.attempts_detail),
       el("h3", {}, "Timeline"), this.#timeline(job.events));
+  }
+
+  // the workflow it belongs to, as one thing: its jobs in order, each one click away
+  #workflow(job) {
+    const box = el("div", { class: "workflow", dataset: { field: "workflow" } },
+      el("p", { class: "muted" }, "Loading…"));
+    api(`/api/workflows/${encodeURIComponent(job.workflow)}`).then((flow) => {
+      if (this.id !== job.id) return;
+      fill(box,
+        el("p", { dataset: { field: "workflow-state" } },
+          `${flow.state}: ${flow.jobs.length} job(s)`),
+        el("ol", { class: "members" }, flow.jobs.map((member) => el("li",
+          { dataset: { jobId: member.id, state: member.state } },
+          member.id === job.id ? el("strong", {}, member.task)
+            : el("button", { type: "button", class: "link", onclick: () => this.open(member.id) },
+              member.task),
+          " ", stateBadge(member.state)))));
+    }).catch((error) => fill(box, el("p", { class: "error" }, describe(error))));
+    return [el("h3", {}, "Workflow"), box];
+  }
+
+  // what the task last said of itself (current_job().progress / set_meta): text only
+  #progress(report) {
+    const bar = el("progress", { max: "1", dataset: { field: "progress-bar" } });
+    if (report.value !== null && report.value !== undefined) bar.value = report.value;
+    const percent = report.value === null || report.value === undefined ? ""
+      : `${Math.round(report.value * 100)}% `;
+    const meta = report.meta && Object.keys(report.meta).length
+      ? el("pre", { class: "code", dataset: { field: "meta" } }, pretty(report.meta)) : null;
+    return [el("h3", {}, "Progress"),
+      el("p", { dataset: { field: "progress" } }, bar, " ",
+        `${percent}${report.message ?? ""}`.trim()),
+      meta];
   }
 
   #action(label, verb, job, message, style = "") {

@@ -35,7 +35,7 @@ CHUNK = 500  # ids per IN (...) list: well under every SQLite's variable limit
 #: batch, in power-of-two sizes so their prepared forms are cached, avoid that.
 MAX_ROWS_PER_STATEMENT = 256
 
-_ACTIVE = "('queued', 'scheduled', 'running')"
+_ACTIVE = "('waiting', 'queued', 'scheduled', 'running')"
 _PRUNABLE = "state IN ('completed', 'cancelled') AND finished_at < ?"
 _CHANGES_TABLE = (
     f"CREATE TEMP TABLE IF NOT EXISTS changes (id TEXT PRIMARY KEY, {', '.join(MUTABLE)})"
@@ -248,7 +248,8 @@ def load_live(
     conn: sqlite3.Connection, new_live: Callable[[Start], LiveJobs]
 ) -> tuple[LiveJobs, list[JobRecord]]:
     """Rebuild the live index at open: the stored counts, every queued and scheduled job
-    as an index entry only (streamed: no list of millions), and the running jobs whole.
+    as an index entry only (streamed: no list of millions), the running and waiting jobs
+    whole (only the running ones are returned).
     Reads live rows and a few small tables, never the finished history.
     """
     counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
@@ -270,6 +271,10 @@ def load_live(
     jobs = [row_job(r) for r in running]
     for job in jobs:
         live.load(job)
+    # waiting jobs (workflow members, ``after=``) stay resident: few, and the workflow
+    # service looks them up by the jobs they wait for
+    for row in conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE state = 'waiting'"):
+        live.load(row_job(row))
     live.loaded()
     return live, jobs
 

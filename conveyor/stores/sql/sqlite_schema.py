@@ -86,6 +86,11 @@ COLUMNS = (
     "result",
     "payload",
     "concurrency_key",  # v5
+    "workflow",  # v6, to "progress"
+    "depends_on",
+    "feed",
+    "inputs",
+    "progress",
 )
 SELECT_COLUMNS = ", ".join(c for c in COLUMNS if c != "seq")
 #: what a state change may alter: everything but the job's identity and its payload
@@ -102,6 +107,9 @@ MUTABLE = tuple(
         "created_at",
         "payload",
         "concurrency_key",
+        "workflow",
+        "depends_on",
+        "feed",
     )
 )
 
@@ -143,6 +151,11 @@ def job_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         job.result,
         job.payload,
         job.concurrency_key,
+        job.workflow,
+        pack_map(list(job.depends_on)) if job.depends_on else None,
+        job.feed,
+        job.inputs,
+        pack_map(job.progress),
     )
 
 
@@ -167,6 +180,8 @@ def change_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         job.finished_at,
         pack_map(job.error),
         job.result,
+        job.inputs,
+        pack_map(job.progress),
     )
 
 
@@ -197,6 +212,11 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         result,
         payload,
         concurrency_key,
+        workflow,
+        depends_on,
+        feed,
+        inputs,
+        progress,
     ) = row
     return JobRecord(
         id=job_id,
@@ -221,6 +241,11 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         started_at=started_at,
         finished_at=finished_at,
         cancel_requested=bool(cancel_requested),
+        workflow=workflow,
+        depends_on=tuple(unpack_map(depends_on) or ()),
+        feed=feed,
+        inputs=inputs,
+        progress=unpack_map(progress),
         version=version,
         concurrency_key=concurrency_key,
     )
@@ -250,7 +275,7 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS jobs_prunable")
     for statement in _V2_TABLES:
         conn.execute(statement)
-    v2_columns = COLUMNS[: COLUMNS.index("concurrency_key")]  # what v2's table has
+    v2_columns = COLUMNS[: COLUMNS.index("payload") + 1]  # later migrations add the rest
     placeholders = ", ".join("?" * len(v2_columns))
     rows = conn.execute(
         "SELECT id, state, queue, task, priority, eta, unique_key, created_at, finished_at,"
@@ -285,7 +310,8 @@ def _v2_split_payloads_and_events(conn: sqlite3.Connection) -> None:
             version=1,
         )
         conn.execute(
-            f"INSERT INTO jobs VALUES ({placeholders})", job_row(job, seq)[: len(v2_columns)]
+            f"INSERT INTO jobs ({', '.join(v2_columns)}) VALUES ({placeholders})",
+            job_row(job, seq)[: len(v2_columns)],
         )
         conn.executemany(
             "INSERT INTO events (job_id, data) VALUES (?, ?)",
@@ -322,12 +348,28 @@ def _v5_concurrency_key(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN concurrency_key TEXT")
 
 
+def _v6_workflows_and_progress(conn: sqlite3.Connection) -> None:
+    """Workflows (the workflow a job belongs to, the jobs it waits for, what of their
+    results it gets, those results once it is released) and the last progress a run
+    reported; an index to list a workflow's members."""
+    for column, kind in (
+        ("workflow", "TEXT"),
+        ("depends_on", "BLOB"),
+        ("feed", "TEXT"),
+        ("inputs", "BLOB"),
+        ("progress", "BLOB"),
+    ):
+        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
     _v3_meta,
     _v4_counts_and_listing_indexes,
     _v5_concurrency_key,
+    _v6_workflows_and_progress,
 )
 
 
