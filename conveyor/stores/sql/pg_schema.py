@@ -281,3 +281,28 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[Migra
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(schema),))
+
+
+async def status(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, Any]:
+    """The schema's version, the migrations it lacks, and the brokers registered on it."""
+    version = await current_version(conn, schema)
+    out: dict[str, Any] = {
+        "schema": schema,
+        "exists": version is not None,
+        "version": version or 0,
+        "latest": LATEST,
+        "pending": [
+            {"version": m.version, "description": m.description}
+            for m in MIGRATIONS[(version or 0) :]
+        ],
+        "brokers": [],
+    }
+    if version:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT id, host, pid, heartbeat_at FROM {}.brokers ORDER BY started_at"
+            ).format(sql.Identifier(schema))
+        )
+        keys = ("id", "host", "pid", "heartbeat_at")
+        out["brokers"] = [dict(zip(keys, row, strict=True)) for row in await cur.fetchall()]
+    return out
