@@ -54,3 +54,19 @@ def pg_url() -> Iterator[str]:
     """A PostgreSQL store URL on a fresh schema (skips without a server)."""
     with fresh_schema() as url:
         yield url
+
+
+#: the engines a broker-level test runs on, as fixture params
+ENGINE_PARAMS = ["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def engine_url(engine: str, sqlite_path: object) -> Iterator[str]:
+    """A store URL for ``engine`` (one of :data:`ENGINE_PARAMS`)."""
+    if engine == "memory":
+        yield "memory://"
+    elif engine == "sqlite":
+        yield f"sqlite:///{sqlite_path}"
+    else:
+        with fresh_schema() as url:
+            yield url

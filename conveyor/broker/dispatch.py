@@ -154,6 +154,7 @@ class Dispatcher:
         self._pending = False
         self._running = False
         self._again = False
+        self._idle = asyncio.Event()
         self.dispatched = 0
 
     def add(self, worker: WorkerRef) -> None:
@@ -182,10 +183,17 @@ class Dispatcher:
             asyncio.get_running_loop().call_soon(self._start_pass)
 
     def _start_pass(self) -> None:
-        self._pending = False
         asyncio.get_running_loop().create_task(self._pass())
 
+    async def settled(self) -> None:
+        """Return once no dispatch pass is pending or running (a store with real I/O
+        claims over several loop turns; tests wait here for what a trigger started)."""
+        while self._pending or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
     async def _pass(self) -> None:
+        self._pending = False
         if self._running:
             self._again = True
             return
@@ -200,6 +208,8 @@ class Dispatcher:
             log.exception("dispatch pass failed")
         finally:
             self._running = False
+            if not self._pending:
+                self._idle.set()
 
     async def run_once(self) -> None:
         """One dispatch pass (tests call it directly instead of waiting for a trigger)."""

@@ -1,7 +1,9 @@
 """Background services of the broker: each a ``run_once(now)`` and a thin loop around it.
 
 - :class:`LeaseReaper`: workers that stopped heartbeating lose their jobs; runs past their
-  deadline fail (both in :meth:`Workforce.reap <conveyor.broker.workforce.Workforce.reap>`).
+  deadline fail (both in :meth:`Workforce.reap <conveyor.broker.workforce.Workforce.reap>`);
+  on a store several brokers share, the jobs of a broker that is gone come back
+  (:meth:`BrokerCore.rescue <conveyor.broker.core.BrokerCore.rescue>`).
 - :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
   sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
 - :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
@@ -69,6 +71,7 @@ class Service(abc.ABC):
 class LeaseReaper(Service):
     async def run_once(self, now: float) -> None:
         await self.core.workforce.reap(now)
+        await self.core.rescue(now)  # a shared store: the jobs of brokers that are gone
 
 
 class Promoter(Service):
