@@ -286,6 +286,11 @@ class PostgresStore(Store):
                 await self._fold()
         return [row_job(r) for r in rows]
 
+    @property
+    def notifications(self) -> int:
+        """Notifications received from the database so far (LISTEN)."""
+        return 0 if self._notify is None else self._notify.received
+
     async def brokers(self) -> list[dict[str, Any]]:
         """The brokers registered on this schema, with their last heartbeat."""
         rows = await self._run(q.BROKERS)
