@@ -55,6 +55,7 @@ from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store, StoreListener
 from conveyor.stores.sql import pg_queries as q
+from conveyor.stores.sql.pg_batch import Coalescer
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
 from conveyor.stores.sql.pg_insert import insert_jobs
 from conveyor.stores.sql.pg_notify import NotifyListener
@@ -90,6 +91,8 @@ class PostgresStore(Store):
         self._run = self.db.run
         self._listener: StoreListener | None = None
         self._notify: NotifyListener | None = None
+        self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
+        self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
@@ -206,6 +209,10 @@ class PostgresStore(Store):
     ) -> list[JobRecord | None]:
         if not transitions:
             return []
+        return await self._applies.call(transitions)
+
+    async def _apply_batch(self, transitions: list[Transition]) -> list[JobRecord | None]:
+        """Many callers' transitions in one statement (see :mod:`.sql.pg_batch`)."""
         for t in transitions:  # applied only at t.old's version: t.old is the stored state
             old, new = t.old.state, t.new.state
             if new is not old and new not in TRANSITIONS[old]:
@@ -216,7 +223,7 @@ class PostgresStore(Store):
         if len(set(ids)) < len(ids):  # one UPDATE changes a row once: one at a time
             out: list[JobRecord | None] = []
             for t in transitions:
-                out.extend(await self.job_apply([t], durable=durable))
+                out.extend(await self._apply_batch([t]))
             return out
         params: dict[str, Any] = {
             "c0": ids,
@@ -314,8 +321,13 @@ class PostgresStore(Store):
         unique = list(dict.fromkeys(ids))
         if not unique:
             return []
-        by_id = {r[0]: r for r in await self._run(q.GET_MANY, (unique,))}
-        return [row_job(by_id[i]) for i in unique if i in by_id]
+        found = await self._reads.call(unique)
+        return [job for job in found if job is not None]
+
+    async def _read_batch(self, ids: list[str]) -> list[JobRecord | None]:
+        """Many callers' reads by id in one statement."""
+        by_id = {r[0]: r for r in await self._run(q.GET_MANY, (list(set(ids)),))}
+        return [row_job(by_id[i]) if i in by_id else None for i in ids]
 
     async def job_events(self, job_id: str) -> list[Event]:
         return [row[0] for row in await self._run(q.EVENTS, (job_id,))]

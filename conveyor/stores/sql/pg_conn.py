@@ -12,7 +12,7 @@ contract lets be lost.
 :meth:`Connections.run` executes one statement and fetches its rows. A lost connection
 (a database restart, ``pg_terminate_backend``) is tried once more on a fresh one; then it
 is :class:`~conveyor.errors.StoreUnavailable`, also when no connection can be had within
-``connect_timeout`` seconds, so callers see an error, never a hang.
+``pool_timeout`` seconds, so callers see an error, never a hang.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ OPTIONS: dict[str, float] = {
     "heartbeat": 1.0,  # seconds between a broker's heartbeats (and lease renewals)
     "dead_after": 10.0,  # a broker silent this long is gone: its lapsed leases are rescued
     "lease_grace": 5.0,  # ... once they lapsed this long ago
-    "connect_timeout": 5.0,  # seconds before a call says the database is unavailable
+    "connect_timeout": 5.0,  # seconds to connect before saying the database is unavailable
+    "pool_timeout": 10.0,  # seconds a call waits for a free connection (busy or unreachable)
 }
 
 
@@ -122,7 +123,7 @@ class Connections:
             min_size=1,
             max_size=size,
             kwargs=self.kwargs(fast),
-            timeout=self.options["connect_timeout"],
+            timeout=self.options["pool_timeout"],
             open=False,
             name=f"conveyor-{'fast' if fast else 'main'}",
         )
