@@ -62,7 +62,11 @@ class Service(abc.ABC):
                 await self.run_once(self.clock.now())
             except Exception:
                 log.exception("%s failed; will try again", type(self).__name__)
-            delay = await self.next_delay()
+            try:
+                delay = await self.next_delay()
+            except Exception:  # a store that cannot be read now (a database away): retry
+                log.debug("%s: next delay unknown", type(self).__name__, exc_info=True)
+                delay = self.interval
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, delay))

@@ -102,8 +102,7 @@ async def test_kill_9_one_of_two_brokers_loses_no_job(
         duplicates = sum(runs.values()) - N_JOBS
         requeued = stats["totals"]["requeued"]
         print(
-            f"\ntwo brokers, one killed: {N_JOBS} jobs, {duplicates} ran twice, "
-            f"{requeued} requeued"
+            f"\ntwo brokers, one killed: {N_JOBS} jobs, {duplicates} ran twice, {requeued} requeued"
         )
         # the runs repeated are those in the dead broker's hands at the kill, no more
         assert duplicates < N_JOBS // 10
