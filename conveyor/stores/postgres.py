@@ -61,6 +61,7 @@ from conveyor.stores.sql.pg_insert import insert_jobs
 from conveyor.stores.sql.pg_notify import NotifyListener
 from conveyor.stores.sql.pg_rows import (
     SELECT,
+    array_literal,
     change_arrays,
     event_json,
     pack_map,
@@ -75,6 +76,7 @@ PROMOTE_BATCH = 1000
 PRUNE_CHUNK = 10_000
 RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
+CLAIMANTS = 1024  # claimants whose arrays are kept (one a connected worker, a paused queue)
 
 
 class PostgresStore(Store):
@@ -93,6 +95,7 @@ class PostgresStore(Store):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
+        self._claimants: dict[int, tuple[Claimant, dict[str, str]]] = {}
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
@@ -159,19 +162,11 @@ class PostgresStore(Store):
         if limit <= 0 or not claimant.tasks:
             return []
         self._lease_seconds = lease_seconds
-        named = sorted(set(claimant.options) | set(claimant.routes))
-        opts = [claimant.options.get(t) for t in named]
         rows = await self._run(
             q.CLAIM,
             {
-                "queues": [*claimant.queues, UNROUTED],
-                "tasks": list(claimant.tasks),
+                **self._claimant_arrays(claimant),
                 "n": limit,
-                "otask": named,
-                "oretries": [o.retries if o else None for o in opts],
-                "obackoff": [o.retry_backoff if o else None for o in opts],
-                "obackoff_max": [o.retry_backoff_max if o else None for o in opts],
-                "oroute": [claimant.routes.get(t) for t in named],
                 "worker": claimant.worker,
                 "broker": self.broker_id,
                 "expires": now + lease_seconds,
@@ -195,6 +190,29 @@ class PostgresStore(Store):
             self._held[old.id] = row[-2]
             claimed.append(t.new)
         return claimed
+
+    def _claimant_arrays(self, claimant: Claimant) -> dict[str, str]:
+        """The claimant's queues, tasks and options as array literals, made once per
+        claimant (a worker may offer thousands of tasks: dumping them on every claim
+        would cost more than the claim)."""
+        cached = self._claimants.get(id(claimant))
+        if cached is not None and cached[0] is claimant:
+            return cached[1]
+        named = sorted(set(claimant.options) | set(claimant.routes))
+        opts = [claimant.options.get(t) for t in named]
+        arrays = {
+            "queues": array_literal([*claimant.queues, UNROUTED]),
+            "tasks": array_literal(sorted(claimant.tasks)),
+            "otask": array_literal(named),
+            "oretries": array_literal([o.retries if o else None for o in opts]),
+            "obackoff": array_literal([o.retry_backoff if o else None for o in opts]),
+            "obackoff_max": array_literal([o.retry_backoff_max if o else None for o in opts]),
+            "oroute": array_literal([claimant.routes.get(t) for t in named]),
+        }
+        if len(self._claimants) >= CLAIMANTS:
+            self._claimants.pop(next(iter(self._claimants)))
+        self._claimants[id(claimant)] = (claimant, arrays)
+        return arrays
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
         promoted: list[JobRecord] = []

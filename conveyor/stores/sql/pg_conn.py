@@ -99,6 +99,7 @@ class Connections:
             "application_name": self.application_name,
             "options": opts,
             "connect_timeout": max(1, int(self.options["connect_timeout"])),
+            "prepare_threshold": 0,  # every statement is a hot one: prepare at first use
         }
 
     async def connect(self, schema: bool = True) -> psycopg.AsyncConnection[Any]:

@@ -116,6 +116,20 @@ def row_job(row: Sequence[Any]) -> JobRecord:
     )
 
 
+def array_literal(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal (``{"a","b",NULL}``) for ``::text[]`` and numeric casts:
+    one string to send instead of a list psycopg would dump item by item."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+        elif isinstance(v, str):
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            out.append(repr(v))
+    return "{" + ",".join(out) + "}"
+
+
 # -- batches as column arrays -------------------------------------------------------------------
 INSERT_COLUMNS = (
     ("id", "text"),
