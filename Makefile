@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck bench clean venv browser
+.PHONY: run test lint typecheck bench clean venv browser postgres
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
 # downloads a browser of its own). Installed with apt-get when missing.
@@ -35,8 +35,15 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+## make postgres: start the local PostgreSQL if it is installed but not running (the
+## PostgreSQL tests need CONVEYOR_TEST_POSTGRES=postgresql://...; they skip without it).
+## Never fails the build: without a server those tests skip.
+postgres:
+	@pg_isready -q -h 127.0.0.1 2>/dev/null || $(SUDO) service postgresql start >/dev/null 2>&1 \
+		|| echo "PostgreSQL is not running here: the PostgreSQL tests will skip"
+
 ## make test: the whole suite (installs Chromium for the browser tests if it is missing)
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) postgres
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

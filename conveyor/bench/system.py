@@ -8,14 +8,16 @@ import contextlib
 import os
 import platform
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 from rich.console import Console
@@ -31,7 +33,8 @@ class LocalSystem:
     """A broker and workers as child processes, in a throwaway home."""
 
     def __init__(self, store: str, workers: int, concurrency: int | None, pool: str | None) -> None:
-        self.store = store
+        # a PostgreSQL store gets a schema of its own for the run, dropped at the end
+        self.store, self._drop_schema = _throwaway_schema(store)
         self.n_workers = workers
         self.concurrency = concurrency  # None: the worker's own default
         self.pool = pool
@@ -102,6 +105,30 @@ class LocalSystem:
         self.stop_workers()
         self.stop_broker()
         self._tmp.cleanup()
+        if self._drop_schema is not None:
+            self._drop_schema()
+
+
+def _throwaway_schema(store: str) -> tuple[str, Callable[[], None] | None]:
+    """``postgresql://…?schema=bench`` → the same on ``bench_<random>``, and how to drop it
+    (a run never measures, nor leaves behind, the jobs of another)."""
+    if not store.startswith(("postgresql:", "postgres:")):
+        return store, None
+    from conveyor.stores.sql.pg_conn import DEFAULT_SCHEMA, parse_postgres_url
+
+    conninfo, schema, _ = parse_postgres_url(store)
+    run = f"{schema or DEFAULT_SCHEMA}_{secrets.token_hex(3)}"[:40]
+    parts = urlsplit(store)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    url = urlunsplit(parts._replace(query=urlencode([*query, ("schema", run)])))
+
+    def drop() -> None:
+        import psycopg
+
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{run}" CASCADE')
+
+    return url, drop
 
 
 def _stop(procs: Sequence[subprocess.Popen[str]]) -> None:

@@ -40,6 +40,7 @@ from conveyor.broker.logins import Logins
 from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.schedules import ScheduleBook
 from conveyor.broker.waiters import Notify, Waiters
+from conveyor.broker.watch import StoreWatch
 from conveyor.broker.workflows import Workflows
 from conveyor.broker.workforce import ROUTES, Workforce, requeue_if_held
 from conveyor.clock import Clock
@@ -101,6 +102,7 @@ class BrokerCore:
     async def open(self) -> None:
         """Open the store; requeue the jobs that were running when the broker stopped."""
         self.started_at = now = self.clock.now()
+        self.store.watch(StoreWatch(self))  # other brokers' changes, on a shared store
         running = await self.store.open(now)
         self.backlog.load((await self.store.stats())["queues"], await self.store.queue_waiting())
         self.workforce.routes.update(await self.store.meta_get(ROUTES) or {})
@@ -114,6 +116,22 @@ class BrokerCore:
             )
             log.warning("requeued %d job(s) that were running at the last stop", len(jobs))
         await self.workflows.resume()  # a release lost in a crash happens now
+
+    async def rescue(self, now: float) -> int:
+        """Several brokers on one store: requeue the running jobs of a broker that is gone
+        (its leases lapsed), as a broker restart does with its own."""
+        try:
+            lapsed = await self.store.job_rescue_expired(now)
+        except StoreUnavailable:
+            return 0  # the store says so once; the reaper asks again next round
+        if not lapsed:
+            return 0
+        held = {j.id: j.lease for j in lapsed}
+        jobs = await self.transition(
+            held, lambda r: requeue_if_held(r, held, now, "broker lost", charged=False)
+        )
+        log.warning("requeued %d job(s) of a broker that is gone", len(jobs))
+        return len(jobs)
 
     async def settle(self, timeout: float = 2.0) -> None:
         """Wait for the background work started so far (a lost worker's requeue ...)."""
@@ -280,10 +298,11 @@ class BrokerCore:
         changed = await self.transition([job_id], lambda r: lifecycle.cancel(r, now))
         job = changed[0] if changed else await self.get(job_id)
         if job.state is JobState.RUNNING:
-            self._abort(job)
+            self.abort_run(job)
         return job
 
-    def _abort(self, job: JobRecord) -> None:
+    def abort_run(self, job: JobRecord) -> None:
+        """Tell the worker here that runs ``job`` (if one does) to stop it."""
         worker = self.dispatcher.workers.get(job.worker or "")
         if worker is not None and job.id in worker.holding:
             worker.link.abort(job.id, job.lease)

@@ -162,6 +162,7 @@ class Dispatcher:
         self._pending = False
         self._running = False
         self._again = False
+        self._idle = asyncio.Event()
         self.dispatched = 0
         self.gate = ConcurrencyGate()  # per-key concurrency limits, asked by every claim
         self.rates = RateLimits()  # per task and queue; empty: no cost at all
@@ -210,10 +211,17 @@ class Dispatcher:
         self.trigger()
 
     def _start_pass(self) -> None:
-        self._pending = False
         asyncio.get_running_loop().create_task(self._pass())
 
+    async def settled(self) -> None:
+        """Return once no dispatch pass is pending or running (a store with real I/O
+        claims over several loop turns; tests wait here for what a trigger started)."""
+        while self._pending or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
     async def _pass(self) -> None:
+        self._pending = False
         if self._running:
             self._again = True
             return
@@ -228,6 +236,8 @@ class Dispatcher:
             log.exception("dispatch pass failed")
         finally:
             self._running = False
+            if not self._pending:
+                self._idle.set()
 
     async def _claim(self, worker: WorkerRef, now: float) -> list[JobRecord]:
         """Claim a slice of jobs for ``worker``: not from paused queues, within the rate

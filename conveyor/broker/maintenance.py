@@ -1,7 +1,9 @@
 """Background services of the broker: each a ``run_once(now)`` and a thin loop around it.
 
 - :class:`LeaseReaper`: workers that stopped heartbeating lose their jobs; runs past their
-  deadline fail (both in :meth:`Workforce.reap <conveyor.broker.workforce.Workforce.reap>`).
+  deadline fail (both in :meth:`Workforce.reap <conveyor.broker.workforce.Workforce.reap>`);
+  on a store several brokers share, the jobs of a broker that is gone come back
+  (:meth:`BrokerCore.rescue <conveyor.broker.core.BrokerCore.rescue>`).
 - :class:`Promoter` moves due scheduled jobs (delays, retries) to queued, on time: it
   sleeps exactly until the earliest ETA and is woken early when an earlier one arrives.
 - :class:`RetentionCleaner` prunes completed and cancelled jobs past the retention.
@@ -60,7 +62,11 @@ class Service(abc.ABC):
                 await self.run_once(self.clock.now())
             except Exception:
                 log.exception("%s failed; will try again", type(self).__name__)
-            delay = await self.next_delay()
+            try:
+                delay = await self.next_delay()
+            except Exception:  # a store that cannot be read now (a database away): retry
+                log.debug("%s: next delay unknown", type(self).__name__, exc_info=True)
+                delay = self.interval
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
@@ -69,6 +75,7 @@ class Service(abc.ABC):
 class LeaseReaper(Service):
     async def run_once(self, now: float) -> None:
         await self.core.workforce.reap(now)
+        await self.core.rescue(now)  # a shared store: the jobs of brokers that are gone
 
 
 class Promoter(Service):

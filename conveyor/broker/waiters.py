@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from conveyor.job import JobRecord
 
@@ -31,6 +31,12 @@ class Waiters:
         entries[:] = [e for e in entries if e[1] is not notify]
         if not entries:
             del self._by_job[job_id]
+
+    def waiting_on(self, job_ids: Iterable[str] | None) -> list[str]:
+        """Those of ``job_ids`` someone waits for (None: every job waited for)."""
+        if job_ids is None:
+            return list(self._by_job)
+        return [job_id for job_id in job_ids if job_id in self._by_job]
 
     def finished(self, job: JobRecord) -> None:
         """Tell everyone waiting on ``job`` (call only for a final job)."""

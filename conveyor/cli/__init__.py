@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from conveyor.cli.certs import certs_command
+from conveyor.cli.db import db_group
 from conveyor.cli.dev import dev
 from conveyor.cli.dlq import dlq
 from conveyor.cli.jobs import cancel, jobs_command, stats, status
@@ -44,6 +45,7 @@ for command in (
     certs_command,
     token_group,
     keygen_command,
+    db_group,
 ):
     main.add_command(command)
 

@@ -81,7 +81,12 @@ def _split(values: tuple[str, ...]) -> list[str]:
     help="allow plain HTTP on a non-loopback address (only behind a TLS proxy)",
 )
 @click.option("--no-http", is_flag=True, help="serve no HTTP API and no dashboard")
-@click.option("--store", "store_url", help="memory:// or sqlite:///path [sqlite in $CONVEYOR_HOME]")
+@click.option(
+    "--store",
+    "store_url",
+    help="memory://, sqlite:///path or postgresql://user@host/db?schema=NAME "
+    "[sqlite in $CONVEYOR_HOME]",
+)
 @click.option("--home", help="[env CONVEYOR_HOME; default ./.conveyor]")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="server certificate")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="its private key")

@@ -1,4 +1,4 @@
-"""Store engines, chosen by URL: ``memory://`` and ``sqlite:///path`` (PostgreSQL to come)."""
+"""Store engines, chosen by URL: ``memory://``, ``sqlite:///path`` and ``postgresql://…``."""
 
 from __future__ import annotations
 
@@ -29,15 +29,26 @@ def open_store(url: str) -> Store:
     """The engine for ``url``, not yet opened: the caller awaits ``store.open(now)``.
 
     ``memory://`` is volatile; ``sqlite:///relative.db`` and ``sqlite:////absolute.db``
-    (``?synchronous=full`` to survive power loss) are durable.
+    (``?synchronous=full`` to survive power loss) are durable; ``postgresql://`` (or
+    ``postgres://``) ``user@host:port/db?schema=NAME`` is durable and several brokers can
+    share it.
     """
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "memory":
         return MemoryStore(url)
     if scheme == "sqlite":
         return SqliteStore(url)
+    if scheme in ("postgresql", "postgres"):
+        try:  # psycopg is the optional extra conveyor[postgres]
+            from conveyor.stores.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"the PostgreSQL store needs psycopg: pip install 'conveyor[postgres]' ({exc})"
+            ) from exc
+        return PostgresStore(url)
     raise ConfigError(
-        f"unsupported store URL {url!r}: use memory:// or sqlite:///path/to/conveyor.db"
+        f"unsupported store URL {url!r}: use memory://, sqlite:///path/to/conveyor.db "
+        "or postgresql://user@host/db?schema=conveyor"
     )
 
 

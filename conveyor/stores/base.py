@@ -97,12 +97,40 @@ class Page:
     cursor: str | None = None
 
 
+class StoreListener(Protocol):
+    """What an engine shared by several brokers tells its own broker about changes the
+    *other* brokers made (see :meth:`Store.watch`). Callbacks run on the event loop and
+    must not block; None means "anything may have changed" (after a lost connection)."""
+
+    def available(self, pairs: Collection[tuple[str, str]] | None) -> None:
+        """Jobs of these (queue, task) pairs became queued."""
+
+    def finished(self, job_ids: Sequence[str] | None) -> None:
+        """These jobs became final (completed, dead or cancelled)."""
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> None:
+        """A cancel was asked for these running jobs."""
+
+
 class Store(abc.ABC):
     """Abstract base of every engine. See the module docstring for the contract."""
 
     #: jobs survive a restart of the broker
     durable: bool = False
+    #: several brokers may share the engine's data (it calls :meth:`watch`'s listener)
+    shared: bool = False
     url: str = ""
+
+    def watch(self, listener: StoreListener) -> None:
+        """Tell ``listener`` of changes other brokers make (call before :meth:`open`).
+        Engines that only one broker uses (memory, SQLite) never call it."""
+
+    async def job_rescue_expired(self, now: float) -> list[JobRecord]:
+        """Renew this broker's leases and return the running jobs whose lease has lapsed
+        under a broker that is gone (several brokers on one database), for the caller to
+        requeue through the lifecycle. Engines that one broker owns return none: their
+        broker requeues what was running at :meth:`open`."""
+        return []
 
     @property
     def health(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.client.aio import AsyncClient
 from conveyor.job import JobRecord, JobState
 from tests.conftest import StartWorker
+from tests.postgres import ENGINE_PARAMS, engine_url
 from tests.security.rawconn import Raw
 
 LIMITS = Limits(max_queued=4, max_queued_by_queue=(("reports", 2),))
@@ -217,19 +218,19 @@ def backlog_admit(backlog: Backlog, jobs: list[JobRecord]) -> list[JobRecord]:
 
 
 # -- the counters follow the store through every kind of change ----------------------------------
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=ENGINE_PARAMS)
 async def core(request: pytest.FixtureRequest, home: Path, tmp_path: Path) -> Any:
     from conveyor.broker.core import BrokerCore
     from conveyor.clock import FakeClock
     from conveyor.security.tokens import TokenRegistry
     from conveyor.stores import open_store
 
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/b.db"
-    config = BrokerConfig(home=home, lease=10.0, deadline_grace=2.0)
-    c = BrokerCore(config, open_store(url), TokenRegistry(home / "tokens.json"), FakeClock())
-    await c.open()
-    yield c
-    await c.close()
+    with engine_url(request.param, tmp_path / "b.db") as url:
+        config = BrokerConfig(home=home, lease=10.0, deadline_grace=2.0)
+        c = BrokerCore(config, open_store(url), TokenRegistry(home / "tokens.json"), FakeClock())
+        await c.open()
+        yield c
+        await c.close()
 
 
 class _Link:

@@ -24,6 +24,7 @@ from conveyor.lifecycle import Outcome, TaskOptions
 from conveyor.protocol.payload import EMPTY_CALL, pack
 from conveyor.security.tokens import TokenRegistry
 from conveyor.stores import open_store
+from tests.postgres import ENGINE_PARAMS, engine_url
 
 LEASE = 10.0
 GRACE = 2.0
@@ -72,6 +73,7 @@ class Harness:
         assert isinstance(link, FakeLink)
         before = len(link.jobs)
         await self.core.dispatcher.run_once()
+        await self.core.dispatcher.settled()  # and what a trigger started meanwhile
         return link.jobs[before:]
 
     async def get(self, job_id: str) -> JobRecord:
@@ -85,17 +87,17 @@ def job(job_id: str, **fields: object) -> JobRecord:
     return JobRecord(id=job_id, task="t", payload=EMPTY_CALL, **fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=ENGINE_PARAMS)
 async def h(request: pytest.FixtureRequest, home: Path, tmp_path: Path) -> AsyncIterator[Harness]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/c.db"
-    clock = FakeClock()
-    config = BrokerConfig(home=home, lease=LEASE, deadline_grace=GRACE, retention=100.0)
-    core = BrokerCore(config, open_store(url), TokenRegistry(home / "tokens.json"), clock)
-    await core.open()
-    try:
-        yield Harness(core, clock)
-    finally:
-        await core.close()
+    with engine_url(request.param, tmp_path / "c.db") as url:
+        clock = FakeClock()
+        config = BrokerConfig(home=home, lease=LEASE, deadline_grace=GRACE, retention=100.0)
+        core = BrokerCore(config, open_store(url), TokenRegistry(home / "tokens.json"), clock)
+        await core.open()
+        try:
+            yield Harness(core, clock)
+        finally:
+            await core.close()
 
 
 # -- a worker that is lost ----------------------------------------------------------------------

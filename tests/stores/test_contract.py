@@ -9,6 +9,7 @@ param to ``ENGINES`` and a branch to :func:`_make_store`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 
@@ -21,36 +22,43 @@ from conveyor.lifecycle import Outcome, TaskOptions, Transition
 from conveyor.protocol.payload import pack, pack_call, unpack
 from conveyor.stores import SqliteStore, open_store
 from conveyor.stores.base import Claimant, JobFilter, Store
+from tests.postgres import fresh_schema
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
 
-# Every engine runs the whole contract. The PostgreSQL engine joins here when it exists
-# (param "postgresql", marked `postgres`, URL from CONVEYOR_TEST_POSTGRES).
+# Every engine runs the whole contract. PostgreSQL runs on a fresh schema per test, URL
+# from CONVEYOR_TEST_POSTGRES (skipped, saying so, without it).
 ENGINES = [
     "memory",
     "sqlite",
     "sqlite-uncached",  # nothing cached: every record not running is read back from disk
+    pytest.param("postgresql", marks=pytest.mark.postgres),
 ]
 
 
-def _make_store(engine: str, tmp_path: Path) -> Store:
+def _make_store(engine: str, tmp_path: Path, pg: str | None) -> Store:
     if engine == "memory":
         return open_store("memory://")
     if engine == "sqlite":
         return open_store(f"sqlite:///{tmp_path}/conveyor.db")
+    if engine == "postgresql":
+        assert pg is not None
+        return open_store(pg)
     assert engine == "sqlite-uncached", engine
     return SqliteStore(f"sqlite:///{tmp_path}/conveyor.db", recent=0, resident=0)
 
 
 @pytest.fixture(params=ENGINES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    engine = _make_store(request.param, tmp_path)
-    await engine.open(T0)
-    try:
-        yield engine
-    finally:
-        await engine.close()
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(fresh_schema()) if request.param == "postgresql" else None
+        engine = _make_store(request.param, tmp_path, pg)
+        await engine.open(T0)
+        try:
+            yield engine
+        finally:
+            await engine.close()
 
 
 # -- helpers: what the broker's core does -------------------------------------------------------

@@ -1,0 +1,196 @@
+"""The PostgreSQL engine's named queries. Each write is one statement (data-modifying CTEs),
+so on an autocommit connection it is one round trip and one transaction.
+
+The claim is the hot one: per (queue, task) pair that has queued jobs (from ``counts``:
+a few rows, never the jobs) and that the claimant serves, the most urgent queued jobs by
+the ``jobs_ready`` index, locked with ``FOR UPDATE SKIP LOCKED`` (a job another broker is
+claiming is skipped, never waited for), the best ``n`` of them moved to running in one
+UPDATE that records the claiming broker, a fresh lease and the ``started`` event.
+"""
+
+from __future__ import annotations
+
+from conveyor.job import DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF
+from conveyor.job import DEFAULT_RETRY_BACKOFF_MAX as _BACKOFF_MAX
+from conveyor.stores.sql.pg_rows import (
+    CHANGE_COLUMNS,
+    INSERT_COLUMNS,
+    SELECT,
+    select_from,
+    unnest_of,
+)
+
+LIVE = "('queued', 'scheduled', 'running')"
+
+_INSERT_UNNEST, _INSERT_NAMES = unnest_of(INSERT_COLUMNS)
+INSERT = f"""
+WITH c AS (
+    SELECT *, nextval('job_seq') AS s FROM {_INSERT_UNNEST}
+    WITH ORDINALITY AS c({_INSERT_NAMES}, ord) ORDER BY ord
+), ins AS (
+    INSERT INTO jobs ({_INSERT_NAMES}, sub, seq)
+    SELECT {_INSERT_NAMES}, s, CASE WHEN state = 'queued' THEN s END FROM c ORDER BY ord
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), ev AS (
+    INSERT INTO events (job_id, data)
+    SELECT e.id, e.data::jsonb FROM unnest(%(eids)s::text[], %(edata)s::text[])
+    WITH ORDINALITY AS e(id, data, ord)
+    WHERE e.id IN (SELECT id FROM ins) ORDER BY e.ord
+)
+SELECT id FROM ins
+"""
+
+#: the stored jobs an insert met instead: by id, or holding the unique key
+HOLDERS = f"""
+SELECT {SELECT} FROM jobs WHERE id = ANY(%(ids)s::text[])
+UNION ALL
+SELECT {SELECT} FROM jobs WHERE unique_key = ANY(%(keys)s::text[]) AND state IN {LIVE}
+"""
+
+CLAIM = f"""
+WITH pairs AS (
+    SELECT queue, task FROM counts
+    WHERE state = 'queued' AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
+    GROUP BY queue, task HAVING sum(n) > 0
+), picked AS (
+    SELECT j.* FROM pairs p CROSS JOIN LATERAL (
+        SELECT * FROM jobs
+        WHERE state = 'queued' AND queue = p.queue AND task = p.task
+        ORDER BY priority, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED
+    ) j
+    ORDER BY j.priority, j.seq LIMIT %(n)s
+), opts AS (
+    SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
+        %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
+        %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
+), claimed AS (
+    UPDATE jobs j SET
+        state = 'running',
+        attempts = p.attempts + 1,
+        queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
+        worker = %(worker)s,
+        broker = %(broker)s,
+        lease = nextval('job_seq'),
+        lease_expires = %(expires)s,
+        started_at = %(now)s,
+        max_retries = coalesce(p.max_retries, o.retries, {DEFAULT_RETRIES}),
+        retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
+        retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
+        version = p.version + 1
+    FROM picked p LEFT JOIN opts o ON o.task = p.task
+    WHERE j.id = p.id
+    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq
+), ev AS (
+    INSERT INTO events (job_id, data)
+    SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
+        'worker', %(worker)s::text, 'attempt', attempts + 1)
+    FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority, old_seq
+"""
+
+PROMOTE = f"""
+WITH picked AS (
+    SELECT * FROM jobs WHERE state = 'scheduled' AND eta <= %(now)s
+    ORDER BY eta LIMIT %(n)s FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE jobs j SET state = 'queued', seq = nextval('job_seq'), lease = NULL,
+        lease_expires = NULL, broker = NULL, version = p.version + 1
+    FROM picked p WHERE j.id = p.id
+    RETURNING {select_from("p")}
+)
+SELECT * FROM promoted ORDER BY eta
+"""
+
+_APPLY_UNNEST, _APPLY_NAMES = unnest_of(
+    (("id", "text"), ("old_version", "integer"), ("front", "boolean"), *CHANGE_COLUMNS)
+)
+_SET = ",\n        ".join(f"{name} = c.{name}" for name, _ in CHANGE_COLUMNS)
+#: conditional changes: each row only if the job is still at the version it was read at;
+#: a job that becomes queued takes a place (front: negative, the newest frontmost)
+APPLY = f"""
+WITH c AS (
+    SELECT *, CASE WHEN front THEN -nextval('job_seq') ELSE nextval('job_seq') END AS s
+    FROM {_APPLY_UNNEST} WITH ORDINALITY AS c({_APPLY_NAMES}, ord) ORDER BY ord
+), u AS (
+    UPDATE jobs j SET
+        {_SET},
+        seq = CASE WHEN c.state = 'queued' AND (j.state <> 'queued' OR j.queue <> c.queue)
+            THEN c.s ELSE j.seq END,
+        broker = CASE WHEN c.state = 'running' THEN j.broker END
+    FROM c WHERE j.id = c.id AND j.version = c.old_version
+    RETURNING j.id
+), ev AS (
+    INSERT INTO events (job_id, data)
+    SELECT e.id, e.data::jsonb FROM unnest(%(eids)s::text[], %(edata)s::text[])
+    WITH ORDINALITY AS e(id, data, ord)
+    WHERE e.id IN (SELECT id FROM u) ORDER BY e.ord
+)
+SELECT id FROM u
+"""
+
+GET_MANY = f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s::text[])"
+EVENTS = "SELECT data FROM events WHERE job_id = %s ORDER BY n"
+DEAD_ALL = f"SELECT {SELECT} FROM jobs WHERE state = 'dead' ORDER BY sub"
+DEAD_SOME = f"SELECT {SELECT} FROM jobs WHERE state = 'dead' AND id = ANY(%s::text[]) ORDER BY sub"
+NEXT_ETA = "SELECT min(eta) FROM jobs WHERE state = 'scheduled'"
+WAITING = (
+    "SELECT queue, task, sum(n) FROM counts WHERE state = 'queued'"
+    " GROUP BY queue, task HAVING sum(n) > 0"
+)
+COUNTS = (
+    "SELECT state, queue, task, priority, sum(n) FROM counts"
+    " GROUP BY state, queue, task, priority HAVING sum(n) <> 0"
+)
+TOTALS = "SELECT kind, sum(n) FROM totals GROUP BY kind"
+
+PURGE = """
+WITH d AS (
+    DELETE FROM jobs WHERE state = 'dead' AND (%(all)s OR id = ANY(%(ids)s::text[]))
+    RETURNING id
+), e AS (DELETE FROM events WHERE job_id IN (SELECT id FROM d))
+SELECT count(*) FROM d
+"""
+PRUNE = """
+WITH d AS (
+    DELETE FROM jobs WHERE id IN (
+        SELECT id FROM jobs WHERE state IN ('completed', 'cancelled') AND finished_at < %(before)s
+        LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), e AS (DELETE FROM events WHERE job_id IN (SELECT id FROM d))
+SELECT count(*) FROM d
+"""
+
+META_GET = "SELECT value FROM meta WHERE name = %s"
+META_SET = (
+    "INSERT INTO meta (name, value) VALUES (%s, %s)"
+    " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+
+# -- several brokers: registration, lease renewal, rescue -------------------------------------
+BROKER_JOIN = (
+    "INSERT INTO brokers (id, started_at, heartbeat_at, host, pid) VALUES (%s, %s, %s, %s, %s)"
+)
+BROKER_LEAVE = "DELETE FROM brokers WHERE id = %s"
+#: one round trip: this broker is alive, its held leases are renewed, and the running jobs
+#: whose lease expired more than the grace ago under a broker that is gone (or under this
+#: one, but no longer held here: a claim whose reply was lost) are returned to requeue
+HEARTBEAT = f"""
+WITH hb AS (
+    INSERT INTO brokers (id, started_at, heartbeat_at, host, pid)
+    VALUES (%(me)s, %(now)s, %(now)s, %(host)s, %(pid)s)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at
+), renew AS (
+    UPDATE jobs SET lease_expires = %(expires)s
+    WHERE id = ANY(%(held)s::text[]) AND state = 'running' AND broker = %(me)s
+    AND lease_expires < %(renew_before)s
+)
+SELECT {SELECT} FROM jobs j
+WHERE state = 'running' AND lease_expires < %(expired_before)s
+AND NOT (id = ANY(%(held)s::text[]))
+AND (broker IS NULL OR broker = %(me)s OR NOT EXISTS (
+    SELECT 1 FROM brokers b WHERE b.id = j.broker AND b.heartbeat_at >= %(alive_after)s))
+ORDER BY lease_expires LIMIT %(n)s
+"""
+BROKERS = "SELECT id, started_at, heartbeat_at, host, pid FROM brokers ORDER BY started_at"
