@@ -365,7 +365,7 @@ class PostgresStore(Store):
         if where.state is not None:
             clauses.append("state = %s")
             params.append(where.state.value)
-        for column in ("queue", "task", "worker", "priority"):
+        for column in ("queue", "task", "worker", "priority", "workflow"):
             value = getattr(where, column)
             if value is not None:
                 clauses.append(f"{column} = %s")

@@ -20,7 +20,7 @@ from conveyor.stores.sql.pg_rows import (
     unnest_of,
 )
 
-LIVE = "('queued', 'scheduled', 'running')"
+LIVE = "('waiting', 'queued', 'scheduled', 'running')"
 
 _INSERT_UNNEST, _INSERT_NAMES = unnest_of(INSERT_COLUMNS)
 INSERT = f"""

@@ -41,6 +41,12 @@ COLUMNS = (
     "error",
     "result",
     "payload",
+    "concurrency_key",  # migration 2, to "progress"
+    "workflow",
+    "depends_on",
+    "feed",
+    "inputs",
+    "progress",
 )
 SELECT = ", ".join(COLUMNS)
 
@@ -88,6 +94,12 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         error,
         result,
         payload,
+        concurrency_key,
+        workflow,
+        depends_on,
+        feed,
+        inputs,
+        progress,
     ) = row[: len(COLUMNS)]
     return JobRecord(
         id=job_id,
@@ -113,6 +125,12 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         finished_at=finished_at,
         cancel_requested=cancel_requested,
         version=version,
+        concurrency_key=concurrency_key,
+        workflow=workflow,
+        depends_on=tuple(unpack_map(depends_on) or ()),
+        feed=feed,
+        inputs=None if inputs is None else bytes(inputs),
+        progress=unpack_map(progress),
     )
 
 
@@ -148,6 +166,12 @@ INSERT_COLUMNS = (
     ("version", "integer"),
     ("created_at", "double precision"),
     ("payload", "bytea"),
+    ("concurrency_key", "text"),
+    ("workflow", "text"),
+    ("depends_on", "bytea"),  # packed: unnest would flatten a text[][]
+    ("feed", "text"),
+    ("inputs", "bytea"),
+    ("progress", "bytea"),
 )
 
 #: what a state change may alter (never the job's identity or payload)
@@ -168,6 +192,8 @@ CHANGE_COLUMNS = (
     ("finished_at", "double precision"),
     ("error", "bytea"),
     ("result", "bytea"),
+    ("inputs", "bytea"),
+    ("progress", "bytea"),
 )
 
 
@@ -201,6 +227,12 @@ def insert_arrays(jobs: Sequence[JobRecord]) -> dict[str, list[Any]]:
                 job.version,
                 job.created_at,
                 job.payload,
+                job.concurrency_key,
+                job.workflow,
+                pack_map(list(job.depends_on)) if job.depends_on else None,
+                job.feed,
+                job.inputs,
+                pack_map(job.progress),
             ),
             strict=True,
         ):
@@ -231,6 +263,8 @@ def change_arrays(transitions: Sequence[Transition], first: int) -> dict[str, li
                 job.finished_at,
                 pack_map(job.error),
                 job.result,
+                job.inputs,
+                pack_map(job.progress),
             ),
             strict=True,
         ):

@@ -189,8 +189,20 @@ class Migration:
     statements: tuple[str, ...]
 
 
+_V2 = (
+    "ALTER TABLE jobs ADD COLUMN concurrency_key text, ADD COLUMN workflow text,"
+    " ADD COLUMN depends_on bytea, ADD COLUMN feed text, ADD COLUMN inputs bytea,"
+    " ADD COLUMN progress bytea",
+    "CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL",
+    # a waiting job holds its unique key too, as on the other engines
+    "DROP INDEX jobs_unique",
+    "CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)"
+    " WHERE unique_key IS NOT NULL AND state IN ('waiting', 'queued', 'scheduled', 'running')",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, events, counts, totals, meta, brokers; counting and notifying", _V1),
+    Migration(2, "concurrency keys, workflows (waiting jobs, their inputs) and progress", _V2),
 )
 LATEST = MIGRATIONS[-1].version
 
