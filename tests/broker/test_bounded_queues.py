@@ -245,6 +245,9 @@ async def test_the_counters_follow_the_store_through_every_change(core: Any) -> 
     from conveyor.lifecycle import Outcome
 
     async def same() -> None:
+        # a trigger's dispatch pass may be claiming in the background (on PostgreSQL it
+        # does so across loop turns, while stats() waits on the database): let it finish
+        await core.dispatcher.settled()
         waiting = {
             q: n
             for q, states in (await core.store.stats())["queues"].items()
