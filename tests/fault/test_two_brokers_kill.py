@@ -21,7 +21,8 @@ import pytest
 from conveyor import AsyncClient, JobState
 from tests.postgres import pg_url
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# 20,000 jobs through two brokers, one killed: about two minutes, past the suite's 60 s
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
 __all__ = ["pg_url"]
 REPO = Path(__file__).resolve().parents[2]
 N_JOBS = int(os.environ.get("CONVEYOR_TEST_TWO_BROKER_JOBS", "20000"))

@@ -179,11 +179,14 @@ def test_the_cards_show_the_numbers_of_api_stats(page: Any, system: LiveSystem) 
             "requeued": stats["requeued"],
             "dead": stats["states"]["dead"],
             "total": sum(stats["states"].values()),
-            "rate": stats["jobs_per_second"],
         }
+        # jobs/s is a moving average that changes with every history sample, so between
+        # the API's read and the card's it may move: it is checked as a number, not equal
+        rate = shown.pop("rate")
         if shown == expected:
             break
     assert shown == expected
+    assert isinstance(rate, int | float) and rate >= 0
     assert expected["scheduled"] == 1 and expected["total"] == 5 and expected["workers"] == [1, 0]
     # and what the cards print is those numbers
     expect(cards.locator("[data-card=completed] .value")).to_have_text("3")
