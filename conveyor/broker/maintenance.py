@@ -36,6 +36,7 @@ class Service(abc.ABC):
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @abc.abstractmethod
     async def run_once(self, now: float) -> None:
@@ -51,13 +52,17 @@ class Service(abc.ABC):
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        # A flag as well as the cancel: a library may swallow a cancel (psycopg_pool waits
+        # with asyncio.wait_for, which on Python 3.11 loses one that races its wake-up).
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait, not await: a cancel of our caller must reach it, not end up suppressed
+            await asyncio.wait([self._task])
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.run_once(self.clock.now())
             except Exception:
@@ -68,8 +73,13 @@ class Service(abc.ABC):
                 log.debug("%s: next delay unknown", type(self).__name__, exc_info=True)
                 delay = self.interval
             self._wake.clear()
+            if self._stopping:
+                return
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+            # arrives as its timeout expires, and this loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
 
 
 class LeaseReaper(Service):

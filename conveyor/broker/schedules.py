@@ -100,14 +100,20 @@ class ScheduleBook:
 
     def describe(self, s: Schedule, state: State) -> dict[str, Any]:
         """A schedule as clients see it: its definition, last and next run."""
-        last = state.get("last", s.created_at)
         return {
             **s.to_map(),
             "when": s.when,
             "last_run": state.get("fired"),
             "last_job": state.get("job"),
-            "next_run": None if s.paused else next_slot(s, max(last, self.clock.now())),
+            "next_run": None if s.paused else self._next_run(s, state),
         }
+
+    def _next_run(self, s: Schedule, state: State) -> float:
+        """The slot that fires next: a due slot the catch-up policy will still fire (one may
+        fall between the schedule's creation and now), else the first after now."""
+        last, now = state.get("last", s.created_at), self.clock.now()
+        due = plan(s, last, now).fire
+        return due[0] if due else next_slot(s, max(last, now))
 
     async def list_all(self) -> list[dict[str, Any]]:
         defs, states = await self._defs(), await self._states()

@@ -73,8 +73,7 @@ class TLSServer:
     async def stop(self) -> None:
         if self._accept_task is not None:
             self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
+            await asyncio.wait([self._accept_task])  # a cancel of our caller still reaches it
         for task in list(self._pending):
             task.cancel()
         if self._sock is not None:

@@ -8,6 +8,8 @@ background services do when their clock says it is time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -327,3 +329,23 @@ async def test_a_running_jobs_lease_expiry_follows_its_workers_heartbeats(h: Har
     h.clock.advance(7)
     h.core.workforce.heartbeat(worker, ["a"])
     assert h.core.lease_expiry(await h.get("a")) == h.clock.now() + LEASE
+
+
+async def test_a_service_stops_even_when_its_work_swallows_the_cancel(h: Harness) -> None:
+    """psycopg_pool waits with asyncio.wait_for, which on Python 3.11 can lose a cancel that
+    races its wake-up; the service loop must still end when asked to stop."""
+    started = asyncio.Event()
+
+    class Stubborn(RetentionCleaner):
+        interval = 3600.0
+
+        async def run_once(self, now: float) -> None:
+            started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    service = Stubborn(h.core, h.clock)
+    service.start()
+    await started.wait()
+    async with asyncio.timeout(5):
+        await service.stop()

@@ -48,6 +48,7 @@ class NotifyListener:
         self.listener = listener
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.received = 0
 
     async def start(self) -> None:
@@ -56,15 +57,16 @@ class NotifyListener:
             await asyncio.wait_for(self.connected.wait(), 10)
 
     async def stop(self) -> None:
+        self._stopping = True  # as well as the cancel, which psycopg may swallow (Python 3.11)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait, not await: a cancel of our caller must reach it, not end up suppressed
+            await asyncio.wait([self._task])
 
     async def _run(self) -> None:
         pause = RETRY_FIRST
         first = True
-        while True:
+        while not self._stopping:
             try:
                 conn = await self.db.connect()
             except psycopg.Error as exc:
