@@ -74,8 +74,11 @@ class Harness:
         link = worker.link
         assert isinstance(link, FakeLink)
         before = len(link.jobs)
-        await self.core.dispatcher.run_once()
-        await self.core.dispatcher.settled()  # and what a trigger started meanwhile
+        # one pass at a time, as in the broker: a pass of our own beside one a trigger
+        # started would claim for the same worker concurrently (out of order on PostgreSQL)
+        await self.core.dispatcher.settled()
+        self.core.dispatcher.trigger()
+        await self.core.dispatcher.settled()
         return link.jobs[before:]
 
     async def get(self, job_id: str) -> JobRecord:
