@@ -41,12 +41,14 @@ _RATE_RE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?:/\s*([smh]
 
 
 def invalid(fld: str, message: str) -> InvalidJob:
-    """An ``invalid`` error naming ``fld`` (as :func:`conveyor.validation.invalid`; this
-    module sits below validation, which checks task options with it)."""
+    """An ``invalid`` error naming ``fld``; the message starts with the field's name. (Here
+    rather than in :mod:`conveyor.validation`, which sits above and re-exports it.)"""
     return InvalidJob("invalid", message if message.startswith(fld) else f"{fld} {message}", fld)
 
 
 def check_name(value: Any, fld: str, max_len: int) -> str:
+    """``value`` as a name (task, queue, key...): a non-empty string of at most ``max_len``
+    letters, digits and ``_ . : -``."""
     if not isinstance(value, str) or not value:
         raise invalid(fld, "must be a non-empty string")
     if len(value) > max_len:

@@ -7,7 +7,6 @@ routes both use these, so both faces accept and refuse exactly the same input.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from conveyor import limitspec
@@ -31,26 +30,12 @@ from conveyor.limits import (
     MAX_UNIQUE_KEY,
     MIN_PRIORITY,
     MIN_TIMEOUT,
-    NAME_PATTERN,
 )
+
+# the field checks live with the limits below us; re-exported for the routes
+from conveyor.limitspec import check_name as check_name
+from conveyor.limitspec import invalid as invalid
 from conveyor.protocol.payload import PayloadError, check_json, looks_like_call, pack_call
-
-NAME_RE = re.compile(NAME_PATTERN)
-
-
-def invalid(fld: str, message: str) -> InvalidJob:
-    """An ``invalid`` error naming ``fld``; the message starts with the field's name."""
-    return InvalidJob("invalid", message if message.startswith(fld) else f"{fld} {message}", fld)
-
-
-def check_name(value: Any, fld: str, max_len: int) -> str:
-    if not isinstance(value, str) or not value:
-        raise invalid(fld, "must be a non-empty string")
-    if len(value) > max_len:
-        raise invalid(fld, f"must be at most {max_len} characters")
-    if not NAME_RE.fullmatch(value):
-        raise invalid(fld, "may only contain letters, digits and _ . : -")
-    return value
 
 
 def number(raw: dict[str, Any], fld: str, lo: float, hi: float, *, integer: bool = False) -> Any:

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
+from conveyor.client import failover
 from conveyor.client.aio import AsyncClient
 from conveyor.config import ensure_broker_files
 from conveyor.worker.runner import Worker
@@ -39,6 +41,33 @@ async def broker(broker_config: BrokerConfig) -> AsyncIterator[Broker]:
         yield b
     finally:
         await b.stop()
+
+
+@pytest.fixture
+async def other(home: Path) -> AsyncIterator[Broker]:
+    """A second broker of the same home (same CA and tokens), on a store of its own."""
+    b = Broker(BrokerConfig(port=0, store_url="memory://", home=home))
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+@pytest.fixture
+def first_address_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failover rotations start at the first address given (not a random one)."""
+    monkeypatch.setattr(failover, "first_index", lambda n: 0)
+
+
+@pytest.fixture
+async def http(broker: Broker, home: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin's HTTP client of the broker's API (a test's ``broker_config`` sets
+    ``http_port=0``)."""
+    assert broker.dashboard_url is not None, "start the broker with http_port=0"
+    headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
+    async with httpx.AsyncClient(base_url=broker.dashboard_url, headers=headers) as client:
+        yield client
 
 
 @pytest.fixture

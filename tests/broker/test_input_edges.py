@@ -244,14 +244,6 @@ async def test_a_boolean_lease_names_no_run(broker: Broker, home: Path, raw: Raw
 
 
 # -- the HTTP API ---------------------------------------------------------------------------------
-@pytest.fixture
-async def http(broker: Broker, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    assert broker.dashboard_url is not None
-    headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
-    async with httpx.AsyncClient(base_url=broker.dashboard_url, headers=headers) as client:
-        yield client
-
-
 @pytest.mark.parametrize(
     ("body", "fld"),
     [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +15,11 @@ import pytest
 from conveyor import AsyncClient, Client, JobState
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
-from conveyor.client import failover
 from conveyor.config import ensure_broker_files
 from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost
 
-
-@pytest.fixture(autouse=True)
-def first_address_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rotations start at the first address given, so each test knows who is dialled."""
-    monkeypatch.setattr(failover, "first_index", lambda n: 0)
-
-
-@pytest.fixture
-async def other(home: Path) -> AsyncIterator[Broker]:
-    """A second broker of the same home (same CA and tokens), on a store of its own."""
-    b = Broker(BrokerConfig(port=0, store_url="memory://", home=home))
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
+# rotations start at the first address given, so each test knows who is dialled
+pytestmark = pytest.mark.usefixtures("first_address_first")
 
 
 def dead_port() -> int:

@@ -4,7 +4,6 @@ the /api/events live feed."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import httpx
 import pytest
 
 from conveyor import JobFailed, chain, sig
-from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
 from conveyor.client.aio import AsyncClient
 from conveyor.worker.tasks import TaskRegistry
@@ -23,14 +21,6 @@ from tests.flow.conftest import MODULES
 @pytest.fixture
 def broker_config(home: Path) -> BrokerConfig:
     return BrokerConfig(port=0, store_url="memory://", home=home, http_port=0)
-
-
-@pytest.fixture
-async def http(broker: Broker, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    assert broker.dashboard_url is not None
-    headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
-    async with httpx.AsyncClient(base_url=broker.dashboard_url, headers=headers) as client:
-        yield client
 
 
 async def test_the_api_and_the_live_feed_carry_progress(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ def broker_config(home: Path) -> BrokerConfig:
 def token(home: Path, role: Role = Role.ADMIN, **kwargs: Any) -> str:
     made, _ = TokenRegistry(home / "tokens.json").create(role, now=time.time(), **kwargs)
     return made
-
-
-@pytest.fixture
-async def http(broker: Broker, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    assert broker.dashboard_url is not None
-    headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
-    async with httpx.AsyncClient(base_url=broker.dashboard_url, headers=headers) as client:
-        yield client
 
 
 def error(response: httpx.Response) -> dict[str, Any]:

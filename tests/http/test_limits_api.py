@@ -3,27 +3,17 @@ the limits in /api/stats and /metrics."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
 
 
 @pytest.fixture
 def broker_config(home: Path) -> BrokerConfig:
     return BrokerConfig(port=0, store_url="memory://", home=home, http_port=0)
-
-
-@pytest.fixture
-async def http(broker: Broker, home: Path) -> AsyncIterator[httpx.AsyncClient]:
-    assert broker.dashboard_url is not None
-    headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
-    async with httpx.AsyncClient(base_url=broker.dashboard_url, headers=headers) as client:
-        yield client
 
 
 async def test_set_read_and_clear_limits(http: httpx.AsyncClient) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,12 @@ import pytest
 
 from conveyor import AsyncClient
 from conveyor.broker.app import Broker
-from conveyor.broker.config import BrokerConfig
-from conveyor.client import failover
 from conveyor.errors import AuthenticationError
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import load_tasks
 
-
-@pytest.fixture(autouse=True)
-def first_address_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(failover, "first_index", lambda n: 0)
-
-
-@pytest.fixture
-async def other(home: Path) -> AsyncIterator[Broker]:
-    """A second broker of the same home (same CA and tokens), on a store of its own."""
-    b = Broker(BrokerConfig(port=0, store_url="memory://", home=home))
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
+# rotations start at the first address given, so each test knows who is dialled
+pytestmark = pytest.mark.usefixtures("first_address_first")
 
 
 def worker_for(url: str, home: Path, **kwargs: Any) -> Worker:
