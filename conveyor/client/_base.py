@@ -1,6 +1,6 @@
 """What Client and AsyncClient share: settings, building and checking requests, reading replies.
 
-The twins differ only in how they move bytes (``transport.py``). Everything a submit
+The twins differ only in how they move bytes (``sync_transport.py`` and ``async_transport.py``). Everything a submit
 carries is checked here, before anything is sent: a value that is not JSON-compatible, a
 payload over the broker's limit or a bad option raises :class:`~conveyor.errors.InvalidJob`
 naming the argument at once. Job ids are chosen here, on the client, so that sending a

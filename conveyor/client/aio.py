@@ -30,9 +30,10 @@ from conveyor.client._base import (
     wait_frame,
     workflow_specs,
 )
+from conveyor.client.async_transport import AsyncTransport
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import AsyncWorkflow
-from conveyor.client.transport import AsyncTransport, NotResent
+from conveyor.client.transport import NotResent
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD

@@ -32,7 +32,8 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import WorkflowHandle
-from conveyor.client.transport import NotResent, SyncTransport
+from conveyor.client.sync_transport import SyncTransport
+from conveyor.client.transport import NotResent
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD

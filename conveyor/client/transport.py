@@ -1,8 +1,10 @@
 """Transports: they move bytes between a :class:`~conveyor.protocol.session.ClientSession`
 and a TLS socket, and reconnect when a working connection is lost. Nothing else.
 
-:class:`SyncTransport` blocks (a plain socket, no threads); :class:`AsyncTransport` runs on
-asyncio (the AsyncClient's and the worker's). Both give the same guarantees:
+:class:`~conveyor.client.sync_transport.SyncTransport` blocks (a plain socket, no
+threads); :class:`~conveyor.client.async_transport.AsyncTransport` runs on asyncio (the
+AsyncClient's and the worker's). This module holds what both share. Both give the same
+guarantees:
 
 * the first connection tries each of the endpoint's addresses once, in the order of a
   :class:`~conveyor.client.failover.Rotation` (one address: just that one); if none
@@ -21,30 +23,13 @@ asyncio (the AsyncClient's and the worker's). Both give the same guarantees:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
-import ssl
-import time
-from collections.abc import Callable
 from typing import Any
 
 from conveyor.client.endpoint import Address, Endpoint
-from conveyor.client.failover import Rotation, unreachable
-from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost, ProtocolError
-from conveyor.protocol.session import (
-    Backoff,
-    ClientSession,
-    Closed,
-    Event,
-    Push,
-    Reply,
-    Welcome,
-    error_of,
-    refusal,
-    reply_timeout,
-)
+from conveyor.client.failover import unreachable
+from conveyor.errors import AuthenticationError, ConnectionLost
+from conveyor.protocol.session import Event, Welcome
 
 log = logging.getLogger("conveyor.client")
 Frame = dict[str, Any]
@@ -55,7 +40,7 @@ Failures = list[tuple[Address, BaseException]]
 UNREACHABLE = (OSError, ConnectionLost, TimeoutError)  # a broker we could not use: try another
 
 
-class _NoneAnswered(Exception):
+class NoneAnswered(Exception):
     """No address of a round could be used (internal: becomes BrokerUnavailable or
     ConnectionLost with the words of :func:`~conveyor.client.failover.unreachable`)."""
 
@@ -69,7 +54,7 @@ class NotResent(ConnectionLost):
     or may not have applied it, and it was not sent again."""
 
 
-def _not_resent(frame: Frame, address: Address, exc: BaseException) -> NotResent:
+def not_resent(frame: Frame, address: Address, exc: BaseException) -> NotResent:
     return NotResent(
         f"the connection to the broker at {address} was lost before it answered this "
         f"{frame.get('t')!r} request ({exc}); it was not sent again, since the broker may "
@@ -77,497 +62,15 @@ def _not_resent(frame: Frame, address: Address, exc: BaseException) -> NotResent
     )
 
 
-def _failed_over(lost: Address | None, address: Address) -> None:
+def failed_over(lost: Address | None, address: Address) -> None:
     if lost is not None and lost != address:
         log.warning("lost the broker at %s; failed over to the broker at %s", lost, address)
 
 
-def _again(exc: AuthenticationError) -> AuthenticationError:
+def again(exc: AuthenticationError) -> AuthenticationError:
     """A fresh copy of a remembered refusal (re-raising one instance grows its traceback)."""
     return type(exc)(exc.code, exc.message, exc.field)
 
 
-def _welcome(event: Event) -> Frame | None:
+def welcome_of(event: Event) -> Frame | None:
     return event.frame if isinstance(event, Welcome) else None
-
-
-# -- blocking ---------------------------------------------------------------------------------
-class _SyncConnection:
-    """One blocking TLS connection and its session."""
-
-    def __init__(
-        self, endpoint: Endpoint, address: Address, agent: str, connect_timeout: float
-    ) -> None:
-        self.address = address
-        self.session = ClientSession(endpoint.token, endpoint.name, agent)
-        raw = socket.create_connection((address.host, address.port), timeout=connect_timeout)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # the certificate is checked against the host dialled, each address its own
-            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=address.host)
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            self.sock.sendall(self.session.hello())
-            self.welcome = self._until(_welcome, connect_timeout)
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _until(self, wanted: Callable[[Event], Frame | None], timeout: float | None) -> Frame:
-        """Read until an event arrives of which ``wanted`` returns a frame; return that."""
-        self.sock.settimeout(timeout)
-        while True:
-            try:
-                data = self.sock.recv(READ_SIZE)
-                events = self.session.receive(data)
-            except (OSError, ProtocolError) as exc:
-                if isinstance(exc, TimeoutError | socket.timeout):
-                    raise ConnectionLost("no reply from the broker in time") from exc
-                raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-            for event in events:
-                frame = wanted(event)
-                if frame is not None:
-                    return frame
-                if isinstance(event, Push) and self.session.welcome is None:
-                    err = error_of(event.frame)
-                    if err is not None:
-                        raise err  # the handshake was refused (bad token ...)
-                if isinstance(event, Closed):
-                    refused = refusal(event)
-                    if refused is not None:
-                        raise refused  # our own frame was refused: sending it again won't help
-                    raise ConnectionLost(event.reason)
-
-    def request(self, frame: Frame, resend: bool) -> Frame:
-        req, data = self.session.request(frame, resend=resend)
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-        reply = self._until(
-            lambda e: e.frame if isinstance(e, Reply) and e.request is req else None,
-            reply_timeout(frame),
-        )
-        err = error_of(reply)
-        if err is not None:
-            raise err
-        return reply
-
-    def close(self) -> None:
-        try:
-            if self.session.open:
-                self.sock.sendall(self.session.send({"t": "goodbye", "reason": "client closing"}))
-        except (OSError, ssl.SSLError, ProtocolError):
-            pass
-        finally:
-            self.sock.close()
-
-
-class SyncTransport:
-    """Blocking requests over one connection at a time; see the module docstring."""
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        agent: str = "conveyor-client",
-        reconnect_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        self.endpoint = endpoint
-        self.agent = agent
-        self.connect_timeout = connect_timeout
-        self._backoff = Backoff(reconnect_timeout)
-        self._rotation = Rotation(endpoint.addresses)
-        self._conn: _SyncConnection | None = None
-        self._worked = False
-        self._refused: AuthenticationError | None = None  # our credentials, refused for good
-
-    @property
-    def welcome(self) -> Frame:
-        return self._connection().welcome
-
-    @property
-    def address(self) -> Address:
-        """The broker connected to (before the first connection: the first to try)."""
-        return self._rotation.current
-
-    def connect(self) -> None:
-        """Connect now, to the first address that answers; BrokerUnavailable (no retry)
-        if none does."""
-        if self._refused is not None:
-            raise _again(self._refused)
-        try:
-            self._conn = self._dial(self._rotation.first_round(), None)
-        except _NoneAnswered as exc:
-            raise BrokerUnavailable(str(exc)) from exc.failures[-1][1]
-        self._worked = True
-        self._backoff.reset()
-
-    def _dial(self, order: list[Address], lost: Address | None) -> _SyncConnection:
-        """The first connection of ``order`` that completes its handshake."""
-        failures: Failures = []
-        for address in order:
-            try:
-                conn = _SyncConnection(self.endpoint, address, self.agent, self.connect_timeout)
-            except AuthenticationError as exc:
-                self._refused = exc  # every broker of the system shares the tokens
-                raise
-            except UNREACHABLE as exc:
-                log.debug("broker at %s unusable: %s", address, exc)
-                failures.append((address, exc))
-                continue
-            self._rotation.connected(address)
-            _failed_over(lost, address)
-            return conn
-        raise _NoneAnswered(self.endpoint, failures)
-
-    def _connection(self) -> _SyncConnection:
-        if self._refused is not None:
-            raise _again(self._refused)
-        if self._conn is None:
-            if not self._worked:
-                self.connect()
-            else:
-                self._reconnect()
-        assert self._conn is not None
-        return self._conn
-
-    def _reconnect(self) -> None:
-        self._backoff.start(time.monotonic())
-        lost = self._rotation.current
-        while True:
-            try:
-                self._conn = self._dial(self._rotation.after_loss(), lost)
-                return
-            except _NoneAnswered as exc:
-                delay = self._backoff.next_delay(time.monotonic())
-                if delay is None:
-                    raise ConnectionLost(
-                        f"lost the broker at {lost} and could not reconnect: {exc}"
-                    ) from exc
-                time.sleep(delay)
-
-    def request(self, frame: Frame, *, resend: bool = True) -> Frame:
-        """Send a request and return its reply (an ERROR reply raises BrokerError)."""
-        while True:
-            conn = self._connection()
-            try:
-                reply = conn.request(frame, resend)
-            except AuthenticationError as exc:
-                self._refused = exc  # what a reconnect would hear too
-                conn.sock.close()
-                self._conn = None
-                raise
-            except ConnectionLost as exc:
-                conn.sock.close()
-                self._conn = None
-                if not resend:
-                    raise _not_resent(frame, conn.address, exc) from exc
-                # lost again right after a reconnect: the same budget and pace as connecting
-                time.sleep(self._pause_before_resend(conn.address, exc))
-                continue
-            self._backoff.reset()  # the budget is for a loss: a served request ends one
-            return reply
-
-    def _pause_before_resend(self, address: Address, exc: ConnectionLost) -> float:
-        now = time.monotonic()
-        self._backoff.start(now)
-        delay = self._backoff.next_delay(now)
-        if delay is None:
-            raise ConnectionLost(
-                f"the broker at {address} keeps dropping the connection: {exc}"
-            ) from exc
-        return delay
-
-    @property
-    def session(self) -> ClientSession:
-        return self._connection().session
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-# -- asyncio ----------------------------------------------------------------------------------
-Push_ = Callable[[Frame], None]
-
-
-class AsyncConnection:
-    """One asyncio TLS connection and its session. Frames written in one loop iteration
-    leave in one write. Pushed frames go to ``on_push``. When the connection drops, every
-    pending request fails with ConnectionLost and :attr:`closed` is set."""
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        agent: str,
-        on_push: Push_ | None = None,
-        address: Address | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.address = endpoint.addresses[0] if address is None else address
-        self.session = ClientSession(endpoint.token, endpoint.name, agent)
-        self.on_push = on_push
-        self.welcome: Frame = {}
-        self.closed = asyncio.Event()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._read_task: asyncio.Task[None] | None = None
-        self._refused: BaseException | None = None  # why pending requests must not be resent
-
-    async def connect(self, timeout: float = 10.0) -> Frame:
-        host, port = self.address
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(  # the certificate is checked against the host dialled
-                host, port, ssl=self.endpoint.ssl_context, server_hostname=host, limit=2**20
-            ),
-            timeout,
-        )
-        self._reader, self._writer = reader, writer
-        try:
-            writer.write(self.session.hello())
-            self.welcome = await asyncio.wait_for(self._handshake(), timeout)
-        except BaseException:
-            writer.close()  # refused, timed out or cut off: do not leak the socket
-            raise
-        self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
-        return self.welcome
-
-    async def _handshake(self) -> Frame:
-        assert self._reader is not None
-        while True:
-            data = await self._reader.read(READ_SIZE)
-            for event in self.session.receive(data):
-                if isinstance(event, Welcome):
-                    return event.frame
-                err = error_of(event.frame) if isinstance(event, Push) else None
-                if err is not None:
-                    raise err
-                if isinstance(event, Closed):
-                    raise ConnectionLost("the broker closed the connection during the handshake")
-
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        try:
-            while True:
-                data = await self._reader.read(READ_SIZE)
-                for event in self.session.receive(data):
-                    if isinstance(event, Reply):
-                        fut = event.request.token
-                        if isinstance(fut, asyncio.Future) and not fut.done():
-                            fut.set_result(event.frame)
-                    elif isinstance(event, Push):
-                        self._pushed(event.frame)
-                    elif isinstance(event, Closed):
-                        self._refused = refusal(event)
-                        return
-        except (OSError, ProtocolError, asyncio.IncompleteReadError) as exc:
-            log.debug("connection lost: %s", exc)
-        finally:
-            self._fail_pending()
-            self.closed.set()
-            if self._writer is not None:
-                self._writer.close()
-
-    @property
-    def refused(self) -> BaseException | None:
-        """The broker's fatal ERROR that closed this connection, when it blamed our frame or
-        our credentials (resending would be refused again); else None."""
-        return self._refused
-
-    def _pushed(self, frame: Frame) -> None:
-        if self.on_push is not None:
-            self.on_push(frame)
-        elif frame.get("t") == "error":
-            log.warning("broker error: %s: %s", frame.get("code"), frame.get("message"))
-
-    def _fail_pending(self) -> None:
-        again, failed = self.session.lost()
-        for req in [*again, *failed]:
-            fut = req.token
-            if isinstance(fut, asyncio.Future) and not fut.done():
-                fut.set_exception(
-                    self._refused or ConnectionLost("the connection to the broker was lost")
-                )
-
-    def send(self, frame: Frame) -> None:
-        """Queue a frame that gets no reply (coalesced writes)."""
-        self.write(self._check().send(frame))
-
-    def _check(self) -> ClientSession:
-        if self.closed.is_set() or self._writer is None:
-            raise ConnectionLost("not connected to the broker")
-        return self.session
-
-    def write(self, data: bytes) -> None:
-        """Queue encoded bytes (frames from :attr:`session`) for this loop turn's write."""
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(b"".join(self._out))
-        self._out.clear()
-
-    async def request(self, frame: Frame, resend: bool = True) -> Frame:
-        """Send a request and await its reply; ERROR replies raise BrokerError."""
-        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        req, data = self._check().request(frame, resend=resend, token=fut)
-        self.write(data)
-        try:
-            reply = await fut
-        except asyncio.CancelledError:
-            self.session.forget(req)
-            raise
-        err = error_of(reply)
-        if err is not None:
-            raise err
-        return reply
-
-    async def drain(self) -> None:
-        self.flush()
-        if self._writer is not None:
-            with contextlib.suppress(OSError, ConnectionError):
-                await self._writer.drain()
-
-    async def close(self) -> None:
-        if self._writer is not None and not self.closed.is_set():
-            with contextlib.suppress(Exception):
-                self.send({"t": "goodbye", "reason": "client closing"})
-                await self.drain()
-            self._writer.close()
-        if self._read_task is not None:
-            self._read_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._read_task
-        self._fail_pending()
-        self.closed.set()
-
-
-class AsyncTransport:
-    """Concurrent requests over one asyncio connection, reconnecting as the module says."""
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        agent: str = "conveyor-async-client",
-        reconnect_timeout: float = 30.0,
-    ) -> None:
-        self.endpoint = endpoint
-        self.agent = agent
-        self._backoff = Backoff(reconnect_timeout)
-        self._rotation = Rotation(endpoint.addresses)
-        self._conn: AsyncConnection | None = None
-        self._lock = asyncio.Lock()
-        self._worked = False
-        self._given_up = 0  # reconnects abandoned: tasks queued behind one fail at once
-        self._refused: AuthenticationError | None = None  # our credentials, refused for good
-
-    @property
-    def address(self) -> Address:
-        """The broker connected to (before the first connection: the first to try)."""
-        return self._rotation.current
-
-    async def connect(self) -> AsyncConnection:
-        """Connect now, to the first address that answers; BrokerUnavailable (no retry)
-        if none does."""
-        if self._refused is not None:
-            raise _again(self._refused)
-        try:
-            conn = await self._dial(self._rotation.first_round(), None)
-        except _NoneAnswered as exc:
-            raise BrokerUnavailable(str(exc)) from exc.failures[-1][1]
-        self._conn = conn
-        self._worked = True
-        self._backoff.reset()
-        return conn
-
-    async def _dial(self, order: list[Address], lost: Address | None) -> AsyncConnection:
-        """The first connection of ``order`` that completes its handshake."""
-        failures: Failures = []
-        for address in order:
-            conn = AsyncConnection(self.endpoint, self.agent, address=address)
-            try:
-                await conn.connect()
-            except AuthenticationError as exc:
-                self._refused = exc  # every broker of the system shares the tokens
-                raise
-            except UNREACHABLE as exc:
-                log.debug("broker at %s unusable: %s", address, exc)
-                failures.append((address, exc))
-                continue
-            self._rotation.connected(address)
-            _failed_over(lost, address)
-            return conn
-        raise _NoneAnswered(self.endpoint, failures)
-
-    async def _connection(self) -> AsyncConnection:
-        given_up = self._given_up
-        async with self._lock:
-            conn = self._conn
-            if conn is not None and not conn.closed.is_set():
-                return conn
-            if conn is not None and isinstance(conn.refused, AuthenticationError):
-                self._refused = conn.refused  # the broker ended our token: do not knock again
-            if self._refused is not None:
-                raise _again(self._refused)
-            if not self._worked:
-                return await self.connect()
-            if self._given_up != given_up:
-                raise ConnectionLost(f"no broker of {self.endpoint.address} is reachable")
-            self._backoff.start(time.monotonic())
-            lost = self._rotation.current
-            while True:
-                try:
-                    fresh = await self._dial(self._rotation.after_loss(), lost)
-                except _NoneAnswered as exc:
-                    delay = self._backoff.next_delay(time.monotonic())
-                    if delay is None:
-                        self._given_up += 1
-                        raise ConnectionLost(
-                            f"lost the broker at {lost} and could not reconnect: {exc}"
-                        ) from exc
-                    await asyncio.sleep(delay)
-                    continue
-                self._conn = fresh
-                return fresh
-
-    async def request(self, frame: Frame, *, resend: bool = True) -> Frame:
-        while True:
-            conn = await self._connection()
-            try:
-                reply = await conn.request(frame, resend)
-            except AuthenticationError as exc:
-                self._refused = exc
-                raise
-            except ConnectionLost as exc:
-                if not resend:
-                    raise _not_resent(frame, conn.address, exc) from exc
-                # lost again right after a reconnect: the same budget and pace as connecting
-                now = time.monotonic()
-                self._backoff.start(now)
-                delay = self._backoff.next_delay(now)
-                if delay is None:
-                    raise ConnectionLost(
-                        f"the broker at {conn.address} keeps dropping the connection: {exc}"
-                    ) from exc
-                await asyncio.sleep(delay)
-                continue
-            self._backoff.reset()  # the budget is for a loss: a served request ends one
-            return reply
-
-    async def session(self) -> ClientSession:
-        return (await self._connection()).session
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None

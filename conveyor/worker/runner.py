@@ -56,9 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conveyor.client.async_transport import AsyncConnection
 from conveyor.client.endpoint import Address, make_endpoint
 from conveyor.client.failover import Rotation
-from conveyor.client.transport import AsyncConnection
 from conveyor.errors import BrokerError, ConfigError, ConnectionLost, TooManyFailures
 from conveyor.limits import PROGRESS_INTERVAL
 from conveyor.protocol.session import split_to_fit

@@ -13,8 +13,8 @@ import pytest
 from conveyor import AsyncClient, JobState, task
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
+from conveyor.client.async_transport import AsyncConnection
 from conveyor.client.endpoint import make_endpoint
-from conveyor.client.transport import AsyncConnection
 from conveyor.errors import ConnectionLost
 from conveyor.worker.tasks import TaskRegistry
 

@@ -1,0 +1,237 @@
+"""The blocking transport: one TLS socket at a time, no threads (the sync Client's).
+
+The guarantees it gives are those of :mod:`conveyor.client.transport`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from conveyor.client.endpoint import Address, Endpoint
+from conveyor.client.failover import Rotation
+from conveyor.client.transport import (
+    READ_SIZE,
+    UNREACHABLE,
+    Failures,
+    Frame,
+    NoneAnswered,
+    again,
+    failed_over,
+    log,
+    not_resent,
+    welcome_of,
+)
+from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost, ProtocolError
+from conveyor.protocol.session import (
+    Backoff,
+    ClientSession,
+    Closed,
+    Event,
+    Push,
+    Reply,
+    error_of,
+    refusal,
+    reply_timeout,
+)
+
+
+class _SyncConnection:
+    """One blocking TLS connection and its session."""
+
+    def __init__(
+        self, endpoint: Endpoint, address: Address, agent: str, connect_timeout: float
+    ) -> None:
+        self.address = address
+        self.session = ClientSession(endpoint.token, endpoint.name, agent)
+        raw = socket.create_connection((address.host, address.port), timeout=connect_timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # the certificate is checked against the host dialled, each address its own
+            self.sock = endpoint.ssl_context.wrap_socket(raw, server_hostname=address.host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            self.sock.sendall(self.session.hello())
+            self.welcome = self._until(welcome_of, connect_timeout)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _until(self, wanted: Callable[[Event], Frame | None], timeout: float | None) -> Frame:
+        """Read until an event arrives of which ``wanted`` returns a frame; return that."""
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                data = self.sock.recv(READ_SIZE)
+                events = self.session.receive(data)
+            except (OSError, ProtocolError) as exc:
+                if isinstance(exc, TimeoutError | socket.timeout):
+                    raise ConnectionLost("no reply from the broker in time") from exc
+                raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+            for event in events:
+                frame = wanted(event)
+                if frame is not None:
+                    return frame
+                if isinstance(event, Push) and self.session.welcome is None:
+                    err = error_of(event.frame)
+                    if err is not None:
+                        raise err  # the handshake was refused (bad token ...)
+                if isinstance(event, Closed):
+                    refused = refusal(event)
+                    if refused is not None:
+                        raise refused  # our own frame was refused: sending it again won't help
+                    raise ConnectionLost(event.reason)
+
+    def request(self, frame: Frame, resend: bool) -> Frame:
+        req, data = self.session.request(frame, resend=resend)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+        reply = self._until(
+            lambda e: e.frame if isinstance(e, Reply) and e.request is req else None,
+            reply_timeout(frame),
+        )
+        err = error_of(reply)
+        if err is not None:
+            raise err
+        return reply
+
+    def close(self) -> None:
+        try:
+            if self.session.open:
+                self.sock.sendall(self.session.send({"t": "goodbye", "reason": "client closing"}))
+        except (OSError, ssl.SSLError, ProtocolError):
+            pass
+        finally:
+            self.sock.close()
+
+
+class SyncTransport:
+    """Blocking requests over one connection at a time; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        agent: str = "conveyor-client",
+        reconnect_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent = agent
+        self.connect_timeout = connect_timeout
+        self._backoff = Backoff(reconnect_timeout)
+        self._rotation = Rotation(endpoint.addresses)
+        self._conn: _SyncConnection | None = None
+        self._worked = False
+        self._refused: AuthenticationError | None = None  # our credentials, refused for good
+
+    @property
+    def welcome(self) -> Frame:
+        return self._connection().welcome
+
+    @property
+    def address(self) -> Address:
+        """The broker connected to (before the first connection: the first to try)."""
+        return self._rotation.current
+
+    def connect(self) -> None:
+        """Connect now, to the first address that answers; BrokerUnavailable (no retry)
+        if none does."""
+        if self._refused is not None:
+            raise again(self._refused)
+        try:
+            self._conn = self._dial(self._rotation.first_round(), None)
+        except NoneAnswered as exc:
+            raise BrokerUnavailable(str(exc)) from exc.failures[-1][1]
+        self._worked = True
+        self._backoff.reset()
+
+    def _dial(self, order: list[Address], lost: Address | None) -> _SyncConnection:
+        """The first connection of ``order`` that completes its handshake."""
+        failures: Failures = []
+        for address in order:
+            try:
+                conn = _SyncConnection(self.endpoint, address, self.agent, self.connect_timeout)
+            except AuthenticationError as exc:
+                self._refused = exc  # every broker of the system shares the tokens
+                raise
+            except UNREACHABLE as exc:
+                log.debug("broker at %s unusable: %s", address, exc)
+                failures.append((address, exc))
+                continue
+            self._rotation.connected(address)
+            failed_over(lost, address)
+            return conn
+        raise NoneAnswered(self.endpoint, failures)
+
+    def _connection(self) -> _SyncConnection:
+        if self._refused is not None:
+            raise again(self._refused)
+        if self._conn is None:
+            if not self._worked:
+                self.connect()
+            else:
+                self._reconnect()
+        assert self._conn is not None
+        return self._conn
+
+    def _reconnect(self) -> None:
+        self._backoff.start(time.monotonic())
+        lost = self._rotation.current
+        while True:
+            try:
+                self._conn = self._dial(self._rotation.after_loss(), lost)
+                return
+            except NoneAnswered as exc:
+                delay = self._backoff.next_delay(time.monotonic())
+                if delay is None:
+                    raise ConnectionLost(
+                        f"lost the broker at {lost} and could not reconnect: {exc}"
+                    ) from exc
+                time.sleep(delay)
+
+    def request(self, frame: Frame, *, resend: bool = True) -> Frame:
+        """Send a request and return its reply (an ERROR reply raises BrokerError)."""
+        while True:
+            conn = self._connection()
+            try:
+                reply = conn.request(frame, resend)
+            except AuthenticationError as exc:
+                self._refused = exc  # what a reconnect would hear too
+                conn.sock.close()
+                self._conn = None
+                raise
+            except ConnectionLost as exc:
+                conn.sock.close()
+                self._conn = None
+                if not resend:
+                    raise not_resent(frame, conn.address, exc) from exc
+                # lost again right after a reconnect: the same budget and pace as connecting
+                time.sleep(self._pause_before_resend(conn.address, exc))
+                continue
+            self._backoff.reset()  # the budget is for a loss: a served request ends one
+            return reply
+
+    def _pause_before_resend(self, address: Address, exc: ConnectionLost) -> float:
+        now = time.monotonic()
+        self._backoff.start(now)
+        delay = self._backoff.next_delay(now)
+        if delay is None:
+            raise ConnectionLost(
+                f"the broker at {address} keeps dropping the connection: {exc}"
+            ) from exc
+        return delay
+
+    @property
+    def session(self) -> ClientSession:
+        return self._connection().session
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
