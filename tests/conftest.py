@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from conveyor.client.aio import AsyncClient
 from conveyor.config import ensure_broker_files
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import TaskRegistry, load_tasks
+from tests.flow.conftest import HERE as FLOW_TASKS
+from tests.flow.conftest import MODULES as FLOW_MODULES
 
 
 @pytest.fixture
@@ -107,3 +110,14 @@ async def start_worker(broker: Broker, home: Path) -> AsyncIterator[StartWorker]
     for _, task in running:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+def flow_registry() -> Iterator[TaskRegistry]:
+    """The tasks of tests/flow/flow_tasks.py (gates, progress, workflow steps); their
+    folder is on sys.path meanwhile, so a process pool's children import them too."""
+    sys.path.insert(0, FLOW_TASKS)
+    try:
+        yield load_tasks(FLOW_MODULES)
+    finally:
+        sys.path.remove(FLOW_TASKS)

@@ -60,6 +60,7 @@ def test_bench_measures_the_paths_users_take(tmp_path: Path) -> None:
     assert report["concurrency"] == "default"
     report = _bench(tmp_path, "--scenario", "results", "--jobs", "200", "--workers", "1")
     assert report["results_s"] > 0  # type: ignore[operator]
+    assert report["wait_many_s"] > 0  # type: ignore[operator]
 
 
 def test_bench_spreads_work_over_many_tasks_and_queues(tmp_path: Path) -> None:

@@ -244,6 +244,7 @@ _LABELS = {
     "e2e_single_jobs_per_s": ("end to end, single submits, jobs per s", "{:,.0f}"),
     "e2e_batch_jobs_per_s": ("end to end, submit_many, jobs per s", "{:,.0f}"),
     "results_s": ("results of the finished jobs, sync Client (s)", "{:.2f}"),
+    "wait_many_s": ("the same with one Client.wait_many (s)", "{:.2f}"),
     "drain_one_task_jobs_per_s": ("drain, one task on one queue", "{:,.0f}"),
     "drain_1000_tasks_jobs_per_s": ("drain, 1,000 task names", "{:,.0f}"),
     "drain_200_queues_jobs_per_s": ("drain, 200 queues", "{:,.0f}"),

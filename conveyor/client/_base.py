@@ -1,10 +1,11 @@
 """What Client and AsyncClient share: settings, building and checking requests, reading replies.
 
-The twins differ only in how they move bytes (``sync_transport.py`` and ``async_transport.py``). Everything a submit
-carries is checked here, before anything is sent: a value that is not JSON-compatible, a
-payload over the broker's limit or a bad option raises :class:`~conveyor.errors.InvalidJob`
-naming the argument at once. Job ids are chosen here, on the client, so that sending a
-submit again after a lost connection is idempotent. Payloads travel packed
+The twins differ only in how they move bytes (``sync_transport.py``,
+``async_transport.py``). Everything a submit carries is checked here, before anything is
+sent: a value that is not JSON-compatible, a payload over the broker's limit or a bad
+option raises :class:`~conveyor.errors.InvalidJob` naming the argument at once. Job ids
+are chosen here, on the client, so that sending a submit again after a lost connection is
+idempotent. Payloads travel packed
 (:mod:`conveyor.protocol.payload`): packed once here, unpacked once by the worker.
 
 With a payload key, calls are sealed here before they leave (:func:`seal_call`) and jobs

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,7 @@ from conveyor.client._base import (
 from conveyor.client.async_transport import AsyncTransport
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import AsyncWorkflow
+from conveyor.client.many import JobRef, finishing_async, still_running, unique_ids
 from conveyor.client.transport import NotResent
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
@@ -203,6 +205,28 @@ class AsyncClient:
             out.extend(self._job(j) for j in reply["jobs"])
             todo = rest_after(asked, reply) + todo
         return out
+
+    async def as_completed(
+        self, jobs: Iterable[JobRef], timeout: float | None = None
+    ) -> AsyncIterator[Job]:
+        """Each of ``jobs`` as it becomes final, in the order they finish (see
+        :meth:`Client.as_completed`): ``async for job in client.as_completed(handles)``."""
+        async for job in self._finishing(jobs, timeout):
+            if not job.state.is_final:
+                raise still_running(job, timeout)
+            yield job
+
+    async def wait_many(self, jobs: Iterable[JobRef], timeout: float | None = None) -> list[Job]:
+        """The jobs, in the order given, once all are final, or after ``timeout`` seconds
+        as they are then (see :meth:`Client.wait_many`)."""
+        ids = unique_ids(jobs)
+        done = {job.id: job async for job in self._finishing(ids, timeout)}
+        return [done[job_id] for job_id in ids]
+
+    def _finishing(self, jobs: Iterable[JobRef], timeout: float | None) -> AsyncIterator[Job]:
+        ids = unique_ids(jobs)
+        brief = functools.partial(self.get_many, brief=True)
+        return finishing_async(ids, timeout, brief, self._request, self._job)
 
     async def _get_or_none(self, job_id: str) -> Job | None:
         try:

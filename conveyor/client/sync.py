@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,13 +33,20 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import WorkflowHandle
+from conveyor.client.many import JobRef, finishing, still_running, unique_ids
 from conveyor.client.sync_transport import SyncTransport
 from conveyor.client.transport import NotResent
-from conveyor.errors import Conflict, JobNotFound, ResultTimeout
+from conveyor.errors import BrokerError, Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 from conveyor.workflow import Node, plan
+
+GET_MANY_WINDOW = 4  # GET_MANY requests outstanding at once: enough to overlap the two sides
+
+
+def _blocks(ids: list[str]) -> list[list[str]]:
+    return [ids[i : i + MAX_GET_MANY] for i in range(0, len(ids), MAX_GET_MANY)]
 
 
 class JobHandle:
@@ -215,16 +223,44 @@ class Client:
         error, without arguments or history; a round trip per thousand ids. ``brief``
         leaves out all but the task, attempts and finish time too (the other fields of
         the Jobs are then their defaults)."""
-        todo = list(dict.fromkeys(ids))
-        out: list[Job] = []
-        if todo and not self._transport.session.speaks("get_many"):  # an older broker
-            return [job for job in map(self._get_or_none, todo) if job is not None]
-        while todo:
-            asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
-            reply = self._request(get_many_frame(asked, brief))
-            out.extend(self._job(j) for j in reply["jobs"])
-            todo = rest_after(asked, reply) + todo
-        return out
+        asked = list(dict.fromkeys(ids))
+        if asked and not self._transport.session.speaks("get_many"):  # an older broker
+            return [job for job in map(self._get_or_none, asked) if job is not None]
+        found: dict[str, Job] = {}
+        blocks = _blocks(asked)
+        while blocks:  # pipelined: the broker reads a block while the last one is unpacked
+            rest: list[str] = []
+            frames = functools.partial(get_many_frame, brief=brief)
+            for block, reply in self._transport.exchange(blocks, frames, GET_MANY_WINDOW):
+                if isinstance(reply, BrokerError):
+                    raise reply
+                found.update((j.id, j) for j in map(self._job, reply["jobs"]))
+                rest += rest_after(block, reply)
+            blocks = _blocks(rest)  # what truncated replies did not get to
+        return [found[job_id] for job_id in asked if job_id in found]
+
+    def as_completed(self, jobs: Iterable[JobRef], timeout: float | None = None) -> Iterator[Job]:
+        """Each of ``jobs`` (ids or handles) as it becomes final, in the order they finish:
+        those final already first, read a thousand per round trip; the rest pushed by the
+        broker as they end, their WAITs pipelined on the connection and sent again after a
+        reconnect. Raises ResultTimeout once ``timeout`` seconds pass with one not final,
+        JobNotFound (before waiting) if an id names no job."""
+        for job in self._finishing(jobs, timeout):
+            if not job.state.is_final:
+                raise still_running(job, timeout)
+            yield job
+
+    def wait_many(self, jobs: Iterable[JobRef], timeout: float | None = None) -> list[Job]:
+        """The jobs (ids or handles), in the order given, once all are final, or after
+        ``timeout`` seconds as they are then; see :meth:`as_completed`."""
+        ids = unique_ids(jobs)
+        done = {job.id: job for job in self._finishing(ids, timeout)}
+        return [done[job_id] for job_id in ids]
+
+    def _finishing(self, jobs: Iterable[JobRef], timeout: float | None) -> Iterator[Job]:
+        ids = unique_ids(jobs)
+        brief = functools.partial(self.get_many, brief=True)
+        return finishing(ids, timeout, brief, self._transport.exchange, self._job)
 
     def _get_or_none(self, job_id: str) -> Job | None:
         try:

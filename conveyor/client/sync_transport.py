@@ -8,7 +8,9 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Container, Iterable, Iterator
+from typing import TypeVar
 
 from conveyor.client.endpoint import Address, Endpoint
 from conveyor.client.failover import Rotation
@@ -24,7 +26,13 @@ from conveyor.client.transport import (
     not_resent,
     welcome_of,
 )
-from conveyor.errors import AuthenticationError, BrokerUnavailable, ConnectionLost, ProtocolError
+from conveyor.errors import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnavailable,
+    ConnectionLost,
+    ProtocolError,
+)
 from conveyor.protocol.session import (
     Backoff,
     ClientSession,
@@ -37,6 +45,9 @@ from conveyor.protocol.session import (
     reply_timeout,
 )
 
+K = TypeVar("K")
+T = TypeVar("T")
+
 
 class _SyncConnection:
     """One blocking TLS connection and its session."""
@@ -46,6 +57,7 @@ class _SyncConnection:
     ) -> None:
         self.address = address
         self.session = ClientSession(endpoint.token, endpoint.name, agent)
+        self._read: deque[Event] = deque()  # read, not yet asked for (see _until)
         raw = socket.create_connection((address.host, address.port), timeout=connect_timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,21 +73,25 @@ class _SyncConnection:
             self.sock.close()
             raise
 
-    def _until(self, wanted: Callable[[Event], Frame | None], timeout: float | None) -> Frame:
-        """Read until an event arrives of which ``wanted`` returns a frame; return that."""
+    def _until(self, wanted: Callable[[Event], T | None], timeout: float | None) -> T:
+        """Read until an event arrives of which ``wanted`` returns something; return
+        that. The events read after it wait in ``self._read`` for the next call (one
+        read may complete several pipelined replies)."""
         self.sock.settimeout(timeout)
+        events = self._read
         while True:
-            try:
-                data = self.sock.recv(READ_SIZE)
-                events = self.session.receive(data)
-            except (OSError, ProtocolError) as exc:
-                if isinstance(exc, TimeoutError | socket.timeout):
-                    raise ConnectionLost("no reply from the broker in time") from exc
-                raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-            for event in events:
-                frame = wanted(event)
-                if frame is not None:
-                    return frame
+            if not events:
+                try:
+                    events.extend(self.session.receive(self.sock.recv(READ_SIZE)))
+                except (OSError, ProtocolError) as exc:
+                    if isinstance(exc, TimeoutError | socket.timeout):
+                        raise ConnectionLost("no reply from the broker in time") from exc
+                    raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+            while events:
+                event = events.popleft()
+                found = wanted(event)
+                if found is not None:
+                    return found
                 if isinstance(event, Push) and self.session.welcome is None:
                     err = error_of(event.frame)
                     if err is not None:
@@ -86,12 +102,21 @@ class _SyncConnection:
                         raise refused  # our own frame was refused: sending it again won't help
                     raise ConnectionLost(event.reason)
 
-    def request(self, frame: Frame, resend: bool) -> Frame:
-        req, data = self.session.request(frame, resend=resend)
+    def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+
+    def next_reply(self, rids: Container[int], timeout: float | None) -> Reply:
+        """The next reply to one of the requests numbered ``rids``."""
+        return self._until(
+            lambda e: e if isinstance(e, Reply) and e.request.rid in rids else None, timeout
+        )
+
+    def request(self, frame: Frame, resend: bool) -> Frame:
+        req, data = self.session.request(frame, resend=resend)
+        self.send(data)
         reply = self._until(
             lambda e: e.frame if isinstance(e, Reply) and e.request is req else None,
             reply_timeout(frame),
@@ -217,6 +242,49 @@ class SyncTransport:
             self._backoff.reset()  # the budget is for a loss: a served request ends one
             return reply
 
+    def exchange(
+        self, keys: Iterable[K], make: Callable[[K], Frame], window: int
+    ) -> Iterator[tuple[K, Frame | BrokerError]]:
+        """Requests pipelined: a frame per key, made by ``make`` when it is sent, at most
+        ``window`` unanswered at once; yields ``(key, reply)`` as the replies arrive (an
+        ERROR reply as its BrokerError, not raised). Every frame must be safe to send
+        again: after a lost connection, those not answered are made and sent anew."""
+        todo = deque(keys)
+        while todo:
+            conn = self._connection()
+            pending: dict[int, tuple[K, float | None]] = {}  # rid -> key, reply timeout
+            try:
+                while todo or pending:
+                    out = []
+                    while todo and len(pending) < window:
+                        key = todo.popleft()
+                        frame = make(key)
+                        req, data = conn.session.request(frame)
+                        pending[req.rid] = key, reply_timeout(frame)
+                        out.append(data)
+                    if out:
+                        conn.send(b"".join(out))
+                    reply = conn.next_reply(pending, _longest(t for _, t in pending.values()))
+                    key, _ = pending.pop(reply.request.rid)
+                    err = error_of(reply.frame)
+                    yield key, reply.frame if err is None else err
+            except AuthenticationError as exc:
+                self._refused = exc
+                conn.sock.close()
+                self._conn = None
+                raise
+            except ConnectionLost as exc:
+                conn.sock.close()
+                self._conn = None
+                todo.extendleft(reversed([key for key, _ in pending.values()]))
+                pending.clear()
+                time.sleep(self._pause_before_resend(conn.address, exc))
+                continue
+            finally:  # the caller stopped early: later replies to these are not ours
+                for rid in pending:
+                    conn.session.pending.pop(rid, None)
+            self._backoff.reset()
+
     def _pause_before_resend(self, address: Address, exc: ConnectionLost) -> float:
         now = time.monotonic()
         self._backoff.start(now)
@@ -235,3 +303,13 @@ class SyncTransport:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _longest(timeouts: Iterable[float | None]) -> float | None:
+    """The longest of some reply timeouts (None, no limit, is the longest)."""
+    longest = 0.0
+    for timeout in timeouts:
+        if timeout is None:
+            return None
+        longest = max(longest, timeout)
+    return longest

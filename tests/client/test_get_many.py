@@ -13,20 +13,8 @@ from conveyor.broker.app import Broker
 from conveyor.client.aio import AsyncClient
 from conveyor.errors import InvalidJob
 from conveyor.limits import MAX_GET_MANY
+from tests.client.helpers import count_requests
 from tests.security.rawconn import Raw
-
-
-def _count_requests(c: Any) -> dict[str, int]:
-    """Count the frames a client sends, by type."""
-    counts: dict[str, int] = {}
-    request = c._request
-
-    def counting(frame: dict[str, Any], **kwargs: Any) -> Any:
-        counts[frame["t"]] = counts.get(frame["t"], 0) + 1
-        return request(frame, **kwargs)
-
-    c._request = counting
-    return counts
 
 
 async def test_get_many_keeps_the_order_skips_unknown_ids_and_leaves_the_arguments_out(
@@ -54,7 +42,7 @@ async def test_results_of_a_batch_are_read_a_thousand_at_a_time(
             c.wait(handles[-1].id, timeout=60)
             for h in handles:  # all finished before the reading starts
                 c.wait(h.id, timeout=60)
-            counts = _count_requests(c)
+            counts = count_requests(c)
             return [h.result(timeout=10) for h in handles], counts
 
     results, counts = await asyncio.to_thread(scenario)
@@ -73,7 +61,7 @@ async def test_a_batch_read_together_still_raises_for_failed_jobs_and_waits_for_
         ]
     )
     await dead.wait(timeout=10)
-    counts = _count_requests(client)
+    counts = count_requests(client)
     with pytest.raises(JobFailed, match="no"):
         await dead.result(timeout=10)  # read with GET_MANY, which found slow unfinished
     assert await slow.result(timeout=10) == 0.3  # so it is waited for on its own
@@ -90,7 +78,7 @@ async def test_get_many_splits_a_reply_too_big_for_one_frame(
             handles = c.submit_many([("reverse_string", ["x" * 400_000], {}) for _ in range(5)])
             for h in handles:
                 c.wait(h.id, timeout=30)
-            counts = _count_requests(c)
+            counts = count_requests(c)
             jobs = c.get_many([h.id for h in handles])
             assert counts["get_many"] >= 2  # 5 x 400 KB results do not fit one 1 MiB frame
             return [len(j.result) for j in jobs]
@@ -141,7 +129,7 @@ async def test_against_a_broker_without_get_many_the_client_asks_one_job_at_a_ti
         handles = await client.submit_many([("add", [i, 1], {}) for i in range(3)])
         for h in handles:
             await h.wait(timeout=10)
-        counts = _count_requests(client)
+        counts = count_requests(client)
         assert [await h.result(timeout=10) for h in handles] == [1, 2, 3]
         found = await client.get_many([handles[0].id, "no-such-job"])
         assert [j.id for j in found] == [handles[0].id]
@@ -156,7 +144,7 @@ async def test_results_asked_out_of_order_are_still_read_by_the_thousand(
     handles = await client.submit_many([("add", [i, 0], {}) for i in range(n)])
     for h in handles:
         await h.wait(timeout=60)
-    counts = _count_requests(client)
+    counts = count_requests(client)
     assert await handles[-1].result() == n - 1  # reads the second block
     assert [await h.result() for h in handles[:-1]] == list(range(n - 1))
     assert counts == {"get_many": 2}
