@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -34,7 +35,7 @@ from conveyor.client._base import (
 from conveyor.client.async_transport import AsyncTransport
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import AsyncWorkflow
-from conveyor.client.many import JobRef, finishing_async, still_running, unique_ids
+from conveyor.client.many import GET_MANY_WINDOW, JobRef, finishing_async, still_running, unique_ids
 from conveyor.client.transport import NotResent
 from conveyor.errors import Conflict, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
@@ -194,17 +195,28 @@ class AsyncClient:
         error, without arguments or history; a round trip per thousand ids. ``brief``
         leaves out all but the task, attempts and finish time too (the other fields of
         the Jobs are then their defaults)."""
-        todo = list(dict.fromkeys(ids))
-        out: list[Job] = []
-        if todo and not (await self._transport.session()).speaks("get_many"):  # an older broker
-            found = [await self._get_or_none(job_id) for job_id in todo]
-            return [job for job in found if job is not None]
-        while todo:
-            asked, todo = todo[:MAX_GET_MANY], todo[MAX_GET_MANY:]
-            reply = await self._request(get_many_frame(asked, brief))
-            out.extend(self._job(j) for j in reply["jobs"])
-            todo = rest_after(asked, reply) + todo
-        return out
+        asked = list(dict.fromkeys(ids))
+        if asked and not (await self._transport.session()).speaks("get_many"):  # an older broker
+            old = [await self._get_or_none(job_id) for job_id in asked]
+            return [job for job in old if job is not None]
+        found: dict[str, Job] = {}
+        window = asyncio.Semaphore(GET_MANY_WINDOW)  # a few in flight, as Client.get_many
+
+        async def read(block: list[str]) -> None:
+            async with window:
+                reply = await self._request(get_many_frame(block, brief))
+            found.update((j.id, j) for j in map(self._job, reply["jobs"]))
+            if rest := rest_after(block, reply):  # a truncated reply: the rest, in turn
+                await read(rest)
+
+        blocks = [asked[i : i + MAX_GET_MANY] for i in range(0, len(asked), MAX_GET_MANY)]
+        try:
+            async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled
+                for block in blocks:
+                    group.create_task(read(block))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the error a caller expects, not a group
+        return [found[job_id] for job_id in asked if job_id in found]
 
     async def as_completed(
         self, jobs: Iterable[JobRef], timeout: float | None = None

@@ -34,6 +34,10 @@ WINDOW = 500
 default, and counts them while they wait): enough to keep every reply in flight, few
 enough that the requests and the replies never fill the socket buffers both ways."""
 
+GET_MANY_WINDOW = 4
+"""GET_MANYs (of up to 1,000 ids each) in flight at once: enough for the broker to read the
+next block while the client unpacks the last."""
+
 
 class HasId(Protocol):
     @property

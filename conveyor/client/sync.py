@@ -33,7 +33,7 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import WorkflowHandle
-from conveyor.client.many import JobRef, finishing, still_running, unique_ids
+from conveyor.client.many import GET_MANY_WINDOW, JobRef, finishing, still_running, unique_ids
 from conveyor.client.sync_transport import SyncTransport
 from conveyor.client.transport import NotResent
 from conveyor.errors import BrokerError, Conflict, JobNotFound, ResultTimeout
@@ -41,8 +41,6 @@ from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
 from conveyor.workflow import Node, plan
-
-GET_MANY_WINDOW = 4  # GET_MANY requests outstanding at once: enough to overlap the two sides
 
 
 def _blocks(ids: list[str]) -> list[list[str]]:
