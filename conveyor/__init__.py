@@ -25,6 +25,7 @@ from conveyor.errors import (
     Reject,
     ResultTimeout,
     Retry,
+    SubmitFailed,
 )
 from conveyor.job import Job, JobState
 from conveyor.worker.progress import CurrentJob, current_job
@@ -61,6 +62,7 @@ __all__ = [
     "Reject",
     "ResultTimeout",
     "Retry",
+    "SubmitFailed",
     "WorkflowHandle",
     "__version__",
     "chain",

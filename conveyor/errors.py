@@ -226,6 +226,18 @@ class JobFailed(ConveyorError):
         self.job: Any = job
 
 
+class SubmitFailed(ConveyorError):
+    """Pipelined submits (``Client(pipeline=True)``) that the broker refused, reported by
+    ``flush()`` (or ``close()``): ``failed`` holds ``(job_id, BrokerError)`` pairs. Every
+    other submit of the pipeline was acknowledged, so it is stored."""
+
+    def __init__(self, failed: list[tuple[str, BrokerError]]) -> None:
+        first_id, first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        super().__init__(f"the broker refused job {first_id}: {first}{more}")
+        self.failed = failed
+
+
 class ResultTimeout(ConveyorError, TimeoutError):
     """The job did not finish within the timeout given to result()."""
 

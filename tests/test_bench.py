@@ -52,7 +52,13 @@ def test_bench_on_the_durable_store(tmp_path: Path) -> None:
 def test_bench_measures_the_paths_users_take(tmp_path: Path) -> None:
     """single, batch, drain, e2e, latency and results, with the sync Client."""
     report = _bench(tmp_path, "--scenario", "e2e", "--jobs", "300", "--workers", "1")
-    for key in ("single_submits_per_s", "submit_many_per_s", "drain_jobs_per_s"):
+    for key in (
+        "single_submits_per_s",
+        "single_pipelined_per_s",
+        "e2e_pipelined_jobs_per_s",
+        "submit_many_per_s",
+        "drain_jobs_per_s",
+    ):
         assert isinstance(report[key], float) and report[key] > 0
     single, batch = report["e2e_single_jobs_per_s"], report["e2e_batch_jobs_per_s"]
     assert 0 < single < report["single_submits_per_s"]  # type: ignore[operator]

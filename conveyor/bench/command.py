@@ -240,8 +240,10 @@ def _run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 
 _LABELS = {
     "single_submits_per_s": ("Client.submit() one at a time, per s", "{:,.0f}"),
+    "single_pipelined_per_s": ("the same with Client(pipeline=True), per s", "{:,.0f}"),
     "submit_many_per_s": ("one submit_many, jobs per s", "{:,.0f}"),
     "e2e_single_jobs_per_s": ("end to end, single submits, jobs per s", "{:,.0f}"),
+    "e2e_pipelined_jobs_per_s": ("end to end, pipelined submits, jobs per s", "{:,.0f}"),
     "e2e_batch_jobs_per_s": ("end to end, submit_many, jobs per s", "{:,.0f}"),
     "results_s": ("results of the finished jobs, sync Client (s)", "{:.2f}"),
     "wait_many_s": ("the same with one Client.wait_many (s)", "{:.2f}"),

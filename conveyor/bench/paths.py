@@ -62,13 +62,18 @@ async def _drain(system: LocalSystem, jobs: int, label: str = "drain") -> float:
     return rate
 
 
-def _submit_singly(system: LocalSystem, jobs: int, update: Callable[[int], None]) -> float:
-    with _client(system) as c:
+def _submit_singly(
+    system: LocalSystem, jobs: int, update: Callable[[int], None], pipeline: bool = False
+) -> float:
+    """``Client.submit()`` once per job; with ``pipeline``, ``Client(pipeline=True)`` and
+    its closing flush (so every job counted is acknowledged, stored)."""
+    with Client(system.url, home=str(system.home), pipeline=pipeline) as c:
         t0 = time.perf_counter()
         for i in range(jobs):
             c.submit("add", i, 1)
             if i % 500 == 0:
                 update(i)
+        c.flush()
         return jobs / (time.perf_counter() - t0)
 
 
@@ -89,9 +94,14 @@ async def run_paths(system: LocalSystem, jobs: int, samples: int, only: str) -> 
             out["single_submits_per_s"] = await asyncio.to_thread(
                 _submit_singly, system, jobs, update
             )
-        if "e2e" in want:
-            drain = await _drain(system, jobs, "drain (single)")
+        with progress("single submits, pipelined", jobs) as update:
+            out["single_pipelined_per_s"] = await asyncio.to_thread(
+                _submit_singly, system, jobs, update, True
+            )
+        if "e2e" in want:  # one drain of both backlogs: the same jobs, however submitted
+            drain = await _drain(system, 2 * jobs, "drain (single)")
             out["e2e_single_jobs_per_s"] = 1 / (1 / out["single_submits_per_s"] + 1 / drain)
+            out["e2e_pipelined_jobs_per_s"] = 1 / (1 / out["single_pipelined_per_s"] + 1 / drain)
     if {"batch", "drain", "e2e"} & set(want):
         out["submit_many_per_s"] = await asyncio.to_thread(_submit_batch, system, jobs)
         out["drain_jobs_per_s"] = await _drain(system, jobs)

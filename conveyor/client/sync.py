@@ -34,9 +34,10 @@ from conveyor.client._base import (
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import WorkflowHandle
 from conveyor.client.many import GET_MANY_WINDOW, JobRef, finishing, still_running, unique_ids
+from conveyor.client.pipeline import Pipeline
 from conveyor.client.sync_transport import SyncTransport
 from conveyor.client.transport import NotResent
-from conveyor.errors import BrokerError, Conflict, JobNotFound, ResultTimeout
+from conveyor.errors import BrokerError, Conflict, ConveyorError, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
 from conveyor.limits import MAX_BATCH, MAX_GET_MANY, MAX_PAYLOAD
 from conveyor.security.payload import PayloadCipher, PayloadKey, resolve_cipher
@@ -105,6 +106,11 @@ class Client:
     before they leave, and results and error messages are opened as they come back.
     Sealed parts that no key opens are returned as they are; ``result()`` then raises
     :class:`~conveyor.errors.PayloadDecryptError`. ``self.cipher`` may be set later.
+
+    ``pipeline=True`` makes :meth:`submit` return without waiting for the broker's
+    acknowledgement (many times faster one job at a time); :meth:`flush` waits for them
+    and raises :class:`~conveyor.errors.SubmitFailed` for refused ones, and every other
+    request, and :meth:`close`, flush first. See :mod:`conveyor.client.pipeline`.
     """
 
     def __init__(
@@ -119,10 +125,12 @@ class Client:
         name: str = "producer",
         reconnect_timeout: float = 30.0,
         payload_key: PayloadKey | PayloadCipher | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.endpoint = make_endpoint(url, token, ca, cert, key, home, name)
         self.cipher: PayloadCipher | None = resolve_cipher(payload_key)
         self._transport = SyncTransport(self.endpoint, reconnect_timeout=reconnect_timeout)
+        self._pipeline = Pipeline(self._transport) if pipeline else None
 
     def __enter__(self) -> Client:
         self.connect()
@@ -131,15 +139,41 @@ class Client:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if e is None or self._pipeline is None:
+            self.close()
+            return
+        try:  # leaving on an error: that error is the one to see, not a refused submit
+            self._pipeline.settle()
+        except ConveyorError:
+            pass
+        finally:
+            self._transport.close()
 
     def connect(self) -> None:
         self._transport.connect()
 
     def close(self) -> None:
-        self._transport.close()
+        """Close the connection; with ``pipeline=True`` after :meth:`flush`."""
+        try:
+            self.flush()
+        finally:
+            self._transport.close()
+
+    def flush(self) -> None:
+        """Wait until every pipelined submit is acknowledged (stored); SubmitFailed names
+        the ones the broker refused. Without ``pipeline=True`` there is nothing to wait
+        for."""
+        if self._pipeline is not None:
+            self._pipeline.flush()
+
+    def _settle(self) -> None:
+        """Wait for the pipelined submits' acknowledgements, so that what follows sees
+        their jobs (their refusals wait for flush)."""
+        if self._pipeline is not None and self._pipeline:
+            self._pipeline.settle()
 
     def _request(self, frame: dict[str, Any], *, resend: bool = True) -> dict[str, Any]:
+        self._settle()
         return self._transport.request(frame, resend=resend)
 
     def _limit(self, name: str, default: int) -> int:
@@ -180,6 +214,11 @@ class Client:
             max_payload=max_payload,
             **opts,
         )
+        if self._pipeline is not None and opts.get("unique_key") is None:
+            # pipelined: the id is the one chosen here (with a unique key, the broker may
+            # answer with another job's: that submit waits for its reply)
+            self._pipeline.submit({"t": "submit", "jobs": [spec]})
+            return JobHandle(self, spec["id"])
         reply = self._request({"t": "submit", "jobs": [spec]})
         return JobHandle(self, submitted_ids(reply)[0])
 
@@ -222,6 +261,7 @@ class Client:
         leaves out all but the task, attempts and finish time too (the other fields of
         the Jobs are then their defaults)."""
         asked = list(dict.fromkeys(ids))
+        self._settle()
         if asked and not self._transport.session.speaks("get_many"):  # an older broker
             return [job for job in map(self._get_or_none, asked) if job is not None]
         found: dict[str, Job] = {}

@@ -49,7 +49,7 @@ K = TypeVar("K")
 T = TypeVar("T")
 
 
-class _SyncConnection:
+class SyncConnection:
     """One blocking TLS connection and its session."""
 
     def __init__(
@@ -77,30 +77,57 @@ class _SyncConnection:
         """Read until an event arrives of which ``wanted`` returns something; return
         that. The events read after it wait in ``self._read`` for the next call (one
         read may complete several pipelined replies)."""
-        self.sock.settimeout(timeout)
-        events = self._read
         while True:
-            if not events:
-                try:
-                    events.extend(self.session.receive(self.sock.recv(READ_SIZE)))
-                except (OSError, ProtocolError) as exc:
-                    if isinstance(exc, TimeoutError | socket.timeout):
-                        raise ConnectionLost("no reply from the broker in time") from exc
-                    raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
-            while events:
-                event = events.popleft()
-                found = wanted(event)
+            while self._read:
+                found = self._take(self._read.popleft(), wanted)
                 if found is not None:
                     return found
-                if isinstance(event, Push) and self.session.welcome is None:
-                    err = error_of(event.frame)
-                    if err is not None:
-                        raise err  # the handshake was refused (bad token ...)
-                if isinstance(event, Closed):
-                    refused = refusal(event)
-                    if refused is not None:
-                        raise refused  # our own frame was refused: sending it again won't help
-                    raise ConnectionLost(event.reason)
+            self._fill(timeout)
+
+    def ready(self, wanted: Callable[[Event], T | None]) -> list[T]:
+        """What ``wanted`` takes of the events that are here already: read without
+        waiting, only what the socket holds."""
+        out: list[T] = []
+        while True:
+            while self._read:
+                found = self._take(self._read.popleft(), wanted)
+                if found is not None:
+                    out.append(found)
+            if not self._fill(0.0):
+                return out
+
+    def _fill(self, timeout: float | None) -> bool:
+        """One read into ``self._read``; with ``timeout`` 0, False if nothing was there."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False  # non-blocking (timeout 0) and nothing to read yet
+        except OSError as exc:
+            if isinstance(exc, TimeoutError | socket.timeout):
+                raise ConnectionLost("no reply from the broker in time") from exc
+            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+        try:
+            self._read.extend(self.session.receive(data))
+        except ProtocolError as exc:
+            raise ConnectionLost(f"connection to the broker lost: {exc}") from exc
+        return True
+
+    def _take(self, event: Event, wanted: Callable[[Event], T | None]) -> T | None:
+        """``wanted(event)``; raises for an event that ends the connection."""
+        found = wanted(event)
+        if found is not None:
+            return found
+        if isinstance(event, Push) and self.session.welcome is None:
+            err = error_of(event.frame)
+            if err is not None:
+                raise err  # the handshake was refused (bad token ...)
+        if isinstance(event, Closed):
+            refused = refusal(event)
+            if refused is not None:
+                raise refused  # our own frame was refused: sending it again won't help
+            raise ConnectionLost(event.reason)
+        return None
 
     def send(self, data: bytes) -> None:
         try:
@@ -151,7 +178,7 @@ class SyncTransport:
         self.connect_timeout = connect_timeout
         self._backoff = Backoff(reconnect_timeout)
         self._rotation = Rotation(endpoint.addresses)
-        self._conn: _SyncConnection | None = None
+        self._conn: SyncConnection | None = None
         self._worked = False
         self._refused: AuthenticationError | None = None  # our credentials, refused for good
 
@@ -166,9 +193,11 @@ class SyncTransport:
 
     def connect(self) -> None:
         """Connect now, to the first address that answers; BrokerUnavailable (no retry)
-        if none does."""
+        if none does. Connected already: nothing to do."""
         if self._refused is not None:
             raise again(self._refused)
+        if self._conn is not None:
+            return
         try:
             self._conn = self._dial(self._rotation.first_round(), None)
         except NoneAnswered as exc:
@@ -176,12 +205,12 @@ class SyncTransport:
         self._worked = True
         self._backoff.reset()
 
-    def _dial(self, order: list[Address], lost: Address | None) -> _SyncConnection:
+    def _dial(self, order: list[Address], lost: Address | None) -> SyncConnection:
         """The first connection of ``order`` that completes its handshake."""
         failures: Failures = []
         for address in order:
             try:
-                conn = _SyncConnection(self.endpoint, address, self.agent, self.connect_timeout)
+                conn = SyncConnection(self.endpoint, address, self.agent, self.connect_timeout)
             except AuthenticationError as exc:
                 self._refused = exc  # every broker of the system shares the tokens
                 raise
@@ -194,7 +223,7 @@ class SyncTransport:
             return conn
         raise NoneAnswered(self.endpoint, failures)
 
-    def _connection(self) -> _SyncConnection:
+    def _connection(self) -> SyncConnection:
         if self._refused is not None:
             raise again(self._refused)
         if self._conn is None:
@@ -227,20 +256,37 @@ class SyncTransport:
             try:
                 reply = conn.request(frame, resend)
             except AuthenticationError as exc:
-                self._refused = exc  # what a reconnect would hear too
-                conn.sock.close()
-                self._conn = None
+                self.refused(conn, exc)
                 raise
             except ConnectionLost as exc:
-                conn.sock.close()
-                self._conn = None
                 if not resend:
+                    self._forget(conn)
                     raise not_resent(frame, conn.address, exc) from exc
-                # lost again right after a reconnect: the same budget and pace as connecting
-                time.sleep(self._pause_before_resend(conn.address, exc))
+                self.lost(conn, exc)
                 continue
             self._backoff.reset()  # the budget is for a loss: a served request ends one
             return reply
+
+    def connection(self) -> SyncConnection:
+        """The connection in use, made (or remade, with backoff) if there is none."""
+        return self._connection()
+
+    def lost(self, conn: SyncConnection, exc: ConnectionLost) -> None:
+        """``conn`` failed under a request that will be sent again: forget it and pause
+        before the next try (ConnectionLost once the reconnect budget is spent)."""
+        self._forget(conn)
+        # lost again right after a reconnect: the same budget and pace as connecting
+        time.sleep(self._pause_before_resend(conn.address, exc))
+
+    def refused(self, conn: SyncConnection, exc: AuthenticationError) -> None:
+        """The broker refused our credentials on ``conn``: what a reconnect would hear."""
+        self._refused = exc
+        self._forget(conn)
+
+    def _forget(self, conn: SyncConnection) -> None:
+        conn.sock.close()
+        if self._conn is conn:
+            self._conn = None
 
     def exchange(
         self, keys: Iterable[K], make: Callable[[K], Frame], window: int
@@ -269,16 +315,12 @@ class SyncTransport:
                     err = error_of(reply.frame)
                     yield key, reply.frame if err is None else err
             except AuthenticationError as exc:
-                self._refused = exc
-                conn.sock.close()
-                self._conn = None
+                self.refused(conn, exc)
                 raise
             except ConnectionLost as exc:
-                conn.sock.close()
-                self._conn = None
                 todo.extendleft(reversed([key for key, _ in pending.values()]))
                 pending.clear()
-                time.sleep(self._pause_before_resend(conn.address, exc))
+                self.lost(conn, exc)
                 continue
             finally:  # the caller stopped early: later replies to these are not ours
                 for rid in pending:
