@@ -7,7 +7,8 @@ from importlib import metadata as _metadata
 
 from conveyor.client.aio import AsyncClient, AsyncJob
 from conveyor.client.flows import AsyncWorkflow, WorkflowHandle
-from conveyor.client.sync import Client, JobHandle
+from conveyor.client.handle import JobHandle
+from conveyor.client.sync import Client
 from conveyor.errors import (
     AuthenticationError,
     BrokerError,

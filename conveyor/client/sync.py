@@ -33,6 +33,7 @@ from conveyor.client._base import (
 )
 from conveyor.client.endpoint import make_endpoint
 from conveyor.client.flows import WorkflowHandle
+from conveyor.client.handle import JobHandle
 from conveyor.client.many import GET_MANY_WINDOW, JobRef, finishing, still_running, unique_ids
 from conveyor.client.pipeline import Pipeline
 from conveyor.client.sync_transport import SyncTransport
@@ -46,47 +47,6 @@ from conveyor.workflow import Node, plan
 
 def _blocks(ids: list[str]) -> list[list[str]]:
     return [ids[i : i + MAX_GET_MANY] for i in range(0, len(ids), MAX_GET_MANY)]
-
-
-class JobHandle:
-    """A handle on one job: ``handle.result(timeout=10)``, ``handle.status()``."""
-
-    __slots__ = ("client", "group", "id")
-
-    def __init__(self, client: Client, job_id: str, group: ResultGroup | None = None) -> None:
-        self.client = client
-        self.id = job_id
-        self.group = group  # the handles submitted with it, whose results are read together
-
-    def __repr__(self) -> str:
-        return f"<JobHandle {self.id}>"
-
-    def get(self) -> Job:
-        return self.client.get(self.id)
-
-    def status(self) -> JobState:
-        return self.get().state
-
-    def wait(self, timeout: float | None = None) -> Job:
-        return self.client.wait(self.id, timeout)
-
-    def next_progress(self, since: float | None = 0.0, timeout: float | None = None) -> Job:
-        return self.client.next_progress(self.id, since, timeout)
-
-    def result(self, timeout: float | None = None) -> Any:
-        group = self.group
-        if group is not None:
-            job = group.take(self.id)
-            if job is None and (window := group.window(self.id)):
-                found = self.client.get_many(window, brief=True)
-                group.keep(found, self.id)
-                job = next((j for j in found if j.id == self.id and j.state.is_final), None)
-            if job is not None:
-                return final_result(job)
-        return self.client.result(self.id, timeout)
-
-    def cancel(self) -> Job:
-        return self.client.cancel(self.id)
 
 
 class Client:

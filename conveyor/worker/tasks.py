@@ -20,7 +20,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from conveyor import limitspec
 from conveyor.client.default import default_client
-from conveyor.client.sync import Client, JobHandle
+from conveyor.client.handle import JobHandle
+from conveyor.client.sync import Client
 from conveyor.errors import ConfigError, InvalidJob
 from conveyor.job import (
     DEFAULT_QUEUE,
