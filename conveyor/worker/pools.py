@@ -101,26 +101,20 @@ class _LocalPool:
             return await self._run_on_loop(job, definition, timeout)
         return await self._run_in_thread(job, definition, timeout)
 
-    def _release_slot(self, _: object = None) -> None:
-        """Give a slot back; safe from any thread, and after the loop has closed."""
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for the slot
-            self._loop.call_soon_threadsafe(self._slots.release)
-
     async def _run_in_thread(
         self, job: RunRequest, definition: TaskDef, timeout: float
     ) -> RunResult:
-        assert self._executor is not None
+        assert self._executor is not None and self._loop is not None
+        future: asyncio.Future[RunResult] = self._loop.create_future()
         try:
-            cfuture = self._executor.submit(execute.run_sync, definition, job.payload, job.current)
+            self._executor.submit(self._call, future, definition, job)
         except RuntimeError:  # the executor shut down under us
             self._slots.release()
             raise
-        cfuture.add_done_callback(self._release_slot)
-        future = asyncio.wrap_future(cfuture)
         self._waiting.add(future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             return execute.timed_out(timeout, _THREAD_NOTE)
         except asyncio.CancelledError:
@@ -129,6 +123,33 @@ class _LocalPool:
             return outcome
         finally:
             self._waiting.discard(future)
+
+    def _call(
+        self, future: asyncio.Future[RunResult], definition: TaskDef, job: RunRequest
+    ) -> None:
+        """In a pool thread: run the job, then hand the outcome to the loop in one call
+        (one wake-up of the loop per job, not one for the result and one for the slot)."""
+        outcome: RunResult | BaseException
+        try:
+            outcome = execute.run_sync(definition, job.payload, job.current)
+        except BaseException as exc:  # run_sync never raises; if it ever did, say so
+            outcome = exc
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(self._finished, future, outcome)
+
+    def _finished(
+        self, future: asyncio.Future[RunResult], outcome: RunResult | BaseException
+    ) -> None:
+        """On the loop, once the thread is really done: its slot is free again (a job that
+        timed out kept it until now), and the outcome goes to whoever still waits."""
+        self._slots.release()
+        if future.done():  # timed out or cancelled meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
     async def _run_on_loop(self, job: RunRequest, definition: TaskDef, timeout: float) -> RunResult:
         task = asyncio.ensure_future(execute.run_async(definition, job.payload, job.current))
