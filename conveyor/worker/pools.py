@@ -14,17 +14,18 @@ task's, capped at :data:`conveyor.job.MAX_TIMEOUT`.
 **A thread cannot be killed.** When a job running in a thread times out, its result
 is a ``TimeoutError`` at once, but the thread runs on until the function returns and
 keeps its slot until then (so the pool never runs more than ``concurrency`` threads).
-A task that never returns holds its slot for good and, because ``ThreadPoolExecutor``
-joins its threads at interpreter exit, also delays exit: use the process pool for
-code that may hang, or have the task honour its own deadline.
+A task that never returns holds its slot for good (the threads are daemons, so it does
+not delay the worker's exit, but it is cut off there): use the process pool for code
+that may hang, or have the task honour its own deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from conveyor.worker import POOL_KINDS, execute
@@ -73,7 +74,7 @@ class _LocalPool:
         self.registry = registry
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads: _Threads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_loop: dict[str, asyncio.Task[RunResult]] = {}
         self._cancel_requested: set[str] = set()
@@ -82,12 +83,10 @@ class _LocalPool:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix=f"conveyor-{self.kind}"
-        )
+        self._threads = _Threads(self.concurrency, f"conveyor-{self.kind}")
 
     async def run(self, job: RunRequest) -> RunResult:
-        if self._closed or self._executor is None:
+        if self._closed or self._threads is None:
             raise RuntimeError(f"{self.kind} pool is not running (start() it; not after close())")
         definition = self.registry.get(job.task)
         if definition is None:
@@ -104,13 +103,9 @@ class _LocalPool:
     async def _run_in_thread(
         self, job: RunRequest, definition: TaskDef, timeout: float
     ) -> RunResult:
-        assert self._executor is not None and self._loop is not None
+        assert self._threads is not None and self._loop is not None
         future: asyncio.Future[RunResult] = self._loop.create_future()
-        try:
-            self._executor.submit(self._call, future, definition, job)
-        except RuntimeError:  # the executor shut down under us
-            self._slots.release()
-            raise
+        self._threads.put(self._call, future, definition, job)
         self._waiting.add(future)
         try:
             async with asyncio.timeout(timeout):
@@ -131,7 +126,10 @@ class _LocalPool:
         (one wake-up of the loop per job, not one for the result and one for the slot)."""
         outcome: RunResult | BaseException
         try:
-            outcome = execute.run_sync(definition, job.payload, job.current)
+            if future.cancelled():  # given up (close(wait=False)) before it started
+                outcome = execute.cancelled()
+            else:
+                outcome = execute.run_sync(definition, job.payload, job.current)
         except BaseException as exc:  # run_sync never raises; if it ever did, say so
             outcome = exc
         assert self._loop is not None
@@ -202,8 +200,34 @@ class _LocalPool:
         elif not wait:
             for future in list(self._waiting):
                 future.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=not wait)
+        if self._threads is not None:
+            self._threads.stop()
+
+
+class _Threads:
+    """``n`` threads taking calls from one queue: what ``ThreadPoolExecutor`` does, without
+    a Future and a lock per call (the outcome goes back through the call itself). Daemon
+    threads: a task that never returns does not hold up the worker's exit."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None]
+        self._calls = queue.SimpleQueue()
+        self._n = n
+        for i in range(n):
+            threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True).start()
+
+    def put(self, fn: Callable[..., None], *args: Any) -> None:
+        self._calls.put((fn, args))
+
+    def stop(self) -> None:
+        """Each thread ends once the calls queued before this are done."""
+        for _ in range(self._n):
+            self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, args = call
+            fn(*args)
 
 
 class ThreadPool(_LocalPool):
