@@ -209,6 +209,8 @@ class PostgresStore(Store):
         plain claim), made once per change of the limits."""
         limits = claimant.gate.key_limits() if claimant.gate is not None else None
         if not limits:
+            if limits is not None:
+                self._key_limits = None  # cleared: stats count no key as full
             return None
         if self._key_limits is None or self._key_limits[0] is not limits:
             self._key_limits = (limits, pg_limits.key_arrays(limits))
