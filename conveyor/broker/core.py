@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import lifecycle
@@ -35,7 +35,7 @@ from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
-from conveyor.broker.limiter import Limiter
+from conveyor.broker.limiter import LIMITS, Limiter
 from conveyor.broker.logins import Logins
 from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.schedules import ScheduleBook
@@ -390,10 +390,16 @@ class BrokerCore:
         return revoked
 
     # -- limits --------------------------------------------------------------------------
-    def limits_info(self, waiting_for_key: dict[str, int]) -> dict[str, Any]:
-        """The limits in force and what they hold back (``waiting_for_key``: queued jobs
-        set aside by key, from the store's stats)."""
-        return {**self.limiter.snapshot(), "waiting_for_key": dict(waiting_for_key)}
+    def limits_info(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The limits in force and what they hold back, from the store's stats ``data``
+        (its queued jobs per task and queue; ``waiting_for_key``: queued jobs set aside
+        by key; ``running_by_key`` on a store several brokers share: every broker's)."""
+        return self.limiter.snapshot(data)
+
+    def setting_changed(self, name: str | None) -> None:
+        """Another broker changed a store setting: the set limits are read again."""
+        if name is None or name == LIMITS:
+            self.spawn(self.limiter.reload())
 
     async def limits(
         self, changes: dict[str, Any] | None = None, clears: list[str] | None = None
@@ -409,7 +415,7 @@ class BrokerCore:
                 await self.limiter.clear(target)
         for target, value in (changes or {}).items():
             await self.limiter.set(target, value)
-        return self.limits_info((await self.store.stats()).get("waiting_for_key", {}))
+        return self.limits_info(await self.store.stats())
 
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
@@ -422,7 +428,9 @@ class BrokerCore:
         workers = list(self.dispatcher.workers.values())
         data["workers"] = [w.describe() for w in workers]
         data["paused"] = sorted(self.dispatcher.paused)
-        data["limits"] = self.limits_info(data.pop("waiting_for_key", {}))
+        data["limits"] = self.limits_info(data)
+        data.pop("waiting_for_key", None)
+        data.pop("running_by_key", None)
         data["store"] = {"url": self.store.url, **self.store.health}
         data["security"] = self.logins.snapshot()
         data["broker"] = {

@@ -11,8 +11,9 @@ Passes are coalesced: many triggers in one loop iteration cause one pass.
 Limits (docs/workflows.md): every claim carries the broker's concurrency gate
 (``keygate.py``: a job whose concurrency key is at its limit stays queued and the claim
 goes on past it); when rate limits are set, ``ratelimit.py`` shapes each claim and the
-dispatcher sleeps on one timer until the next token. Without limits neither costs a job
-anything.
+dispatcher sleeps on one timer until the next token (on a store several brokers share,
+both are the store's: its claim counts every broker's running jobs per key, and its token
+buckets grant the tokens). Without limits neither costs a job anything.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class Dispatcher:
         self.dispatched = 0
         self.gate = ConcurrencyGate()  # per-key concurrency limits, asked by every claim
         self.rates = RateLimits()  # per task and queue; empty: no cost at all
+        self.shared_rates = store.rate_buckets()  # the store's buckets: limits across brokers
         self._timer: asyncio.TimerHandle | None = None  # the wake-up for the next token
         self._wake_at = 0.0
 
@@ -249,6 +251,8 @@ class Dispatcher:
                 claimant, queues=tuple(q for q in worker.queues if q not in self.paused)
             )
         if self.rates:
+            if self.shared_rates is not None:
+                await self.rates.draw(claimant, want, self.shared_rates, self.clock.monotonic)
             shaped, want, wake = self.rates.shape(claimant, want, self.clock.monotonic())
             if wake is not None:
                 self._wake_in(wake)

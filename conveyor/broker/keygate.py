@@ -18,8 +18,11 @@ free and the next claim gets that key back from :meth:`~ConcurrencyGate.freed`, 
 engine puts back that many of the jobs it had set aside. Nothing polls: a refused job is
 looked at again only when a slot of its key frees.
 
-The counts live in this broker's memory: several brokers on one database each count their
-own (see docs/workflows.md).
+Those counts live in this broker's memory, which is the whole truth when one broker owns
+the store (memory, SQLite). A store several brokers share (PostgreSQL) counts running jobs
+per key in its database instead, with every broker's claims: it asks
+:meth:`~ConcurrencyGate.key_limits` for the limits and never calls ``admit`` (see
+:mod:`conveyor.stores.sql.pg_limits`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from conveyor.job import JobRecord
+from conveyor.stores.base import KeyLimits
 
 TaskLimit = Callable[[str], int | None]  # task -> its declared concurrency_limit
 
@@ -42,6 +46,13 @@ class ConcurrencyGate:
         self.pending: Counter[str] = Counter()  # reserved by the claim in progress
         self._freed: Counter[str] = Counter()
         self._all_freed = False
+        self._limits = KeyLimits()
+
+    def configure(self, prefixes: Mapping[str, int], tasks: Mapping[str, int]) -> None:
+        """The limits changed: per key prefix (set on the broker) and per task (declared)."""
+        self.prefixes = dict(prefixes)
+        self._limits = KeyLimits(dict(prefixes), dict(tasks))
+        self.reconsider()
 
     def limit(self, task: str, key: str) -> int | None:
         """The limit a job of ``task`` with ``key`` runs under (None: unlimited)."""
@@ -68,6 +79,9 @@ class ConcurrencyGate:
             return _NONE
         freed, self._freed = self._freed, Counter()
         return freed
+
+    def key_limits(self) -> KeyLimits:
+        return self._limits
 
     # -- the broker's side ------------------------------------------------------------------
     def settle(self, claimed: Iterable[JobRecord]) -> None:

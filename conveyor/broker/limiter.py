@@ -24,7 +24,7 @@ from typing import Any
 from conveyor import limitspec
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.clock import Clock
-from conveyor.errors import InvalidJob, JobNotFound
+from conveyor.errors import InvalidJob, JobNotFound, StoreUnavailable
 from conveyor.lifecycle import TaskOptions
 from conveyor.stores.base import Store
 
@@ -56,6 +56,20 @@ class Limiter:
             await self.store.meta_set(LIMITS, table)
         self.table = table
         self._apply()
+
+    async def reload(self) -> None:
+        """Another broker changed the stored table (a shared store): read it again."""
+        try:
+            table = limitspec.check_table(await self.store.meta_get(LIMITS) or {})
+        except StoreUnavailable:
+            return  # the store says so once; the next change or reconnect reads it again
+        except InvalidJob as exc:
+            log.warning("ignoring the stored limits: %s", exc.message)
+            return
+        if table != self.table:
+            self.table = table
+            log.info("limits changed by another broker: %s", table)
+            self._apply()
 
     # -- changes -------------------------------------------------------------------------
     def check(self, target: Any, value: Any = None, fld: str | None = None) -> None:
@@ -123,22 +137,35 @@ class Limiter:
             kind, name = target.split(":", 1)
             per_second = limitspec.parse_rate(rate).per_second
             (tasks if kind == "task" else queues)[name] = per_second
-        self.dispatcher.rates.configure(tasks, queues, self.clock.monotonic())
+        self.dispatcher.rates.configure(
+            tasks, queues, self.clock.monotonic(), shared=self.dispatcher.shared_rates is not None
+        )
         gate = self.dispatcher.gate
-        gate.prefixes = {t[4:]: int(v) for t, v in self.table.items() if t.startswith("key:")}
         gate.task_limit = self.task_limit
-        gate.reconsider()
+        gate.configure(
+            {t[4:]: int(v) for t, v in self.table.items() if t.startswith("key:")},
+            {t: o.concurrency_limit for t, o in self.declared.items() if o.concurrency_limit},
+        )
         self.dispatcher.trigger()
 
     # -- numbers -------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        """What stats shows: each rate with its bucket, each concurrency limit, the keys
-        with running jobs."""
+    def snapshot(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """What stats shows, from the store's stats ``data``: each rate with its bucket and
+        the queued jobs it holds back now, each concurrency limit, the keys with running
+        jobs (the store's count when it has one: every broker's) and the jobs waiting for
+        one."""
         buckets = self.dispatcher.rates.snapshot(self.clock.monotonic())
         rates = []
+        held_jobs = 0
         for target, (rate, source) in sorted(self.rates().items()):
             kind, name = target.split(":", 1)
-            rates.append({"target": target, "rate": rate, "source": source, **buckets[kind, name]})
+            bucket = buckets[kind, name]
+            counts = data.get("tasks" if kind == "task" else "queues", {}).get(name, {})
+            held = int(counts.get("queued", 0)) if bucket["limited"] else 0
+            held_jobs += held
+            rates.append(
+                {"target": target, "rate": rate, "source": source, **bucket, "held_jobs": held}
+            )
         concurrency = [
             {"target": t, "limit": v, "source": "broker"}
             for t, v in sorted(self.table.items())
@@ -149,10 +176,18 @@ class Limiter:
             for t, o in sorted(self.declared.items())
             if o.concurrency_limit is not None
         ]
+        running = data.get("running_by_key")
+        if running is None:
+            running = dict(self.dispatcher.gate.running)
+        waiting = dict(data.get("waiting_for_key") or {})
         return {
             "set": dict(self.table),
             "rates": rates,
             "concurrency": concurrency,
-            "running_by_key": dict(sorted(self.dispatcher.gate.running.items())),
+            "running_by_key": dict(sorted(running.items())),
+            "waiting_for_key": waiting,
             "held": self.dispatcher.rates.held,
+            "held_by_rate": held_jobs,
+            "waiting_for_keys": sum(waiting.values()),
+            "shared": self.dispatcher.shared_rates is not None,
         }

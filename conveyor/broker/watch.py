@@ -4,7 +4,8 @@ A store that several brokers share (PostgreSQL) calls a :class:`~conveyor.stores
 StoreListener` when another broker's change is committed: jobs became queued (an idle
 worker here may take them: a dispatch pass), jobs became final (a producer here may be
 waiting for one: it is pushed the result), or a cancel was asked for a running job (the
-worker here that runs it is told to stop). Engines that one broker owns never call it.
+worker here that runs it is told to stop), or a setting changed (the core reads the set
+limits again). Engines that one broker owns never call it.
 
 The listener only schedules work: it reads the jobs in a background task of the core
 (``core.spawn``), since its callbacks run on the loop and must not block.
@@ -33,6 +34,7 @@ class WatchedCore(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     def abort_run(self, job: JobRecord) -> None: ...
+    def setting_changed(self, name: str | None) -> None: ...
 
 
 class StoreWatch:
@@ -48,6 +50,9 @@ class StoreWatch:
         waited = self.core.waiters.waiting_on(job_ids)
         if waited:
             self.core.spawn(self._tell_waiters(waited))
+
+    def setting_changed(self, name: str | None) -> None:
+        self.core.setting_changed(name)
 
     def cancel_requested(self, job_ids: Sequence[str]) -> None:
         held = [

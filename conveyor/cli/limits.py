@@ -76,10 +76,14 @@ def describe(data: dict[str, Any]) -> list[str]:
     """The lines ``limits list`` and ``stats`` print."""
     lines: list[str] = []
     for r in data.get("rates", ()):
-        state = "limited now" if r.get("limited") else f"{r.get('tokens', 0)} token(s)"
+        if r.get("limited"):
+            state = f"limited now, {r.get('held_jobs', 0)} job(s) held"
+        else:
+            state = f"{r.get('tokens', 0)} token(s)"
+        scope = "; all brokers" if r.get("shared") else ""
         lines.append(
-            f"rate         {r['target']:<30} {r['rate']:>10}  ({r['source']}; {state}; "
-            f"{r.get('dispatched', 0)} dispatched)"
+            f"rate         {r['target']:<30} {r['rate']:>10}  ({r['source']}{scope}; {state}; "
+            f"{r.get('dispatched', 0)} dispatched here)"
         )
     for c in data.get("concurrency", ()):
         lines.append(f"concurrency  {c['target']:<30} {c['limit']:>10}  ({c['source']})")
@@ -87,4 +91,9 @@ def describe(data: dict[str, Any]) -> list[str]:
         lines.append(f"running      key {key:<26} {n:>10}")
     for key, n in (data.get("waiting_for_key") or {}).items():
         lines.append(f"waiting      key {key:<26} {n:>10}  (queued until a slot frees)")
+    if data.get("held_by_rate") or data.get("waiting_for_keys"):
+        lines.append(
+            f"held         {data.get('held_by_rate', 0)} job(s) by a rate limit, "
+            f"{data.get('waiting_for_keys', 0)} waiting for a key"
+        )
     return lines or ["no limits"]

@@ -315,8 +315,8 @@ LimitTarget = Annotated[
 
 @router.get("/api/limits", response_model=Limits, tags=["limits"])
 async def limits(ctx: Reader) -> dict[str, Any]:
-    """The rate and concurrency limits in force and what they hold back now (global for
-    this broker, whatever the number of workers)."""
+    """The rate and concurrency limits in force and what they hold back now (global,
+    whatever the number of workers, and across every broker on one PostgreSQL database)."""
     return await ctx.core.limits()
 
 

@@ -72,7 +72,7 @@ class _Snapshot(Collector):
         refused.add_metric(["auth_throttled"], core.metrics.get("auth_throttled", 0))
         yield refused
         yield from _security(core)
-        yield from _limits(core.limits_info(data.get("waiting_for_key", {})))
+        yield from _limits(core.limits_info(data))
 
 
 def _limits(info: dict[str, Any]) -> Iterator[Any]:
@@ -88,13 +88,20 @@ def _limits(info: dict[str, Any]) -> Iterator[Any]:
     passed = CounterMetricFamily(
         "conveyor_rate_limit_dispatched", "Jobs a rate limit let through", labels=["target"]
     )
+    held = GaugeMetricFamily(
+        "conveyor_rate_limit_held_jobs",
+        "Queued jobs a rate limit holds back now",
+        labels=["target"],
+    )
     for r in info["rates"]:
         rate.add_metric([r["target"]], r["per_second"])
         limited.add_metric([r["target"]], 1 if r["limited"] else 0)
         passed.add_metric([r["target"]], r["dispatched"])
+        held.add_metric([r["target"]], r["held_jobs"])
     yield rate
     yield limited
     yield passed
+    yield held
     running = GaugeMetricFamily(
         "conveyor_key_running", "Running jobs per concurrency key", labels=["key"]
     )

@@ -160,6 +160,8 @@ class RateInfo(BaseModel):
     tokens: int = Field(description="jobs it may dispatch right now")
     limited: bool = Field(description="holding jobs back now: no token")
     dispatched: int = Field(description="jobs it let through since the broker started")
+    shared: bool = Field(description="its bucket is the store's, shared by every broker")
+    held_jobs: int = Field(description="queued jobs it holds back now")
 
 
 class ConcurrencyInfo(BaseModel):
@@ -177,6 +179,9 @@ class Limits(BaseModel):
         description="queued jobs set aside because their key is at its limit"
     )
     held: int = Field(description="claims that left a rate-limited target out")
+    held_by_rate: int = Field(description="queued jobs a rate limit holds back now")
+    waiting_for_keys: int = Field(description="queued jobs waiting for a key's slot")
+    shared: bool = Field(description="the limits hold across every broker on the store")
 
 
 class LimitBody(BaseModel):

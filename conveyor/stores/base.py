@@ -37,6 +37,18 @@ class Inserted:
     created: bool  # False: an existing job was returned (same id, or same live unique_key)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """The concurrency limits in force: per key prefix (set on the broker, the longest
+    matching wins) and per task (declared), for engines that count in their database."""
+
+    prefixes: Mapping[str, int] = field(default_factory=dict)
+    tasks: Mapping[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.prefixes or self.tasks)
+
+
 class KeyGate(Protocol):
     """Per-key concurrency limits as a claim sees them (the broker's
     :class:`~conveyor.broker.keygate.ConcurrencyGate` is one).
@@ -53,6 +65,25 @@ class KeyGate(Protocol):
     def freed(self) -> Mapping[str, int] | None:
         """Slots freed per key since the last call (the call forgets them); ``None``:
         limits changed, every refused job may be tried again."""
+        ...
+
+    def key_limits(self) -> KeyLimits:
+        """The limits themselves (the same object until they change): an engine shared by
+        several brokers counts running jobs per key in its database instead of asking
+        :meth:`admit` (PostgreSQL: :mod:`conveyor.stores.sql.pg_limits`)."""
+        ...
+
+
+class RateBuckets(Protocol):
+    """Token buckets kept by a store that several brokers share (see
+    :meth:`Store.rate_buckets`)."""
+
+    async def take(
+        self, asks: Sequence[tuple[str, float, float, int]]
+    ) -> dict[str, tuple[int, float]]:
+        """For each ``(target, rate, burst, n)``: take up to ``n`` whole tokens from the
+        target's bucket (created full at the first take; ``rate`` and ``burst`` replace the
+        stored ones). Returns per target ``(granted, tokens left)``."""
         ...
 
 
@@ -111,6 +142,9 @@ class StoreListener(Protocol):
     def cancel_requested(self, job_ids: Sequence[str]) -> None:
         """A cancel was asked for these running jobs."""
 
+    def setting_changed(self, name: str | None) -> None:
+        """The setting ``name`` (:meth:`Store.meta_set`) was changed."""
+
 
 class Store(abc.ABC):
     """Abstract base of every engine. See the module docstring for the contract."""
@@ -120,6 +154,11 @@ class Store(abc.ABC):
     #: several brokers may share the engine's data (it calls :meth:`watch`'s listener)
     shared: bool = False
     url: str = ""
+
+    def rate_buckets(self) -> RateBuckets | None:
+        """The store's shared token buckets, for rate limits that hold across brokers;
+        None (memory, SQLite: one broker) keeps them in the broker's memory."""
+        return None
 
     def watch(self, listener: StoreListener) -> None:
         """Tell ``listener`` of changes other brokers make (call before :meth:`open`).
@@ -247,4 +286,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:
         """``{"states": {state: n}, "queues": {queue: {state: n}}, "totals": {kind: n}}``;
-        optionally ``"waiting_for_key": {key: n}`` (queued jobs a gate refused)."""
+        optionally ``"waiting_for_key": {key: n}`` (queued jobs a gate refused) and, on an
+        engine that counts keys in its database, ``"running_by_key": {key: n}`` (every
+        broker's)."""

@@ -53,7 +53,17 @@ from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
 from conveyor.job import TRANSITIONS, UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store, StoreListener
+from conveyor.stores.base import (
+    Claimant,
+    Inserted,
+    JobFilter,
+    KeyLimits,
+    Page,
+    RateBuckets,
+    Store,
+    StoreListener,
+)
+from conveyor.stores.sql import pg_limits
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
@@ -100,6 +110,7 @@ class PostgresStore(Store):
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
         self._next_fold = 0.0
+        self._key_limits: tuple[KeyLimits, dict[str, list[Any]]] | None = None
 
     @property
     def health(self) -> dict[str, Any]:
@@ -162,9 +173,11 @@ class PostgresStore(Store):
         if limit <= 0 or not claimant.tasks:
             return []
         self._lease_seconds = lease_seconds
+        keyed = self._key_arrays(claimant)
         rows = await self._run(
-            q.CLAIM,
+            q.CLAIM if keyed is None else pg_limits.CLAIM_KEYED,
             {
+                **(keyed or {}),
                 **self._claimant_arrays(claimant),
                 "n": limit,
                 "worker": claimant.worker,
@@ -190,6 +203,21 @@ class PostgresStore(Store):
             self._held[old.id] = row[-2]
             claimed.append(t.new)
         return claimed
+
+    def _key_arrays(self, claimant: Claimant) -> dict[str, list[Any]] | None:
+        """The key limits of the claimant's gate as arrays (None: no limit is in force, the
+        plain claim), made once per change of the limits."""
+        limits = claimant.gate.key_limits() if claimant.gate is not None else None
+        if not limits:
+            if limits is not None:
+                self._key_limits = None  # cleared: stats count no key as full
+            return None
+        if self._key_limits is None or self._key_limits[0] is not limits:
+            self._key_limits = (limits, pg_limits.key_arrays(limits))
+        return self._key_limits[1]
+
+    def rate_buckets(self) -> RateBuckets:
+        return pg_limits.SharedBuckets(self._run)
 
     def _claimant_arrays(self, claimant: Claimant) -> dict[str, str]:
         """The claimant's queues, tasks and options as array literals, made once per
@@ -279,6 +307,7 @@ class PostgresStore(Store):
             rows = await self._run(q.PRUNE, {"before": finished_before, "n": PRUNE_CHUNK})
             total += int(rows[0][0])
             if rows[0][0] < PRUNE_CHUNK:
+                await self._run(pg_limits.KEYS_PRUNE)
                 return total
 
     # -- several brokers -------------------------------------------------------------------
@@ -404,4 +433,6 @@ class PostgresStore(Store):
         live.counts = counts
         for kind, n in await self._run(q.TOTALS):
             live.totals[kind] = int(n)
-        return live.stats()
+        out = live.stats()
+        keyed = self._key_limits[1] if self._key_limits is not None else None
+        return {**out, **await pg_limits.key_stats(self._run, keyed)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from conveyor.client.aio import AsyncClient
 from conveyor.errors import InvalidJob
 from conveyor.worker.tasks import TaskRegistry, task
 from tests.conftest import StartWorker
+from tests.postgres import ENGINE_PARAMS, engine_url
 
 RATE = 5.0
 
@@ -71,11 +73,11 @@ async def run_all(client: AsyncClient, task_name: str, n: int, **options: Any) -
         await handle.result(timeout=30)
 
 
-@pytest.fixture
-def broker_config(home: Path) -> BrokerConfig:
-    return BrokerConfig(
-        port=0, store_url="memory://", home=home, rate_limits=(("task:limited", "5/s"),)
-    )
+@pytest.fixture(params=[p for p in ENGINE_PARAMS if p != "sqlite"])  # sqlite: memory's gate
+def broker_config(request: pytest.FixtureRequest, home: Path) -> Iterator[BrokerConfig]:
+    """A broker on memory, and on PostgreSQL (its limits are the store's)."""
+    with engine_url(request.param, home / "unused.db") as url:
+        yield BrokerConfig(port=0, store_url=url, home=home, rate_limits=(("task:limited", "5/s"),))
 
 
 @pytest.fixture

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from conveyor.broker.ratelimit import RateLimits, TokenBucket
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.broker.ratelimit import RETRY_SECONDS, RateLimits, TokenBucket
+from conveyor.errors import StoreUnavailable
 from conveyor.job import JobRecord
 from conveyor.stores.base import Claimant
 
@@ -74,3 +78,59 @@ def test_reconfiguring_keeps_the_buckets_whose_rate_is_unchanged() -> None:
     limits.configure({"t": 2.0, "u": 3.0}, {}, now=1.0)
     assert limits.tasks["t"] is kept and limits.tasks["u"].rate == 3.0
     assert not RateLimits()
+
+
+class FakeStore:
+    """A store's shared buckets on a hand-moved clock; counts the round trips."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.buckets: dict[str, TokenBucket] = {}
+        self.calls = 0
+        self.down = False
+
+    async def take(self, asks: Sequence[tuple[str, float, float, int]]) -> dict[str, Any]:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("store_unavailable", "down")
+        out = {}
+        for target, rate, burst, n in asks:
+            bucket = self.buckets.setdefault(target, TokenBucket(rate, self.clock[0], burst))
+            granted = min(n, bucket.available(self.clock[0]))
+            bucket.take(granted, self.clock[0])
+            out[target] = (granted, bucket.tokens)
+        return out
+
+
+async def test_shared_buckets_hold_granted_tokens_and_ask_only_when_the_store_has_one() -> None:
+    clock = [0.0]
+    store = FakeStore(clock)
+    limits = RateLimits()
+    limits.configure({"t": 5.0}, {}, now=0.0, shared=True)
+    claimant = Claimant("w", ("default",), frozenset({"t"}))
+    await limits.draw(claimant, 4, store, lambda: clock[0])
+    shaped, want, _ = limits.shape(claimant, 4, 0.0)
+    assert shaped is claimant and want == 1  # the store's full bucket of one
+    limits.charge([JobRecord(id="j", task="t", payload=b"")], 0.0)
+    await limits.draw(claimant, 4, store, lambda: clock[0])  # the store said: empty till 0.2
+    assert store.calls == 1
+    shaped, _, wake = limits.shape(claimant, 4, 0.0)
+    assert shaped is None and wake is not None and abs(wake - 0.2) < 1e-9
+    assert limits.snapshot(0.0)["task", "t"]["limited"] is True
+    clock[0] = 0.2
+    await limits.draw(claimant, 4, store, lambda: clock[0])
+    assert store.calls == 2 and limits.shape(claimant, 4, 0.2)[0] is claimant
+
+
+async def test_a_store_that_cannot_be_asked_leaves_the_target_out_for_a_while() -> None:
+    clock = [0.0]
+    store = FakeStore(clock)
+    store.down = True
+    limits = RateLimits()
+    limits.configure({}, {"default": 5.0}, now=0.0, shared=True)
+    claimant = Claimant("w", ("default",), frozenset({"t"}))
+    await limits.draw(claimant, 4, store, lambda: clock[0])
+    shaped, _, wake = limits.shape(claimant, 4, 0.0)
+    assert shaped is None and wake == RETRY_SECONDS
+    await limits.draw(claimant, 4, store, lambda: clock[0])
+    assert store.calls == 1  # not asked again before then

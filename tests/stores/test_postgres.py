@@ -65,6 +65,9 @@ class Listener:
         self.cancels.extend(job_ids)
         self.changed.set()
 
+    def setting_changed(self, name: Any) -> None:
+        self.changed.set()
+
     async def until(self, predicate: Any) -> None:
         async with asyncio.timeout(10):
             while not predicate():

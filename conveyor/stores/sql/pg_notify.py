@@ -4,7 +4,10 @@ The triggers of :mod:`conveyor.stores.sql.pg_schema` NOTIFY ``conveyor_<schema>`
 transaction that changes the jobs, so a notification arrives only once the change is
 committed. Payloads are JSON: ``{"b": broker, "a": [[queue, task], ...] | null}`` (jobs
 became queued), ``{"b": broker, "f": [id, ...]}`` (jobs became final) and
-``{"b": broker, "c": [id, ...]}`` (a cancel was asked for running jobs). ``b`` is the
+``{"b": broker, "c": [id, ...]}`` (a cancel was asked for running jobs),
+``{"b": broker, "k": [key, ...] | null}`` (jobs holding these concurrency keys stopped
+running: a dispatch pass, see :mod:`~conveyor.stores.sql.pg_limits`) and
+``{"b": broker, "m": name}`` (a setting changed; its own are ignored). ``b`` is the
 broker whose connection made the change. A broker hears its own queued and final jobs
 too (cheap: a coalesced dispatch pass, a look-up among its waiters), so that a change it
 made but whose reply it lost still reaches its waiters; it ignores its own cancels, which
@@ -81,6 +84,7 @@ class NotifyListener:
                 if not first:  # notifications sent while we were away are lost
                     self.listener.available(None)
                     self.listener.finished(None)
+                    self.listener.setting_changed(None)
                 first = False
                 async for note in conn.notifies():
                     self._dispatch(note.payload)
@@ -103,8 +107,12 @@ class NotifyListener:
             if "a" in message:
                 pairs = message["a"]
                 self.listener.available(None if pairs is None else [tuple(p) for p in pairs])
+            if "k" in message:  # slots of concurrency keys freed: parked jobs may go now
+                self.listener.available(None)
             if "f" in message:
                 self.listener.finished(list(message["f"]))
+            if "m" in message and message.get("b") != self.broker:
+                self.listener.setting_changed(str(message["m"]))
             if "c" in message and message.get("b") != self.broker:
                 self.listener.cancel_requested(list(message["c"]))
         except Exception:  # a listener bug must not end the LISTEN loop

@@ -25,6 +25,9 @@ Tables (v1):
 - ``meta``: small settings (task routes, paused queues), ``brokers``: one row per running
   broker with its heartbeat.
 
+v3 adds ``rate_buckets`` and ``key_slots``, the limits every broker shares
+(:mod:`conveyor.stores.sql.pg_limits`).
+
 The same triggers NOTIFY the schema's channel (``conveyor_<schema>``): the (queue, task)
 pairs of jobs that became queued, the ids of jobs that became final and of running jobs
 whose cancel was asked for (see :mod:`conveyor.stores.sql.pg_notify`).
@@ -41,6 +44,7 @@ from psycopg import sql
 
 from conveyor.errors import ConfigError
 from conveyor.stores.base import TOTALS
+from conveyor.stores.sql import pg_limits
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 NOTIFY_IDS = 50  # job ids per notification: well within PostgreSQL's 8,000-byte payload
@@ -203,6 +207,7 @@ _V2 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, events, counts, totals, meta, brokers; counting and notifying", _V1),
     Migration(2, "concurrency keys, workflows (waiting jobs, their inputs) and progress", _V2),
+    Migration(3, "limits across brokers: rate_buckets, key_slots (see pg_limits)", pg_limits.V3),
 )
 LATEST = MIGRATIONS[-1].version
 
