@@ -53,7 +53,16 @@ from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
 from conveyor.job import TRANSITIONS, UNROUTED, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store, StoreListener
+from conveyor.stores.base import (
+    Claimant,
+    Inserted,
+    JobFilter,
+    Page,
+    Store,
+    StoreListener,
+    WorkflowPage,
+    summarize,
+)
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
@@ -388,6 +397,19 @@ class PostgresStore(Store):
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([row_job(r) for r in rows], str(rows[-1][-1]) if more and rows else None)
+
+    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+        sql = q.WORKFLOWS_FIRST if cursor is None else q.WORKFLOWS_BEFORE
+        rows = await self._run(sql, {"n": limit + 1, "before": cursor})
+        ids = sorted({r[0] for r in rows}, reverse=True)
+        page = ids[:limit]
+        keep = set(page)  # the one past the page only says there is more
+        groups = [
+            (w, state, bool(root), bool(join), int(n), float(at))
+            for w, state, root, join, n, at in rows
+            if w in keep
+        ]
+        return WorkflowPage(summarize(page, groups), page[-1] if len(ids) > limit else None)
 
     async def job_next_eta(self) -> float | None:
         rows = await self._run(q.NEXT_ETA)
