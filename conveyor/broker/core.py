@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from conveyor import lifecycle
+from conveyor.broker import heldback
 from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher
@@ -390,10 +391,14 @@ class BrokerCore:
         return revoked
 
     # -- limits --------------------------------------------------------------------------
-    def limits_info(self, waiting_for_key: dict[str, int]) -> dict[str, Any]:
+    def limits_info(
+        self, waiting_for_key: dict[str, int], stats: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The limits in force and what they hold back (``waiting_for_key``: queued jobs
-        set aside by key, from the store's stats)."""
-        return {**self.limiter.snapshot(), "waiting_for_key": dict(waiting_for_key)}
+        set aside by key, from the store's stats; with the ``stats``, each limit's own
+        counts too: :mod:`conveyor.broker.heldback`)."""
+        info = {**self.limiter.snapshot(), "waiting_for_key": dict(waiting_for_key)}
+        return info if stats is None else heldback.add_counts(info, stats)
 
     async def limits(
         self, changes: dict[str, Any] | None = None, clears: list[str] | None = None
@@ -409,7 +414,8 @@ class BrokerCore:
                 await self.limiter.clear(target)
         for target, value in (changes or {}).items():
             await self.limiter.set(target, value)
-        return self.limits_info((await self.store.stats()).get("waiting_for_key", {}))
+        data = await self.store.stats()
+        return self.limits_info(data.get("waiting_for_key", {}), data)
 
     # -- numbers -------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:

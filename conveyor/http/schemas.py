@@ -160,12 +160,17 @@ class RateInfo(BaseModel):
     tokens: int = Field(description="jobs it may dispatch right now")
     limited: bool = Field(description="holding jobs back now: no token")
     dispatched: int = Field(description="jobs it let through since the broker started")
+    queued: int | None = Field(None, description="its target's jobs queued now")
 
 
 class ConcurrencyInfo(BaseModel):
     target: str = Field(description="key:PREFIX (set on the broker) or task:NAME (@task)")
     limit: int
     source: Literal["broker", "task"]
+    running: int | None = Field(None, description="running jobs of the keys it governs")
+    waiting: int | None = Field(
+        None, description="queued jobs of those keys waiting for one of them to end"
+    )
 
 
 class Limits(BaseModel):

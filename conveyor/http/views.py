@@ -188,7 +188,7 @@ async def stats(core: BrokerCore, history: History) -> dict[str, Any]:
         "requeued": data["totals"]["requeued"],
         "jobs_per_second": round(history.jobs_per_second(), 3),
         "paused": sorted(core.paused),
-        "limits": core.limits_info(data.get("waiting_for_key", {})),
+        "limits": core.limits_info(data.get("waiting_for_key", {}), data),
         "run_time": rates["run"],
         "wait_time": rates["wait"],
         "store": core.store.health,
