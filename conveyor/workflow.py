@@ -161,3 +161,21 @@ def _plan(
         return tuple(tails), FEED_RESULTS
     header, _ = _plan(node.header, after, feed, out)
     return _plan(node.callback, header, FEED_RESULTS, out)
+
+
+# -- seen from its jobs: what kind of workflow it was ------------------------------------------
+def kind_of(members: int, roots: int, joins: int) -> str:
+    """The top shape of a workflow from its jobs, as the broker sees them (it keeps no
+    record of the workflow itself): ``members``, how many wait for none (``roots``), how
+    many receive a list of results (``joins``). ``group`` (every job starts at once, or
+    parallel chains), ``chain`` (one job starts it), ``chord`` (parallel jobs, then one
+    callback: also a chain that starts with a group), else ``workflow``."""
+    if roots == members:
+        return "group" if members > 1 else "chain"
+    if joins == 1 and roots == members - 1:
+        return "chord"  # of signatures (its header may have one member)
+    if roots == 1:
+        return "chain"
+    if joins == 0:
+        return "group"
+    return "chord" if joins == 1 else "workflow"

@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import lifecycle
+from conveyor.broker import heldback
 from conveyor.broker.backlog import Backlog
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.dispatch import Dispatcher
@@ -393,8 +394,9 @@ class BrokerCore:
     def limits_info(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """The limits in force and what they hold back, from the store's stats ``data``
         (its queued jobs per task and queue; ``waiting_for_key``: queued jobs set aside
-        by key; ``running_by_key`` on a store several brokers share: every broker's)."""
-        return self.limiter.snapshot(data)
+        by key; ``running_by_key`` on a store several brokers share: every broker's), with
+        each limit's own counts (:mod:`conveyor.broker.heldback`)."""
+        return heldback.add_counts(self.limiter.snapshot(data), data)
 
     def setting_changed(self, name: str | None) -> None:
         """Another broker changed a store setting: the set limits are read again."""

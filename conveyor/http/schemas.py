@@ -162,12 +162,17 @@ class RateInfo(BaseModel):
     dispatched: int = Field(description="jobs it let through since the broker started")
     shared: bool = Field(description="its bucket is the store's, shared by every broker")
     held_jobs: int = Field(description="queued jobs it holds back now")
+    queued: int | None = Field(None, description="its target's jobs queued now")
 
 
 class ConcurrencyInfo(BaseModel):
     target: str = Field(description="key:PREFIX (set on the broker) or task:NAME (@task)")
     limit: int
     source: Literal["broker", "task"]
+    running: int | None = Field(None, description="running jobs of the keys it governs")
+    waiting: int | None = Field(
+        None, description="queued jobs of those keys waiting for one of them to end"
+    )
 
 
 class Limits(BaseModel):

@@ -20,11 +20,12 @@ committed); claims and promotions need not be (a lost claim is simply run again)
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from conveyor.job import DEFAULT_QUEUE, Event, JobRecord, JobState
+from conveyor.job import DEFAULT_QUEUE, FEED_RESULTS, Event, JobRecord, JobState
 from conveyor.lifecycle import TaskOptions, Transition
 
 TOTALS = ("submitted", "completed", "failed", "retried", "requeued", "dead", "cancelled")
@@ -126,6 +127,65 @@ class Page:
 
     jobs: list[JobRecord]
     cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    """One workflow as a listing shows it: its jobs by state, how many wait for none
+    (``roots``) and how many receive a list of results (``joins``: a chord's callback),
+    and when its first job was submitted."""
+
+    id: str
+    counts: dict[str, int]
+    members: int
+    roots: int
+    joins: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPage:
+    """Workflows, newest first (by id: UUIDv7 ids sort by time); ``cursor`` asks for the
+    next page (None: last)."""
+
+    workflows: list[WorkflowSummary]
+    cursor: str | None = None
+
+
+#: a group of one workflow's jobs: (workflow, state, is a root, is a join, count, created)
+MemberGroup = tuple[str, str, bool, bool, int, float]
+
+
+def summarize(ids: Sequence[str], groups: Iterable[MemberGroup]) -> list[WorkflowSummary]:
+    """The summaries of workflows ``ids`` (in that order) from their jobs, grouped; a
+    workflow with no job left is left out."""
+    counts: dict[str, Counter[str]] = {i: Counter() for i in ids}
+    roots: Counter[str] = Counter()
+    joins: Counter[str] = Counter()
+    created: dict[str, float] = {}
+    for workflow, state, root, join, n, at in groups:
+        counts[workflow][state] += n
+        roots[workflow] += n if root else 0
+        joins[workflow] += n if join else 0
+        created[workflow] = min(created.get(workflow, at), at)
+    return [
+        WorkflowSummary(i, dict(c), c.total(), roots[i], joins[i], created[i])
+        for i, c in counts.items()
+        if c
+    ]
+
+
+def member_group(job: JobRecord) -> MemberGroup:
+    """One job as a group of one (engines that read the jobs themselves)."""
+    workflow = job.workflow or ""
+    return (
+        workflow,
+        job.state.value,
+        not job.depends_on,
+        job.feed == FEED_RESULTS,
+        1,
+        job.created_at,
+    )
 
 
 class StoreListener(Protocol):
@@ -264,6 +324,11 @@ class Store(abc.ABC):
             if page.cursor is None:
                 return out
             cursor = page.cursor
+
+    @abc.abstractmethod
+    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+        """Workflows (the jobs that carry a ``workflow`` id, summed up as one), newest
+        first by id, through an index of that id: never a scan of every job."""
 
     @abc.abstractmethod
     async def job_next_eta(self) -> float | None:

@@ -8,14 +8,23 @@ in the order they finished).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from conveyor import lifecycle
 from conveyor.job import PRUNABLE_STATES, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store
+from conveyor.stores.base import (
+    Claimant,
+    Inserted,
+    JobFilter,
+    Page,
+    Store,
+    WorkflowPage,
+    member_group,
+    summarize,
+)
 
 
 class MemoryStore(Store):
@@ -29,6 +38,7 @@ class MemoryStore(Store):
         self._order: dict[str, int] = {}  # id -> submission number (listing cursors)
         self._submitted = 0
         self._meta: dict[str, Any] = {}
+        self._workflows: dict[str, dict[str, None]] = {}  # workflow -> its job ids, in order
 
     # -- writes --------------------------------------------------------------------------
     async def job_insert_many(
@@ -44,6 +54,8 @@ class MemoryStore(Store):
             self._events[job.id] = [first]
             self._submitted += 1
             self._order[job.id] = self._submitted
+            if job.workflow is not None:
+                self._workflows.setdefault(job.workflow, {})[job.id] = None
             out.append(Inserted(job, True))
         return out
 
@@ -96,6 +108,11 @@ class MemoryStore(Store):
             self.live.remove(job)
             self._events.pop(job.id, None)
             self._order.pop(job.id, None)
+            members = self._workflows.get(job.workflow or "")
+            if members is not None:
+                members.pop(job.id, None)
+                if not members:
+                    del self._workflows[job.workflow or ""]
         return len(jobs)
 
     async def dlq_purge(self, ids: Sequence[str] | None) -> int:
@@ -143,7 +160,14 @@ class MemoryStore(Store):
         before = int(cursor) if cursor else None
         out: list[JobRecord] = []
         skipped = 0
-        for job in reversed(self.live.jobs.values()):
+        jobs = self.live.jobs
+        candidates: Iterable[JobRecord]
+        if where.workflow is not None:  # its members only, not every job
+            members = reversed(self._workflows.get(where.workflow, {}))
+            candidates = (jobs[i] for i in members)
+        else:
+            candidates = reversed(jobs.values())
+        for job in candidates:
             if before is not None and self._order[job.id] >= before:
                 continue
             if not _matches(job, where):
@@ -155,6 +179,13 @@ class MemoryStore(Store):
                 return Page(out, str(self._order[out[-1].id]))
             out.append(job)
         return Page(out, None)
+
+    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+        ids = sorted((w for w in self._workflows if cursor is None or w < cursor), reverse=True)
+        page = ids[:limit]
+        jobs = self.live.jobs
+        groups = (member_group(jobs[i]) for w in page for i in self._workflows[w])
+        return WorkflowPage(summarize(page, groups), page[-1] if len(ids) > limit else None)
 
     async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
         jobs = self.live.jobs

@@ -62,6 +62,8 @@ from conveyor.stores.base import (
     RateBuckets,
     Store,
     StoreListener,
+    WorkflowPage,
+    summarize,
 )
 from conveyor.stores.sql import pg_limits
 from conveyor.stores.sql import pg_queries as q
@@ -417,6 +419,19 @@ class PostgresStore(Store):
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([row_job(r) for r in rows], str(rows[-1][-1]) if more and rows else None)
+
+    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+        sql = q.WORKFLOWS_FIRST if cursor is None else q.WORKFLOWS_BEFORE
+        rows = await self._run(sql, {"n": limit + 1, "before": cursor})
+        ids = sorted({r[0] for r in rows}, reverse=True)
+        page = ids[:limit]
+        keep = set(page)  # the one past the page only says there is more
+        groups = [
+            (w, state, bool(root), bool(join), int(n), float(at))
+            for w, state, root, join, n, at in rows
+            if w in keep
+        ]
+        return WorkflowPage(summarize(page, groups), page[-1] if len(ids) > limit else None)
 
     async def job_next_eta(self) -> float | None:
         rows = await self._run(q.NEXT_ETA)

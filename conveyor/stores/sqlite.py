@@ -55,7 +55,15 @@ from conveyor.job import FINAL_STATES, PRUNABLE_STATES, Event, JobRecord, JobSta
 from conveyor.lifecycle import Transition
 from conveyor.stores._bounded import BoundedRecords
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store
+from conveyor.stores.base import (
+    Claimant,
+    Inserted,
+    JobFilter,
+    Page,
+    Store,
+    WorkflowPage,
+    summarize,
+)
 from conveyor.stores.sql.sqlite_checkpoint import Checkpointer
 from conveyor.stores.sql.sqlite_jobs import (
     Batch,
@@ -65,6 +73,7 @@ from conveyor.stores.sql.sqlite_jobs import (
     fetch_jobs,
     get_meta,
     list_jobs,
+    list_workflows,
     load_live,
     new_connection_setup,
     prune_chunk,
@@ -540,6 +549,14 @@ class SqliteStore(Store):
         jobs, last = await self._read_fresh(list_jobs, terms, limit, before, offset)
         jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))
+
+    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
+        ids, members, more = await self._read_fresh(list_workflows, limit, cursor)
+        groups = []
+        for workflow, job_id, state, root, join, created in members:
+            live = self._in_memory(job_id)  # memory is never older
+            groups.append((workflow, live.state.value if live else state, root, join, 1, created))
+        return WorkflowPage(summarize(ids, groups), ids[-1] if more and ids else None)
 
     async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
         jobs = self.live.jobs  # waiting jobs are always resident (loaded at open)

@@ -213,7 +213,9 @@ async def test_a_per_key_limit_of_two_is_never_exceeded_and_others_keep_flowing(
     assert quick_done < max(s for s, _ in runs["a"])
     limits = (await client.stats())["limits"]
     assert limits["waiting_for_key"] == {} and limits["running_by_key"] == {}
-    assert {"target": "task:fetch", "limit": 2, "source": "task"} in limits["concurrency"]
+    (fetch,) = [c for c in limits["concurrency"] if c["target"] == "task:fetch"]
+    assert (fetch["limit"], fetch["source"]) == (2, "task")
+    assert (fetch["running"], fetch["waiting"]) == (0, 0)  # all done: nothing held back
 
 
 async def test_a_broker_prefix_limit_applies_at_run_time(

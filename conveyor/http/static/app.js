@@ -8,11 +8,14 @@ import { DeadLetters } from "./dlq.js";
 import { Detail } from "./detail.js";
 import { $, setText } from "./dom.js";
 import { JobTable } from "./jobs.js";
+import { Limits } from "./limits.js";
 import { LiveFeed } from "./live.js";
 import { Queues } from "./queues.js";
+import { Schedules } from "./schedules.js";
 import { showSecurity } from "./security.js";
 import { SubmitForm } from "./submit.js";
 import { Workers } from "./workers.js";
+import { Workflows } from "./workflows.js";
 
 const CONNECTION = {
   idle: "not connected", connecting: "connecting…", live: "live",
@@ -75,6 +78,20 @@ function build() {
       status: $("#dlq-status"), error: $("#dlq-error"),
     }, openJob, () => panels.jobs.load()),
     detail: new Detail($("#detail"), refreshLists),
+    workflows: new Workflows({
+      body: $("#workflow-table tbody"), members: $("#workflow-members tbody"),
+      title: $("#workflow-title"), newer: $("#workflows-newer"), older: $("#workflows-older"),
+      page: $("#workflows-page"), error: $("#workflows-error"),
+    }, openJob),
+    schedules: new Schedules({
+      body: $("#schedule-table tbody"), status: $("#schedules-status"),
+      error: $("#schedules-error"),
+    }, openJob),
+    limits: new Limits({
+      rates: $("#rate-table tbody"), concurrency: $("#concurrency-table tbody"),
+      keys: $("#limit-keys"), form: $("#limit-form"), error: $("#limits-error"),
+      status: $("#limits-status"),
+    }),
     submit: null,
   };
   panels.submit = new SubmitForm($("#submit-form"), () => panels.jobs.load(), openJob);
@@ -86,6 +103,7 @@ function onNumbers(message, isTick) {
   panels.charts.update(point, stats);
   panels.workers.update(workers);
   panels.queues.update(stats, workers);
+  panels.limits.update(stats);
   panels.dlq.onTick(stats, isTick ? message : null);
   const banner = $("#banner");
   banner.hidden = stats.store.writable;
@@ -94,6 +112,8 @@ function onNumbers(message, isTick) {
     panels.jobs.onTick(message);
     panels.detail.onTick(message);
     panels.submit.onTick(message);
+    panels.workflows.onTick(message);
+    panels.schedules.onTick();
     if (message.joined.length || message.left.length) panels.submit.loadTasks();
   }
   document.body.dataset.ticks = String(Number(document.body.dataset.ticks || 0) + 1);
@@ -127,6 +147,8 @@ async function open() {
   panels.submit.loadTasks();
   panels.jobs.load();
   panels.dlq.load();
+  panels.workflows.load();
+  panels.schedules.load();
   try {
     panels.charts.history(await history);
   } catch {

@@ -194,3 +194,17 @@ AND (broker IS NULL OR broker = %(me)s OR NOT EXISTS (
 ORDER BY lease_expires LIMIT %(n)s
 """
 BROKERS = "SELECT id, started_at, heartbeat_at, host, pid FROM brokers ORDER BY started_at"
+
+# -- workflows: a page of them, newest first, off the jobs_workflow index ---------------------
+_WORKFLOWS = """
+WITH page AS (
+    SELECT DISTINCT workflow FROM jobs WHERE workflow IS NOT NULL{before}
+    ORDER BY workflow DESC LIMIT %(n)s
+)
+SELECT workflow, state, depends_on IS NULL, feed IS NOT DISTINCT FROM 'results',
+       count(*), min(created_at)
+FROM jobs WHERE workflow IN (SELECT workflow FROM page)
+GROUP BY 1, 2, 3, 4
+"""
+WORKFLOWS_FIRST = _WORKFLOWS.format(before="")
+WORKFLOWS_BEFORE = _WORKFLOWS.format(before=" AND workflow < %(before)s")

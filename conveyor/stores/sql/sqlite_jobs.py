@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.job import Event, JobRecord, JobState
+from conveyor.job import FEED_RESULTS, Event, JobRecord, JobState
 from conveyor.stores.sql.sqlite_schema import (
     COLUMNS,
     MUTABLE,
@@ -326,3 +326,36 @@ def prune_chunk(
     removed = Counter((JobState(r[2]), r[3], r[4], r[5]) for r in rows)
     add_counts(conn, Counter({k: -n for k, n in removed.items()}))
     return removed
+
+
+WorkflowMember = tuple[str, str, str, bool, bool, float]  # workflow, id, state, root, join, at
+
+
+def list_workflows(
+    conn: sqlite3.Connection, limit: int, before: str | None
+) -> tuple[list[str], list[WorkflowMember], bool]:
+    """A page of workflow ids, newest first, read backwards off the ``jobs_workflow``
+    index (never the whole table), their jobs' states and shapes, and whether there is more."""
+    where = "workflow IS NOT NULL"
+    params: tuple[str, ...] = ()
+    if before is not None:
+        where, params = f"{where} AND workflow < ?", (before,)
+    rows = conn.execute(
+        f"SELECT DISTINCT workflow FROM jobs INDEXED BY jobs_workflow WHERE {where}"
+        " ORDER BY workflow DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    ids = [r[0] for r in rows[:limit]]
+    members: list[WorkflowMember] = []
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i : i + CHUNK]
+        members.extend(
+            (w, job_id, state, bool(root), bool(join), created)
+            for w, job_id, state, root, join, created in conn.execute(
+                "SELECT workflow, id, state, depends_on IS NULL, feed IS ?, created_at"
+                " FROM jobs INDEXED BY jobs_workflow WHERE workflow IS NOT NULL"
+                f" AND workflow IN ({', '.join('?' * len(chunk))})",
+                (FEED_RESULTS, *chunk),
+            )
+        )
+    return ids, members, len(rows) > limit
