@@ -162,6 +162,7 @@ class BrokerCore:
         jobs change, for the core and its workforce; the routes never call it."""
         pending = list(ids)
         changes: list[tuple[JobState | None, JobRecord]] = []
+        lost_a_race = False
         for _ in range(_RETRIES):
             transitions = [
                 self.progress.attach(t)  # an ending run keeps its last progress
@@ -175,11 +176,18 @@ class BrokerCore:
             for t, new in zip(transitions, results, strict=True):
                 if new is None:
                     pending.append(t.old.id)
+                    lost_a_race = True
                 else:
                     self.backlog.moved(t.old, new)
                     changes.append((t.old.state, new))
             if not pending:
                 break
+        if lost_a_race:
+            # Another broker changed one of these first. Our conditional write held its
+            # row for a moment, and a claim that ran meanwhile (that broker's, say, of the
+            # job it had just queued) skipped the locked row and found nothing: nobody
+            # would look again. A pass of our own, now that the lock is gone, does.
+            self.dispatcher.trigger()
         if durable:
             await self._publish_when_durable(changes)
         else:
