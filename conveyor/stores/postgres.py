@@ -77,6 +77,16 @@ PRUNE_CHUNK = 10_000
 RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
 CLAIMANTS = 1024  # claimants whose arrays are kept (one a connected worker, a paused queue)
+_LEASE, _SLOT = -3, -1  # a claimed row ends with its new lease, its old seq, its worker
+
+
+def deal(wants: Sequence[tuple[str, int]]) -> list[str]:
+    """The workers of one claim in turn, each as often as it wants jobs: the k-th job
+    (priority, then FIFO) goes to the k-th slot, so that equal workers share the work."""
+    slots: list[str] = []
+    for turn in range(max((n for _, n in wants), default=0)):
+        slots.extend(worker for worker, n in wants if n > turn)
+    return slots
 
 
 class PostgresStore(Store):
@@ -84,6 +94,8 @@ class PostgresStore(Store):
 
     durable = True
     shared = True
+    bulk_claims = True
+    remembers = True
 
     def __init__(self, url: str, *, broker_id: str | None = None) -> None:
         self.url = url
@@ -95,8 +107,10 @@ class PostgresStore(Store):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
-        self._claimants: dict[int, tuple[Claimant, dict[str, str]]] = {}
+        self._claimants: dict[int, tuple[Claimant, dict[str, str], tuple[str, ...]]] = {}
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
+        # held jobs as this engine last wrote them (job_get_recent): a report needs no read
+        self._recent: dict[str, JobRecord] = {}
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
         self._next_fold = 0.0
@@ -159,45 +173,63 @@ class PostgresStore(Store):
     async def job_claim(
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
     ) -> list[JobRecord]:
-        if limit <= 0 or not claimant.tasks:
-            return []
-        self._lease_seconds = lease_seconds
-        rows = await self._run(
-            q.CLAIM,
-            {
-                **self._claimant_arrays(claimant),
-                "n": limit,
-                "worker": claimant.worker,
-                "broker": self.broker_id,
-                "expires": now + lease_seconds,
-                "now": now,
-                "at": json.dumps(now),
-            },
-            fast=True,
-        )
-        claimed = []
-        for row in rows:
-            old = row_job(row)
-            t = lifecycle.claim(
-                old,
-                claimant.worker,
-                row[-2],
-                lease_seconds,
-                now,
-                claimant.options.get(old.task),
-                claimant.route(old.task),
-            )
-            self._held[old.id] = row[-2]
-            claimed.append(t.new)
-        return claimed
+        return (await self.job_claim_many([(claimant, limit)], lease_seconds, now))[0]
 
-    def _claimant_arrays(self, claimant: Claimant) -> dict[str, str]:
-        """The claimant's queues, tasks and options as array literals, made once per
-        claimant (a worker may offer thousands of tasks: dumping them on every claim
-        would cost more than the claim)."""
+    async def job_claim_many(
+        self, wants: Sequence[tuple[Claimant, int]], lease_seconds: float, now: float
+    ) -> list[list[JobRecord]]:
+        """One statement per group of claimants that offer the same (identical workers:
+        one for all of them), the jobs dealt out in turn (see :func:`deal`)."""
+        out: list[list[JobRecord]] = [[] for _ in wants]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (claimant, limit) in enumerate(wants):
+            if limit > 0 and claimant.tasks:
+                groups.setdefault(self._claimant_arrays(claimant)[1], []).append(i)
+        if not groups:
+            return out
+        self._lease_seconds = lease_seconds
+        for members in groups.values():
+            by_worker = {wants[i][0].worker: i for i in members}
+            slots = deal([(wants[i][0].worker, wants[i][1]) for i in members])
+            rows = await self._run(
+                q.CLAIM,
+                {
+                    **self._claimant_arrays(wants[members[0]][0])[0],
+                    "n": len(slots),
+                    "slots": array_literal(slots),
+                    "broker": self.broker_id,
+                    "expires": now + lease_seconds,
+                    "now": now,
+                    "at": json.dumps(now),
+                },
+                fast=True,
+            )
+            for row in rows:
+                i = by_worker[row[_SLOT]]
+                claimant = wants[i][0]
+                old = row_job(row)
+                t = lifecycle.claim(
+                    old,
+                    claimant.worker,
+                    row[_LEASE],
+                    lease_seconds,
+                    now,
+                    claimant.options.get(old.task),
+                    claimant.route(old.task),
+                )
+                self._held[old.id] = row[_LEASE]
+                self._recent[old.id] = t.new
+                out[i].append(t.new)
+        return out
+
+    def _claimant_arrays(self, claimant: Claimant) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The claimant's queues, tasks and options as array literals, and them as one key
+        (claimants with equal keys claim together), made once per claimant (a worker may
+        offer thousands of tasks: dumping them on every claim would cost more than the
+        claim)."""
         cached = self._claimants.get(id(claimant))
         if cached is not None and cached[0] is claimant:
-            return cached[1]
+            return cached[1], cached[2]
         named = sorted(set(claimant.options) | set(claimant.routes))
         opts = [claimant.options.get(t) for t in named]
         arrays = {
@@ -209,10 +241,11 @@ class PostgresStore(Store):
             "obackoff_max": array_literal([o.retry_backoff_max if o else None for o in opts]),
             "oroute": array_literal([claimant.routes.get(t) for t in named]),
         }
+        key = tuple(arrays.values())
         if len(self._claimants) >= CLAIMANTS:
             self._claimants.pop(next(iter(self._claimants)))
-        self._claimants[id(claimant)] = (claimant, arrays)
-        return arrays
+        self._claimants[id(claimant)] = (claimant, arrays, key)
+        return arrays, key
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
         promoted: list[JobRecord] = []
@@ -258,15 +291,21 @@ class PostgresStore(Store):
             # running here is rescued (by this broker) rather than renewed forever.
             for job_id in ids:
                 self._held.pop(job_id, None)
+                self._recent.pop(job_id, None)
             raise
         result: list[JobRecord | None] = []
         for t in transitions:
-            if t.old.id in applied:
-                if t.new.state is not JobState.RUNNING:
-                    self._held.pop(t.old.id, None)
+            if t.old.id not in applied:
+                self._recent.pop(t.old.id, None)  # it changed elsewhere: read it next time
+                result.append(None)
+            elif t.new.state is not JobState.RUNNING:
+                self._held.pop(t.old.id, None)
+                self._recent.pop(t.old.id, None)
                 result.append(t.new)
             else:
-                result.append(None)
+                if t.old.id in self._recent:
+                    self._recent[t.old.id] = t.new
+                result.append(t.new)
         return result
 
     async def dlq_purge(self, ids: Sequence[str] | None) -> int:
@@ -305,6 +344,9 @@ class PostgresStore(Store):
             },
             fast=True,
         )
+        for job_id, job in self._recent.items():  # as the statement renewed them
+            if job.lease_expires is not None and job.lease_expires < now + lease / 2:
+                self._recent[job_id] = job.replace(lease_expires=now + lease)
         if now >= self._next_fold:
             self._next_fold = now + FOLD_EVERY
             with contextlib.suppress(StoreUnavailable, psycopg.Error):
@@ -341,6 +383,12 @@ class PostgresStore(Store):
             return []
         found = await self._reads.call(unique)
         return [job for job in found if job is not None]
+
+    async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
+        unique = list(dict.fromkeys(ids))
+        missing = [i for i in unique if i not in self._recent]
+        read = {j.id: j for j in await self.job_get_many(missing)} if missing else {}
+        return [j for i in unique if (j := self._recent.get(i) or read.get(i)) is not None]
 
     async def _read_batch(self, ids: list[str]) -> list[JobRecord | None]:
         """Many callers' reads by id in one statement."""

@@ -5,7 +5,9 @@ The claim is the hot one: per (queue, task) pair that has queued jobs (from ``co
 a few rows, never the jobs) and that the claimant serves, the most urgent queued jobs by
 the ``jobs_ready`` index, locked with ``FOR UPDATE SKIP LOCKED`` (a job another broker is
 claiming is skipped, never waited for), the best ``n`` of them moved to running in one
-UPDATE that records the claiming broker, a fresh lease and the ``started`` event.
+UPDATE that records the claiming broker, a fresh lease and the ``started`` event. One claim
+serves several workers with the same offer (``slots``: the k-th job in priority order goes
+to ``slots[k]``, the dispatcher interleaves the workers so that they share the work).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ WITH pairs AS (
         ORDER BY priority, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED
     ) j
     ORDER BY j.priority, j.seq LIMIT %(n)s
+), slotted AS (
+    SELECT p.*, (%(slots)s::text[])[1 + (row_number() OVER (ORDER BY p.priority, p.seq) - 1)
+        %% cardinality(%(slots)s::text[])] AS slot
+    FROM picked p
 ), opts AS (
     SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
         %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
@@ -69,7 +75,7 @@ WITH pairs AS (
         state = 'running',
         attempts = p.attempts + 1,
         queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
-        worker = %(worker)s,
+        worker = p.slot,
         broker = %(broker)s,
         lease = nextval('job_seq'),
         lease_expires = %(expires)s,
@@ -78,13 +84,13 @@ WITH pairs AS (
         retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
         retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
         version = p.version + 1
-    FROM picked p LEFT JOIN opts o ON o.task = p.task
+    FROM slotted p LEFT JOIN opts o ON o.task = p.task
     WHERE j.id = p.id
-    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq
+    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq, p.slot AS slot
 ), ev AS (
     INSERT INTO events (job_id, data)
     SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
-        'worker', %(worker)s::text, 'attempt', attempts + 1)
+        'worker', slot, 'attempt', attempts + 1)
     FROM claimed
 )
 SELECT * FROM claimed ORDER BY priority, old_seq
