@@ -66,10 +66,13 @@ WITH pairs AS (
     SELECT p.*, (%(slots)s::text[])[1 + (row_number() OVER (ORDER BY p.priority, p.seq) - 1)
         %% cardinality(%(slots)s::text[])] AS slot
     FROM picked p
-), opts AS (
+), opts AS MATERIALIZED (
+    -- only the tasks picked: a worker may declare options for a thousand tasks, and
+    -- the join would scan them all for every job
     SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
         %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
         %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
+    WHERE o.task IN (SELECT task FROM picked)
 ), claimed AS (
     UPDATE jobs j SET
         state = 'running',
