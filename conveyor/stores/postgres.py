@@ -50,8 +50,8 @@ import psycopg
 
 from conveyor import lifecycle
 from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
-from conveyor.job import TRANSITIONS, UNROUTED, Event, JobRecord, JobState
-from conveyor.lifecycle import Transition
+from conveyor.job import DEFAULT_QUEUE, TRANSITIONS, UNROUTED, Event, JobRecord, JobState
+from conveyor.lifecycle import TaskOptions, Transition
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store, StoreListener
 from conveyor.stores.sql import pg_queries as q
@@ -78,6 +78,13 @@ RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
 CLAIMANTS = 1024  # claimants whose arrays are kept (one a connected worker, a paused queue)
 _LEASE, _SLOT = -3, -1  # a claimed row ends with its new lease, its old seq, its worker
+
+
+def _says_something(o: TaskOptions | None) -> bool:
+    """Options the claim sets from (the rest the lifecycle reads from the claimant)."""
+    return o is not None and (
+        o.retries is not None or o.retry_backoff is not None or o.retry_backoff_max is not None
+    )
 
 
 def deal(wants: Sequence[tuple[str, int]]) -> list[str]:
@@ -230,7 +237,14 @@ class PostgresStore(Store):
         cached = self._claimants.get(id(claimant))
         if cached is not None and cached[0] is claimant:
             return cached[1], cached[2]
-        named = sorted(set(claimant.options) | set(claimant.routes))
+        # only the tasks with something to say (a task on the default queue without
+        # options gets the defaults from the missing row as well): a claim sends a few
+        # names, not every task a worker offers
+        named = sorted(
+            t
+            for t in set(claimant.options) | set(claimant.routes)
+            if claimant.route(t) != DEFAULT_QUEUE or _says_something(claimant.options.get(t))
+        )
         opts = [claimant.options.get(t) for t in named]
         arrays = {
             "queues": array_literal([*claimant.queues, UNROUTED]),
