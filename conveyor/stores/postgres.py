@@ -64,6 +64,7 @@ from conveyor.stores.sql.pg_rows import (
     array_literal,
     change_arrays,
     event_json,
+    literals,
     pack_map,
     row_job,
     unpack_map,
@@ -290,14 +291,16 @@ class PostgresStore(Store):
             for t in transitions:
                 out.extend(await self._apply_batch([t]))
             return out
-        params: dict[str, Any] = {
-            "c0": ids,
-            "c1": [t.old.version for t in transitions],
-            "c2": [t.front for t in transitions],
-            **change_arrays(transitions, first=3),
-            "eids": [t.old.id for t in transitions for _ in t.events],
-            "edata": [event_json(ev) for t in transitions for ev in t.events],
-        }
+        params = literals(
+            {
+                "c0": ids,
+                "c1": [t.old.version for t in transitions],
+                "c2": [t.front for t in transitions],
+                **change_arrays(transitions, first=3),
+                "eids": [t.old.id for t in transitions for _ in t.events],
+                "edata": [event_json(ev) for t in transitions for ev in t.events],
+            }
+        )
         try:
             applied = {row[0] for row in await self._run(q.APPLY, params)}
         except StoreUnavailable:
