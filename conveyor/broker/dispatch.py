@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from conveyor.broker.keygate import ConcurrencyGate
 from conveyor.broker.ratelimit import RateLimits
 from conveyor.clock import Clock
+from conveyor.errors import StoreUnavailable
 from conveyor.job import UNROUTED, JobRecord
 from conveyor.lifecycle import TaskOptions
 from conveyor.stores.base import Claimant, Store
@@ -237,6 +238,8 @@ class Dispatcher:
                 await self.run_once()
                 if not self._again:
                     break
+        except StoreUnavailable as exc:  # the store logs the outage, once; a report or a
+            log.debug("dispatch pass: %s", exc.message)  # a recovery triggers the next pass
         except Exception:
             log.exception("dispatch pass failed")
         finally:
