@@ -115,6 +115,8 @@ class PostgresStore(Store):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
+        # the workflow service asks after every batch of final jobs: one look for many
+        self._waits: Coalescer[str, list[JobRecord]] = Coalescer(self._waiting_batch)
         self._claimants: dict[int, tuple[Claimant, dict[str, str], tuple[str, ...]]] = {}
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
         # held jobs as this engine last wrote them (job_get_recent): a report needs no read
@@ -406,6 +408,17 @@ class PostgresStore(Store):
         missing = [i for i in unique if i not in self._recent]
         read = {j.id: j for j in await self.job_get_many(missing)} if missing else {}
         return [j for i in unique if (j := self._recent.get(i) or read.get(i)) is not None]
+
+    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
+        found = {j.id: j for per_id in await self._waits.call(list(ids)) for j in per_id}
+        return list(found.values())
+
+    async def _waiting_batch(self, ids: list[str]) -> list[list[JobRecord]]:
+        by_dependency: dict[str, list[JobRecord]] = {}
+        for job in await super().job_waiting_on(ids):  # pages through the waiting jobs
+            for dependency in job.depends_on:
+                by_dependency.setdefault(dependency, []).append(job)
+        return [by_dependency.get(i, []) for i in ids]
 
     async def _read_batch(self, ids: list[str]) -> list[JobRecord | None]:
         """Many callers' reads by id in one statement."""
