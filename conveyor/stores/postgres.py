@@ -50,17 +50,17 @@ import psycopg
 
 from conveyor import lifecycle
 from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
-from conveyor.job import DEFAULT_QUEUE, TRANSITIONS, UNROUTED, Event, JobRecord, JobState
-from conveyor.lifecycle import TaskOptions, Transition
+from conveyor.job import TRANSITIONS, Event, JobRecord, JobState
+from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import Claimant, Inserted, JobFilter, Page, Store, StoreListener
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
+from conveyor.stores.sql.pg_claim import LEASE, SLOT, Claimants, deal
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
 from conveyor.stores.sql.pg_insert import insert_jobs
 from conveyor.stores.sql.pg_notify import NotifyListener
 from conveyor.stores.sql.pg_rows import (
-    SELECT,
     array_literal,
     change_arrays,
     event_json,
@@ -77,24 +77,6 @@ PROMOTE_BATCH = 1000
 PRUNE_CHUNK = 10_000
 RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
-CLAIMANTS = 1024  # claimants whose arrays are kept (one a connected worker, a paused queue)
-_LEASE, _SLOT = -3, -1  # a claimed row ends with its new lease, its old seq, its worker
-
-
-def _says_something(o: TaskOptions | None) -> bool:
-    """Options the claim sets from (the rest the lifecycle reads from the claimant)."""
-    return o is not None and (
-        o.retries is not None or o.retry_backoff is not None or o.retry_backoff_max is not None
-    )
-
-
-def deal(wants: Sequence[tuple[str, int]]) -> list[str]:
-    """The workers of one claim in turn, each as often as it wants jobs: the k-th job
-    (priority, then FIFO) goes to the k-th slot, so that equal workers share the work."""
-    slots: list[str] = []
-    for turn in range(max((n for _, n in wants), default=0)):
-        slots.extend(worker for worker, n in wants if n > turn)
-    return slots
 
 
 class PostgresStore(Store):
@@ -117,7 +99,7 @@ class PostgresStore(Store):
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
         # the workflow service asks after every batch of final jobs: one look for many
         self._waits: Coalescer[str, list[JobRecord]] = Coalescer(self._waiting_batch)
-        self._claimants: dict[int, tuple[Claimant, dict[str, str], tuple[str, ...]]] = {}
+        self._claimants = Claimants()
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
         # held jobs as this engine last wrote them (job_get_recent): a report needs no read
         self._recent: dict[str, JobRecord] = {}
@@ -194,7 +176,7 @@ class PostgresStore(Store):
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, (claimant, limit) in enumerate(wants):
             if limit > 0 and claimant.tasks:
-                groups.setdefault(self._claimant_arrays(claimant)[1], []).append(i)
+                groups.setdefault(self._claimants.arrays(claimant)[1], []).append(i)
         if not groups:
             return out
         self._lease_seconds = lease_seconds
@@ -204,7 +186,7 @@ class PostgresStore(Store):
             rows = await self._run(
                 q.CLAIM,
                 {
-                    **self._claimant_arrays(wants[members[0]][0])[0],
+                    **self._claimants.arrays(wants[members[0]][0])[0],
                     "n": len(slots),
                     "slots": array_literal(slots),
                     "broker": self.broker_id,
@@ -215,54 +197,22 @@ class PostgresStore(Store):
                 fast=True,
             )
             for row in rows:
-                i = by_worker[row[_SLOT]]
+                i = by_worker[row[SLOT]]
                 claimant = wants[i][0]
                 old = row_job(row)
                 t = lifecycle.claim(
                     old,
                     claimant.worker,
-                    row[_LEASE],
+                    row[LEASE],
                     lease_seconds,
                     now,
                     claimant.options.get(old.task),
                     claimant.route(old.task),
                 )
-                self._held[old.id] = row[_LEASE]
+                self._held[old.id] = row[LEASE]
                 self._recent[old.id] = t.new
                 out[i].append(t.new)
         return out
-
-    def _claimant_arrays(self, claimant: Claimant) -> tuple[dict[str, str], tuple[str, ...]]:
-        """The claimant's queues, tasks and options as array literals, and them as one key
-        (claimants with equal keys claim together), made once per claimant (a worker may
-        offer thousands of tasks: dumping them on every claim would cost more than the
-        claim)."""
-        cached = self._claimants.get(id(claimant))
-        if cached is not None and cached[0] is claimant:
-            return cached[1], cached[2]
-        # only the tasks with something to say (a task on the default queue without
-        # options gets the defaults from the missing row as well): a claim sends a few
-        # names, not every task a worker offers
-        named = sorted(
-            t
-            for t in set(claimant.options) | set(claimant.routes)
-            if claimant.route(t) != DEFAULT_QUEUE or _says_something(claimant.options.get(t))
-        )
-        opts = [claimant.options.get(t) for t in named]
-        arrays = {
-            "queues": array_literal([*claimant.queues, UNROUTED]),
-            "tasks": array_literal(sorted(claimant.tasks)),
-            "otask": array_literal(named),
-            "oretries": array_literal([o.retries if o else None for o in opts]),
-            "obackoff": array_literal([o.retry_backoff if o else None for o in opts]),
-            "obackoff_max": array_literal([o.retry_backoff_max if o else None for o in opts]),
-            "oroute": array_literal([claimant.routes.get(t) for t in named]),
-        }
-        key = tuple(arrays.values())
-        if len(self._claimants) >= CLAIMANTS:
-            self._claimants.pop(next(iter(self._claimants)))
-        self._claimants[id(claimant)] = (claimant, arrays, key)
-        return arrays, key
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
         promoted: list[JobRecord] = []
@@ -438,31 +388,7 @@ class PostgresStore(Store):
     async def job_list(
         self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
     ) -> Page:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if where.state is not None:
-            clauses.append("state = %s")
-            params.append(where.state.value)
-        for column in ("queue", "task", "worker", "priority", "workflow"):
-            value = getattr(where, column)
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if where.id_prefix is not None:  # a range scan of the primary key
-            clauses += ["id >= %s", "id < %s"]
-            params += [where.id_prefix, where.id_prefix + "\U0010ffff"]
-        if cursor:
-            try:
-                before = int(cursor)
-            except ValueError:
-                before = 0
-            clauses.append("sub < %s")
-            params.append(before)
-        sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._run(
-            f"SELECT {SELECT}, sub FROM jobs {sql_where} ORDER BY sub DESC LIMIT %s OFFSET %s",
-            (*params, limit + 1, offset),
-        )
+        rows = await self._run(*q.listing(where, limit, cursor, offset))
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([row_job(r) for r in rows], str(rows[-1][-1]) if more and rows else None)

@@ -15,8 +15,9 @@ from conveyor.job import JobRecord, JobState
 from conveyor.lifecycle import Outcome, TaskOptions
 from conveyor.protocol.payload import pack_call
 from conveyor.stores.base import Claimant
-from conveyor.stores.postgres import PostgresStore, deal
+from conveyor.stores.postgres import PostgresStore
 from conveyor.stores.sql import pg_queries as q
+from conveyor.stores.sql.pg_claim import deal
 from conveyor.stores.sql.pg_rows import array_literal
 from tests.postgres import pg_url
 

@@ -12,8 +12,11 @@ to ``slots[k]``, the dispatcher interleaves the workers so that they share the w
 
 from __future__ import annotations
 
+from typing import Any
+
 from conveyor.job import DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF
 from conveyor.job import DEFAULT_RETRY_BACKOFF_MAX as _BACKOFF_MAX
+from conveyor.stores.base import JobFilter
 from conveyor.stores.sql.pg_rows import (
     CHANGE_COLUMNS,
     INSERT_COLUMNS,
@@ -138,6 +141,39 @@ WITH c AS (
 )
 SELECT id FROM u
 """
+
+
+def listing(
+    where: JobFilter, limit: int, cursor: str | None, offset: int
+) -> tuple[str, tuple[Any, ...]]:
+    """``job_list``: the query and its parameters (one row more than a page: is there a
+    next one?), newest first by submission order."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.state is not None:
+        clauses.append("state = %s")
+        params.append(where.state.value)
+    for column in ("queue", "task", "worker", "priority", "workflow"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if where.id_prefix is not None:  # a range scan of the primary key
+        clauses += ["id >= %s", "id < %s"]
+        params += [where.id_prefix, where.id_prefix + "\U0010ffff"]
+    if cursor:
+        try:
+            before = int(cursor)
+        except ValueError:
+            before = 0
+        clauses.append("sub < %s")
+        params.append(before)
+    sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return (
+        f"SELECT {SELECT}, sub FROM jobs {sql_where} ORDER BY sub DESC LIMIT %s OFFSET %s",
+        (*params, limit + 1, offset),
+    )
+
 
 GET_MANY = f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s::text[])"
 EVENTS = "SELECT data FROM events WHERE job_id = %s ORDER BY n"
