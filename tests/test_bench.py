@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import base_url
+
 pytestmark = pytest.mark.slow
 
 
@@ -128,3 +130,25 @@ def test_bench_scaling_refuses_a_bad_scale() -> None:
         check=False,
     )
     assert proc.returncode == 2 and "ascending worker counts" in proc.stderr
+
+
+def test_bench_refuses_several_brokers_without_a_shared_store() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conveyor", "bench", "--scenario", "throughput", "--brokers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "--store postgresql://" in proc.stderr
+
+
+@pytest.mark.postgres
+def test_bench_two_brokers_on_one_database(tmp_path: Path) -> None:
+    report = _bench(
+        tmp_path,
+        *("--scenario", "throughput", "--jobs", "300", "--samples", "10", "--brokers", "2"),
+        *("--store", base_url()),
+    )
+    assert report["brokers"] == 2 and str(report["store"]).startswith("postgresql://")
+    assert isinstance(report["end_to_end_jobs_per_s"], float)

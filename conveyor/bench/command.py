@@ -63,6 +63,14 @@ SQLITE = "sqlite:///{home}/bench.db"
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option(
+    "--brokers",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="brokers on the one --store (postgresql:// only; --scenario throughput): the "
+    "workers are dealt out across them, the producer submits to the first",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(1, 1000),
     help="slots per worker  [default: the worker's own, 4]",
@@ -125,6 +133,7 @@ def bench(
     scenario: str,
     jobs: int | None,
     workers: int,
+    brokers: int,
     concurrency: int | None,
     pool: str | None,
     store: str,
@@ -157,11 +166,19 @@ def bench(
         store = SQLITE if store == "memory://" else store
         if not store.startswith("sqlite:"):
             raise click.UsageError(f"--scenario {scenario} measures the SQLite store")
-    system = None if broker_url else LocalSystem(store, workers, concurrency, pool)
+    if brokers > 1 and not (
+        store.startswith(("postgresql:", "postgres:")) and scenario == "throughput"
+    ):
+        raise click.UsageError(
+            "--brokers shares one database: use it with --store postgresql://... and "
+            "--scenario throughput"
+        )
+    system = None if broker_url else LocalSystem(store, workers, concurrency, pool, brokers)
     results: dict[str, Any] = {
         "scenario": scenario,
         "jobs": jobs,
         "workers": workers,
+        "brokers": brokers,
         "concurrency": concurrency or "default",
         "pool": pool or "default",
         "store": store if system else broker_url,
@@ -281,6 +298,7 @@ def _report(r: dict[str, Any]) -> None:
     table = Table(
         title=f"conveyor bench {r['scenario']}: {r['store']}, {r['workers']} workers x "
         f"{r['concurrency']} ({r['pool']})"
+        + (f", {r['brokers']} brokers" if r.get("brokers", 1) > 1 else "")
     )
     table.add_column("metric")
     table.add_column("value", justify="right")

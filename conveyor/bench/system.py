@@ -30,9 +30,18 @@ BATCH = 1000
 
 
 class LocalSystem:
-    """A broker and workers as child processes, in a throwaway home."""
+    """A broker (or several on one PostgreSQL store) and workers as child processes, in a
+    throwaway home. With several brokers the workers are dealt out across them in turn
+    and :attr:`url` (the producers' broker) is the first one's."""
 
-    def __init__(self, store: str, workers: int, concurrency: int | None, pool: str | None) -> None:
+    def __init__(
+        self,
+        store: str,
+        workers: int,
+        concurrency: int | None,
+        pool: str | None,
+        brokers: int = 1,
+    ) -> None:
         # a PostgreSQL store gets a schema of its own for the run, dropped at the end
         self.store, self._drop_schema = _throwaway_schema(store)
         self.n_workers = workers
@@ -41,8 +50,11 @@ class LocalSystem:
         self.queues = "default"
         self._tmp = tempfile.TemporaryDirectory(prefix="conveyor-bench-")
         self.home = Path(self._tmp.name)
+        self.n_brokers = brokers
         self.url = ""
+        self.urls: list[str] = []  # every broker's, the first one's is :attr:`url`
         self.broker: subprocess.Popen[str] | None = None
+        self.more_brokers: list[subprocess.Popen[str]] = []
         self.workers: list[subprocess.Popen[str]] = []
 
     @property
@@ -56,14 +68,26 @@ class LocalSystem:
         return self.broker.pid
 
     def start_broker(self, extra: Sequence[str] = ()) -> float:
-        """Start the broker; the seconds from starting the process to its ready line."""
+        """Start the broker(s); the seconds from starting the first to its ready line."""
+        took = 0.0
+        self.urls = []
+        for i in range(self.n_brokers):  # one after the other: the first makes the home
+            proc, url, seconds = self._start_one(extra)
+            self.urls.append(url)
+            if i == 0:
+                self.broker, self.url, took = proc, url, seconds
+            else:
+                self.more_brokers.append(proc)
+        return took
+
+    def _start_one(self, extra: Sequence[str]) -> tuple[subprocess.Popen[str], str, float]:
         started = time.perf_counter()
         cmd = [
             *(sys.executable, "-m", "conveyor", "broker", "--no-http", "--port", "0"),
             *("--store", self.store_url, "--home", str(self.home), "--log-level", "WARNING"),
             *extra,
         ]
-        self.broker = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -72,8 +96,7 @@ class LocalSystem:
                 raise click.ClickException("the bench broker exited early")
             found = re.search(r"broker ready on (conveyor://\S+)", line)
             if found:
-                self.url = found.group(1)
-                return time.perf_counter() - started
+                return proc, found.group(1), time.perf_counter() - started
         raise click.ClickException("the bench broker did not start")
 
     def start_workers(self, queues: str | None = None) -> None:
@@ -81,7 +104,7 @@ class LocalSystem:
         for i in range(self.n_workers):
             cmd = [
                 *(sys.executable, "-m", "conveyor", "worker", "--tasks", "conveyor.bench.tasks"),
-                *("--broker", self.url, "--home", str(self.home)),
+                *("--broker", self.urls[i % len(self.urls)], "--home", str(self.home)),
                 *("--queues", queues or self.queues, "--name", f"bench-{i + 1}"),
                 *("--log-level", "WARNING"),
             ]
@@ -96,10 +119,10 @@ class LocalSystem:
         self.workers = []
 
     def stop_broker(self) -> None:
-        """Stop the broker (SIGTERM: it flushes its store), keeping the home."""
+        """Stop the broker(s) (SIGTERM: each flushes its store), keeping the home."""
         if self.broker is not None:
-            _stop([self.broker])
-            self.broker = None
+            _stop([self.broker, *self.more_brokers])
+            self.broker, self.more_brokers = None, []
 
     def stop(self) -> None:
         self.stop_workers()
@@ -191,6 +214,14 @@ async def wait_workers(c: AsyncClient, n: int, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise click.ClickException("workers did not connect")
         await asyncio.sleep(0.005)
+
+
+async def wait_all_workers(system: LocalSystem, timeout: float = 120) -> None:
+    """Wait until every broker of ``system`` has its share of the workers connected."""
+    for i, url in enumerate(system.urls):
+        share = len(range(i, system.n_workers, len(system.urls)))
+        async with AsyncClient(url, home=str(system.home)) as c:
+            await wait_workers(c, share, timeout)
 
 
 def machine() -> dict[str, Any]:

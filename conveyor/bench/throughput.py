@@ -12,6 +12,7 @@ from conveyor.bench.system import (
     LocalSystem,
     progress,
     submit_all,
+    wait_all_workers,
     wait_completed,
     wait_workers,
 )
@@ -37,7 +38,7 @@ async def run_bench(
                 t0 = time.perf_counter()
                 await wait_completed(c, base + jobs, lambda n: update(n - base))
                 out["drain_jobs_per_s"] = jobs / (time.perf_counter() - t0)
-            await wait_workers(c, system.n_workers)
+            await wait_all_workers(system)
             base += jobs
         # 3. end to end with workers running
         with progress("end-to-end", jobs) as update:

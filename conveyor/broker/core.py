@@ -163,16 +163,23 @@ class BrokerCore:
         pending = list(ids)
         changes: list[tuple[JobState | None, JobRecord]] = []
         lost_a_race = False
+        # first as the store last wrote them (no read on a database: the apply is
+        # conditional, a stale copy is refused and read again), then as stored
+        recent = self.store.remembers
         for _ in range(_RETRIES):
-            transitions = [
-                self.progress.attach(t)  # an ending run keeps its last progress
-                for r in await self.store.job_get_many(pending)
-                if (t := compute(r))
-            ]
-            if not transitions:
+            transitions: list[Transition] = []
+            unsure: list[str] = []  # no change from a remembered copy: look at the real one
+            read = self.store.job_get_recent if recent else self.store.job_get_many
+            for r in await read(pending):
+                if t := compute(r):
+                    transitions.append(self.progress.attach(t))  # a run keeps its progress
+                elif recent:
+                    unsure.append(r.id)
+            recent = False
+            if not transitions and not unsure:
                 break
-            results = await self.store.job_apply(transitions, durable=False)
-            pending = []
+            results = await self.store.job_apply(transitions, durable=False) if transitions else []
+            pending = unsure
             for t, new in zip(transitions, results, strict=True):
                 if new is None:
                     pending.append(t.old.id)

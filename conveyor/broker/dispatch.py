@@ -6,7 +6,12 @@ released). A dispatch pass repeatedly takes the worker with the lowest load rati
 that has credit, claims a small slice of jobs for it from the store (the store
 orders by priority, then FIFO) and hands them to the worker's link in one go. Slices are
 a quarter of the worker's capacity so that equal workers alternate and share the work.
-Passes are coalesced: many triggers in one loop iteration cause one pass.
+On a store whose claim is a round trip to a server (``bulk_claims``: PostgreSQL) a pass
+is instead one claim for every worker with credit, each asking for all of it; the store
+deals the jobs out in turn (with rate limits set, claims stay one worker at a time:
+each is shaped by the tokens the one before left). Passes are coalesced: many triggers
+in one loop iteration cause one pass, and those that come while a claim is on the wire
+cause the next.
 
 Limits (docs/workflows.md): every claim carries the broker's concurrency gate
 (``keygate.py``: a job whose concurrency key is at its limit stays queued and the claim
@@ -29,6 +34,7 @@ from typing import Any, Protocol
 from conveyor.broker.keygate import ConcurrencyGate
 from conveyor.broker.ratelimit import RateLimits
 from conveyor.clock import Clock
+from conveyor.errors import StoreUnavailable
 from conveyor.job import UNROUTED, JobRecord
 from conveyor.lifecycle import TaskOptions
 from conveyor.stores.base import Claimant, Store
@@ -234,6 +240,8 @@ class Dispatcher:
                 await self.run_once()
                 if not self._again:
                     break
+        except StoreUnavailable as exc:  # the store logs the outage, once; a report or a
+            log.debug("dispatch pass: %s", exc.message)  # a recovery triggers the next pass
         except Exception:
             log.exception("dispatch pass failed")
         finally:
@@ -241,10 +249,9 @@ class Dispatcher:
             if not self._pending:
                 self._idle.set()
 
-    async def _claim(self, worker: WorkerRef, now: float) -> list[JobRecord]:
-        """Claim a slice of jobs for ``worker``: not from paused queues, within the rate
-        limits, past keys at their concurrency limit."""
-        want = min(worker.free, max(1, worker.capacity // 4))
+    async def _want(self, worker: WorkerRef, want: int) -> tuple[Claimant, int] | None:
+        """What to claim for ``worker`` (up to ``want`` jobs): not from paused queues,
+        within the rate limits (None: all it offers is rate-limited now)."""
         claimant = worker.claimant
         if self.paused:
             claimant = replace(
@@ -257,11 +264,18 @@ class Dispatcher:
             if wake is not None:
                 self._wake_in(wake)
             if shaped is None:
-                return []  # all it offers is rate-limited now
+                return None
             claimant = shaped
+        return claimant, want
+
+    async def _claim(self, worker: WorkerRef, now: float) -> list[JobRecord]:
+        """Claim a slice of jobs for ``worker``, past keys at their concurrency limit."""
+        wanted = await self._want(worker, min(worker.free, max(1, worker.capacity // 4)))
+        if wanted is None:
+            return []
         jobs: list[JobRecord] = []
         try:
-            jobs = await self.store.job_claim(claimant, want, self.lease_seconds, now)
+            jobs = await self.store.job_claim(*wanted, self.lease_seconds, now)
         finally:
             if self.gate.pending:  # keyed jobs were admitted: they are running now
                 self.gate.settle(jobs)
@@ -269,8 +283,25 @@ class Dispatcher:
             self.rates.charge(jobs, self.clock.monotonic())
         return jobs
 
+    def _hand(self, worker: WorkerRef, jobs: list[JobRecord]) -> bool:
+        """Give claimed jobs to ``worker``; False if it left meanwhile (the caller sends
+        them back)."""
+        if worker.id not in self.workers:
+            return False
+        worker.took(jobs)
+        self.dispatched += len(jobs)
+        worker.link.dispatch(jobs)
+        if self.on_claimed is not None:
+            self.on_claimed(jobs)
+        if self.on_dispatch is not None:
+            self.on_dispatch()
+        return True
+
     async def run_once(self) -> None:
         """One dispatch pass (tests call it directly instead of waiting for a trigger)."""
+        if self.store.bulk_claims and not self.rates:  # rate limits shape claim by claim
+            await self._run_bulk()
+            return
         heap = [(w.load, w.order, w) for w in self.workers.values() if w.free > 0]
         heapq.heapify(heap)
         now = self.clock.now()
@@ -281,15 +312,41 @@ class Dispatcher:
             jobs = await self._claim(worker, now)
             if not jobs:
                 continue  # nothing this worker can run; drop it from this pass
-            if worker.id not in self.workers:
+            if not self._hand(worker, jobs):
                 await self.on_orphans(worker, jobs)  # it left while we claimed: back they go
                 continue
-            worker.took(jobs)
-            self.dispatched += len(jobs)
-            worker.link.dispatch(jobs)
-            if self.on_claimed is not None:
-                self.on_claimed(jobs)
-            if self.on_dispatch is not None:
-                self.on_dispatch()
             if worker.free > 0:
                 heapq.heappush(heap, (worker.load, worker.order, worker))
+
+    async def _run_bulk(self) -> None:
+        """A pass on a store whose claim is a round trip: every worker with credit asks
+        for all of it, in one :meth:`~conveyor.stores.base.Store.job_claim_many` (the
+        store deals the jobs out in turn, least loaded first, so equal workers share)."""
+        now = self.clock.now()
+        while True:
+            workers = sorted(
+                (w for w in self.workers.values() if w.free > 0), key=lambda w: (w.load, w.order)
+            )
+            wants = [(w, wanted) for w in workers if (wanted := await self._want(w, w.free))]
+            if not wants:
+                return
+            results: list[list[JobRecord]] = []
+            try:
+                results = await self.store.job_claim_many(
+                    [wanted for _, wanted in wants], self.lease_seconds, now
+                )
+            finally:
+                if self.gate.pending:  # keyed jobs were admitted: they are running now
+                    self.gate.settle([job for jobs in results for job in jobs])
+            again = False
+            for (worker, (_, want)), jobs in zip(wants, results, strict=True):
+                if not jobs:
+                    continue
+                if not self._hand(worker, jobs):
+                    await self.on_orphans(worker, jobs)
+                    continue
+                # it got all it asked for yet has credit again (a report came back while
+                # the claim was out): ask again; one that got less has nothing more to take
+                again = again or (len(jobs) == want and worker.free > 0)
+            if not again:
+                return

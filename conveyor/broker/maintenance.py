@@ -22,6 +22,7 @@ import logging
 
 from conveyor.broker.core import BrokerCore
 from conveyor.clock import Clock
+from conveyor.errors import StoreUnavailable
 
 log = logging.getLogger("conveyor.broker")
 
@@ -65,6 +66,8 @@ class Service(abc.ABC):
         while not self._stopping:
             try:
                 await self.run_once(self.clock.now())
+            except StoreUnavailable as exc:  # the store logs the outage, once
+                log.debug("%s: %s; will try again", type(self).__name__, exc.message)
             except Exception:
                 log.exception("%s failed; will try again", type(self).__name__)
             try:

@@ -13,16 +13,20 @@ The listener only schedules work: it reads the jobs in a background task of the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Coroutine, Sequence
 from typing import Any, Protocol
 
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.waiters import Waiters
+from conveyor.errors import StoreUnavailable
 from conveyor.job import JobRecord, JobState
 from conveyor.stores.base import Store
 
 log = logging.getLogger("conveyor.broker")
+_TRIES = 5  # reads of the jobs a notification names, while the database is away
+_PAUSE = 1.0  # seconds between them
 
 
 class WatchedCore(Protocol):
@@ -63,12 +67,28 @@ class StoreWatch:
         if held:
             self.core.spawn(self._abort(held))
 
+    async def _read(self, job_ids: list[str]) -> list[JobRecord]:
+        """The jobs, read again a few times if the database is away (a notification
+        arrives as it comes back, while the pools are still reconnecting); the store logs
+        the outage once."""
+        for _ in range(_TRIES - 1):
+            try:
+                return await self.core.store.job_get_many(job_ids)
+            except StoreUnavailable as exc:
+                log.debug("store watch: %s; reading again", exc.message)
+                await asyncio.sleep(_PAUSE)
+        try:
+            return await self.core.store.job_get_many(job_ids)
+        except StoreUnavailable as exc:  # still away: the waiters ask again themselves
+            log.debug("store watch: %s; giving up on %d job(s)", exc.message, len(job_ids))
+            return []
+
     async def _tell_waiters(self, job_ids: list[str]) -> None:
-        for job in await self.core.store.job_get_many(job_ids):
+        for job in await self._read(job_ids):
             if job.state.is_final:
                 self.core.waiters.finished(job)
 
     async def _abort(self, job_ids: list[str]) -> None:
-        for job in await self.core.store.job_get_many(job_ids):
+        for job in await self._read(job_ids):
             if job.state is JobState.RUNNING and job.cancel_requested:
                 self.core.abort_run(job)

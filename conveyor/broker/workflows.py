@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from conveyor import lifecycle
 from conveyor.clock import Clock
+from conveyor.errors import StoreUnavailable
 from conveyor.job import FEED_RESULT, FEED_RESULTS, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.limits import MAX_PAYLOAD
@@ -49,6 +50,7 @@ log = logging.getLogger("conveyor.broker")
 
 _NIL = b"\xc0"  # the packed result of a job that returned nothing
 _PAGE = 1000  # waiting jobs read per page at open
+_RETRY_AFTER = 1.0  # seconds before looking again for dependants when the store is away
 
 
 class Core(Protocol):
@@ -91,9 +93,18 @@ class Workflows:
         self.core.spawn(self._dependants_of(ended))
 
     async def _dependants_of(self, ids: Sequence[str]) -> None:
-        waiting = await self.core.store.job_waiting_on(ids)
-        if waiting:
-            await self.settle(waiting)
+        try:
+            waiting = await self.core.store.job_waiting_on(ids)
+            if waiting:
+                await self.settle(waiting)
+        except StoreUnavailable as exc:  # the store logs the outage, once: look again soon
+            log.debug("dependants of %d job(s): %s; will look again", len(ids), exc.message)
+            await asyncio.sleep(_RETRY_AFTER)
+            for job_id in ids:
+                self._ended.append(job_id)
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._look)
 
     async def submitted(self, jobs: Sequence[JobRecord]) -> None:
         """New jobs were stored: the waiting ones may be ready already."""

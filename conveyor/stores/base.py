@@ -213,6 +213,11 @@ class Store(abc.ABC):
     durable: bool = False
     #: several brokers may share the engine's data (it calls :meth:`watch`'s listener)
     shared: bool = False
+    #: a claim is a round trip to a server: the dispatcher claims every idle worker's whole
+    #: credit in one :meth:`job_claim_many` rather than a small slice per worker at a time
+    bulk_claims: bool = False
+    #: :meth:`job_get_recent` may answer from what this engine last wrote (see there)
+    remembers: bool = False
     url: str = ""
 
     def rate_buckets(self) -> RateBuckets | None:
@@ -262,6 +267,13 @@ class Store(abc.ABC):
         """Move up to ``limit`` of the most urgent queued jobs the claimant can run to running
         (``lifecycle.claim``), by priority (1 first), then FIFO; each gets a fresh lease."""
 
+    async def job_claim_many(
+        self, wants: Sequence[tuple[Claimant, int]], lease_seconds: float, now: float
+    ) -> list[list[JobRecord]]:
+        """:meth:`job_claim` for several claimants, one list each in order (engines with
+        ``bulk_claims`` do it in fewer round trips); this default claims for each in turn."""
+        return [await self.job_claim(c, n, lease_seconds, now) for c, n in wants]
+
     @abc.abstractmethod
     async def job_promote_due(self, now: float) -> list[JobRecord]:
         """Scheduled jobs whose eta has come become queued (``lifecycle.promote``)."""
@@ -296,6 +308,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
         """The jobs with these ids that exist, in the order of ``ids`` (repeats once)."""
+
+    async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
+        """Like :meth:`job_get_many`, but a job this engine changed itself may come as it
+        last wrote it, without a read: possibly stale (another broker changed it since), so
+        only for computing a transition that :meth:`job_apply` then applies at that version
+        (a stale one is refused, and read again). Engines with ``remembers`` override it."""
+        return await self.job_get_many(ids)
 
     @abc.abstractmethod
     async def job_events(self, job_id: str) -> list[Event]:

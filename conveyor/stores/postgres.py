@@ -50,7 +50,7 @@ import psycopg
 
 from conveyor import lifecycle
 from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
-from conveyor.job import TRANSITIONS, UNROUTED, Event, JobRecord, JobState
+from conveyor.job import TRANSITIONS, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._live import LiveJobs
 from conveyor.stores.base import (
@@ -68,14 +68,15 @@ from conveyor.stores.base import (
 from conveyor.stores.sql import pg_limits
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
+from conveyor.stores.sql.pg_claim import LEASE, SLOT, Claimants, deal
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
 from conveyor.stores.sql.pg_insert import insert_jobs
 from conveyor.stores.sql.pg_notify import NotifyListener
 from conveyor.stores.sql.pg_rows import (
-    SELECT,
     array_literal,
     change_arrays,
     event_json,
+    literals,
     pack_map,
     row_job,
     unpack_map,
@@ -88,7 +89,6 @@ PROMOTE_BATCH = 1000
 PRUNE_CHUNK = 10_000
 RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
-CLAIMANTS = 1024  # claimants whose arrays are kept (one a connected worker, a paused queue)
 
 
 class PostgresStore(Store):
@@ -96,6 +96,8 @@ class PostgresStore(Store):
 
     durable = True
     shared = True
+    bulk_claims = True
+    remembers = True
 
     def __init__(self, url: str, *, broker_id: str | None = None) -> None:
         self.url = url
@@ -107,8 +109,12 @@ class PostgresStore(Store):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
-        self._claimants: dict[int, tuple[Claimant, dict[str, str]]] = {}
+        # the workflow service asks after every batch of final jobs: one look for many
+        self._waits: Coalescer[str, list[JobRecord]] = Coalescer(self._waiting_batch)
+        self._claimants = Claimants()
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
+        # held jobs as this engine last wrote them (job_get_recent): a report needs no read
+        self._recent: dict[str, JobRecord] = {}
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
         self._next_fold = 0.0
@@ -172,15 +178,75 @@ class PostgresStore(Store):
     async def job_claim(
         self, claimant: Claimant, limit: int, lease_seconds: float, now: float
     ) -> list[JobRecord]:
-        if limit <= 0 or not claimant.tasks:
-            return []
+        return (await self.job_claim_many([(claimant, limit)], lease_seconds, now))[0]
+
+    async def job_claim_many(
+        self, wants: Sequence[tuple[Claimant, int]], lease_seconds: float, now: float
+    ) -> list[list[JobRecord]]:
+        """One statement per group of claimants that offer the same (identical workers:
+        one for all of them), the jobs dealt out in turn (see :func:`deal`)."""
+        out: list[list[JobRecord]] = [[] for _ in wants]
         self._lease_seconds = lease_seconds
-        keyed = self._key_arrays(claimant)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (claimant, limit) in enumerate(wants):
+            if limit <= 0 or not claimant.tasks:
+                continue
+            keyed = self._key_arrays(claimant)
+            if keyed is not None:  # key limits in force: its own claim, with the key gate
+                out[i] = await self._claim_keyed(claimant, limit, keyed, lease_seconds, now)
+                continue
+            groups.setdefault(self._claimants.arrays(claimant)[1], []).append(i)
+        if not groups:
+            return out
+        for members in groups.values():
+            by_worker = {wants[i][0].worker: i for i in members}
+            slots = deal([(wants[i][0].worker, wants[i][1]) for i in members])
+            rows = await self._run(
+                q.CLAIM,
+                {
+                    **self._claimants.arrays(wants[members[0]][0])[0],
+                    "n": len(slots),
+                    "slots": array_literal(slots),
+                    "broker": self.broker_id,
+                    "expires": now + lease_seconds,
+                    "now": now,
+                    "at": json.dumps(now),
+                },
+                fast=True,
+            )
+            for row in rows:
+                i = by_worker[row[SLOT]]
+                claimant = wants[i][0]
+                old = row_job(row)
+                t = lifecycle.claim(
+                    old,
+                    claimant.worker,
+                    row[LEASE],
+                    lease_seconds,
+                    now,
+                    claimant.options.get(old.task),
+                    claimant.route(old.task),
+                )
+                self._held[old.id] = row[LEASE]
+                self._recent[old.id] = t.new
+                out[i].append(t.new)
+        return out
+
+    async def _claim_keyed(
+        self,
+        claimant: Claimant,
+        limit: int,
+        keyed: dict[str, list[Any]],
+        lease_seconds: float,
+        now: float,
+    ) -> list[JobRecord]:
+        """One claimant's claim through the key gate (``pg_limits.CLAIM_KEYED``): past
+        keys at their limit, counting every broker's running jobs."""
         rows = await self._run(
-            q.CLAIM if keyed is None else pg_limits.CLAIM_KEYED,
+            pg_limits.CLAIM_KEYED,
             {
-                **(keyed or {}),
-                **self._claimant_arrays(claimant),
+                **keyed,
+                **self._claimants.arrays(claimant)[0],
                 "n": limit,
                 "worker": claimant.worker,
                 "broker": self.broker_id,
@@ -191,7 +257,7 @@ class PostgresStore(Store):
             fast=True,
         )
         claimed = []
-        for row in rows:
+        for row in rows:  # a keyed claim's row ends with its new lease and its old seq
             old = row_job(row)
             t = lifecycle.claim(
                 old,
@@ -203,6 +269,7 @@ class PostgresStore(Store):
                 claimant.route(old.task),
             )
             self._held[old.id] = row[-2]
+            self._recent[old.id] = t.new
             claimed.append(t.new)
         return claimed
 
@@ -220,29 +287,6 @@ class PostgresStore(Store):
 
     def rate_buckets(self) -> RateBuckets:
         return pg_limits.SharedBuckets(self._run)
-
-    def _claimant_arrays(self, claimant: Claimant) -> dict[str, str]:
-        """The claimant's queues, tasks and options as array literals, made once per
-        claimant (a worker may offer thousands of tasks: dumping them on every claim
-        would cost more than the claim)."""
-        cached = self._claimants.get(id(claimant))
-        if cached is not None and cached[0] is claimant:
-            return cached[1]
-        named = sorted(set(claimant.options) | set(claimant.routes))
-        opts = [claimant.options.get(t) for t in named]
-        arrays = {
-            "queues": array_literal([*claimant.queues, UNROUTED]),
-            "tasks": array_literal(sorted(claimant.tasks)),
-            "otask": array_literal(named),
-            "oretries": array_literal([o.retries if o else None for o in opts]),
-            "obackoff": array_literal([o.retry_backoff if o else None for o in opts]),
-            "obackoff_max": array_literal([o.retry_backoff_max if o else None for o in opts]),
-            "oroute": array_literal([claimant.routes.get(t) for t in named]),
-        }
-        if len(self._claimants) >= CLAIMANTS:
-            self._claimants.pop(next(iter(self._claimants)))
-        self._claimants[id(claimant)] = (claimant, arrays)
-        return arrays
 
     async def job_promote_due(self, now: float) -> list[JobRecord]:
         promoted: list[JobRecord] = []
@@ -273,14 +317,16 @@ class PostgresStore(Store):
             for t in transitions:
                 out.extend(await self._apply_batch([t]))
             return out
-        params: dict[str, Any] = {
-            "c0": ids,
-            "c1": [t.old.version for t in transitions],
-            "c2": [t.front for t in transitions],
-            **change_arrays(transitions, first=3),
-            "eids": [t.old.id for t in transitions for _ in t.events],
-            "edata": [event_json(ev) for t in transitions for ev in t.events],
-        }
+        params = literals(
+            {
+                "c0": ids,
+                "c1": [t.old.version for t in transitions],
+                "c2": [t.front for t in transitions],
+                **change_arrays(transitions, first=3),
+                "eids": [t.old.id for t in transitions for _ in t.events],
+                "edata": [event_json(ev) for t in transitions for ev in t.events],
+            }
+        )
         try:
             applied = {row[0] for row in await self._run(q.APPLY, params)}
         except StoreUnavailable:
@@ -288,15 +334,21 @@ class PostgresStore(Store):
             # running here is rescued (by this broker) rather than renewed forever.
             for job_id in ids:
                 self._held.pop(job_id, None)
+                self._recent.pop(job_id, None)
             raise
         result: list[JobRecord | None] = []
         for t in transitions:
-            if t.old.id in applied:
-                if t.new.state is not JobState.RUNNING:
-                    self._held.pop(t.old.id, None)
+            if t.old.id not in applied:
+                self._recent.pop(t.old.id, None)  # it changed elsewhere: read it next time
+                result.append(None)
+            elif t.new.state is not JobState.RUNNING:
+                self._held.pop(t.old.id, None)
+                self._recent.pop(t.old.id, None)
                 result.append(t.new)
             else:
-                result.append(None)
+                if t.old.id in self._recent:
+                    self._recent[t.old.id] = t.new
+                result.append(t.new)
         return result
 
     async def dlq_purge(self, ids: Sequence[str] | None) -> int:
@@ -336,6 +388,9 @@ class PostgresStore(Store):
             },
             fast=True,
         )
+        for job_id, job in self._recent.items():  # as the statement renewed them
+            if job.lease_expires is not None and job.lease_expires < now + lease / 2:
+                self._recent[job_id] = job.replace(lease_expires=now + lease)
         if now >= self._next_fold:
             self._next_fold = now + FOLD_EVERY
             with contextlib.suppress(StoreUnavailable, psycopg.Error):
@@ -373,6 +428,23 @@ class PostgresStore(Store):
         found = await self._reads.call(unique)
         return [job for job in found if job is not None]
 
+    async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
+        unique = list(dict.fromkeys(ids))
+        missing = [i for i in unique if i not in self._recent]
+        read = {j.id: j for j in await self.job_get_many(missing)} if missing else {}
+        return [j for i in unique if (j := self._recent.get(i) or read.get(i)) is not None]
+
+    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
+        found = {j.id: j for per_id in await self._waits.call(list(ids)) for j in per_id}
+        return list(found.values())
+
+    async def _waiting_batch(self, ids: list[str]) -> list[list[JobRecord]]:
+        by_dependency: dict[str, list[JobRecord]] = {}
+        for job in await super().job_waiting_on(ids):  # pages through the waiting jobs
+            for dependency in job.depends_on:
+                by_dependency.setdefault(dependency, []).append(job)
+        return [by_dependency.get(i, []) for i in ids]
+
     async def _read_batch(self, ids: list[str]) -> list[JobRecord | None]:
         """Many callers' reads by id in one statement."""
         by_id = {r[0]: r for r in await self._run(q.GET_MANY, (list(set(ids)),))}
@@ -391,31 +463,7 @@ class PostgresStore(Store):
     async def job_list(
         self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
     ) -> Page:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if where.state is not None:
-            clauses.append("state = %s")
-            params.append(where.state.value)
-        for column in ("queue", "task", "worker", "priority", "workflow"):
-            value = getattr(where, column)
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if where.id_prefix is not None:  # a range scan of the primary key
-            clauses += ["id >= %s", "id < %s"]
-            params += [where.id_prefix, where.id_prefix + "\U0010ffff"]
-        if cursor:
-            try:
-                before = int(cursor)
-            except ValueError:
-                before = 0
-            clauses.append("sub < %s")
-            params.append(before)
-        sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self._run(
-            f"SELECT {SELECT}, sub FROM jobs {sql_where} ORDER BY sub DESC LIMIT %s OFFSET %s",
-            (*params, limit + 1, offset),
-        )
+        rows = await self._run(*q.listing(where, limit, cursor, offset))
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([row_job(r) for r in rows], str(rows[-1][-1]) if more and rows else None)

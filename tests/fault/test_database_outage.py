@@ -11,6 +11,7 @@ runs again (the runs that were in flight come back by the lease rescue).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -114,3 +115,36 @@ async def test_producers_see_errors_while_the_database_is_down_and_work_resumes(
     survived = await client.get_many([h.id for h in before])
     assert len(survived) == 200 and {j.state for j in survived} == {JobState.COMPLETED}
     assert refused == 3 and store.health["writable"]
+
+
+async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    broker: Broker, client: AsyncClient, start_worker: StartWorker, database: Any, caplog: Any
+) -> None:
+    db, _ = database
+    store = broker.store
+    assert isinstance(store, PostgresStore)
+    await start_worker(concurrency=2)
+    assert await (await client.submit("add", a=1, b=2)).result(timeout=30) == 3
+    caplog.set_level(logging.DEBUG, logger="conveyor")
+    caplog.clear()
+    db.down(f"conveyor/{store.schema}/")
+    async with asyncio.timeout(30):  # the heartbeat, the promoter ... each fail a few times
+        while store.health["failed_attempts"] < 8:
+            await asyncio.sleep(0.1)
+    with pytest.raises(StoreUnavailable):
+        await client.submit("add", a=1, b=1)
+    db.up()
+    async with asyncio.timeout(30):  # each pool reconnects by itself
+        while True:
+            try:
+                handle = await client.submit("add", a=2, b=2)
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+    assert await handle.result(timeout=30) == 4
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r for r in loud if r.exc_info] == []  # no traceback for a database away
+    went = [r for r in loud if "unavailable" in r.getMessage()]
+    back = [r for r in loud if "available again" in r.getMessage()]
+    assert len(went) == 1 and went[0].levelno == logging.WARNING
+    assert len(back) == 1

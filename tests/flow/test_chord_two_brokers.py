@@ -51,6 +51,7 @@ async def test_a_chord_split_over_two_brokers_calls_back_once(
             url=broker.url,
             home=home,
             concurrency=8,
+            prefetch=0,  # 8 jobs each at most: 16 members need both brokers' workers
             name=f"on-broker-{n}",
         )
         running.append((worker, asyncio.get_running_loop().create_task(worker.run())))

@@ -87,6 +87,7 @@ class Connections:
         self.error: str | None = None
         self.since: float | None = None
         self.failures = 0
+        self._back_at = 0.0  # when the last outage ended (monotonic)
 
     def kwargs(self, fast: bool = False, schema: bool = True) -> dict[str, Any]:
         """Connection settings (``schema=False``: before the schema exists)."""
@@ -139,6 +140,7 @@ class Connections:
 
     async def run(self, query: str, params: Any = None, *, fast: bool = False) -> list[Any]:
         """Execute one statement and fetch its rows (see the module docstring)."""
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
                 async with self.connection(fast) as conn:
@@ -146,7 +148,7 @@ class Connections:
                     rows = await cur.fetchall() if cur.description else []
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if attempt == 2 or isinstance(exc, PoolTimeout):
-                    self._failed(exc)
+                    self._failed(exc, started)
                     raise StoreUnavailable.because(
                         f"PostgreSQL: {first_line(exc)}", kept=False
                     ) from exc
@@ -162,17 +164,23 @@ class Connections:
             return rows
         raise AssertionError("unreachable")
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, started: float) -> None:
+        if started < self._back_at:
+            return  # a call from before the database came back (it waited for the pool)
         self.failures += 1
         if self.error is None:
             self.since = time.time()
-            log.error("PostgreSQL store unavailable: %s", first_line(exc))
+            log.warning(
+                "PostgreSQL store unavailable: %s; requests fail until it is back",
+                first_line(exc),
+            )
         self.error = first_line(exc)
 
     def _recovered(self) -> None:
         if self.error is not None:
             log.warning("PostgreSQL store available again (%d failed calls)", self.failures)
             self.error, self.since, self.failures = None, None, 0
+            self._back_at = time.monotonic()
 
     def health(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ from conveyor.errors import StoreUnavailable
 from conveyor.job import Event, JobRecord
 from conveyor.stores.base import Inserted
 from conveyor.stores.sql import pg_queries as q
-from conveyor.stores.sql.pg_rows import event_json, insert_arrays, row_job
+from conveyor.stores.sql.pg_rows import event_json, insert_arrays, literals, row_job
 
 Run = Callable[[str, Any], Awaitable[list[Any]]]
 ROUNDS = 3
@@ -68,9 +68,10 @@ async def insert_jobs(run: Run, jobs: Sequence[tuple[JobRecord, Event]]) -> list
         if not todo:
             break
         batch = [jobs[i] for i in todo]
-        params: dict[str, Any] = insert_arrays([job for job, _ in batch])
-        params["eids"] = [job.id for job, _ in batch]
-        params["edata"] = [event_json(ev) for _, ev in batch]
+        columns: dict[str, list[Any]] = insert_arrays([job for job, _ in batch])
+        columns["eids"] = [job.id for job, _ in batch]
+        columns["edata"] = [event_json(ev) for _, ev in batch]
+        params = literals(columns)
         created = {row[0] for row in await run(q.INSERT, params)}
         rest = []
         for i in todo:

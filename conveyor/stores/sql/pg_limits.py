@@ -165,10 +165,13 @@ WITH pairs AS (
         FROM picked p) r
     LEFT JOIN slots s ON s.key = r.concurrency_key
     WHERE r.klim IS NULL OR r.rank <= r.klim - s.held
-), opts AS (
+), opts AS MATERIALIZED (
+    -- only the tasks admitted (as in CLAIM: a join over a thousand declared tasks per job
+    -- would cost more than the claim)
     SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
         %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
         %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
+    WHERE o.task IN (SELECT task FROM admitted)
 ), claimed AS (
     UPDATE jobs j SET
         state = 'running',

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from conveyor.stores.base import StoreListener
-from conveyor.stores.sql.pg_conn import Connections
+from conveyor.stores.sql.pg_conn import Connections, first_line
 
 log = logging.getLogger("conveyor.store")
 
@@ -69,11 +69,14 @@ class NotifyListener:
     async def _run(self) -> None:
         pause = RETRY_FIRST
         first = True
+        failing = False  # since the connection was lost: retries are quiet
         while not self._stopping:
             try:
                 conn = await self.db.connect()
-            except psycopg.Error as exc:
-                log.warning("PostgreSQL store: cannot LISTEN (%s); retrying", exc)
+            except psycopg.Error as exc:  # said once an outage, not at every retry
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "PostgreSQL store: cannot LISTEN (%s); retrying", first_line(exc))
+                failing = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
                 continue
@@ -81,6 +84,9 @@ class NotifyListener:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 self.connected.set()
                 pause = RETRY_FIRST
+                if failing:
+                    log.info("PostgreSQL store: listening again")
+                failing = False
                 if not first:  # notifications sent while we were away are lost
                     self.listener.available(None)
                     self.listener.finished(None)
@@ -90,7 +96,8 @@ class NotifyListener:
                     self._dispatch(note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()
-                log.warning("PostgreSQL store: the LISTEN connection was lost (%s)", exc)
+                log.warning("PostgreSQL store: lost the LISTEN connection (%s)", first_line(exc))
+                failing = True
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()

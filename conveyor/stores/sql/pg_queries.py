@@ -5,13 +5,18 @@ The claim is the hot one: per (queue, task) pair that has queued jobs (from ``co
 a few rows, never the jobs) and that the claimant serves, the most urgent queued jobs by
 the ``jobs_ready`` index, locked with ``FOR UPDATE SKIP LOCKED`` (a job another broker is
 claiming is skipped, never waited for), the best ``n`` of them moved to running in one
-UPDATE that records the claiming broker, a fresh lease and the ``started`` event.
+UPDATE that records the claiming broker, a fresh lease and the ``started`` event. One claim
+serves several workers with the same offer (``slots``: the k-th job in priority order goes
+to ``slots[k]``, the dispatcher interleaves the workers so that they share the work).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from conveyor.job import DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF
 from conveyor.job import DEFAULT_RETRY_BACKOFF_MAX as _BACKOFF_MAX
+from conveyor.stores.base import JobFilter
 from conveyor.stores.sql.pg_rows import (
     CHANGE_COLUMNS,
     INSERT_COLUMNS,
@@ -60,16 +65,23 @@ WITH pairs AS (
         ORDER BY priority, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED
     ) j
     ORDER BY j.priority, j.seq LIMIT %(n)s
-), opts AS (
+), slotted AS (
+    SELECT p.*, (%(slots)s::text[])[1 + (row_number() OVER (ORDER BY p.priority, p.seq) - 1)
+        %% cardinality(%(slots)s::text[])] AS slot
+    FROM picked p
+), opts AS MATERIALIZED (
+    -- only the tasks picked: a worker may declare options for a thousand tasks, and
+    -- the join would scan them all for every job
     SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
         %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
         %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
+    WHERE o.task IN (SELECT task FROM picked)
 ), claimed AS (
     UPDATE jobs j SET
         state = 'running',
         attempts = p.attempts + 1,
         queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
-        worker = %(worker)s,
+        worker = p.slot,
         broker = %(broker)s,
         lease = nextval('job_seq'),
         lease_expires = %(expires)s,
@@ -78,13 +90,13 @@ WITH pairs AS (
         retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
         retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
         version = p.version + 1
-    FROM picked p LEFT JOIN opts o ON o.task = p.task
+    FROM slotted p LEFT JOIN opts o ON o.task = p.task
     WHERE j.id = p.id
-    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq
+    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq, p.slot AS slot
 ), ev AS (
     INSERT INTO events (job_id, data)
     SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
-        'worker', %(worker)s::text, 'attempt', attempts + 1)
+        'worker', slot, 'attempt', attempts + 1)
     FROM claimed
 )
 SELECT * FROM claimed ORDER BY priority, old_seq
@@ -129,6 +141,39 @@ WITH c AS (
 )
 SELECT id FROM u
 """
+
+
+def listing(
+    where: JobFilter, limit: int, cursor: str | None, offset: int
+) -> tuple[str, tuple[Any, ...]]:
+    """``job_list``: the query and its parameters (one row more than a page: is there a
+    next one?), newest first by submission order."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.state is not None:
+        clauses.append("state = %s")
+        params.append(where.state.value)
+    for column in ("queue", "task", "worker", "priority", "workflow"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if where.id_prefix is not None:  # a range scan of the primary key
+        clauses += ["id >= %s", "id < %s"]
+        params += [where.id_prefix, where.id_prefix + "\U0010ffff"]
+    if cursor:
+        try:
+            before = int(cursor)
+        except ValueError:
+            before = 0
+        clauses.append("sub < %s")
+        params.append(before)
+    sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return (
+        f"SELECT {SELECT}, sub FROM jobs {sql_where} ORDER BY sub DESC LIMIT %s OFFSET %s",
+        (*params, limit + 1, offset),
+    )
+
 
 GET_MANY = f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s::text[])"
 EVENTS = "SELECT data FROM events WHERE job_id = %s ORDER BY n"
