@@ -10,12 +10,15 @@ changes not yet committed, and of as many committed queued and scheduled jobs as
 220 bytes a job), and a claim of a job whose record is not resident reads it back, in one
 query for the whole claim, on a reader thread.
 
-Every change is staged for a single writer thread (:mod:`conveyor.stores.sql.sqlite_writer`)
-which writes the batch in one transaction and commits: *group commit*. New jobs are
-inserted whole; a state change is a narrow UPDATE of the changed columns (never the
-payload); events are appended to their own table; the job counts are added up in the same
-transaction. A method whose result is acknowledged to a client awaits that commit; claims
-and promotions do not (a lost claim is simply run again), but ride along in the next one.
+Every change is staged for a single writer thread
+(:mod:`conveyor.stores.sql.sqlite_writer`) which writes the batch in one transaction and
+commits: *group commit*. New jobs are inserted whole (a payload of 64 KiB or more as a
+file of its own beside the database, written once:
+:mod:`conveyor.stores.sql.sqlite_payloads`, since SQLite rewrites the whole row on any
+UPDATE); a state change is a narrow UPDATE of the changed columns; events are appended
+to their own table; the job counts are added up in the same transaction. A method whose
+result is acknowledged to a client awaits that commit; claims and promotions do not (a
+lost claim is simply run again), but ride along in the next one.
 
 Reads that miss memory run on reader threads (:mod:`conveyor.stores.sql.sqlite_readers`),
 never between the writer's commits, so a heavy listing cannot stall submits and reports.
@@ -81,6 +84,7 @@ from conveyor.stores.sql.sqlite_jobs import (
     set_meta,
     write_batch,
 )
+from conveyor.stores.sql.sqlite_payloads import FILE_MIN, PayloadFiles
 from conveyor.stores.sql.sqlite_readers import ReaderPool
 from conveyor.stores.sql.sqlite_schema import migrate
 from conveyor.stores.sql.sqlite_writer import GroupCommitWriter
@@ -205,14 +209,19 @@ class SqliteStore(Store):
         recent_bytes: int = RECENT_BYTES,
         resident: int = RESIDENT,
         resident_bytes: int = RESIDENT_BYTES,
+        payload_file_min: int = FILE_MIN,
     ) -> None:
         self.url = url
         self.path, self.synchronous = parse_sqlite_url(url)
         self.live = LiveJobs()
+        # large payloads are files written once (sqlite_payloads); fsynced as the WAL is
+        self.payload_files = PayloadFiles.beside(
+            self.path, self.synchronous != "normal", payload_file_min
+        )
         self._writer: GroupCommitWriter[Batch, list[JobRecord]] = GroupCommitWriter(
             partial(connect, self.path, self.synchronous),
             Batch,
-            write_batch,
+            partial(write_batch, files=self.payload_files),
             self._committed,
             # with synchronous=full a commit waits for the disk: never on the loop
             inline=self.synchronous == "normal",
@@ -240,10 +249,15 @@ class SqliteStore(Store):
         self, changes: Sequence[tuple[JobRecord, Sequence[Event]]], new: bool = False
     ) -> None:
         live = self.live
+        files = self.payload_files
         with self._writer.staging() as batch:
-            add = batch.insert if new else batch.update
             for job, events in changes:
-                add(job, live.seq_of(job.id), events)
+                if not new:
+                    batch.update(job, live.seq_of(job.id), events)
+                elif files.wants(job.payload):
+                    batch.insert(job, live.seq_of(job.id), events, files.new_name())
+                else:
+                    batch.insert(job, live.seq_of(job.id), events)
             batch.counters = {**live.totals, SEQ_HWM: live.high_water}
             batch.deltas.update(live.take_deltas())
 
@@ -291,10 +305,10 @@ class SqliteStore(Store):
         lookup in WAL never waits for the writer), more on a reader thread."""
         if self._readers is not None and len(ids) <= LOOKUP_HERE:
             try:
-                return fetch_jobs(self._readers.here(), ids)
+                return fetch_jobs(self._readers.here(), ids, self.payload_files)
             except sqlite3.OperationalError:
                 pass  # busy (a WAL reset, rarely): the reader thread waits for it
-        return await self._read(fetch_jobs, ids)
+        return await self._read(fetch_jobs, ids, self.payload_files)
 
     async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
         """Read back the records of these live jobs that are not in memory, and of the
@@ -304,7 +318,7 @@ class SqliteStore(Store):
         later = [i for i in ahead if i not in jobs]
         if not missing and not later:
             return
-        found = await self._read(fetch_jobs, missing + later)
+        found = await self._read(fetch_jobs, missing + later, self.payload_files)
         by_id = {job.id: self.live.restore(job) for job in found}
         for job_id in later:  # in claim order: what does not fit is the last to be claimed
             job = by_id.get(job_id)
@@ -333,7 +347,7 @@ class SqliteStore(Store):
                 self._writer.hold,
             )
             self._checkpointer.start()
-        self.live, running = await self._writer.call(load_live, _new_live)
+        self.live, running = await self._writer.call(load_live, _new_live, self.payload_files)
         # Stage the counters even when nothing changes: the lease high-water mark (raised
         # by the restart gap) must be on disk before any new lease is handed out.
         self._stage([])
@@ -470,7 +484,8 @@ class SqliteStore(Store):
         async with self._admin:
             # The writer commits what is staged first, so the DELETE also removes dead jobs
             # still in memory; their eviction ran before this call returns.
-            removed = await self._writer.call(delete_dead, ids)
+            removed, names = await self._writer.call(delete_dead, ids)
+            await asyncio.to_thread(self.payload_files.delete, names)  # committed: now
             for (queue, task, priority), n in removed.items():
                 self.live.uncount(JobState.DEAD, queue, task, priority, n)
             wanted = None if ids is None else set(ids)
@@ -484,7 +499,9 @@ class SqliteStore(Store):
         async with self._admin:
             total = 0
             while True:
-                removed = await self._writer.call(prune_chunk, finished_before, PRUNE_CHUNK)
+                removed, names = await self._writer.call(prune_chunk, finished_before, PRUNE_CHUNK)
+                if names:  # the rows' deletion is committed: now their files
+                    await asyncio.to_thread(self.payload_files.delete, names)
                 for (state, queue, task, priority), n in removed.items():
                     self.live.uncount(state, queue, task, priority, n)
                 total += sum(removed.values())
@@ -529,7 +546,7 @@ class SqliteStore(Store):
         return await self._read_fresh(fetch_events, job_id)
 
     async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
-        found = await self._read_fresh(select_dead, ids)
+        found = await self._read_fresh(select_dead, ids, self.payload_files)
         return [self.live.jobs.get(j.id, j) for j in found]
 
     async def job_list(
@@ -546,7 +563,9 @@ class SqliteStore(Store):
             terms.append(("id >= ?", where.id_prefix))
             terms.append(("id < ?", where.id_prefix + "\U0010ffff"))
         before = int(cursor) if cursor else None
-        jobs, last = await self._read_fresh(list_jobs, terms, limit, before, offset)
+        jobs, last = await self._read_fresh(
+            list_jobs, terms, limit, before, offset, self.payload_files
+        )
         jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))
 
