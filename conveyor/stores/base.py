@@ -291,11 +291,15 @@ class Store(abc.ABC):
 
     # -- jobs: reads -------------------------------------------------------------------------
     @abc.abstractmethod
-    async def job_get(self, job_id: str) -> JobRecord | None: ...
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
+        """The job, or None. ``payload=False``: the caller will not look at the payload
+        (a result read), so an engine that keeps large payloads apart need not read them
+        and may give ``b""`` instead; never pass such a record on to a change."""
 
     @abc.abstractmethod
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
-        """The jobs with these ids that exist, in the order of ``ids`` (repeats once)."""
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
+        """The jobs with these ids that exist, in the order of ``ids`` (repeats once);
+        ``payload`` as for :meth:`job_get`."""
 
     @abc.abstractmethod
     async def job_events(self, job_id: str) -> list[Event]:

@@ -362,11 +362,11 @@ class PostgresStore(Store):
         await self._run(q.META_SET, (name, pack_map(value)))
 
     # -- reads -----------------------------------------------------------------------------
-    async def job_get(self, job_id: str) -> JobRecord | None:
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
         found = await self.job_get_many([job_id])
         return found[0] if found else None
 
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         if not unique:
             return []

@@ -300,15 +300,17 @@ class SqliteStore(Store):
             await self._writer.durable()
         return await self._read(fn, *args, **kwargs)
 
-    async def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def _fetch(self, ids: Sequence[str], payload: bool = True) -> list[JobRecord]:
         """Committed records by id: a few are looked up on the loop itself (a primary-key
-        lookup in WAL never waits for the writer), more on a reader thread."""
+        lookup in WAL never waits for the writer), more on a reader thread. Without
+        ``payload``, payloads kept in files are not read (``b""``)."""
+        files = self.payload_files if payload else None
         if self._readers is not None and len(ids) <= LOOKUP_HERE:
             try:
-                return fetch_jobs(self._readers.here(), ids, self.payload_files)
+                return fetch_jobs(self._readers.here(), ids, files)
             except sqlite3.OperationalError:
                 pass  # busy (a WAL reset, rarely): the reader thread waits for it
-        return await self._read(fetch_jobs, ids, self.payload_files)
+        return await self._read(fetch_jobs, ids, files)
 
     async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
         """Read back the records of these live jobs that are not in memory, and of the
@@ -523,18 +525,18 @@ class SqliteStore(Store):
     def _in_memory(self, job_id: str) -> JobRecord | None:
         return self.live.jobs.get(job_id) or self._recent.get(job_id)
 
-    async def job_get(self, job_id: str) -> JobRecord | None:
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
         job = self._in_memory(job_id)
         if job is not None:
             return job
-        found = await self._fetch([job_id])  # not in memory: committed
+        found = await self._fetch([job_id], payload)  # not in memory: committed
         # memory wins if the job came back meanwhile (dlq retry, a claim)
         return self._in_memory(job_id) or next(iter(found), None)
 
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         missing = [i for i in unique if self._in_memory(i) is None]
-        on_disk = {j.id: j for j in await self._fetch(missing)} if missing else {}
+        on_disk = {j.id: j for j in await self._fetch(missing, payload)} if missing else {}
         out = []
         for job_id in unique:
             job = self._in_memory(job_id) or on_disk.get(job_id)

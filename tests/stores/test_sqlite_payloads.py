@@ -133,6 +133,26 @@ async def test_reads_that_need_a_file_payload_get_it(url: str, reopen: Reopen) -
     assert again.payload_files.written == 0  # reading never writes one again
 
 
+async def test_a_read_for_the_result_leaves_the_file_unread(
+    reopen: Reopen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await reopen(recent=0, resident=0)
+    await insert(store, big_job("a"))
+    await run_to_completion(store, "a")
+    await store.flush()
+    reads: list[str] = []
+    real_read = store.payload_files.read
+    monkeypatch.setattr(store.payload_files, "read", lambda name: reads.append(name) or b"")
+    done = await store.job_get("a", payload=False)
+    (many,) = await store.job_get_many(["a"], payload=False)
+    assert done is not None and done.state is JobState.COMPLETED
+    assert unpack(done.result or b"") == unpack(many.result or b"") == 1
+    assert reads == []  # the result is in the row; the payload file was never opened
+    monkeypatch.setattr(store.payload_files, "read", real_read)
+    full = await store.job_get("a")
+    assert full is not None and len(full.payload) > BIG
+
+
 async def test_retention_and_dlq_purge_delete_the_files(url: str, reopen: Reopen) -> None:
     store = await reopen()
     await insert(store, big_job("done"), big_job("dead"))
