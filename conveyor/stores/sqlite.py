@@ -79,6 +79,7 @@ from conveyor.stores.sql.sqlite_jobs import (
     list_workflows,
     load_live,
     new_connection_setup,
+    payload_file_names,
     prune_chunk,
     select_dead,
     set_meta,
@@ -350,6 +351,9 @@ class SqliteStore(Store):
             )
             self._checkpointer.start()
         self.live, running = await self._writer.call(load_live, _new_live, self.payload_files)
+        # nothing is staged yet, so every file that no row names is a crash's leftover
+        named = await self._writer.call(payload_file_names)
+        await asyncio.to_thread(self.payload_files.sweep, named)
         # Stage the counters even when nothing changes: the lease high-water mark (raised
         # by the restart gap) must be on disk before any new lease is handed out.
         self._stage([])

@@ -168,6 +168,22 @@ async def test_retention_and_dlq_purge_delete_the_files(url: str, reopen: Reopen
     assert payload_files(url) == []
 
 
+async def test_open_removes_the_files_no_row_names(url: str, reopen: Reopen) -> None:
+    """What a crash leaves behind (a file whose row never committed) goes at the next
+    open; the files rows name stay."""
+    store = await reopen()
+    await insert(store, big_job("a"))
+    await store.close()
+    (kept,) = payload_files(url)
+    leftover = kept.with_name(sqlite_payloads.PayloadFiles.new_name())
+    leftover.write_bytes(b"from a batch that never committed")
+    assert len(payload_files(url)) == 2
+    again = await reopen()
+    assert payload_files(url) == [kept]
+    job = await again.job_get("a")
+    assert job is not None and job.payload == kept.read_bytes()
+
+
 async def test_with_synchronous_full_the_file_is_fsynced_before_the_row_commits(
     url: str, reopen: Reopen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,5 +306,6 @@ async def test_after_kill_9_every_committed_row_has_its_whole_payload(url: str) 
         assert len(jobs) == len(ids)
         for job in jobs:  # every committed row, acked or not
             assert job.payload == pack_call([job.id.encode() * 20_000], {})
+        assert len(payload_files(url)) == len(ids)  # the killed batch's files were swept
     finally:
         await store.close()

@@ -317,6 +317,14 @@ def load_live(
     return live, jobs
 
 
+def payload_file_names(conn: sqlite3.Connection) -> set[str]:
+    """The payload files the rows name (from the partial index: rows with a file only)."""
+    rows = conn.execute(
+        "SELECT payload_file FROM jobs INDEXED BY jobs_payload_file WHERE payload_file IS NOT NULL"
+    )
+    return {name for (name,) in rows}
+
+
 def get_meta(conn: sqlite3.Connection, name: str) -> Any:
     row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return None if row is None else unpack_map(row[0])

@@ -12,8 +12,9 @@ together with its directory) inside the batch's transaction, before the COMMIT, 
 committed row never names a file that is not there. A name is random and never reused,
 so writing a batch again after a failed commit overwrites the same file, and a job id
 submitted again after its old job was pruned gets a new file. Files are deleted after the
-commit that deleted their rows (a crash between the two leaves an orphan file behind,
-never a row without its payload).
+commit that deleted their rows (a crash between the two, or before a written file's row
+committed, leaves a file no row names, never a row without its payload; :meth:`sweep`
+removes those at the next open).
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ class PayloadFiles:
         except FileNotFoundError:
             log.error("SQLite store: payload file %s/%s is missing", self.directory, name)
             return b""
+
+    def sweep(self, named: set[str]) -> int:
+        """Delete the files no row names (at open, before anything is written: a crash
+        after a file was written but before its row committed, or after a row's deletion
+        committed but before its file went, leaves one behind). Returns how many."""
+        if self.directory is None or not os.path.isdir(self.directory):
+            return 0
+        orphans = [n for n in os.listdir(self.directory) if n not in named]
+        self.delete(orphans)
+        if orphans:
+            log.info("SQLite store: removed %d payload file(s) no job names", len(orphans))
+        return len(orphans)
 
     def delete(self, names: Iterable[str]) -> None:
         """Remove these files (after the commit that deleted their rows)."""

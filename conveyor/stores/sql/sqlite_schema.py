@@ -376,8 +376,12 @@ def _v6_workflows_and_progress(conn: sqlite3.Connection) -> None:
 def _v7_payload_files(conn: sqlite3.Connection) -> None:
     """A large payload may live in a file of its own beside the database, written once,
     so that the row's state changes never rewrite it; the row names the file. Existing
-    rows keep their payloads in the row (both forms are read)."""
+    rows keep their payloads in the row (both forms are read). The index holds only the
+    rows with a file: it finds the files no row names at open (a crash's leftovers)."""
     conn.execute("ALTER TABLE jobs ADD COLUMN payload_file TEXT")
+    conn.execute(
+        "CREATE INDEX jobs_payload_file ON jobs (payload_file) WHERE payload_file IS NOT NULL"
+    )
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
