@@ -314,9 +314,16 @@ class BrokerCore:
             worker.link.abort(job.id, job.lease)
 
     async def list_jobs(
-        self, where: JobFilter, limit: int, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
-        return await self.store.job_list(where, limit, cursor, offset)
+        """``payload=False`` for a listing that shows no arguments (as :meth:`get`)."""
+        return await self.store.job_list(where, limit, cursor, offset, payload=payload)
 
     def lease_expiry(self, job: JobRecord) -> float | None:
         """When a running job's worker loses it unless it heartbeats again."""

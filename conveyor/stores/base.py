@@ -311,9 +311,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
-        """Jobs matching ``where``, newest first (by submission)."""
+        """Jobs matching ``where``, newest first (by submission); ``payload`` as for
+        :meth:`job_get`."""
 
     async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
         """The ``waiting`` jobs that depend on any of ``ids`` (the workflow service

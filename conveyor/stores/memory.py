@@ -155,7 +155,13 @@ class MemoryStore(Store):
         return self._dead(ids)
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         before = int(cursor) if cursor else None
         out: list[JobRecord] = []

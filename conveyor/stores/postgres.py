@@ -389,7 +389,13 @@ class PostgresStore(Store):
         return [row_job(r) for r in rows]
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         clauses: list[str] = []
         params: list[Any] = []

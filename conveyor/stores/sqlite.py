@@ -556,7 +556,13 @@ class SqliteStore(Store):
         return [self.live.jobs.get(j.id, j) for j in found]
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         terms: list[tuple[str, Any]] = []
         if where.state is not None:
@@ -570,7 +576,7 @@ class SqliteStore(Store):
             terms.append(("id < ?", where.id_prefix + "\U0010ffff"))
         before = int(cursor) if cursor else None
         jobs, last = await self._read_fresh(
-            list_jobs, terms, limit, before, offset, self.payload_files
+            list_jobs, terms, limit, before, offset, self.payload_files if payload else None
         )
         jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))

@@ -21,7 +21,7 @@ from conveyor.job import JobRecord, JobState
 from conveyor.lifecycle import Outcome
 from conveyor.protocol.payload import pack, pack_call, unpack
 from conveyor.stores import SqliteStore
-from conveyor.stores.base import Claimant
+from conveyor.stores.base import Claimant, JobFilter
 from conveyor.stores.sql import sqlite_payloads
 from conveyor.stores.sql.sqlite_schema import MIGRATIONS, job_row
 from conveyor.stores.sqlite import parse_sqlite_url
@@ -133,7 +133,7 @@ async def test_reads_that_need_a_file_payload_get_it(url: str, reopen: Reopen) -
     assert again.payload_files.written == 0  # reading never writes one again
 
 
-async def test_a_read_for_the_result_leaves_the_file_unread(
+async def test_reads_for_the_result_or_a_summary_leave_the_file_unread(
     reopen: Reopen, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await reopen(recent=0, resident=0)
@@ -145,12 +145,16 @@ async def test_a_read_for_the_result_leaves_the_file_unread(
     monkeypatch.setattr(store.payload_files, "read", lambda name: reads.append(name) or b"")
     done = await store.job_get("a", payload=False)
     (many,) = await store.job_get_many(["a"], payload=False)
+    (listed,) = (await store.job_list(JobFilter(), payload=False)).jobs
+    assert listed.id == "a" and listed.state is JobState.COMPLETED
     assert done is not None and done.state is JobState.COMPLETED
     assert unpack(done.result or b"") == unpack(many.result or b"") == 1
     assert reads == []  # the result is in the row; the payload file was never opened
     monkeypatch.setattr(store.payload_files, "read", real_read)
     full = await store.job_get("a")
     assert full is not None and len(full.payload) > BIG
+    (listed_full,) = (await store.job_list(JobFilter())).jobs  # LIST replies carry it
+    assert listed_full.payload == full.payload
 
 
 async def test_retention_and_dlq_purge_delete_the_files(url: str, reopen: Reopen) -> None:
