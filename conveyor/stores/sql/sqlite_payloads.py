@@ -77,13 +77,17 @@ class PayloadFiles:
             _fsync_dir(directory)
 
     def read(self, name: str) -> bytes:
-        """The payload in file ``name``; ``b""`` (and an error logged) if it is missing,
-        which only a file removed by hand can cause."""
+        """The payload in file ``name``; ``b""`` (and a warning) if it is missing: a read
+        that raced the deletion of its job, or a file removed by hand."""
         assert self.directory is not None
         try:
             return Path(self.directory, name).read_bytes()
         except FileNotFoundError:
-            log.error("SQLite store: payload file %s/%s is missing", self.directory, name)
+            log.warning(
+                "SQLite store: payload file %s/%s is missing (its job just deleted?)",
+                self.directory,
+                name,
+            )
             return b""
 
     def sweep(self, named: set[str]) -> int:
