@@ -279,27 +279,32 @@ class BrokerCore:
             self.spawn(self.workflows.submitted(created))  # their dependencies may be done
         return inserted
 
-    async def get(self, job_id: str) -> JobRecord:
-        job = await self.store.job_get(job_id)
+    async def get(self, job_id: str, *, payload: bool = True) -> JobRecord:
+        """The job; ``payload=False`` for a read that will not send the arguments (the
+        store may then skip reading a large payload kept apart)."""
+        job = await self.store.job_get(job_id, payload=payload)
         if job is None:
             raise JobNotFound("not_found", f"no job {job_id}")
         return job
 
-    async def get_many(self, ids: list[str]) -> list[JobRecord]:
-        """The jobs among ``ids`` that exist, in the order asked (each id once)."""
-        return await self.store.job_get_many(ids)
+    async def get_many(self, ids: list[str], *, payload: bool = True) -> list[JobRecord]:
+        """The jobs among ``ids`` that exist, in the order asked (each id once);
+        ``payload`` as for :meth:`get`."""
+        return await self.store.job_get_many(ids, payload=payload)
 
     async def history(self, job_id: str) -> list[Event]:
         return await self.store.job_events(job_id)
 
-    async def wait(self, job_id: str, owner: object, notify: Notify) -> JobRecord | None:
+    async def wait(
+        self, job_id: str, owner: object, notify: Notify, *, payload: bool = True
+    ) -> JobRecord | None:
         """The job if it is final now; else None, and ``notify(job)`` runs once it is.
 
         The wait is registered before the job is read, so no finish can slip between.
         """
         self.waiters.add(job_id, owner, notify)
         try:
-            job = await self.get(job_id)
+            job = await self.get(job_id, payload=payload)
         except BaseException:
             self.waiters.discard(job_id, notify)
             raise
@@ -324,9 +329,16 @@ class BrokerCore:
             worker.link.abort(job.id, job.lease)
 
     async def list_jobs(
-        self, where: JobFilter, limit: int, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
-        return await self.store.job_list(where, limit, cursor, offset)
+        """``payload=False`` for a listing that shows no arguments (as :meth:`get`)."""
+        return await self.store.job_list(where, limit, cursor, offset, payload=payload)
 
     def lease_expiry(self, job: JobRecord) -> float | None:
         """When a running job's worker loses it unless it heartbeats again."""

@@ -195,7 +195,7 @@ async def jobs(
         worker=worker,
         id_prefix=q,
     )
-    page = await ctx.core.list_jobs(where, limit, cursor)
+    page = await ctx.core.list_jobs(where, limit, cursor, payload=False)  # summaries
     return {"jobs": [views.job_summary(j, ctx.core) for j in page.jobs], "next_cursor": page.cursor}
 
 
@@ -265,7 +265,7 @@ async def dlq(
 ) -> dict[str, Any]:
     """Dead jobs, newest first."""
     where = JobFilter(state=JobState.DEAD, queue=queue, task=task)
-    page = await ctx.core.list_jobs(where, limit, cursor)
+    page = await ctx.core.list_jobs(where, limit, cursor, payload=False)  # summaries
     return {"jobs": [views.job_summary(j, ctx.core) for j in page.jobs], "next_cursor": page.cursor}
 
 

@@ -113,7 +113,7 @@ async def workflow(workflow: str, ctx: Reader) -> dict[str, Any]:
     members: list[JobRecord] = []
     cursor: str | None = None
     while len(members) < MAX_MEMBERS:
-        page = await ctx.core.list_jobs(JobFilter(workflow=wanted), 1000, cursor)
+        page = await ctx.core.list_jobs(JobFilter(workflow=wanted), 1000, cursor, payload=False)
         members.extend(page.jobs)
         if page.cursor is None:
             break

@@ -303,11 +303,15 @@ class Store(abc.ABC):
 
     # -- jobs: reads -------------------------------------------------------------------------
     @abc.abstractmethod
-    async def job_get(self, job_id: str) -> JobRecord | None: ...
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
+        """The job, or None. ``payload=False``: the caller will not look at the payload
+        (a result read), so an engine that keeps large payloads apart need not read them
+        and may give ``b""`` instead; never pass such a record on to a change."""
 
     @abc.abstractmethod
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
-        """The jobs with these ids that exist, in the order of ``ids`` (repeats once)."""
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
+        """The jobs with these ids that exist, in the order of ``ids`` (repeats once);
+        ``payload`` as for :meth:`job_get`."""
 
     async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
         """Like :meth:`job_get_many`, but a job this engine changed itself may come as it
@@ -326,9 +330,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
-        """Jobs matching ``where``, newest first (by submission)."""
+        """Jobs matching ``where``, newest first (by submission); ``payload`` as for
+        :meth:`job_get`."""
 
     async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
         """The ``waiting`` jobs that depend on any of ``ids`` (the workflow service

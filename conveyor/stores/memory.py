@@ -135,10 +135,10 @@ class MemoryStore(Store):
         self._meta[name] = value
 
     # -- reads ---------------------------------------------------------------------------
-    async def job_get(self, job_id: str) -> JobRecord | None:
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
         return self.live.jobs.get(job_id)
 
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
         jobs = self.live.jobs
         return [jobs[i] for i in dict.fromkeys(ids) if i in jobs]
 
@@ -155,7 +155,13 @@ class MemoryStore(Store):
         return self._dead(ids)
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         before = int(cursor) if cursor else None
         out: list[JobRecord] = []

@@ -417,11 +417,11 @@ class PostgresStore(Store):
         await self._run(q.META_SET, (name, pack_map(value)))
 
     # -- reads -----------------------------------------------------------------------------
-    async def job_get(self, job_id: str) -> JobRecord | None:
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
         found = await self.job_get_many([job_id])
         return found[0] if found else None
 
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         if not unique:
             return []
@@ -461,7 +461,13 @@ class PostgresStore(Store):
         return [row_job(r) for r in rows]
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         rows = await self._run(*q.listing(where, limit, cursor, offset))
         more = len(rows) > limit

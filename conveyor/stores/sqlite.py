@@ -10,12 +10,15 @@ changes not yet committed, and of as many committed queued and scheduled jobs as
 220 bytes a job), and a claim of a job whose record is not resident reads it back, in one
 query for the whole claim, on a reader thread.
 
-Every change is staged for a single writer thread (:mod:`conveyor.stores.sql.sqlite_writer`)
-which writes the batch in one transaction and commits: *group commit*. New jobs are
-inserted whole; a state change is a narrow UPDATE of the changed columns (never the
-payload); events are appended to their own table; the job counts are added up in the same
-transaction. A method whose result is acknowledged to a client awaits that commit; claims
-and promotions do not (a lost claim is simply run again), but ride along in the next one.
+Every change is staged for a single writer thread
+(:mod:`conveyor.stores.sql.sqlite_writer`) which writes the batch in one transaction and
+commits: *group commit*. New jobs are inserted whole (a payload of 64 KiB or more as a
+file of its own beside the database, written once:
+:mod:`conveyor.stores.sql.sqlite_payloads`, since SQLite rewrites the whole row on any
+UPDATE); a state change is a narrow UPDATE of the changed columns; events are appended
+to their own table; the job counts are added up in the same transaction. A method whose
+result is acknowledged to a client awaits that commit; claims and promotions do not (a
+lost claim is simply run again), but ride along in the next one.
 
 Reads that miss memory run on reader threads (:mod:`conveyor.stores.sql.sqlite_readers`),
 never between the writer's commits, so a heavy listing cannot stall submits and reports.
@@ -76,11 +79,13 @@ from conveyor.stores.sql.sqlite_jobs import (
     list_workflows,
     load_live,
     new_connection_setup,
+    payload_file_names,
     prune_chunk,
     select_dead,
     set_meta,
     write_batch,
 )
+from conveyor.stores.sql.sqlite_payloads import FILE_MIN, PayloadFiles
 from conveyor.stores.sql.sqlite_readers import ReaderPool
 from conveyor.stores.sql.sqlite_schema import migrate
 from conveyor.stores.sql.sqlite_writer import GroupCommitWriter
@@ -205,14 +210,19 @@ class SqliteStore(Store):
         recent_bytes: int = RECENT_BYTES,
         resident: int = RESIDENT,
         resident_bytes: int = RESIDENT_BYTES,
+        payload_file_min: int = FILE_MIN,
     ) -> None:
         self.url = url
         self.path, self.synchronous = parse_sqlite_url(url)
         self.live = LiveJobs()
+        # large payloads are files written once (sqlite_payloads); fsynced as the WAL is
+        self.payload_files = PayloadFiles.beside(
+            self.path, self.synchronous != "normal", payload_file_min
+        )
         self._writer: GroupCommitWriter[Batch, list[JobRecord]] = GroupCommitWriter(
             partial(connect, self.path, self.synchronous),
             Batch,
-            write_batch,
+            partial(write_batch, files=self.payload_files),
             self._committed,
             # with synchronous=full a commit waits for the disk: never on the loop
             inline=self.synchronous == "normal",
@@ -240,10 +250,15 @@ class SqliteStore(Store):
         self, changes: Sequence[tuple[JobRecord, Sequence[Event]]], new: bool = False
     ) -> None:
         live = self.live
+        files = self.payload_files
         with self._writer.staging() as batch:
-            add = batch.insert if new else batch.update
             for job, events in changes:
-                add(job, live.seq_of(job.id), events)
+                if not new:
+                    batch.update(job, live.seq_of(job.id), events)
+                elif files.wants(job.payload):
+                    batch.insert(job, live.seq_of(job.id), events, files.new_name())
+                else:
+                    batch.insert(job, live.seq_of(job.id), events)
             batch.counters = {**live.totals, SEQ_HWM: live.high_water}
             batch.deltas.update(live.take_deltas())
 
@@ -286,15 +301,17 @@ class SqliteStore(Store):
             await self._writer.durable()
         return await self._read(fn, *args, **kwargs)
 
-    async def _fetch(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def _fetch(self, ids: Sequence[str], payload: bool = True) -> list[JobRecord]:
         """Committed records by id: a few are looked up on the loop itself (a primary-key
-        lookup in WAL never waits for the writer), more on a reader thread."""
+        lookup in WAL never waits for the writer), more on a reader thread. Without
+        ``payload``, payloads kept in files are not read (``b""``)."""
+        files = self.payload_files if payload else None
         if self._readers is not None and len(ids) <= LOOKUP_HERE:
             try:
-                return fetch_jobs(self._readers.here(), ids)
+                return fetch_jobs(self._readers.here(), ids, files)
             except sqlite3.OperationalError:
                 pass  # busy (a WAL reset, rarely): the reader thread waits for it
-        return await self._read(fetch_jobs, ids)
+        return await self._read(fetch_jobs, ids, files)
 
     async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
         """Read back the records of these live jobs that are not in memory, and of the
@@ -304,7 +321,7 @@ class SqliteStore(Store):
         later = [i for i in ahead if i not in jobs]
         if not missing and not later:
             return
-        found = await self._read(fetch_jobs, missing + later)
+        found = await self._read(fetch_jobs, missing + later, self.payload_files)
         by_id = {job.id: self.live.restore(job) for job in found}
         for job_id in later:  # in claim order: what does not fit is the last to be claimed
             job = by_id.get(job_id)
@@ -333,7 +350,10 @@ class SqliteStore(Store):
                 self._writer.hold,
             )
             self._checkpointer.start()
-        self.live, running = await self._writer.call(load_live, _new_live)
+        self.live, running = await self._writer.call(load_live, _new_live, self.payload_files)
+        # nothing is staged yet, so every file that no row names is a crash's leftover
+        named = await self._writer.call(payload_file_names)
+        await asyncio.to_thread(self.payload_files.sweep, named)
         # Stage the counters even when nothing changes: the lease high-water mark (raised
         # by the restart gap) must be on disk before any new lease is handed out.
         self._stage([])
@@ -470,7 +490,8 @@ class SqliteStore(Store):
         async with self._admin:
             # The writer commits what is staged first, so the DELETE also removes dead jobs
             # still in memory; their eviction ran before this call returns.
-            removed = await self._writer.call(delete_dead, ids)
+            removed, names = await self._writer.call(delete_dead, ids)
+            await asyncio.to_thread(self.payload_files.delete, names)  # committed: now
             for (queue, task, priority), n in removed.items():
                 self.live.uncount(JobState.DEAD, queue, task, priority, n)
             wanted = None if ids is None else set(ids)
@@ -484,7 +505,9 @@ class SqliteStore(Store):
         async with self._admin:
             total = 0
             while True:
-                removed = await self._writer.call(prune_chunk, finished_before, PRUNE_CHUNK)
+                removed, names = await self._writer.call(prune_chunk, finished_before, PRUNE_CHUNK)
+                if names:  # the rows' deletion is committed: now their files
+                    await asyncio.to_thread(self.payload_files.delete, names)
                 for (state, queue, task, priority), n in removed.items():
                     self.live.uncount(state, queue, task, priority, n)
                 total += sum(removed.values())
@@ -506,18 +529,18 @@ class SqliteStore(Store):
     def _in_memory(self, job_id: str) -> JobRecord | None:
         return self.live.jobs.get(job_id) or self._recent.get(job_id)
 
-    async def job_get(self, job_id: str) -> JobRecord | None:
+    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
         job = self._in_memory(job_id)
         if job is not None:
             return job
-        found = await self._fetch([job_id])  # not in memory: committed
+        found = await self._fetch([job_id], payload)  # not in memory: committed
         # memory wins if the job came back meanwhile (dlq retry, a claim)
         return self._in_memory(job_id) or next(iter(found), None)
 
-    async def job_get_many(self, ids: Sequence[str]) -> list[JobRecord]:
+    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
         missing = [i for i in unique if self._in_memory(i) is None]
-        on_disk = {j.id: j for j in await self._fetch(missing)} if missing else {}
+        on_disk = {j.id: j for j in await self._fetch(missing, payload)} if missing else {}
         out = []
         for job_id in unique:
             job = self._in_memory(job_id) or on_disk.get(job_id)
@@ -529,11 +552,17 @@ class SqliteStore(Store):
         return await self._read_fresh(fetch_events, job_id)
 
     async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
-        found = await self._read_fresh(select_dead, ids)
+        found = await self._read_fresh(select_dead, ids, self.payload_files)
         return [self.live.jobs.get(j.id, j) for j in found]
 
     async def job_list(
-        self, where: JobFilter, limit: int = 100, cursor: str | None = None, offset: int = 0
+        self,
+        where: JobFilter,
+        limit: int = 100,
+        cursor: str | None = None,
+        offset: int = 0,
+        *,
+        payload: bool = True,
     ) -> Page:
         terms: list[tuple[str, Any]] = []
         if where.state is not None:
@@ -546,7 +575,9 @@ class SqliteStore(Store):
             terms.append(("id >= ?", where.id_prefix))
             terms.append(("id < ?", where.id_prefix + "\U0010ffff"))
         before = int(cursor) if cursor else None
-        jobs, last = await self._read_fresh(list_jobs, terms, limit, before, offset)
+        jobs, last = await self._read_fresh(
+            list_jobs, terms, limit, before, offset, self.payload_files if payload else None
+        )
         jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
         return Page(jobs, None if last is None else str(last))
 

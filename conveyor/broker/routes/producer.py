@@ -119,7 +119,7 @@ def get(peer: Peer, frame: dict[str, Any]) -> Reply:
 
 
 async def _get(peer: Peer, rid: int, job_id: str, wanted: Wanted) -> None:
-    await send_job(peer, rid, await peer.core.get(job_id), wanted)
+    await send_job(peer, rid, await peer.core.get(job_id, payload=wanted.payload), wanted)
 
 
 def get_many(peer: Peer, frame: dict[str, Any]) -> Reply:
@@ -135,7 +135,7 @@ def get_many(peer: Peer, frame: dict[str, Any]) -> Reply:
 
 
 async def _get_many(peer: Peer, rid: int, ids: list[str], payload: bool, brief: bool) -> None:
-    found = await peer.core.get_many(ids)
+    found = await peer.core.get_many(ids, payload=payload)
     if brief:
         wire = [brief_map(j, packed=peer.packed) for j in found]
     else:
@@ -208,7 +208,7 @@ async def _wait(
         core.spawn(_get(peer, rid, job_id, wanted))
 
     try:
-        final = await core.wait(job_id, peer, done)
+        final = await core.wait(job_id, peer, done, payload=wanted.payload)
     except BaseException:
         peer.waits -= 1
         raise

@@ -26,6 +26,9 @@ from conveyor.stores.sql.sqlite_schema import (
 )
 
 if TYPE_CHECKING:
+    from conveyor.stores.sql.sqlite_payloads import PayloadFiles
+
+if TYPE_CHECKING:
     from conveyor.stores._live import CountKey, LiveJobs
 
 CHUNK = 500  # ids per IN (...) list: well under every SQLite's variable limit
@@ -59,6 +62,8 @@ class Batch:
     counters: dict[str, int] | None = None
     #: changes of the job counts that these rows make (added up, never replaced)
     deltas: Counter[CountKey] = dataclasses.field(default_factory=Counter)
+    #: job id -> the file its payload goes to, for inserts whose payload is large
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates or self.events or self.counters is not None)
@@ -66,8 +71,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.inserts) + len(self.updates) + len(self.events)
 
-    def insert(self, job: JobRecord, seq: int | None, events: Sequence[Event]) -> None:
+    def insert(
+        self, job: JobRecord, seq: int | None, events: Sequence[Event], file: str | None = None
+    ) -> None:
         self.inserts[job.id] = (job, seq)
+        if file is not None:
+            self.files[job.id] = file
         self.events.extend((job.id, pack_map(e)) for e in events)
 
     def update(self, job: JobRecord, seq: int | None, events: Sequence[Event]) -> None:
@@ -80,6 +89,7 @@ class Batch:
     def merge(self, later: Batch) -> None:
         """Put what was staged since this batch (which failed to commit) on top of it."""
         self.inserts.update(later.inserts)
+        self.files.update(later.files)
         for job_id, staged in later.updates.items():
             if job_id in self.inserts:
                 self.inserts[job_id] = staged
@@ -132,13 +142,26 @@ def _insert_rows(
 _CHANGE_COLUMNS = ("id", *MUTABLE)
 
 
-def write_batch(conn: sqlite3.Connection, batch: Batch) -> list[JobRecord]:
-    """Insert new jobs, update changed ones narrowly, append events, set the counters and
-    add up the counts.
+def write_batch(
+    conn: sqlite3.Connection, batch: Batch, files: PayloadFiles | None = None
+) -> list[JobRecord]:
+    """Write the large payloads' files, insert new jobs, update changed ones narrowly,
+    append events, set the counters and add up the counts.
 
     Returns the records written (the engine may evict them from memory once committed).
     """
-    _insert_rows(conn, "jobs", COLUMNS, [job_row(j, s) for j, s in batch.inserts.values()])
+    named = batch.files
+    if named and files is not None:
+        # before the COMMIT: a committed row never names a file that is not there
+        files.write((name, batch.inserts[job_id][0].payload) for job_id, name in named.items())
+    elif named:
+        named = {}
+    _insert_rows(
+        conn,
+        "jobs",
+        COLUMNS,
+        [job_row(j, s, named.get(j.id)) for j, s in batch.inserts.values()],
+    )
     if batch.updates:
         _insert_rows(
             conn,
@@ -184,12 +207,19 @@ def _id_filters(where: str, ids: Sequence[str] | None) -> list[tuple[str, tuple[
     return [(f"{where} AND id IN ({', '.join('?' * len(c))})", c) for c in chunks]
 
 
-def fetch_jobs(conn: sqlite3.Connection, ids: Sequence[str]) -> list[JobRecord]:
-    """The jobs with these ids that exist."""
+def _reader(files: PayloadFiles | None) -> Callable[[str], bytes] | None:
+    return None if files is None else files.read
+
+
+def fetch_jobs(
+    conn: sqlite3.Connection, ids: Sequence[str], files: PayloadFiles | None = None
+) -> list[JobRecord]:
+    """The jobs with these ids that exist, with their payloads."""
     jobs: list[JobRecord] = []
+    read = _reader(files)
     for where, params in _id_filters("1", ids):
         rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE {where}", params)
-        jobs.extend(row_job(r) for r in rows)
+        jobs.extend(row_job(r, read) for r in rows)
     return jobs
 
 
@@ -198,14 +228,17 @@ def fetch_events(conn: sqlite3.Connection, job_id: str) -> list[Event]:
     return [unpack_map(data) for (data,) in rows]
 
 
-def select_dead(conn: sqlite3.Connection, ids: Sequence[str] | None) -> list[JobRecord]:
-    """Dead jobs (these, or all), oldest first."""
+def select_dead(
+    conn: sqlite3.Connection, ids: Sequence[str] | None, files: PayloadFiles | None = None
+) -> list[JobRecord]:
+    """Dead jobs (these, or all), oldest first, with their payloads (a retry runs them)."""
     jobs: list[JobRecord] = []
+    read = _reader(files)
     for where, params in _id_filters("state = 'dead'", ids):
         rows = conn.execute(
             f"SELECT {SELECT_COLUMNS} FROM jobs WHERE {where} ORDER BY rowid", params
         )
-        jobs.extend(row_job(r) for r in rows)
+        jobs.extend(row_job(r, read) for r in rows)
     return jobs
 
 
@@ -215,6 +248,7 @@ def list_jobs(
     limit: int,
     before: int | None,
     offset: int,
+    files: PayloadFiles | None = None,
 ) -> tuple[list[JobRecord], int | None]:
     """Newest first, filtered by ``column op ?`` terms; also the rowid to continue before."""
     clauses = [t for t, _ in terms]
@@ -229,7 +263,8 @@ def list_jobs(
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    return [row_job(r[1:]) for r in rows], (rows[-1][0] if more and rows else None)
+    read = _reader(files)
+    return [row_job(r[1:], read) for r in rows], (rows[-1][0] if more and rows else None)
 
 
 @dataclasses.dataclass(slots=True)
@@ -245,7 +280,9 @@ _WAITING_COLUMNS = "id, state, queue, task, priority, seq, eta, unique_key, conc
 
 
 def load_live(
-    conn: sqlite3.Connection, new_live: Callable[[Start], LiveJobs]
+    conn: sqlite3.Connection,
+    new_live: Callable[[Start], LiveJobs],
+    files: PayloadFiles | None = None,
 ) -> tuple[LiveJobs, list[JobRecord]]:
     """Rebuild the live index at open: the stored counts, every queued and scheduled job
     as an index entry only (streamed: no list of millions), the running and waiting jobs
@@ -268,15 +305,24 @@ def load_live(
     for job_id, state, queue, task, priority, seq, eta, unique_key, key in rows:
         live.load_waiting(job_id, JobState(state), queue, task, priority, seq, eta, unique_key, key)
     running = conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE state = 'running'")
-    jobs = [row_job(r) for r in running]
+    read = _reader(files)
+    jobs = [row_job(r, read) for r in running]
     for job in jobs:
         live.load(job)
     # waiting jobs (workflow members, ``after=``) stay resident: few, and the workflow
     # service looks them up by the jobs they wait for
     for row in conn.execute(f"SELECT {SELECT_COLUMNS} FROM jobs WHERE state = 'waiting'"):
-        live.load(row_job(row))
+        live.load(row_job(row, read))
     live.loaded()
     return live, jobs
+
+
+def payload_file_names(conn: sqlite3.Connection) -> set[str]:
+    """The payload files the rows name (from the partial index: rows with a file only)."""
+    rows = conn.execute(
+        "SELECT payload_file FROM jobs INDEXED BY jobs_payload_file WHERE payload_file IS NOT NULL"
+    )
+    return {name for (name,) in rows}
 
 
 def get_meta(conn: sqlite3.Connection, name: str) -> Any:
@@ -295,29 +341,34 @@ def _delete_events(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
 
 def delete_dead(
     conn: sqlite3.Connection, ids: Sequence[str] | None
-) -> Counter[tuple[str, str, int]]:
-    """Delete dead jobs (these, or all) and their history; how many per (queue, task, priority)."""
+) -> tuple[Counter[tuple[str, str, int]], list[str]]:
+    """Delete dead jobs (these, or all) and their history: how many per (queue, task,
+    priority), and their payload files (to delete once this is committed)."""
     removed: Counter[tuple[str, str, int]] = Counter()
+    names: list[str] = []
     for where, params in _id_filters("state = 'dead'", ids):
         doomed = conn.execute(
-            f"SELECT id, queue, task, priority FROM jobs WHERE {where}", params
+            f"SELECT id, queue, task, priority, payload_file FROM jobs WHERE {where}", params
         ).fetchall()
-        removed.update((queue, task, priority) for _, queue, task, priority in doomed)
+        removed.update((queue, task, priority) for _, queue, task, priority, _ in doomed)
+        names.extend(row[4] for row in doomed if row[4] is not None)
         conn.execute(f"DELETE FROM jobs WHERE {where}", params)
         _delete_events(conn, [row[0] for row in doomed])
     add_counts(conn, Counter({(JobState.DEAD, *k): -n for k, n in removed.items()}))
-    return removed
+    return removed, names
 
 
 def prune_chunk(
     conn: sqlite3.Connection, finished_before: float, limit: int
-) -> Counter[tuple[JobState, str, str, int]]:
+) -> tuple[Counter[tuple[JobState, str, str, int]], list[str]]:
     """Delete up to ``limit`` completed/cancelled jobs finished before the time.
 
-    Returns how many per (state, queue, task, priority); fewer than ``limit`` means done.
+    Returns how many per (state, queue, task, priority) (fewer than ``limit`` in all means
+    done) and their payload files (to delete once this is committed).
     """
     rows = conn.execute(
-        "SELECT rowid, id, state, queue, task, priority FROM jobs INDEXED BY jobs_prunable"
+        "SELECT rowid, id, state, queue, task, priority, payload_file"
+        " FROM jobs INDEXED BY jobs_prunable"
         f" WHERE {_PRUNABLE} LIMIT ?",
         (finished_before, limit),
     ).fetchall()
@@ -325,7 +376,7 @@ def prune_chunk(
     _delete_events(conn, [r[1] for r in rows])
     removed = Counter((JobState(r[2]), r[3], r[4], r[5]) for r in rows)
     add_counts(conn, Counter({k: -n for k, n in removed.items()}))
-    return removed
+    return removed, [r[6] for r in rows if r[6] is not None]
 
 
 WorkflowMember = tuple[str, str, str, bool, bool, float]  # workflow, id, state, root, join, at

@@ -1,13 +1,15 @@
 """The SQLite schema: versioned migrations and the row codec of a job.
 
 One row per job in ``jobs``: a column for every field (so state changes are narrow
-UPDATEs), ``payload`` written once at insert, ``result`` once at completion, ``error`` as
-a MessagePack map. History lives in ``events``, one row per event, appended and never
-rewritten. ``seq`` is the job's place within its priority when it was last queued, so a
-restart rebuilds the same order; the implicit ``rowid`` is submission order, so "newest
-first" is ``ORDER BY rowid DESC`` and a listing cursor is a rowid. ``counts`` holds the
-number of jobs per (state, queue, task, priority), changed in the same transaction as the
-rows. The schema version is ``PRAGMA user_version``: migration *n* moves it from n-1 to n.
+UPDATEs), ``payload`` written once at insert (a large one in a file of its own, named by
+``payload_file``: SQLite rewrites a whole row on any UPDATE), ``result`` once at
+completion, ``error`` as a MessagePack map. History lives in ``events``, one row per
+event, appended and never rewritten. ``seq`` is the job's place within its priority when
+it was last queued, so a restart rebuilds the same order; the implicit ``rowid`` is
+submission order, so "newest first" is ``ORDER BY rowid DESC`` and a listing cursor is a
+rowid. ``counts`` holds the number of jobs per (state, queue, task, priority), changed
+in the same transaction as the rows. The schema version is ``PRAGMA user_version``:
+migration *n* moves it from n-1 to n.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ COLUMNS = (
     "feed",
     "inputs",
     "progress",
+    "payload_file",  # v7
 )
 SELECT_COLUMNS = ", ".join(c for c in COLUMNS if c != "seq")
 #: what a state change may alter: everything but the job's identity and its payload
@@ -110,6 +113,7 @@ MUTABLE = tuple(
         "workflow",
         "depends_on",
         "feed",
+        "payload_file",
     )
 )
 
@@ -123,8 +127,9 @@ def unpack_map(data: bytes | None) -> Any:
     return None if data is None else msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def job_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
-    """All columns of ``job``, in :data:`COLUMNS` order."""
+def job_row(job: JobRecord, seq: int | None, payload_file: str | None = None) -> tuple[Any, ...]:
+    """All columns of ``job``, in :data:`COLUMNS` order; with ``payload_file`` the payload
+    is in that file (see :mod:`conveyor.stores.sql.sqlite_payloads`), not in the row."""
     return (
         job.id,
         job.task,
@@ -149,13 +154,14 @@ def job_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
         job.finished_at,
         pack_map(job.error),
         job.result,
-        job.payload,
+        b"" if payload_file is not None else job.payload,
         job.concurrency_key,
         job.workflow,
         pack_map(list(job.depends_on)) if job.depends_on else None,
         job.feed,
         job.inputs,
         pack_map(job.progress),
+        payload_file,
     )
 
 
@@ -185,8 +191,9 @@ def change_row(job: JobRecord, seq: int | None) -> tuple[Any, ...]:
     )
 
 
-def row_job(row: Sequence[Any]) -> JobRecord:
-    """A record from a row selected with :data:`SELECT_COLUMNS`."""
+def row_job(row: Sequence[Any], read_file: Callable[[str], bytes] | None = None) -> JobRecord:
+    """A record from a row selected with :data:`SELECT_COLUMNS`; ``read_file`` reads a
+    payload kept in a file (without it such a record's payload is ``b""``)."""
     (
         job_id,
         task,
@@ -217,7 +224,10 @@ def row_job(row: Sequence[Any]) -> JobRecord:
         feed,
         inputs,
         progress,
+        payload_file,
     ) = row
+    if payload_file is not None and read_file is not None:
+        payload = read_file(payload_file)
     return JobRecord(
         id=job_id,
         task=task,
@@ -363,6 +373,17 @@ def _v6_workflows_and_progress(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX jobs_workflow ON jobs (workflow) WHERE workflow IS NOT NULL")
 
 
+def _v7_payload_files(conn: sqlite3.Connection) -> None:
+    """A large payload may live in a file of its own beside the database, written once,
+    so that the row's state changes never rewrite it; the row names the file. Existing
+    rows keep their payloads in the row (both forms are read). The index holds only the
+    rows with a file: it finds the files no row names at open (a crash's leftovers)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN payload_file TEXT")
+    conn.execute(
+        "CREATE INDEX jobs_payload_file ON jobs (payload_file) WHERE payload_file IS NOT NULL"
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v1_tables,
     _v2_split_payloads_and_events,
@@ -370,6 +391,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _v4_counts_and_listing_indexes,
     _v5_concurrency_key,
     _v6_workflows_and_progress,
+    _v7_payload_files,
 )
 
 
