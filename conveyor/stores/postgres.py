@@ -10,7 +10,9 @@ claim is one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: 
 never claim one job, and neither waits for the other. Claims, promotions and the
 heartbeat ride a second pool with ``synchronous_commit=off`` (a lost claim is simply
 run again, as the store contract allows); everything acknowledged to a client is a
-synchronous commit.
+synchronous commit. The claims (:mod:`conveyor.stores.sql.pg_claiming`) and the reads
+(:mod:`conveyor.stores.sql.pg_reads`) are mixins of :class:`PostgresStore`; this module
+holds opening and closing, the writes and the heartbeat.
 
 Every state change is computed by :mod:`conveyor.lifecycle` as on the other engines: the
 broker's transitions are applied conditionally (``WHERE version = …``); a claim and a
@@ -37,12 +39,10 @@ and nothing is kept: the client is told its request was not done.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
 import socket
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,28 +52,17 @@ from conveyor import lifecycle
 from conveyor.errors import ConfigError, IllegalTransition, StoreUnavailable
 from conveyor.job import TRANSITIONS, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
-from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import (
-    Claimant,
-    Inserted,
-    JobFilter,
-    KeyLimits,
-    Page,
-    RateBuckets,
-    Store,
-    StoreListener,
-    WorkflowPage,
-    summarize,
-)
+from conveyor.stores.base import Inserted, KeyLimits, RateBuckets, StoreListener
 from conveyor.stores.sql import pg_limits
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
-from conveyor.stores.sql.pg_claim import LEASE, SLOT, Claimants, deal
+from conveyor.stores.sql.pg_claim import Claimants
+from conveyor.stores.sql.pg_claiming import PgClaiming
 from conveyor.stores.sql.pg_conn import Connections, parse_postgres_url
 from conveyor.stores.sql.pg_insert import insert_jobs
 from conveyor.stores.sql.pg_notify import NotifyListener
+from conveyor.stores.sql.pg_reads import PgReads
 from conveyor.stores.sql.pg_rows import (
-    array_literal,
     change_arrays,
     event_json,
     literals,
@@ -91,8 +80,10 @@ RESCUE_BATCH = 1000
 FOLD_EVERY = 60.0
 
 
-class PostgresStore(Store):
-    """The database for truth, several brokers on it; see the module docstring."""
+class PostgresStore(PgClaiming, PgReads):
+    """The database for truth, several brokers on it; see the module docstring. Its claims
+    are :class:`~conveyor.stores.sql.pg_claiming.PgClaiming`, its reads
+    :class:`~conveyor.stores.sql.pg_reads.PgReads`."""
 
     durable = True
     shared = True
@@ -174,116 +165,6 @@ class PostgresStore(Store):
         self, jobs: Sequence[tuple[JobRecord, Event]], *, durable: bool = True
     ) -> list[Inserted]:
         return await insert_jobs(self._run, jobs)
-
-    async def job_claim(
-        self, claimant: Claimant, limit: int, lease_seconds: float, now: float
-    ) -> list[JobRecord]:
-        return (await self.job_claim_many([(claimant, limit)], lease_seconds, now))[0]
-
-    async def job_claim_many(
-        self, wants: Sequence[tuple[Claimant, int]], lease_seconds: float, now: float
-    ) -> list[list[JobRecord]]:
-        """One statement per group of claimants that offer the same (identical workers:
-        one for all of them), the jobs dealt out in turn (see :func:`deal`)."""
-        out: list[list[JobRecord]] = [[] for _ in wants]
-        self._lease_seconds = lease_seconds
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, (claimant, limit) in enumerate(wants):
-            if limit <= 0 or not claimant.tasks:
-                continue
-            keyed = self._key_arrays(claimant)
-            if keyed is not None:  # key limits in force: its own claim, with the key gate
-                out[i] = await self._claim_keyed(claimant, limit, keyed, lease_seconds, now)
-                continue
-            groups.setdefault(self._claimants.arrays(claimant)[1], []).append(i)
-        if not groups:
-            return out
-        for members in groups.values():
-            by_worker = {wants[i][0].worker: i for i in members}
-            slots = deal([(wants[i][0].worker, wants[i][1]) for i in members])
-            rows = await self._run(
-                q.CLAIM,
-                {
-                    **self._claimants.arrays(wants[members[0]][0])[0],
-                    "n": len(slots),
-                    "slots": array_literal(slots),
-                    "broker": self.broker_id,
-                    "expires": now + lease_seconds,
-                    "now": now,
-                    "at": json.dumps(now),
-                },
-                fast=True,
-            )
-            for row in rows:
-                i = by_worker[row[SLOT]]
-                claimant = wants[i][0]
-                old = row_job(row)
-                t = lifecycle.claim(
-                    old,
-                    claimant.worker,
-                    row[LEASE],
-                    lease_seconds,
-                    now,
-                    claimant.options.get(old.task),
-                    claimant.route(old.task),
-                )
-                self._held[old.id] = row[LEASE]
-                self._recent[old.id] = t.new
-                out[i].append(t.new)
-        return out
-
-    async def _claim_keyed(
-        self,
-        claimant: Claimant,
-        limit: int,
-        keyed: dict[str, list[Any]],
-        lease_seconds: float,
-        now: float,
-    ) -> list[JobRecord]:
-        """One claimant's claim through the key gate (``pg_limits.CLAIM_KEYED``): past
-        keys at their limit, counting every broker's running jobs."""
-        rows = await self._run(
-            pg_limits.CLAIM_KEYED,
-            {
-                **keyed,
-                **self._claimants.arrays(claimant)[0],
-                "n": limit,
-                "worker": claimant.worker,
-                "broker": self.broker_id,
-                "expires": now + lease_seconds,
-                "now": now,
-                "at": json.dumps(now),
-            },
-            fast=True,
-        )
-        claimed = []
-        for row in rows:  # a keyed claim's row ends with its new lease and its old seq
-            old = row_job(row)
-            t = lifecycle.claim(
-                old,
-                claimant.worker,
-                row[-2],
-                lease_seconds,
-                now,
-                claimant.options.get(old.task),
-                claimant.route(old.task),
-            )
-            self._held[old.id] = row[-2]
-            self._recent[old.id] = t.new
-            claimed.append(t.new)
-        return claimed
-
-    def _key_arrays(self, claimant: Claimant) -> dict[str, list[Any]] | None:
-        """The key limits of the claimant's gate as arrays (None: no limit is in force, the
-        plain claim), made once per change of the limits."""
-        limits = claimant.gate.key_limits() if claimant.gate is not None else None
-        if not limits:
-            if limits is not None:
-                self._key_limits = None  # cleared: stats count no key as full
-            return None
-        if self._key_limits is None or self._key_limits[0] is not limits:
-            self._key_limits = (limits, pg_limits.key_arrays(limits))
-        return self._key_limits[1]
 
     def rate_buckets(self) -> RateBuckets:
         return pg_limits.SharedBuckets(self._run)
@@ -415,93 +296,3 @@ class PostgresStore(Store):
 
     async def meta_set(self, name: str, value: Any) -> None:
         await self._run(q.META_SET, (name, pack_map(value)))
-
-    # -- reads -----------------------------------------------------------------------------
-    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
-        found = await self.job_get_many([job_id])
-        return found[0] if found else None
-
-    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return []
-        found = await self._reads.call(unique)
-        return [job for job in found if job is not None]
-
-    async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
-        unique = list(dict.fromkeys(ids))
-        missing = [i for i in unique if i not in self._recent]
-        read = {j.id: j for j in await self.job_get_many(missing)} if missing else {}
-        return [j for i in unique if (j := self._recent.get(i) or read.get(i)) is not None]
-
-    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
-        found = {j.id: j for per_id in await self._waits.call(list(ids)) for j in per_id}
-        return list(found.values())
-
-    async def _waiting_batch(self, ids: list[str]) -> list[list[JobRecord]]:
-        by_dependency: dict[str, list[JobRecord]] = {}
-        for job in await super().job_waiting_on(ids):  # pages through the waiting jobs
-            for dependency in job.depends_on:
-                by_dependency.setdefault(dependency, []).append(job)
-        return [by_dependency.get(i, []) for i in ids]
-
-    async def _read_batch(self, ids: list[str]) -> list[JobRecord | None]:
-        """Many callers' reads by id in one statement."""
-        by_id = {r[0]: r for r in await self._run(q.GET_MANY, (list(set(ids)),))}
-        return [row_job(by_id[i]) if i in by_id else None for i in ids]
-
-    async def job_events(self, job_id: str) -> list[Event]:
-        return [row[0] for row in await self._run(q.EVENTS, (job_id,))]
-
-    async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
-        if ids is None:
-            rows = await self._run(q.DEAD_ALL)
-        else:
-            rows = await self._run(q.DEAD_SOME, (list(ids),))
-        return [row_job(r) for r in rows]
-
-    async def job_list(
-        self,
-        where: JobFilter,
-        limit: int = 100,
-        cursor: str | None = None,
-        offset: int = 0,
-        *,
-        payload: bool = True,
-    ) -> Page:
-        rows = await self._run(*q.listing(where, limit, cursor, offset))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([row_job(r) for r in rows], str(rows[-1][-1]) if more and rows else None)
-
-    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
-        sql = q.WORKFLOWS_FIRST if cursor is None else q.WORKFLOWS_BEFORE
-        rows = await self._run(sql, {"n": limit + 1, "before": cursor})
-        ids = sorted({r[0] for r in rows}, reverse=True)
-        page = ids[:limit]
-        keep = set(page)  # the one past the page only says there is more
-        groups = [
-            (w, state, bool(root), bool(join), int(n), float(at))
-            for w, state, root, join, n, at in rows
-            if w in keep
-        ]
-        return WorkflowPage(summarize(page, groups), page[-1] if len(ids) > limit else None)
-
-    async def job_next_eta(self) -> float | None:
-        rows = await self._run(q.NEXT_ETA)
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
-
-    async def queue_waiting(self) -> dict[tuple[str, str], int]:
-        return {(queue, task): int(n) for queue, task, n in await self._run(q.WAITING)}
-
-    async def stats(self) -> dict[str, Any]:
-        live = LiveJobs()  # its stats() shapes the numbers exactly as the other engines do
-        counts: Counter[tuple[JobState, str, str, int]] = Counter()
-        for state, queue, task, priority, n in await self._run(q.COUNTS):
-            counts[JobState(state), queue, task, priority] = int(n)
-        live.counts = counts
-        for kind, n in await self._run(q.TOTALS):
-            live.totals[kind] = int(n)
-        out = live.stats()
-        keyed = self._key_limits[1] if self._key_limits is not None else None
-        return {**out, **await pg_limits.key_stats(self._run, keyed)}
