@@ -21,13 +21,14 @@ result is acknowledged to a client awaits that commit; claims and promotions do 
 lost claim is simply run again), but ride along in the next one.
 
 Reads that miss memory run on reader threads (:mod:`conveyor.stores.sql.sqlite_readers`),
-never between the writer's commits, so a heavy listing cannot stall submits and reports.
+never between the writer's commits, so a heavy listing cannot stall submits and reports;
+the read methods are :class:`~conveyor.stores.sql.sqlite_reads.SqliteReads`.
 A finished job leaves memory once its row is committed, keeping the last ones (within
 :data:`RECENT` jobs and :data:`RECENT_BYTES`) for quick reads of a result.
 
 At :meth:`open` the live index is rebuilt from the live rows and the stored counts (never
-by counting the history); the jobs that were running when the broker stopped are
-returned, for the broker to requeue.
+by counting the history: :mod:`conveyor.stores.sql.sqlite_open`); the jobs that were
+running when the broker stopped are returned, for the broker to requeue.
 
 Durability: WAL with ``synchronous=NORMAL`` by default. A commit is then safe against a
 crash of the process (kill -9), which is what an acknowledgement promises; an OS crash
@@ -41,59 +42,40 @@ only (0600).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import logging
 import os
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
 
 from conveyor import lifecycle
-from conveyor.errors import ConfigError, StoreUnavailable
 from conveyor.job import FINAL_STATES, PRUNABLE_STATES, Event, JobRecord, JobState
 from conveyor.lifecycle import Transition
 from conveyor.stores._bounded import BoundedRecords
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import (
-    Claimant,
-    Inserted,
-    JobFilter,
-    Page,
-    Store,
-    WorkflowPage,
-    summarize,
-)
+from conveyor.stores.base import Claimant, Inserted, Store
 from conveyor.stores.sql.sqlite_checkpoint import Checkpointer
 from conveyor.stores.sql.sqlite_jobs import (
     Batch,
-    Start,
     delete_dead,
-    fetch_events,
-    fetch_jobs,
     get_meta,
-    list_jobs,
-    list_workflows,
     load_live,
-    new_connection_setup,
     payload_file_names,
     prune_chunk,
-    select_dead,
     set_meta,
     write_batch,
 )
+from conveyor.stores.sql.sqlite_open import (
+    SEQ_HWM,
+    connect,
+    connect_checkpointer,
+    lock_database,
+    new_live,
+    parse_sqlite_url,
+)
 from conveyor.stores.sql.sqlite_payloads import FILE_MIN, PayloadFiles
 from conveyor.stores.sql.sqlite_readers import ReaderPool
-from conveyor.stores.sql.sqlite_schema import migrate
+from conveyor.stores.sql.sqlite_reads import WAITING, SqliteReads
 from conveyor.stores.sql.sqlite_writer import GroupCommitWriter
-
-T = TypeVar("T")
-P = ParamSpec("P")
-
-log = logging.getLogger("conveyor.store")
 
 RECENT = 4096  # finished jobs kept in memory after their commit, for quick job_get
 RECENT_BYTES = 64 << 20  # ... and at most this many bytes of them
@@ -101,104 +83,14 @@ RECENT_BYTES = 64 << 20  # ... and at most this many bytes of them
 #: queue never read the disk; beyond this only their index entries stay
 RESIDENT = 50_000
 RESIDENT_BYTES = 16 << 20
-#: records looked up by id on the loop itself, not on a reader thread (see _fetch)
-LOOKUP_HERE = 32
 #: a claim that has to read records from disk also reads this many that come next
 READ_AHEAD = 512
-CACHE_KIB = 64 << 10  # the writer's page cache: a constant, whatever the queue depth
 PRUNE_CHUNK = 10_000  # rows deleted per transaction, so commits keep flowing meanwhile
-#: A restart skips this many sequence numbers, so that a lease handed out in the last
-#: moments before a crash (never committed) is not handed out again for the same job.
-RESTART_GAP = 1 << 32
-SYNCHRONOUS = ("normal", "full", "extra")
-LOCK_TIMEOUT = 2.0  # seconds to wait for a broker that is still letting go of the file
-SEQ_HWM = "seq_hwm"  # counters row: the highest sequence/lease number given out
-_WAITING = (JobState.QUEUED, JobState.SCHEDULED)
 
 
-def parse_sqlite_url(url: str) -> tuple[str, str]:
-    """``sqlite:///rel/path.db`` or ``sqlite:////abs/path.db`` → (path, synchronous)."""
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc or len(parts.path) < 2:
-        raise ConfigError(
-            f"bad SQLite store URL {url!r}: use sqlite:///relative/path.db "
-            "or sqlite:////absolute/path.db"
-        )
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    synchronous = options.pop("synchronous", "normal").lower()
-    if synchronous not in SYNCHRONOUS:
-        raise ConfigError(
-            f"bad SQLite store URL {url!r}: synchronous must be normal, full or extra"
-        )
-    if options:
-        raise ConfigError(f"bad SQLite store URL {url!r}: unknown option {next(iter(options))}")
-    return unquote(parts.path[1:]), synchronous
-
-
-def lock_database(path: str) -> int:
-    """Hold ``<path>.lock`` exclusively (released when the process ends, however it ends):
-    one broker per database. Returns the descriptor to close to let go."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise ConfigError(f"{path} is in use by another process (another broker?)") from exc
-    return fd
-
-
-def _owner_only(path: str) -> None:
-    """The database and its WAL files readable by their owner only: SQLite gives the WAL
-    and shared-memory files the database file's mode, so creating that 0600 is enough;
-    an existing one is narrowed."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for name in (path, f"{path}-wal", f"{path}-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(name).st_mode & 0o077:
-                os.chmod(name, 0o600)
-
-
-def connect(path: str, synchronous: str) -> sqlite3.Connection:
-    """Open (creating, 0600) the database in WAL mode, migrated: the writer's connection,
-    which leaves checkpoints to the :class:`Checkpointer`."""
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _owner_only(path)
-    # check_same_thread off: the writer thread owns it, and the loop commits small
-    # batches on it too, never at the same time (GroupCommitWriter._using)
-    conn = sqlite3.connect(
-        path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        if path != ":memory:":
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's thread does it
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        migrate(conn)
-        new_connection_setup(conn)
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        raise ConfigError(f"cannot open the SQLite store {path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def connect_checkpointer(path: str, synchronous: str) -> sqlite3.Connection:
-    """The checkpoint thread's connection (the writer's has made the database)."""
-    conn = sqlite3.connect(
-        path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
-    )
-    conn.execute(f"PRAGMA synchronous = {synchronous}")  # how a checkpoint syncs
-    return conn
-
-
-class SqliteStore(Store):
-    """A compact index in memory, SQLite for truth; see the module docstring."""
+class SqliteStore(SqliteReads, Store):
+    """A compact index in memory, SQLite for truth; see the module docstring. The writes
+    are here, the reads in :class:`SqliteReads`."""
 
     durable = True
 
@@ -273,64 +165,9 @@ class SqliteStore(Store):
             if job.state in FINAL_STATES:
                 del jobs[job.id]
                 self._recent.put(job)
-            elif job.state in _WAITING:
+            elif job.state in WAITING:
                 for dropped in self._waiting.put(job):
                     self.live.evict(dropped)
-
-    # -- reads off the writer --------------------------------------------------------------
-    async def _read(
-        self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """``fn`` on a reader thread: it sees what is committed."""
-        if self._readers is None:
-            return await self._writer.call(fn, *args, **kwargs)
-        return await self._readers.call(fn, *args, **kwargs)
-
-    async def _read_fresh(
-        self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """``fn`` after what is staged now is committed (it sees the loop's own writes);
-        while the store cannot write, it reads what is committed."""
-        with contextlib.suppress(StoreUnavailable):
-            await self._writer.durable()
-        return await self._read(fn, *args, **kwargs)
-
-    async def _fetch(self, ids: Sequence[str], payload: bool = True) -> list[JobRecord]:
-        """Committed records by id: a few are looked up on the loop itself (a primary-key
-        lookup in WAL never waits for the writer), more on a reader thread. Without
-        ``payload``, payloads kept in files are not read (``b""``)."""
-        files = self.payload_files if payload else None
-        if self._readers is not None and len(ids) <= LOOKUP_HERE:
-            try:
-                return fetch_jobs(self._readers.here(), ids, files)
-            except sqlite3.OperationalError:
-                pass  # busy (a WAL reset, rarely): the reader thread waits for it
-        return await self._read(fetch_jobs, ids, files)
-
-    async def _make_resident(self, ids: Sequence[str], ahead: Sequence[str] = ()) -> None:
-        """Read back the records of these live jobs that are not in memory, and of the
-        queued jobs ``ahead`` (those stay within the resident budget)."""
-        jobs = self.live.jobs
-        missing = [i for i in ids if i not in jobs]
-        later = [i for i in ahead if i not in jobs]
-        if not missing and not later:
-            return
-        found = await self._read(fetch_jobs, missing + later, self.payload_files)
-        by_id = {job.id: self.live.restore(job) for job in found}
-        for job_id in later:  # in claim order: what does not fit is the last to be claimed
-            job = by_id.get(job_id)
-            if job is not None and job.state in _WAITING:
-                for dropped in self._waiting.put(job):
-                    self.live.evict(dropped)
-        lost = [job_id for job_id in missing if job_id not in by_id]
-        if lost:  # cannot happen: an evicted record was committed
-            log.error("SQLite store: indexed jobs missing from the database: %s", lost[:10])
 
     # -- open and close ------------------------------------------------------------------
     async def open(self, now: float) -> list[JobRecord]:
@@ -350,7 +187,7 @@ class SqliteStore(Store):
                 self._writer.hold,
             )
             self._checkpointer.start()
-        self.live, running = await self._writer.call(load_live, _new_live, self.payload_files)
+        self.live, running = await self._writer.call(load_live, new_live, self.payload_files)
         # nothing is staged yet, so every file that no row names is a crash's leftover
         named = await self._writer.call(payload_file_names)
         await asyncio.to_thread(self.payload_files.sweep, named)
@@ -524,91 +361,3 @@ class SqliteStore(Store):
 
     async def meta_set(self, name: str, value: Any) -> None:
         await self._writer.call(set_meta, name, value)
-
-    # -- reads ---------------------------------------------------------------------------
-    def _in_memory(self, job_id: str) -> JobRecord | None:
-        return self.live.jobs.get(job_id) or self._recent.get(job_id)
-
-    async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
-        job = self._in_memory(job_id)
-        if job is not None:
-            return job
-        found = await self._fetch([job_id], payload)  # not in memory: committed
-        # memory wins if the job came back meanwhile (dlq retry, a claim)
-        return self._in_memory(job_id) or next(iter(found), None)
-
-    async def job_get_many(self, ids: Sequence[str], *, payload: bool = True) -> list[JobRecord]:
-        unique = list(dict.fromkeys(ids))
-        missing = [i for i in unique if self._in_memory(i) is None]
-        on_disk = {j.id: j for j in await self._fetch(missing, payload)} if missing else {}
-        out = []
-        for job_id in unique:
-            job = self._in_memory(job_id) or on_disk.get(job_id)
-            if job is not None:
-                out.append(job)
-        return out
-
-    async def job_events(self, job_id: str) -> list[Event]:
-        return await self._read_fresh(fetch_events, job_id)
-
-    async def job_dead(self, ids: Sequence[str] | None) -> list[JobRecord]:
-        found = await self._read_fresh(select_dead, ids, self.payload_files)
-        return [self.live.jobs.get(j.id, j) for j in found]
-
-    async def job_list(
-        self,
-        where: JobFilter,
-        limit: int = 100,
-        cursor: str | None = None,
-        offset: int = 0,
-        *,
-        payload: bool = True,
-    ) -> Page:
-        terms: list[tuple[str, Any]] = []
-        if where.state is not None:
-            terms.append(("state = ?", where.state.value))
-        for column in ("queue", "task", "worker", "priority", "workflow"):
-            value = getattr(where, column)
-            if value is not None:
-                terms.append((f"{column} = ?", value))
-        if where.id_prefix is not None:  # a range scan of the primary key
-            terms.append(("id >= ?", where.id_prefix))
-            terms.append(("id < ?", where.id_prefix + "\U0010ffff"))
-        before = int(cursor) if cursor else None
-        jobs, last = await self._read_fresh(
-            list_jobs, terms, limit, before, offset, self.payload_files if payload else None
-        )
-        jobs = [self.live.jobs.get(j.id, j) for j in jobs]  # memory is never older
-        return Page(jobs, None if last is None else str(last))
-
-    async def workflow_list(self, limit: int = 50, cursor: str | None = None) -> WorkflowPage:
-        ids, members, more = await self._read_fresh(list_workflows, limit, cursor)
-        groups = []
-        for workflow, job_id, state, root, join, created in members:
-            live = self._in_memory(job_id)  # memory is never older
-            groups.append((workflow, live.state.value if live else state, root, join, 1, created))
-        return WorkflowPage(summarize(ids, groups), ids[-1] if more and ids else None)
-
-    async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
-        jobs = self.live.jobs  # waiting jobs are always resident (loaded at open)
-        return [jobs[i] for i in self.live.waiting_on(ids) if i in jobs]
-
-    async def job_next_eta(self) -> float | None:
-        return self.live.next_eta()
-
-    async def queue_waiting(self) -> dict[tuple[str, str], int]:
-        return self.live.waiting()
-
-    async def stats(self) -> dict[str, Any]:
-        return self.live.stats()
-
-
-def _new_live(start: Start) -> LiveJobs:
-    """The index after a restart: sequence numbers and leases continue past every one
-    handed out before (plus a gap for those never committed), the front below the lowest."""
-    hwm = max(start.counters.get(SEQ_HWM, 0), start.highest)
-    live = LiveJobs(hwm + RESTART_GAP + 1 if hwm else 1, min(0, start.lowest) - 1)
-    for name, value in start.counters.items():
-        if name != SEQ_HWM:
-            live.totals[name] = value
-    return live

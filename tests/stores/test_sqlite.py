@@ -29,12 +29,11 @@ from conveyor.stores import (
     default_store_url,
     open_store,
 )
-from conveyor.stores import sqlite as sqlite_engine
 from conveyor.stores.base import Claimant, JobFilter
-from conveyor.stores.sql import sqlite_writer
+from conveyor.stores.sql import sqlite_open, sqlite_writer
 from conveyor.stores.sql.sqlite_jobs import MUTABLE, change_row
+from conveyor.stores.sql.sqlite_open import parse_sqlite_url
 from conveyor.stores.sql.sqlite_schema import COLUMNS, MIGRATIONS, job_row
-from conveyor.stores.sqlite import parse_sqlite_url
 
 T0 = 1_700_000_000.0
 W = ("default",), {"t"}
@@ -386,7 +385,7 @@ async def test_synchronous_is_configurable(tmp_path: Path) -> None:
 async def test_a_second_broker_cannot_open_the_same_file(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_engine, "LOCK_TIMEOUT", 0.05)
+    monkeypatch.setattr(sqlite_open, "LOCK_TIMEOUT", 0.05)
     store = SqliteStore(url)
     await store.open(T0)
     await store.close()  # the second time, there is nothing to migrate

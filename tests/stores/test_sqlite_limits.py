@@ -248,7 +248,7 @@ async def test_reads_do_not_wait_for_the_writer(reopen: Reopen) -> None:
 def test_every_listing_filter_has_an_index_and_needs_no_sort(
     path: Path, column: str | None
 ) -> None:
-    from conveyor.stores.sqlite import connect
+    from conveyor.stores.sql.sqlite_open import connect
 
     conn = connect(str(path), "normal")
     plans: list[str] = []

@@ -23,8 +23,8 @@ from conveyor.protocol.payload import pack, pack_call, unpack
 from conveyor.stores import SqliteStore
 from conveyor.stores.base import Claimant, JobFilter
 from conveyor.stores.sql import sqlite_payloads
+from conveyor.stores.sql.sqlite_open import parse_sqlite_url
 from conveyor.stores.sql.sqlite_schema import MIGRATIONS, job_row
-from conveyor.stores.sqlite import parse_sqlite_url
 
 T0 = 1_700_000_000.0
 W = ("default",), {"t"}
