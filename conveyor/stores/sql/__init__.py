@@ -1,4 +1,5 @@
-"""SQL plumbing for the durable engines: migrations, named queries, the SQLite writer.
+"""SQL plumbing and the parts of the durable engines: migrations, named queries, the SQLite
+writer, and the mixins the two store classes are made of (claims, reads, opening).
 
-Blocking database code lives here; the store modules one level up hold the logic.
+The store classes themselves are one level up (``stores/sqlite.py``, ``stores/postgres.py``).
 """
