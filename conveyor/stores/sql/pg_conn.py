@@ -33,6 +33,7 @@ from conveyor.stores.sql.pg_schema import check_schema_name
 log = logging.getLogger("conveyor.store")
 
 DEFAULT_SCHEMA = "conveyor"
+FLAP_WINDOW = 30.0  # seconds after a recovery in which a new outage is logged at INFO
 #: engine options in the URL's query, with their defaults; the rest go to libpq
 OPTIONS: dict[str, float] = {
     "pool": 8,  # connections for durable writes and reads
@@ -87,7 +88,8 @@ class Connections:
         self.error: str | None = None
         self.since: float | None = None
         self.failures = 0
-        self._back_at = 0.0  # when the last outage ended (monotonic)
+        self._back_at = -FLAP_WINDOW  # when the last outage ended (monotonic)
+        self._quiet = False  # the outage now began right after the last: logged at INFO
 
     def kwargs(self, fast: bool = False, schema: bool = True) -> dict[str, Any]:
         """Connection settings (``schema=False``: before the schema exists)."""
@@ -170,15 +172,24 @@ class Connections:
         self.failures += 1
         if self.error is None:
             self.since = time.time()
-            log.warning(
-                "PostgreSQL store unavailable: %s; requests fail until it is back",
+            # a database coming back flaps (one pool has reconnected, the other's next
+            # connection fails): an outage soon after the last one is not news again
+            self._quiet = time.monotonic() - self._back_at < FLAP_WINDOW
+            log.log(
+                logging.INFO if self._quiet else logging.WARNING,
+                "PostgreSQL store unavailable%s: %s; requests fail until it is back",
+                " again" if self._quiet else "",
                 first_line(exc),
             )
         self.error = first_line(exc)
 
     def _recovered(self) -> None:
         if self.error is not None:
-            log.warning("PostgreSQL store available again (%d failed calls)", self.failures)
+            log.log(
+                logging.INFO if self._quiet else logging.WARNING,
+                "PostgreSQL store available again (%d failed calls)",
+                self.failures,
+            )
             self.error, self.since, self.failures = None, None, 0
             self._back_at = time.monotonic()
 
