@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from conveyor.cli.broker_cmd import broker
 from conveyor.cli.certs import certs_command
 from conveyor.cli.db import db_group
 from conveyor.cli.dev import dev
@@ -14,10 +15,10 @@ from conveyor.cli.limits import limits_group
 from conveyor.cli.ping import ping
 from conveyor.cli.queues import queue_group
 from conveyor.cli.schedules import schedule_group
-from conveyor.cli.serve import broker, worker
 from conveyor.cli.submit import result, submit
 from conveyor.cli.tokens import token_group
 from conveyor.cli.top import top
+from conveyor.cli.worker_cmd import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from conveyor.cli import main
-from conveyor.cli.serve import _submit_hint
+from conveyor.cli.broker_cmd import _submit_hint
 from conveyor.config import read_config
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import load_tasks

@@ -52,7 +52,7 @@ def test_help_documents_the_default_and_the_variable() -> None:
 
 
 def test_flags_and_environment_reach_the_brokers_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    from conveyor.cli.serve import _limits, broker
+    from conveyor.cli.broker_cmd import _limits, broker
 
     ctx = broker.make_context("broker", ["--max-queued", "7", "--max-queued", "reports=2"])
     limits = _limits(ctx.params)
