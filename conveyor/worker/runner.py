@@ -7,11 +7,9 @@ prefetch). Each job waits for one of ``concurrency`` slots, then runs in the poo
 The moment a job takes a slot the worker says so (a HEARTBEAT listing it, written before
 the job is handed to the pool): should the job then kill this process, the broker knows
 the run had started and counts the attempt, so a job that crashes its worker cannot come
-back for ever. Results are batched: every result that finishes in one loop iteration
-leaves in one REPORT frame. Periodic heartbeats keep our jobs ours. What tasks say of
-themselves (``current_job().progress()``, ``set_meta()``) leaves in PROGRESS frames, the
-latest state of every job that changed, at most one frame per ``PROGRESS_INTERVAL``, and
-a job's last state just before its report.
+back for ever. Start notices, results and what tasks say of themselves
+(``current_job().progress()``, ``set_meta()``) are batched (:mod:`conveyor.worker.outbox`).
+Periodic heartbeats keep our jobs ours.
 
 If the connection drops, the broker requeues everything we held, so results of that
 connection's jobs are dropped (a *generation* number tells them apart) and jobs still
@@ -52,7 +50,6 @@ import os
 import random
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +57,11 @@ from conveyor.client.async_transport import AsyncConnection
 from conveyor.client.endpoint import Address, make_endpoint
 from conveyor.client.failover import Rotation
 from conveyor.errors import BrokerError, ConfigError, ConnectionLost, TooManyFailures
-from conveyor.limits import PROGRESS_INTERVAL
-from conveyor.protocol.session import split_to_fit
 from conveyor.security.payload import PayloadCipher, resolve_cipher
-from conveyor.worker.execute import RunResult, cancelled, failure
+from conveyor.worker.execute import RunResult, cancelled
+from conveyor.worker.held import Held, WorkerStats
 from conveyor.worker.joblog import JobLog
+from conveyor.worker.outbox import Outbox
 from conveyor.worker.pools import Pool, make_pool
 from conveyor.worker.progress import CurrentJob
 from conveyor.worker.sealed import open_request, seal_result
@@ -72,29 +69,6 @@ from conveyor.worker.tasks import TaskRegistry, load_tasks
 
 log = logging.getLogger("conveyor.worker")
 ACK_WAIT = 5.0  # seconds a draining worker waits for the ACKED of its last reports
-
-
-@dataclass(slots=True)
-class _Held:
-    """A job the broker gave us, under one connection generation."""
-
-    id: str
-    lease: int
-    generation: int
-    started: bool = False
-    task: asyncio.Task[None] | None = None
-    current: CurrentJob | None = None  # what current_job() gives its task
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    received: int = 0
-    completed: int = 0
-    failed: int = 0
-    released: int = 0
-    reconnects: int = 0
-    acked: int = 0
-    by_task: dict[str, int] = field(default_factory=dict)
 
 
 class Worker:
@@ -149,18 +123,10 @@ class Worker:
         self.worker_id = ""
         self.connected = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
         self._conn: AsyncConnection | None = None
         self._generation = 0
-        self._reports: list[dict[str, Any]] = []
-        self._reports_scheduled = False
-        self._starts: list[str] = []
-        self._starts_scheduled = False
-        self._progressed: dict[str, _Held] = {}  # jobs whose progress changed, not yet sent
-        self._progress_timer: asyncio.TimerHandle | None = None
-        self._progress_sent = 0.0  # loop time of the last PROGRESS frame
-        self._unacked: set[str] = set()
-        self._acked = asyncio.Event()
+        self.outbox = Outbox(self.stats, lambda: self._conn, lambda: self._generation)
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
 
@@ -309,15 +275,15 @@ class Worker:
         if running and not self.forced:
             log.info("draining: waiting for %d running job(s)", len(running))
             await self._until_done_or_forced(running)
-        self._flush_reports()
+        self.outbox.flush_reports()
         await conn.drain()
         if self.forced:
             left = sum(1 for h in self._held.values() if h.started)
             log.warning("force stop: %d running job(s) abandoned; the broker requeues them", left)
             return
-        if self._unacked:  # outcomes count once ACKED says they are stored
+        if self.outbox.unacked:  # outcomes count once ACKED says they are stored
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_acked(conn), ACK_WAIT)
+                await asyncio.wait_for(self.outbox.all_acked(conn), ACK_WAIT)
 
     async def _until_done_or_forced(self, running: list[asyncio.Task[None]]) -> None:
         """Wait for every running job, or until :meth:`stop` is forced."""
@@ -331,20 +297,15 @@ class Worker:
         finally:
             forced.cancel()
 
-    async def _all_acked(self, conn: AsyncConnection) -> None:
-        while self._unacked and not conn.closed.is_set():
-            self._acked.clear()
-            await self._acked.wait()
-
     def _abandon(self, generation: int) -> None:
         """The connection is gone: the broker requeued our jobs; forget the unstarted ones."""
-        self._unacked.clear()
+        self.outbox.unacked.clear()
         for h in list(self._held.values()):
             if h.generation == generation and not h.started and h.task is not None:
                 h.task.cancel()
                 self._forget(h)
 
-    def _forget(self, held: _Held) -> None:
+    def _forget(self, held: Held) -> None:
         """Drop ``held``, unless the same job id was dispatched again since (a requeued job
         can come back to this worker under a new lease while the old run still finishes)."""
         if self._held.get(held.id) is held:
@@ -356,7 +317,7 @@ class Worker:
         if kind == "dispatch":
             loop = asyncio.get_running_loop()
             for raw in frame["jobs"]:
-                held = _Held(raw["id"], raw["lease"], self._generation)
+                held = Held(raw["id"], raw["lease"], self._generation)
                 self._held[held.id] = held
                 held.task = loop.create_task(self._execute(held, raw))
             self.stats.received += len(frame["jobs"])
@@ -365,8 +326,7 @@ class Worker:
         elif kind == "acked":
             ids = frame.get("ids", ())
             self.stats.acked += len(ids)
-            self._unacked.difference_update(ids)
-            self._acked.set()
+            self.outbox.acked(ids)
         elif kind == "goodbye":
             log.warning("broker said goodbye: %s", frame.get("reason", ""))
         elif kind == "error":
@@ -381,16 +341,16 @@ class Worker:
             # never started: drop it and say so, so the broker can finish it
             target.task.cancel()
             self._forget(target)
-            self._queue_report(target, cancelled("cancelled before it started"))
+            self.outbox.queue_report(target, cancelled("cancelled before it started"))
         else:
             self.pool.cancel(target.id)  # cooperative where the pool can
 
-    async def _execute(self, held: _Held, raw: dict[str, Any]) -> None:
+    async def _execute(self, held: Held, raw: dict[str, Any]) -> None:
         async with self._slots:
             if self._stopping.is_set() or held.generation != self._generation:
                 return  # released or abandoned while waiting for a slot
             held.started = True
-            self._note_started(held)
+            self.outbox.note_started(held)
             await asyncio.sleep(0)  # the start notice is written before the job can run
             request = open_request(raw, self.cipher)
             started = self.joblog.started(held.id, raw["task"], raw["attempt"], request)
@@ -404,100 +364,14 @@ class Worker:
         self._forget(held)
         if held.generation != self._generation or self._conn is None:
             return  # the broker already requeued it when the connection dropped
-        self._queue_report(held, result)
+        self.outbox.queue_report(held, result)
 
     # -- progress ------------------------------------------------------------------------
-    def _current_job(self, held: _Held, raw: dict[str, Any]) -> CurrentJob:
+    def _current_job(self, held: Held, raw: dict[str, Any]) -> CurrentJob:
         loop = asyncio.get_running_loop()
 
         def changed() -> None:  # from the task's thread (or the loop): once per send
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
-                loop.call_soon_threadsafe(self._progress_changed, held)
+                loop.call_soon_threadsafe(self.outbox.progress_changed, held)
 
         return CurrentJob(held.id, str(raw["task"]), int(raw.get("attempt") or 1), changed)
-
-    def _progress_changed(self, held: _Held) -> None:
-        """A job's progress changed: send it with the others, at most once an interval."""
-        self._progressed[held.id] = held
-        if self._progress_timer is None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, self._progress_sent + PROGRESS_INTERVAL - loop.time())
-            self._progress_timer = loop.call_later(delay, self._flush_progress)
-
-    def _flush_progress(self, only: list[_Held] | None = None) -> None:
-        if only is None:
-            self._progress_timer = None
-            self._progress_sent = asyncio.get_running_loop().time()
-            pending, self._progressed = list(self._progressed.values()), {}
-        else:
-            pending = [h for h in only if self._progressed.pop(h.id, None) is not None]
-        entries = []
-        for held in pending:
-            state = held.current.take() if held.current is not None else None
-            if state is not None and held.generation == self._generation:
-                entries.append({"id": held.id, "lease": held.lease, **state})
-        if entries and self._conn is not None:
-            with contextlib.suppress(ConnectionLost):
-                self._conn.send({"t": "progress", "jobs": entries})
-
-    def _note_started(self, held: _Held) -> None:
-        self._starts.append(held.id)
-        if not self._starts_scheduled:
-            self._starts_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_starts)
-
-    def _flush_starts(self) -> None:
-        self._starts_scheduled = False
-        starts, self._starts = self._starts, []
-        if starts and self._conn is not None:
-            with contextlib.suppress(ConnectionLost):
-                self._conn.send({"t": "heartbeat", "running": starts})
-                self._conn.flush()  # now, not at the end of this loop turn
-
-    def _queue_report(self, held: _Held, result: RunResult) -> None:
-        if held.current is not None:
-            self._flush_progress([held])  # its last progress goes before its report
-        report: dict[str, Any] = {"id": held.id, "lease": held.lease, "ok": result.ok}
-        if result.ok:
-            report["result"] = result.result
-            self.stats.completed += 1
-        else:
-            report["error"] = result.error
-            if result.retry_delay is not None:
-                report["retry_delay"] = result.retry_delay
-            if result.reject:
-                report["reject"] = True
-            self.stats.failed += 1
-        self._reports.append(report)
-        if not self._reports_scheduled:
-            self._reports_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_reports)
-
-    def _flush_reports(self) -> None:
-        self._reports_scheduled = False
-        conn = self._conn
-        if not self._reports or conn is None:
-            return
-        reports, self._reports = self._reports, []
-        self._unacked.update(r["id"] for r in reports)
-        with contextlib.suppress(ConnectionLost):
-            self._send_reports(conn, reports)
-
-    def _send_reports(self, conn: AsyncConnection, reports: list[dict[str, Any]]) -> None:
-        """As few REPORT frames as fit; a result too big even alone fails its job instead."""
-        session = conn.session
-        for data in split_to_fit(
-            reports, lambda part: session.send({"t": "report", "results": part}), _too_large
-        ):
-            conn.write(data)
-
-
-def _too_large(report: dict[str, Any]) -> dict[str, Any]:
-    error = failure("ResultTooLarge", "the result does not fit in a protocol frame")
-    return {
-        "id": report["id"],
-        "lease": report["lease"],
-        "ok": False,
-        "error": error.error,
-        "reject": True,
-    }
