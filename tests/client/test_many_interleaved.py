@@ -7,8 +7,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conveyor import Client
 from conveyor.broker.app import Broker
+from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.worker.tasks import TaskRegistry
 from tests.client.test_wait_many import _held
 from tests.conftest import StartWorker
@@ -72,3 +75,49 @@ async def test_leaving_the_loop_early_leaves_the_client_usable(
     first, results, kept = await asyncio.to_thread(scenario)
     assert first == 0 and results == [0, 1, 2]
     assert not kept  # the replies of the abandoned WAITs are dropped, not hoarded
+
+
+class TestUnderATightInflightLimit:
+    """The broker stops reading a connection with ``max_inflight_requests`` requests in
+    progress until half are done. A held WAIT is not one of them (it waits on a callback,
+    not a task), so the loop's WAITs never keep the requests made meanwhile unread."""
+
+    @pytest.fixture
+    def broker_config(self, home: Path) -> BrokerConfig:
+        tight = Limits(max_inflight_requests=4)
+        return BrokerConfig(port=0, store_url="memory://", home=home, limits=tight)
+
+    async def test_a_request_inside_the_loop_is_read_at_once(
+        self,
+        broker: Broker,
+        home: Path,
+        tmp_path: Path,
+        start_worker: StartWorker,
+        flow_registry: TaskRegistry,
+    ) -> None:
+        await start_worker(registry=flow_registry, modules=MODULES, concurrency=8)
+        gates, specs = _held(tmp_path, 8)
+
+        def scenario() -> tuple[list[Any], int, bool]:
+            with Client(broker.url, home=home, pipeline=True) as c:
+                handles = c.submit_many(specs)
+                gates[0].touch()
+                conn = c._transport._conn
+                seen = []
+                added = 0
+                for job in c.as_completed(handles, timeout=60):
+                    seen.append(job.result)
+                    if len(seen) == 1:  # seven WAITs out, more than the limit
+                        c.get(handles[1].id)
+                        c.get(handles[2].id)
+                        extra = [c.submit("flow.add", i, 1) for i in range(10)]
+                        c.flush()
+                        added = sum(j.result for j in c.wait_many(extra, timeout=30))
+                        for g in gates[1:]:
+                            g.touch()
+                return seen, added, c._transport._conn is conn
+
+        seen, added, same_connection = await asyncio.wait_for(asyncio.to_thread(scenario), 120)
+        assert seen[0] == 0 and sorted(seen) == list(range(8))
+        assert added == sum(range(1, 11))
+        assert same_connection
