@@ -129,8 +129,8 @@ class SyncConnection:
 
     def _fill(self, timeout: float | None) -> bool:
         """One read into ``self._read``; with ``timeout`` 0, False if nothing was there."""
-        self.sock.settimeout(timeout)
         try:
+            self.sock.settimeout(timeout)  # raises too once the socket is closed
             data = self.sock.recv(READ_SIZE)
         except (ssl.SSLWantReadError, BlockingIOError):
             return False  # non-blocking (timeout 0) and nothing to read yet
@@ -351,7 +351,8 @@ class SyncTransport:
             except ConnectionLost as exc:
                 todo.extendleft(reversed([key for key, _ in pending.values()]))
                 pending.clear()
-                self.lost(conn, exc)
+                if self._conn in (None, conn):  # else a request made meanwhile reconnected
+                    self.lost(conn, exc)
                 continue
             finally:  # the caller stopped early: later replies to these are not ours
                 conn.forget(pending)
