@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, Protocol
 
 from conveyor.client._base import wait_frame
-from conveyor.errors import BrokerError, JobNotFound, ResultTimeout
+from conveyor.errors import BrokerError, InvalidJob, JobNotFound, ResultTimeout
 from conveyor.job import Job
-from conveyor.limits import MAX_ECHO
+from conveyor.limits import MAX_ECHO, MAX_JOB_ID
 from conveyor.protocol.frames import ErrorCode
+from conveyor.validation import check_name
 
 Frame = dict[str, Any]
 
@@ -51,6 +52,16 @@ JobRef = str | HasId
 def unique_ids(jobs: Iterable[JobRef]) -> list[str]:
     """The ids of ``jobs``, each once, in the order given."""
     return list(dict.fromkeys(j if isinstance(j, str) else j.id for j in jobs))
+
+
+def check_ids(ids: list[str]) -> None:
+    """JobNotFound for an id that cannot be one, as WAIT answers for it (GET_MANY would
+    refuse the whole list as invalid)."""
+    for job_id in ids:
+        try:
+            check_name(job_id, "id", MAX_JOB_ID)
+        except InvalidJob:
+            raise JobNotFound(ErrorCode.NOT_FOUND, f"no job {job_id[:MAX_ECHO]!r}") from None
 
 
 def check_found(ids: list[str], found: list[Job]) -> None:
@@ -95,6 +106,7 @@ def finishing(
     """Each job of ``ids`` once final (or, past ``timeout``, as it is then), in the order
     they finish; the final ones first."""
     deadline = Deadline(timeout)
+    check_ids(ids)
     found = get_many(ids)
     check_found(ids, found)
     rest = []
@@ -124,6 +136,7 @@ async def finishing_async(
     """:func:`finishing` on asyncio: the WAITs are concurrent requests, at most
     :data:`WINDOW` at a time; the ones still out are cancelled if the caller stops."""
     deadline = Deadline(timeout)
+    check_ids(ids)
     found = await get_many(ids)
     check_found(ids, found)
     rest = []

@@ -15,7 +15,10 @@ The guarantees:
   outstanding acknowledgements, so it sees every job submitted before it;
 * ``close()``, and so the end of a ``with`` block, flushes;
 * after a lost connection the unacknowledged submits are sent again on the new one
-  (the same job ids: the broker keeps one job per id, so none is stored twice).
+  (the same job ids: the broker keeps one job per id, so none is stored twice);
+* a ``submit()`` that raises (the broker gone past ``reconnect_timeout``, say) is not
+  sent later: its job is not submitted, unless it reached the broker before the
+  connection went (as a submit without ``pipeline`` that raises may have).
 """
 
 from __future__ import annotations
@@ -53,9 +56,22 @@ class Pipeline:
         return len(self._outbox) + len(self._unacked)
 
     def submit(self, frame: Frame) -> None:
-        """Send a SUBMIT of one job; waits only while the window is full."""
+        """Send a SUBMIT of one job; waits only while the window is full. If this raises,
+        the submit is withdrawn: a caller that tries again must not get two jobs."""
         self._outbox.append(frame)
-        self._step(wait=False)
+        try:
+            self._step(wait=False)
+        except BaseException:
+            self._withdraw(frame)
+            raise
+
+    def _withdraw(self, frame: Frame) -> None:
+        if any(f is frame for f in self._outbox):
+            self._outbox = deque(f for f in self._outbox if f is not frame)
+        for rid in [rid for rid, f in self._unacked.items() if f is frame]:
+            del self._unacked[rid]
+            if self._conn is not None:
+                self._conn.forget([rid])  # its acknowledgement, if one comes, is no one's
 
     def settle(self) -> None:
         """Wait until every submit is acknowledged (refusals are kept for flush)."""

@@ -57,7 +57,8 @@ class SyncConnection:
     ) -> None:
         self.address = address
         self.session = ClientSession(endpoint.token, endpoint.name, agent)
-        self._read: deque[Event] = deque()  # read, not yet asked for (see _until)
+        self._read: deque[Event] = deque()  # read, not yet looked at (see _until)
+        self._kept: deque[Reply] = deque()  # replies read while another caller read
         raw = socket.create_connection((address.host, address.port), timeout=connect_timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -76,30 +77,60 @@ class SyncConnection:
     def _until(self, wanted: Callable[[Event], T | None], timeout: float | None) -> T:
         """Read until an event arrives of which ``wanted`` returns something; return
         that. The events read after it wait in ``self._read`` for the next call (one
-        read may complete several pipelined replies)."""
-        while True:
-            while self._read:
-                found = self._take(self._read.popleft(), wanted)
-                if found is not None:
-                    return found
-            self._fill(timeout)
+        read may complete several pipelined replies), and the replies it passes over wait
+        in ``self._kept`` for their own callers (a request made while an exchange or a
+        pipeline has requests out on the same connection)."""
+        found = self._claim(wanted)
+        while found is None:
+            found = self._scan(wanted)
+            if found is None:
+                self._fill(timeout)
+        return found
 
     def ready(self, wanted: Callable[[Event], T | None]) -> list[T]:
         """What ``wanted`` takes of the events that are here already: read without
         waiting, only what the socket holds."""
         out: list[T] = []
+        while (found := self._claim(wanted)) is not None:
+            out.append(found)
         while True:
-            while self._read:
-                found = self._take(self._read.popleft(), wanted)
-                if found is not None:
-                    out.append(found)
+            while (found := self._scan(wanted)) is not None:
+                out.append(found)
             if not self._fill(0.0):
                 return out
 
+    def _claim(self, wanted: Callable[[Event], T | None]) -> T | None:
+        """The first of the replies kept for another caller that ``wanted`` takes."""
+        for i, reply in enumerate(self._kept):
+            found = wanted(reply)
+            if found is not None:
+                del self._kept[i]
+                return found
+        return None
+
+    def _scan(self, wanted: Callable[[Event], T | None]) -> T | None:
+        """The first event read and not yet looked at that ``wanted`` takes."""
+        while self._read:
+            event = self._read.popleft()
+            found = self._take(event, wanted)
+            if found is not None:
+                return found
+            if isinstance(event, Reply):  # a pending request's: its caller will ask
+                self._kept.append(event)
+        return None
+
+    def forget(self, rids: Iterable[int]) -> None:
+        """Stop waiting for the requests numbered ``rids`` (their caller gave up): their
+        replies, read already or still to come, are dropped."""
+        gone = set(rids)
+        for rid in gone:
+            self.session.pending.pop(rid, None)
+        self._kept = deque(r for r in self._kept if r.request.rid not in gone)
+
     def _fill(self, timeout: float | None) -> bool:
         """One read into ``self._read``; with ``timeout`` 0, False if nothing was there."""
-        self.sock.settimeout(timeout)
         try:
+            self.sock.settimeout(timeout)  # raises too once the socket is closed
             data = self.sock.recv(READ_SIZE)
         except (ssl.SSLWantReadError, BlockingIOError):
             return False  # non-blocking (timeout 0) and nothing to read yet
@@ -320,11 +351,11 @@ class SyncTransport:
             except ConnectionLost as exc:
                 todo.extendleft(reversed([key for key, _ in pending.values()]))
                 pending.clear()
-                self.lost(conn, exc)
+                if self._conn in (None, conn):  # else a request made meanwhile reconnected
+                    self.lost(conn, exc)
                 continue
             finally:  # the caller stopped early: later replies to these are not ours
-                for rid in pending:
-                    conn.session.pending.pop(rid, None)
+                conn.forget(pending)
             self._backoff.reset()
 
     def _pause_before_resend(self, address: Address, exc: ConnectionLost) -> float:

@@ -128,6 +128,32 @@ async def test_an_unknown_id_is_refused_before_any_wait(broker: Broker, home: Pa
     await asyncio.to_thread(scenario)
 
 
+async def test_an_id_that_cannot_be_one_is_not_found_as_from_wait(
+    broker: Broker, client: AsyncClient, home: Path
+) -> None:
+    bad = ["", "x" * 1000, "a b", "ü"]  # wait() says JobNotFound for each: so must these
+
+    def scenario() -> list[str]:
+        with Client(broker.url, home=home) as c:
+            h = c.submit("add", 1, 2)
+            names = []
+            for job_id in bad:
+                with pytest.raises(JobNotFound) as raised:
+                    c.wait_many([h, job_id], timeout=5)
+                with pytest.raises(JobNotFound):
+                    next(iter(c.as_completed([job_id, h])))
+                names.append(str(raised.value))
+            return names
+
+    names = await asyncio.to_thread(scenario)
+    assert names[2] == "not_found: no job 'a b'"
+    assert len(names[1]) < 200  # not echoed whole
+    h = await client.submit("add", 1, 2)
+    for job_id in bad:
+        with pytest.raises(JobNotFound):
+            await client.wait_many([h, job_id])
+
+
 async def test_more_jobs_than_the_window_all_come_back(
     broker: Broker,
     home: Path,
