@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import AsyncClient, chord, group, sig
+from conveyor import AsyncClient, JobState, chord, group, sig
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
 from conveyor.worker.runner import Worker
@@ -66,6 +66,11 @@ async def test_a_chord_split_over_two_brokers_calls_back_once(
                 flow = await client.submit_workflow(
                     chord(group(members), sig("flow.tally", str(runs), f"round-{round_}"))
                 )
+                async with asyncio.timeout(30):  # the test's own poll: all 16 taken,
+                    while not all(  # 8 by each broker's worker (8 slots, no prefetch)
+                        j.state is JobState.RUNNING for j in await client.get_many(flow.ids[:-1])
+                    ):
+                        await asyncio.sleep(0.01)
                 gate.touch()  # every member ends at once, under both brokers
                 assert await flow.result(timeout=60) == list(range(16))
                 for job in await client.get_many(flow.ids[:-1]):
