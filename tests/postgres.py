@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+from conveyor.broker.app import Broker
+from conveyor.broker.config import BrokerConfig
 
 ENV = "CONVEYOR_TEST_POSTGRES"
 HOW = f"set {ENV}=postgresql://... to run the PostgreSQL tests"
@@ -70,3 +74,19 @@ def engine_url(engine: str, sqlite_path: object) -> Iterator[str]:
     else:
         with fresh_schema() as url:
             yield url
+
+
+@pytest.fixture
+async def two_brokers(home: Path, pg_url: str) -> AsyncIterator[tuple[Broker, Broker]]:
+    """Two brokers of one home on one PostgreSQL schema: one system (import it with
+    ``pg_url`` into the test module)."""
+    started: list[Broker] = []
+    try:
+        for _ in range(2):
+            b = Broker(BrokerConfig(port=0, store_url=pg_url, home=home))
+            await b.start()
+            started.append(b)
+        yield started[0], started[1]
+    finally:
+        for b in started:
+            await b.stop()

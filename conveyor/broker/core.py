@@ -35,7 +35,7 @@ from conveyor.broker.config import BrokerConfig
 from conveyor.broker.core_admin import CoreAdmin
 from conveyor.broker.dispatch import Dispatcher
 from conveyor.broker.events import EventHub, JobChanged, QueueChanged
-from conveyor.broker.limiter import Limiter
+from conveyor.broker.limiter import LIMITS, Limiter
 from conveyor.broker.logins import Logins
 from conveyor.broker.progress import ProgressBoard
 from conveyor.broker.schedules import ScheduleBook
@@ -353,6 +353,12 @@ class BrokerCore(CoreAdmin):
             where = f" on queue {job.queue!r}" if job.queue else ""
             return f"no connected worker offers task {job.task!r}{where}"
         return None
+
+    # -- other brokers ---------------------------------------------------------------------
+    def setting_changed(self, name: str | None) -> None:
+        """Another broker changed a store setting: the set limits are read again."""
+        if name is None or name == LIMITS:
+            self.spawn(self.limiter.reload())
 
     # -- queues --------------------------------------------------------------------------
     @property

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from conveyor.broker import heldback
 from conveyor.broker.backlog import Backlog
 from conveyor.broker.dispatch import Dispatcher
-from conveyor.broker.limiter import LIMITS, Limiter
+from conveyor.broker.limiter import Limiter
 from conveyor.broker.logins import Logins
 from conveyor.broker.waiters import Waiters
 from conveyor.clock import Clock
@@ -38,9 +38,6 @@ class CoreAdmin:
     gauges: dict[str, Callable[[], Any]]
     started_at: float
     on_tokens_changed: Callable[[], None]
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        raise NotImplementedError  # BrokerCore's
 
     # -- tokens --------------------------------------------------------------------------
     def authenticate(self, token: Any) -> TokenInfo | None:
@@ -69,11 +66,6 @@ class CoreAdmin:
         by key; ``running_by_key`` on a store several brokers share: every broker's), with
         each limit's own counts (:mod:`conveyor.broker.heldback`)."""
         return heldback.add_counts(self.limiter.snapshot(data), data)
-
-    def setting_changed(self, name: str | None) -> None:
-        """Another broker changed a store setting: the set limits are read again."""
-        if name is None or name == LIMITS:
-            self.spawn(self.limiter.reload())
 
     async def limits(
         self, changes: dict[str, Any] | None = None, clears: list[str] | None = None

@@ -15,30 +15,15 @@ import pytest
 
 from conveyor import AsyncClient
 from conveyor.broker.app import Broker
-from conveyor.broker.config import BrokerConfig
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import TaskRegistry, task
 from tests.broker.test_limits_e2e import RATE, Record, _max_overlap, rate_of, registry
-from tests.postgres import pg_url
+from tests.postgres import pg_url, two_brokers
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_url"]
+__all__ = ["pg_url", "two_brokers"]
 
 Brokers = tuple[Broker, Broker]
-
-
-@pytest.fixture
-async def brokers(home: Path, pg_url: str) -> AsyncIterator[Brokers]:
-    started: list[Broker] = []
-    try:
-        for _ in range(2):
-            b = Broker(BrokerConfig(port=0, store_url=pg_url, home=home))
-            await b.start()
-            started.append(b)
-        yield started[0], started[1]
-    finally:
-        for b in started:
-            await b.stop()
 
 
 @pytest.fixture
@@ -74,9 +59,9 @@ async def _run(client: AsyncClient, name: str, n: int, **options: object) -> Non
 
 
 async def test_a_rate_limit_holds_across_two_brokers_with_two_workers_each(
-    brokers: Brokers, workers: Callable[..., object], home: Path
+    two_brokers: Brokers, workers: Callable[..., object], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     record = Record()
     for broker in (a, b):
         for _ in range(2):
@@ -106,9 +91,9 @@ async def test_a_rate_limit_holds_across_two_brokers_with_two_workers_each(
 
 
 async def test_a_key_limit_of_two_is_never_exceeded_across_two_brokers(
-    brokers: Brokers, workers: Callable[..., object], home: Path
+    two_brokers: Brokers, workers: Callable[..., object], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     record = Record()
     for broker in (a, b):
         for _ in range(2):
@@ -154,9 +139,9 @@ def _keyed(record: Record, name: str, seconds: float) -> TaskRegistry:
 
 
 async def test_a_slot_freed_on_one_broker_releases_the_job_waiting_on_the_other(
-    brokers: Brokers, workers: Callable[..., object], home: Path
+    two_brokers: Brokers, workers: Callable[..., object], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     record = Record()
     await workers(b, _keyed(record, "on_b", 0.5))  # type: ignore[misc]
     await workers(a, _keyed(record, "on_a", 0.0))  # type: ignore[misc]
@@ -175,9 +160,9 @@ async def test_a_slot_freed_on_one_broker_releases_the_job_waiting_on_the_other(
 
 
 async def test_a_limit_set_on_one_broker_applies_on_the_other(
-    brokers: Brokers, workers: Callable[..., object], home: Path
+    two_brokers: Brokers, workers: Callable[..., object], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     record = Record()
     await workers(b, registry(record), concurrency=4)  # type: ignore[misc]
     async with AsyncClient(a.url, home=home) as on_a, AsyncClient(b.url, home=home) as on_b:

@@ -4,7 +4,6 @@ WAITs' replies that arrive meanwhile must wait for the loop, not be dropped."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from conveyor import Client
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig, Limits
 from conveyor.worker.tasks import TaskRegistry
+from tests.client.helpers import restartable_broker
 from tests.client.test_wait_many import _held
 from tests.conftest import StartWorker
 from tests.flow.conftest import MODULES
@@ -130,47 +130,33 @@ async def test_a_reconnect_made_inside_the_loop_carries_the_loop_over(
 ) -> None:
     """A request in the loop finds the broker restarted and reconnects: the loop's WAITs,
     left on the old connection, go again on the new one."""
-    from conveyor.worker.runner import Worker
-
-    config = BrokerConfig(port=0, store_url=f"sqlite:///{tmp_path / 'c.db'}", home=home)
-    broker = Broker(config)
-    await broker.start()
-    config = dataclasses.replace(config, port=broker.port)  # the restart keeps it
     gates, specs = _held(tmp_path, 3)
-    worker = Worker(
-        registry=flow_registry, modules=MODULES, url=broker.url, home=home, concurrency=4
-    )
-    running = asyncio.get_running_loop().create_task(worker.run())
     loop = asyncio.get_running_loop()
     restart = asyncio.Event()
     restarted = threading.Event()
+    async with restartable_broker(home, tmp_path / "c.db", flow_registry) as system:
 
-    def scenario() -> list[Any]:
-        with Client(broker.url, home=home, reconnect_timeout=30) as c:
-            handles = c.submit_many(specs)
-            gates[0].touch()
-            seen = []
-            for job in c.as_completed(handles, timeout=60):
-                seen.append(job.result)
-                if len(seen) == 1:
-                    loop.call_soon_threadsafe(restart.set)
-                    assert restarted.wait(30)
-                    assert c.get(handles[1].id).id == handles[1].id  # reconnects
-                    gates[1].touch()
-                    gates[2].touch()
-            return seen
+        def scenario() -> list[Any]:
+            with Client(system.url, home=home, reconnect_timeout=30) as c:
+                handles = c.submit_many(specs)
+                gates[0].touch()
+                seen = []
+                for job in c.as_completed(handles, timeout=60):
+                    seen.append(job.result)
+                    if len(seen) == 1:
+                        loop.call_soon_threadsafe(restart.set)
+                        assert restarted.wait(30)
+                        assert c.get(handles[1].id).id == handles[1].id  # reconnects
+                        gates[1].touch()
+                        gates[2].touch()
+                return seen
 
-    try:
-        reading = asyncio.create_task(asyncio.to_thread(scenario))
-        await asyncio.wait_for(restart.wait(), 30)
-        await broker.stop()
-        broker = Broker(config)  # the same SQLite file, the same port
-        await broker.start()
-        restarted.set()
-        seen = await asyncio.wait_for(reading, 60)
-    finally:
-        restarted.set()
-        worker.stop()
-        await asyncio.wait_for(running, 30)
-        await broker.stop()
+        try:
+            reading = asyncio.create_task(asyncio.to_thread(scenario))
+            await asyncio.wait_for(restart.wait(), 30)
+            await system.restart()  # the same SQLite file, the same port
+            restarted.set()
+            seen = await asyncio.wait_for(reading, 60)
+        finally:
+            restarted.set()
     assert seen[0] == 0 and sorted(seen) == [0, 1, 2]

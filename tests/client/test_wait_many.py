@@ -7,7 +7,6 @@ test's, not the scheduler's.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from conveyor.client import many
 from conveyor.client.aio import AsyncClient
 from conveyor.errors import JobNotFound, ResultTimeout
 from conveyor.worker.tasks import TaskRegistry
-from tests.client.helpers import count_requests
+from tests.client.helpers import count_requests, restartable_broker
 from tests.conftest import StartWorker
 from tests.flow.conftest import MODULES
 
@@ -192,45 +191,30 @@ def broker_config(home: Path, tmp_path: Path) -> BrokerConfig:
 
 
 async def test_the_waits_are_sent_again_after_a_broker_restart(
-    broker_config: BrokerConfig, home: Path, tmp_path: Path, flow_registry: TaskRegistry
+    home: Path, tmp_path: Path, flow_registry: TaskRegistry
 ) -> None:
-    from conveyor.worker.runner import Worker
-
-    broker = Broker(broker_config)
-    await broker.start()
-    broker_config = dataclasses.replace(broker_config, port=broker.port)  # the restart keeps it
     gates, specs = _held(tmp_path, 3)
-    worker = Worker(
-        registry=flow_registry, modules=MODULES, url=broker.url, home=home, concurrency=4
-    )
-    running = asyncio.get_running_loop().create_task(worker.run())
     waiting = asyncio.Event()
     loop = asyncio.get_running_loop()
+    async with restartable_broker(home, tmp_path / "conveyor.db", flow_registry) as system:
 
-    def scenario() -> list[Any]:
-        with Client(broker.url, home=home, reconnect_timeout=30) as c:
-            handles = c.submit_many(specs)
-            gates[0].touch()
-            seen = []
-            for job in c.as_completed(handles, timeout=60):
-                seen.append(job.result)
-                if len(seen) == 1:  # the others are waited for now: restart under them
-                    loop.call_soon_threadsafe(waiting.set)
-            return seen
+        def scenario() -> list[Any]:
+            with Client(system.url, home=home, reconnect_timeout=30) as c:
+                handles = c.submit_many(specs)
+                gates[0].touch()
+                seen = []
+                for job in c.as_completed(handles, timeout=60):
+                    seen.append(job.result)
+                    if len(seen) == 1:  # the others are waited for now: restart under them
+                        loop.call_soon_threadsafe(waiting.set)
+                return seen
 
-    try:
         reading = asyncio.create_task(asyncio.to_thread(scenario))
         await asyncio.wait_for(waiting.wait(), 30)
-        await broker.stop()
-        broker = Broker(broker_config)  # the same SQLite file, the same port
-        await broker.start()
+        await system.restart()  # the same SQLite file, the same port
         gates[2].touch()
         gates[1].touch()
         seen = await asyncio.wait_for(reading, 60)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(running, 30)
-        await broker.stop()
     assert seen[0] == 0 and sorted(seen) == [0, 1, 2]
 
 

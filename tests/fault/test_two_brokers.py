@@ -12,29 +12,14 @@ import pytest
 
 from conveyor import AsyncClient, JobState
 from conveyor.broker.app import Broker
-from conveyor.broker.config import BrokerConfig
 from conveyor.job import JobRecord
 from conveyor.stores.postgres import PostgresStore
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import load_tasks
-from tests.postgres import pg_url
+from tests.postgres import pg_url, two_brokers
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_url"]
-
-
-@pytest.fixture
-async def brokers(home: Path, pg_url: str) -> AsyncIterator[tuple[Broker, Broker]]:
-    started: list[Broker] = []
-    try:
-        for _ in range(2):
-            b = Broker(BrokerConfig(port=0, store_url=pg_url, home=home))
-            await b.start()
-            started.append(b)
-        yield started[0], started[1]
-    finally:
-        for b in started:
-            await b.stop()
+__all__ = ["pg_url", "two_brokers"]
 
 
 @contextlib.asynccontextmanager
@@ -50,9 +35,9 @@ async def worker_on(broker: Broker, home: Path) -> AsyncIterator[Worker]:
 
 
 async def test_a_producer_on_one_broker_is_pushed_results_run_on_the_other(
-    brokers: tuple[Broker, Broker], home: Path
+    two_brokers: tuple[Broker, Broker], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     async with worker_on(b, home), AsyncClient(a.url, home=home) as client:
         assert not a.dispatcher.workers  # nobody on A could run them
         handles = await client.submit_many([("add", {"a": i, "b": 1}) for i in range(50)])
@@ -64,9 +49,9 @@ async def test_a_producer_on_one_broker_is_pushed_results_run_on_the_other(
 
 
 async def test_a_cancel_on_one_broker_stops_the_run_on_the_other(
-    brokers: tuple[Broker, Broker], home: Path
+    two_brokers: tuple[Broker, Broker], home: Path
 ) -> None:
-    a, b = brokers
+    a, b = two_brokers
     aborted: list[str] = []
     abort_run = b.core.abort_run
 

@@ -9,39 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from conveyor import AsyncClient, JobState, chord, group, sig
 from conveyor.broker.app import Broker
-from conveyor.broker.config import BrokerConfig
 from conveyor.worker.runner import Worker
 from conveyor.worker.tasks import TaskRegistry
 from tests.flow.conftest import MODULES
-from tests.postgres import pg_url
+from tests.postgres import pg_url, two_brokers
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_url"]
-
-
-@pytest.fixture
-async def two_brokers(home: Path, pg_url: str) -> AsyncIterator[list[Broker]]:
-    started: list[Broker] = []
-    try:
-        for _ in range(2):
-            b = Broker(BrokerConfig(port=0, store_url=pg_url, home=home))
-            await b.start()
-            started.append(b)
-        yield started
-    finally:
-        for b in started:
-            await b.stop()
+__all__ = ["pg_url", "two_brokers"]
 
 
 async def test_a_chord_split_over_two_brokers_calls_back_once(
-    two_brokers: list[Broker], home: Path, tmp_path: Path, flow_registry: TaskRegistry
+    two_brokers: tuple[Broker, Broker], home: Path, tmp_path: Path, flow_registry: TaskRegistry
 ) -> None:
     running: list[tuple[Worker, asyncio.Task[None]]] = []
     for n, broker in enumerate(two_brokers):
