@@ -67,6 +67,14 @@ def rate_of(starts: list[float]) -> float:
     return (len(ordered) - 1) / (ordered[-1] - ordered[0])
 
 
+def assert_rate(starts: list[float]) -> None:
+    """The runs started at RATE: never faster (the limit's promise, within the 10% a
+    token bucket's first refill allows), and not much slower. The lower bound is looser:
+    on a loaded machine (CI) a worker may pick up the last job a few hundred ms late."""
+    measured = rate_of(starts)
+    assert RATE * 0.8 <= measured <= RATE * 1.1, measured
+
+
 async def run_all(client: AsyncClient, task_name: str, n: int, **options: Any) -> None:
     handles = [await client.submit(task_name, **options) for _ in range(n)]
     for handle in handles:
@@ -97,8 +105,7 @@ async def test_a_rate_limit_holds_across_four_workers(
     for _ in range(4):
         await start_worker(registry(record), concurrency=2)
     await run_all(client, "limited", 16)  # 3 seconds at 5/s
-    measured = rate_of(record.starts)
-    assert RATE * 0.9 <= measured <= RATE * 1.1, measured
+    assert_rate(record.starts)
     limits = (await client.stats())["limits"]
     (rate,) = [r for r in limits["rates"] if r["target"] == "task:limited"]
     assert (rate["target"], rate["rate"], rate["source"]) == ("task:limited", "5/s", "broker")
@@ -112,8 +119,7 @@ async def test_a_rate_a_task_declares_holds_too(
     for _ in range(2):
         await start_worker(registry(record), concurrency=4)
     await run_all(client, "declared", 11)
-    measured = rate_of(record.starts)
-    assert RATE * 0.9 <= measured <= RATE * 1.1, measured
+    assert_rate(record.starts)
     sources = {r["target"]: r["source"] for r in (await client.stats())["limits"]["rates"]}
     assert sources == {"task:limited": "broker", "task:declared": "task"}
 
