@@ -106,6 +106,8 @@ class PostgresStore(PgClaiming, PgReads):
         self._held: dict[str, int] = {}  # job id -> lease, claimed here and still running
         # held jobs as this engine last wrote them (job_get_recent): a report needs no read
         self._recent: dict[str, JobRecord] = {}
+        # jobs this engine ended that nothing waits on (as their final UPDATE said)
+        self._no_dependants: set[str] = set()
         self._lease_seconds = 30.0
         self._next_heartbeat = 0.0
         self._next_fold = 0.0
@@ -209,7 +211,7 @@ class PostgresStore(PgClaiming, PgReads):
             }
         )
         try:
-            applied = {row[0] for row in await self._run(q.APPLY, params)}
+            applied = dict(await self._run(q.APPLY, params))
         except StoreUnavailable:
             # Unknown whether it committed: let their leases lapse, so that a job still
             # running here is rescued (by this broker) rather than renewed forever.
@@ -225,6 +227,8 @@ class PostgresStore(PgClaiming, PgReads):
             elif t.new.state is not JobState.RUNNING:
                 self._held.pop(t.old.id, None)
                 self._recent.pop(t.old.id, None)
+                if t.new.state.is_final and applied[t.old.id] is False:
+                    self._no_dependants.add(t.old.id)  # job_waiting_on need not look
                 result.append(t.new)
             else:
                 if t.old.id in self._recent:

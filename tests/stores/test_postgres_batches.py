@@ -141,3 +141,71 @@ async def test_a_report_needs_no_read_and_a_stale_copy_is_refused(pg_url: str) -
     finally:
         await a.close()
         await b.close()
+
+
+async def _complete(store: PostgresStore, job_id: str, now: float) -> JobRecord:
+    (claimed,) = [
+        j
+        for j in await store.job_claim(Claimant("w", ["default"], {"t"}), 10, 30.0, now)
+        if j.id == job_id
+    ]
+    done = lifecycle.report(claimed, Outcome(job_id, claimed.lease or 0, True), now)
+    (after,) = await store.job_apply([done])
+    assert after is not None and after.state is JobState.COMPLETED
+    return after
+
+
+async def test_an_ended_job_nothing_waits_on_needs_no_look(store: PostgresStore) -> None:
+    await store.job_insert_many([lifecycle.born(job("plain"), T0)])
+    await _complete(store, "plain", T0 + 1)
+    seen = counting(store)
+    assert await store.job_waiting_on(["plain"]) == [] and seen == []
+    # asked again (or about a job another broker ended): it looks
+    assert await store.job_waiting_on(["plain"]) == [] and len(seen) == 1
+
+
+async def test_a_waiting_job_marks_its_dependencies_stored_or_new(store: PostgresStore) -> None:
+    await store.job_insert_many([lifecycle.born(job("a"), T0)])
+    # "b" waits on the stored "a" and on "c", new in the same batch; "d" on "b"
+    batch = [
+        job("c"),
+        job("b", depends_on=("a", "c"), workflow="wf"),
+        job("d", depends_on=("b",), workflow="wf"),
+    ]
+    await store.job_insert_many([lifecycle.born(j, T0) for j in batch])
+    with psycopg.connect(store.db.conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            f"SELECT id, dependants FROM {store.schema}.jobs ORDER BY id"
+        ).fetchall()
+    assert rows == [("a", True), ("b", True), ("c", True), ("d", False)]
+    await _complete(store, "a", T0 + 1)
+    seen = counting(store)
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"] and len(seen) == 1
+
+
+async def test_a_mark_does_not_make_a_transition_in_flight_stale(store: PostgresStore) -> None:
+    await store.job_insert_many([lifecycle.born(job("a"), T0)])
+    (claimed,) = await store.job_claim(Claimant("w", ["default"], {"t"}), 1, 30.0, T0)
+    await store.job_insert_many([lifecycle.born(job("b", depends_on=("a",)), T0)])
+    done = lifecycle.report(claimed, Outcome("a", claimed.lease or 0, True), T0 + 1)
+    assert (await store.job_apply([done]))[0] is not None  # same version: applied
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
+async def test_rows_from_before_the_flag_are_looked_at(store: PostgresStore) -> None:
+    await store.job_insert_many(
+        [lifecycle.born(j, T0) for j in (job("a"), job("b", depends_on=("a",)))]
+    )
+    with psycopg.connect(store.db.conninfo, autocommit=True) as conn:  # as migration 4 left them
+        conn.execute(f"SET search_path TO {store.schema}")  # its triggers' tables
+        conn.execute("UPDATE jobs SET dependants = NULL")
+    await _complete(store, "a", T0 + 1)
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
+async def test_the_look_checks_ids_exactly(store: PostgresStore) -> None:
+    """The server's filter matches bytes ("job-1" is inside "job-12"): each is checked."""
+    jobs = [job("job-1"), job("job-12"), job("w", depends_on=("job-12",))]
+    await store.job_insert_many([lifecycle.born(j, T0) for j in jobs])
+    assert await store.job_waiting_on(["job-1"]) == []
+    assert [j.id for j in await store.job_waiting_on(["job-12"])] == ["w"]

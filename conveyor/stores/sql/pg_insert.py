@@ -5,6 +5,8 @@ job holds (the partial unique index ``jobs_unique``: two brokers cannot both cre
 the jobs skipped are then read (by id, or the live holder of their key) and returned
 with ``created=False``. A holder that finished in between leaves nothing to return, so
 those jobs are inserted again. Repeats within one call are answered from the first.
+A batch with jobs that wait on others marks those others as having dependants
+(``jobs.dependants``, see :mod:`.pg_schema`).
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ async def insert_jobs(run: Run, jobs: Sequence[tuple[JobRecord, Event]]) -> list
         columns: dict[str, list[Any]] = insert_arrays([job for job, _ in batch])
         columns["eids"] = [job.id for job, _ in batch]
         columns["edata"] = [event_json(ev) for _, ev in batch]
+        deps = [d for job, _ in batch for d in job.depends_on]
+        if deps:
+            columns["deps"] = deps
         params = literals(columns)
-        created = {row[0] for row in await run(q.INSERT, params)}
+        created = {row[0] for row in await run(q.INSERT_WAITING if deps else q.INSERT, params)}
         rest = []
         for i in todo:
             if jobs[i][0].id in created:

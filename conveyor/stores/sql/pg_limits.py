@@ -199,7 +199,6 @@ SELECT * FROM claimed ORDER BY priority, old_seq
 """
 
 #: running jobs per key, across every broker
-KEYS_RUNNING = "SELECT key, held FROM key_slots WHERE held > 0 ORDER BY key"
 #: queued jobs whose key is full under the given limits
 KEYS_WAITING = f"""
 SELECT j.concurrency_key, count(*) FROM jobs j JOIN key_slots s ON s.key = j.concurrency_key
@@ -223,13 +222,9 @@ def key_arrays(limits: KeyLimits) -> dict[str, list[Any]]:
     }
 
 
-async def key_stats(run: Run, keyed: dict[str, list[Any]] | None) -> dict[str, dict[str, int]]:
-    """``running_by_key`` (every broker's) and, under the last limits a claim used,
-    ``waiting_for_key``: the queued jobs whose key is full."""
-    out = {"running_by_key": {k: int(n) for k, n in await run(KEYS_RUNNING)}}
-    if keyed is not None:
-        out["waiting_for_key"] = {k: int(n) for k, n in await run(KEYS_WAITING, keyed)}
-    return out
+async def keys_waiting(run: Run, keyed: dict[str, list[Any]]) -> dict[str, int]:
+    """Queued jobs set aside because their key is full, by key (for stats)."""
+    return {k: int(n) for k, n in await run(KEYS_WAITING, keyed)}
 
 
 class SharedBuckets:

@@ -28,13 +28,13 @@ from conveyor.stores.sql.pg_rows import (
 LIVE = "('waiting', 'queued', 'scheduled', 'running')"
 
 _INSERT_UNNEST, _INSERT_NAMES = unnest_of(INSERT_COLUMNS)
-INSERT = f"""
+_INSERT = """
 WITH c AS (
-    SELECT *, nextval('job_seq') AS s FROM {_INSERT_UNNEST}
-    WITH ORDINALITY AS c({_INSERT_NAMES}, ord) ORDER BY ord
-), ins AS (
-    INSERT INTO jobs ({_INSERT_NAMES}, sub, seq)
-    SELECT {_INSERT_NAMES}, s, CASE WHEN state = 'queued' THEN s END FROM c ORDER BY ord
+    SELECT *, nextval('job_seq') AS s FROM {unnest}
+    WITH ORDINALITY AS c({names}, ord) ORDER BY ord
+){mark}, ins AS (
+    INSERT INTO jobs ({names}, sub, seq, dependants)
+    SELECT {names}, s, CASE WHEN state = 'queued' THEN s END, {dependants} FROM c ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING id
 ), ev AS (
@@ -45,6 +45,20 @@ WITH c AS (
 )
 SELECT id FROM ins
 """
+#: a batch of new jobs none of which waits on another
+INSERT = _INSERT.format(unnest=_INSERT_UNNEST, names=_INSERT_NAMES, mark="", dependants="false")
+#: the same when some wait on others (``deps``: their dependencies' ids): the stored ones
+#: are marked as having dependants (no new version: a transition in flight still applies),
+#: and so are those of the batch itself
+INSERT_WAITING = _INSERT.format(
+    unnest=_INSERT_UNNEST,
+    names=_INSERT_NAMES,
+    mark=""", mark AS (
+    UPDATE jobs SET dependants = true
+    WHERE id = ANY(%(deps)s::text[]) AND dependants IS DISTINCT FROM true
+)""",
+    dependants="id = ANY(%(deps)s::text[])",
+)
 
 #: the stored jobs an insert met instead: by id, or holding the unique key
 HOLDERS = f"""
@@ -132,14 +146,14 @@ WITH c AS (
             THEN c.s ELSE j.seq END,
         broker = CASE WHEN c.state = 'running' THEN j.broker END
     FROM c WHERE j.id = c.id AND j.version = c.old_version
-    RETURNING j.id
+    RETURNING j.id, j.dependants
 ), ev AS (
     INSERT INTO events (job_id, data)
     SELECT e.id, e.data::jsonb FROM unnest(%(eids)s::text[], %(edata)s::text[])
     WITH ORDINALITY AS e(id, data, ord)
     WHERE e.id IN (SELECT id FROM u) ORDER BY e.ord
 )
-SELECT id FROM u
+SELECT id, dependants FROM u
 """
 
 
@@ -176,6 +190,13 @@ def listing(
 
 
 GET_MANY = f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s::text[])"
+#: waiting jobs whose packed ``depends_on`` holds one of the ids' bytes: a superset of
+#: those that depend on them (the caller checks each), filtered on the server
+WAITING_ON = f"""
+SELECT {SELECT} FROM jobs j WHERE state = 'waiting' AND EXISTS (
+    SELECT 1 FROM unnest(%s::text[]) AS d(id)
+    WHERE position(convert_to(d.id, 'UTF8') IN j.depends_on) > 0)
+"""
 EVENTS = "SELECT data FROM events WHERE job_id = %s ORDER BY n"
 DEAD_ALL = f"SELECT {SELECT} FROM jobs WHERE state = 'dead' ORDER BY sub"
 DEAD_SOME = f"SELECT {SELECT} FROM jobs WHERE state = 'dead' AND id = ANY(%s::text[]) ORDER BY sub"
@@ -184,11 +205,14 @@ WAITING = (
     "SELECT queue, task, sum(n) FROM counts WHERE state = 'queued'"
     " GROUP BY queue, task HAVING sum(n) > 0"
 )
-COUNTS = (
-    "SELECT state, queue, task, priority, sum(n) FROM counts"
-    " GROUP BY state, queue, task, priority HAVING sum(n) <> 0"
-)
-TOTALS = "SELECT kind, sum(n) FROM totals GROUP BY kind"
+#: the numbers of stats() in one round trip: jobs by (state, queue, task, priority) ('c'),
+#: events by kind ('t'), jobs running by concurrency key ('k')
+STATS = """
+SELECT 'c', state, queue, task, priority, sum(n) FROM counts
+GROUP BY state, queue, task, priority HAVING sum(n) <> 0
+UNION ALL SELECT 't', kind, NULL, NULL, NULL, sum(n) FROM totals GROUP BY kind
+UNION ALL SELECT 'k', key, NULL, NULL, NULL, held::numeric FROM key_slots WHERE held > 0
+"""
 
 PURGE = """
 WITH d AS (

@@ -20,6 +20,8 @@ from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
 from conveyor.stores.sql.pg_rows import row_job
 
+MAX_KNOWN = 100_000  # ids remembered as having no dependants, at most
+
 
 class PgReads(Store):
     """The read methods of the PostgreSQL store."""
@@ -28,6 +30,7 @@ class PgReads(Store):
     _reads: Coalescer[str, JobRecord | None]
     _waits: Coalescer[str, list[JobRecord]]
     _recent: dict[str, JobRecord]  # held jobs as this engine last wrote them
+    _no_dependants: set[str]  # jobs this engine ended that nothing waits on
     _key_limits: tuple[KeyLimits, dict[str, list[Any]]] | None
 
     async def job_get(self, job_id: str, *, payload: bool = True) -> JobRecord | None:
@@ -48,12 +51,23 @@ class PgReads(Store):
         return [j for i in unique if (j := self._recent.get(i) or read.get(i)) is not None]
 
     async def job_waiting_on(self, ids: Sequence[str]) -> list[JobRecord]:
-        found = {j.id: j for per_id in await self._waits.call(list(ids)) for j in per_id}
+        # Those this engine ended with no dependants need no look: their final UPDATE
+        # held the row's lock, and a job that waits on them marks them under that lock
+        # before it commits (one stored after they ended finds them ended itself).
+        known = self._no_dependants
+        ask = [i for i in ids if i not in known]
+        known.difference_update(ids)
+        if len(known) > MAX_KNOWN:  # ended jobs nobody asked about: forget them
+            known.clear()
+        if not ask:
+            return []
+        found = {j.id: j for per_id in await self._waits.call(ask) for j in per_id}
         return list(found.values())
 
     async def _waiting_batch(self, ids: list[str]) -> list[list[JobRecord]]:
         by_dependency: dict[str, list[JobRecord]] = {}
-        for job in await super().job_waiting_on(ids):  # pages through the waiting jobs
+        for row in await self._run(q.WAITING_ON, (list(set(ids)),)):
+            job = row_job(row)
             for dependency in job.depends_on:
                 by_dependency.setdefault(dependency, []).append(job)
         return [by_dependency.get(i, []) for i in ids]
@@ -110,11 +124,17 @@ class PgReads(Store):
     async def stats(self) -> dict[str, Any]:
         live = LiveJobs()  # its stats() shapes the numbers exactly as the other engines do
         counts: Counter[tuple[JobState, str, str, int]] = Counter()
-        for state, queue, task, priority, n in await self._run(q.COUNTS):
-            counts[JobState(state), queue, task, priority] = int(n)
+        running_by_key: dict[str, int] = {}
+        for kind, name, queue, task, priority, n in await self._run(q.STATS):
+            if kind == "c":
+                counts[JobState(name), queue, task, priority] = int(n)
+            elif kind == "t":
+                live.totals[name] = int(n)
+            else:
+                running_by_key[name] = int(n)
         live.counts = counts
-        for kind, n in await self._run(q.TOTALS):
-            live.totals[kind] = int(n)
-        out = live.stats()
-        keyed = self._key_limits[1] if self._key_limits is not None else None
-        return {**out, **await pg_limits.key_stats(self._run, keyed)}
+        out: dict[str, Any] = live.stats()
+        out["running_by_key"] = dict(sorted(running_by_key.items()))  # every broker's
+        if self._key_limits is not None:
+            out["waiting_for_key"] = await pg_limits.keys_waiting(self._run, self._key_limits[1])
+        return out
