@@ -46,7 +46,7 @@ def _async(system: LocalSystem) -> AsyncClient:
 
 async def _completed(system: LocalSystem) -> int:
     async with _async(system) as c:
-        return int((await c.stats())["totals"]["completed"])
+        return int((await c.stats(brief=True))["totals"]["completed"])
 
 
 async def _drain(
@@ -58,7 +58,7 @@ async def _drain(
     ``workers``), from ``/proc``: what a loaded machine changes least."""
     queues = system.queues.split(",")
     async with _async(system) as c:
-        base = int((await c.stats())["totals"]["completed"])
+        base = int((await c.stats(brief=True))["totals"]["completed"])
         for q in queues:
             await c.pause_queue(q)
         system.start_workers()

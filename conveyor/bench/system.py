@@ -182,7 +182,7 @@ async def wait_completed(c: AsyncClient, target: int, update: Any, timeout: floa
     """Watch the broker's completed count until it reaches ``target`` (cheap polling)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = (await c.stats())["totals"]["completed"]
+        done = (await c.stats(brief=True))["totals"]["completed"]
         update(done)
         if done >= target:
             return

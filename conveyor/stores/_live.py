@@ -285,6 +285,14 @@ class LiveJobs:
                 out[queue, task] += n
         return dict(out)
 
+    def stats_brief(self) -> dict[str, Any]:
+        """``states`` and ``totals`` alone (the by-state sum is over the count keys, not
+        grouped three ways into maps)."""
+        states = dict.fromkeys((s.value for s in JobState), 0)
+        for (state, _, _, _), n in self.counts.items():
+            states[state.value] += n
+        return {"states": states, "totals": dict(self.totals)}
+
     def stats(self) -> dict[str, Any]:
         states = dict.fromkeys((s.value for s in JobState), 0)
         by: dict[str, dict[Any, Counter[str]]] = {"queues": {}, "tasks": {}, "priorities": {}}
