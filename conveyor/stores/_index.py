@@ -15,8 +15,11 @@ heap number)``. Whenever a heap's head changes, the new head is pushed into ever
 that includes that heap; a view entry that is no longer its heap's head is stale and is
 dropped when it comes to the top. A claim is then O(log heaps) a job. Views are built on
 first use, kept for the most recent :data:`MAX_VIEWS` claimant kinds, and rebuilt when
-stale entries pile up. A claimant's ``tasks`` must not change in place (the broker's are
-frozensets).
+stale entries pile up. A view no claim has used for :data:`IDLE_CLAIMS` claims is dropped
+(built again if it is used again): every view costs a push at each change of a head it
+covers, and kinds come and go (the broker claims for the queues not paused, so resuming
+200 queues one by one made 200 kinds, of which the 63 kept cost 8 times the claim itself).
+A claimant's ``tasks`` must not change in place (the broker's are frozensets).
 
 Jobs with a concurrency key (``JobRecord.concurrency_key``) are claimed through a gate
 that says whether their key may have one more running job. One it refuses is *parked*:
@@ -43,16 +46,19 @@ Parked = tuple[int, int, str, int]  # (priority, sequence, job id, heap number)
 Admit = Callable[[str, str], bool]  # (task, concurrency key) -> may one more run now
 
 MAX_VIEWS = 64  # claimant kinds whose views are kept (LRU)
+IDLE_CLAIMS = 512  # a view unused for this many claims is dropped
+_SWEEP = 32  # claims between two looks for idle views (the oldest first: O(1) mostly)
 
 
 class _View:
     """The heads of the heaps one kind of claimant can serve."""
 
-    __slots__ = ("heads", "heaps", "queues", "tasks")
+    __slots__ = ("heads", "heaps", "queues", "tasks", "used")
 
-    def __init__(self, queues: tuple[str, ...], tasks: frozenset[str]) -> None:
+    def __init__(self, queues: tuple[str, ...], tasks: frozenset[str], used: int) -> None:
         self.queues = queues
         self.tasks = tasks
+        self.used = used  # the claim count when a claim last used it
         self.heaps: set[int] = set()  # the heap numbers it includes
         self.heads: list[Head] = []
 
@@ -67,7 +73,8 @@ class ReadyIndex:
         self._heaps: dict[str, dict[str, int]] = {}  # queue -> task -> heap number
         self._by_number: list[list[Entry]] = []
         self._views_of: list[list[_View]] = []  # heap number -> the views including it
-        self._views: OrderedDict[ViewKey, _View] = OrderedDict()
+        self._views: OrderedDict[ViewKey, _View] = OrderedDict()  # least recently used first
+        self._claims = 0  # calls of pop and peek: the clock of view use
         self._seq: dict[str, int] = {}  # job id -> the sequence its live entry has
         self._names: list[tuple[str, str]] = []  # heap number -> (queue, task)
         self._keys: dict[str, str] = {}  # job id -> concurrency key (keyed jobs only)
@@ -84,6 +91,11 @@ class ReadyIndex:
 
     def __len__(self) -> int:
         return len(self._seq)
+
+    @property
+    def views(self) -> int:
+        """How many claimant kinds have a view kept now."""
+        return len(self._views)
 
     def push(
         self, job_id: str, queue: str, task: str, priority: int, seq: int, key: str | None = None
@@ -235,13 +247,17 @@ class ReadyIndex:
                 self._fill(view)
 
     def _view(self, queues: Sequence[str], tasks: Collection[str]) -> _View:
+        self._claims += 1
+        if not self._claims % _SWEEP:
+            self._drop_idle()
         frozen = tasks if isinstance(tasks, frozenset) else frozenset(tasks)
         key = (tuple(queues), frozen)
         view = self._views.get(key)
         if view is not None:
             self._views.move_to_end(key)
+            view.used = self._claims
             return view
-        view = _View(key[0], frozen)
+        view = _View(key[0], frozen, self._claims)
         for queue in view.queues:
             by_task = self._heaps.get(queue, {})
             if len(by_task) <= len(frozen):
@@ -253,10 +269,22 @@ class ReadyIndex:
         self._fill(view)
         self._views[key] = view
         if len(self._views) > MAX_VIEWS:
-            _, old = self._views.popitem(last=False)
-            for number in old.heaps:
-                self._views_of[number].remove(old)
+            self._forget(self._views.popitem(last=False)[1])
         return view
+
+    def _drop_idle(self) -> None:
+        """Drop the views no claim used for :data:`IDLE_CLAIMS` claims (they are first in
+        the LRU order)."""
+        while self._views:
+            key, view = next(iter(self._views.items()))
+            if view.used > self._claims - IDLE_CLAIMS:
+                return
+            del self._views[key]
+            self._forget(view)
+
+    def _forget(self, view: _View) -> None:
+        for number in view.heaps:
+            self._views_of[number].remove(view)
 
     def _fill(self, view: _View) -> None:
         """The view's heads, from the heaps as they are now."""

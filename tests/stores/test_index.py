@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.stores._index import ReadyIndex
+from conveyor.stores._index import IDLE_CLAIMS, ReadyIndex
 
 
 def push(
@@ -101,3 +101,25 @@ def test_views_agree_with_a_plain_sort_through_random_pushes_pops_and_discards()
             for job in got:
                 del live[job]
         assert len(index) == len(live)
+
+
+def test_a_view_no_claim_uses_is_dropped_and_built_again_when_used() -> None:
+    """Claimant kinds come and go (the broker claims for the queues not paused): one no
+    claim used for IDLE_CLAIMS claims is dropped, and one used again is right again."""
+    index = ReadyIndex()
+    for i in range(10):
+        push(index, f"a{i}", i + 1, queue="a")
+    idle = IDLE_CLAIMS + 64  # looked for every few claims
+    for i in range(idle):
+        push(index, f"b{i}", 100 + i, queue="b")
+    for k in range(1, 5):  # queues resumed one by one: a kind each
+        assert index.pop(["a", "b", "c", "d"][:k], {"t"}, 0) == []
+    assert index.views == 4
+    assert index.pop(["a"], {"t"}, 1) == ["a0"]
+    for i in range(idle):
+        assert index.pop(["b"], {"t"}, 1) == [f"b{i}"]
+    assert index.views == 1  # only the kind in use is kept
+    push(index, "a-urgent", -1, 1, queue="a")  # a head change no view is told of
+    assert index.pop(["a"], {"t"}, 2) == ["a-urgent", "a1"]
+    assert index.pop(["a", "b"], {"t"}, 2) == ["a2", "a3"]
+    assert index.views == 3
