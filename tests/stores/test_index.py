@@ -123,3 +123,21 @@ def test_a_view_no_claim_uses_is_dropped_and_built_again_when_used() -> None:
     assert index.pop(["a"], {"t"}, 2) == ["a-urgent", "a1"]
     assert index.pop(["a", "b"], {"t"}, 2) == ["a2", "a3"]
     assert index.views == 3
+
+
+def test_equal_offers_are_one_kind_and_a_list_changed_in_place_is_asked_afresh() -> None:
+    """Views are found by the claimant's objects when they are immutable (a tuple and a
+    frozenset), by their contents otherwise."""
+    index = ReadyIndex()
+    push(index, "a", 1, queue="q")
+    push(index, "b", 2, queue="r")
+    mine, theirs = frozenset({"t"}), frozenset({"t"})
+    assert index.pop(("q", "r"), mine, 1) == ["a"]
+    assert index.pop(("q", "r"), theirs, 0) == []
+    assert index.views == 1  # equal sets: one kind of claimant
+    wanted = ["q"]
+    push(index, "c", 3, queue="q")
+    assert index.pop(wanted, mine, 1) == ["c"]
+    wanted[0] = "r"  # the same list, now another kind
+    assert index.pop(wanted, mine, 1) == ["b"]
+    assert index.views == 3
