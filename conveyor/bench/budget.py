@@ -22,7 +22,6 @@ stages alone do not add up to is the rest: the event loop, TLS, the sockets.
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,13 @@ from typing import Any
 
 from conveyor import lifecycle
 from conveyor.bench.paths import _async, _client
-from conveyor.bench.system import LocalSystem, progress, wait_completed, wait_workers
+from conveyor.bench.system import (
+    LocalSystem,
+    cpu_seconds,
+    progress,
+    wait_completed,
+    wait_workers,
+)
 from conveyor.client._base import job_spec
 from conveyor.examples import noop
 from conveyor.job import JobRecord
@@ -180,12 +185,6 @@ def _worker_run(n: int) -> Callable[[], int]:
     return run
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _system_stages(system: LocalSystem, jobs: int) -> dict[str, float]:
     """CPU per job of the real processes: a drain (start-up left out), then single
     submits."""
@@ -197,11 +196,11 @@ async def _system_stages(system: LocalSystem, jobs: int) -> dict[str, float]:
         system.start_workers()
         await wait_workers(c, system.n_workers)
         pids = [system.broker_pid, *(w.pid for w in system.workers)]
-        before = [_cpu_seconds(pid) for pid in pids]
+        before = [cpu_seconds(pid) for pid in pids]
         await c.resume_queue("default")
         with progress("drain (budget)", jobs) as update:
             await wait_completed(c, jobs, update, timeout=1800)
-        spent = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+        spent = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
     system.stop_workers()
     out["budget_system_broker_drain_us"] = spent[0] / jobs * 1e6
     out["budget_system_workers_drain_us"] = sum(spent[1:]) / jobs * 1e6
@@ -210,10 +209,10 @@ async def _system_stages(system: LocalSystem, jobs: int) -> dict[str, float]:
         n = max(500, jobs // 10)
         with _client(system) as client:
             client.submit("noop")  # connected and warm
-            b0, c0 = _cpu_seconds(system.broker_pid), time.process_time()
+            b0, c0 = cpu_seconds(system.broker_pid), time.process_time()
             for _ in range(n):
                 client.submit("noop")
-            return (time.process_time() - c0) / n, (_cpu_seconds(system.broker_pid) - b0) / n
+            return (time.process_time() - c0) / n, (cpu_seconds(system.broker_pid) - b0) / n
 
     client_cpu, broker_cpu = await asyncio.to_thread(singles)
     out["budget_system_client_submit_us"] = client_cpu * 1e6

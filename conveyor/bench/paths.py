@@ -18,7 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.bench.system import LocalSystem, progress, rss_bytes, wait_completed, wait_workers
+from conveyor.bench.system import (
+    LocalSystem,
+    cpu_seconds,
+    progress,
+    rss_bytes,
+    wait_completed,
+    wait_workers,
+)
 from conveyor.bench.tasks import SPREAD_QUEUES, SPREAD_TASKS
 from conveyor.client.aio import AsyncClient
 from conveyor.client.sync import Client
@@ -39,26 +46,36 @@ def _async(system: LocalSystem) -> AsyncClient:
 
 async def _completed(system: LocalSystem) -> int:
     async with _async(system) as c:
-        return int((await c.stats())["totals"]["completed"])
+        return int((await c.stats(brief=True))["totals"]["completed"])
 
 
-async def _drain(system: LocalSystem, jobs: int, label: str = "drain") -> float:
+async def _drain(
+    system: LocalSystem, jobs: int, label: str = "drain", cpu: dict[str, float] | None = None
+) -> float:
     """Start the workers with their queues paused, resume once all are connected, and
-    wait until ``jobs`` more are completed: jobs per second, start-up left out."""
+    wait until ``jobs`` more are completed: jobs per second, start-up left out. ``cpu``
+    gets the broker's and the workers' CPU microseconds per job of the drain (``broker``,
+    ``workers``), from ``/proc``: what a loaded machine changes least."""
     queues = system.queues.split(",")
     async with _async(system) as c:
-        base = int((await c.stats())["totals"]["completed"])
+        base = int((await c.stats(brief=True))["totals"]["completed"])
         for q in queues:
             await c.pause_queue(q)
         system.start_workers()
         await wait_workers(c, system.n_workers)
+        pids = [system.broker_pid, *(w.pid for w in system.workers)]
+        before = [cpu_seconds(pid) for pid in pids]
         t0 = time.perf_counter()
         for q in queues:
             await c.resume_queue(q)
         with progress(label, jobs) as update:
             await wait_completed(c, base + jobs, lambda n: update(n - base), timeout=1800)
         rate = jobs / (time.perf_counter() - t0)
+        spent = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
     system.stop_workers()
+    if cpu is not None:
+        cpu["broker"] = spent[0] / jobs * 1e6
+        cpu["workers"] = sum(spent[1:]) / jobs * 1e6
     return rate
 
 
@@ -159,13 +176,15 @@ async def run_shapes(system: LocalSystem, jobs: int, only: str) -> dict[str, Any
     out: dict[str, Any] = {}
     system.start_broker()
     if {"spread", "small-workers"} & set(want):
-        out["drain_one_task_jobs_per_s"] = await _queue_then_drain(system, jobs, _noop)
+        await _shape(out, "drain_one_task", system, jobs, _noop)
     if "spread" in want:
-        out["drain_1000_tasks_jobs_per_s"] = await _queue_then_drain(
-            system, jobs, lambda i: (f"spread_{i % SPREAD_TASKS}", {})
+        await _shape(
+            out, "drain_1000_tasks", system, jobs, lambda i: (f"spread_{i % SPREAD_TASKS}", {})
         )
         queues = [f"q{i}" for i in range(SPREAD_QUEUES)]
-        out["drain_200_queues_jobs_per_s"] = await _queue_then_drain(
+        await _shape(
+            out,
+            "drain_200_queues",
             system,
             jobs,
             lambda i: {"task": "noop", "kwargs": {}, "queue": queues[i % SPREAD_QUEUES]},
@@ -175,9 +194,9 @@ async def run_shapes(system: LocalSystem, jobs: int, only: str) -> dict[str, Any
         shape = system.n_workers, system.concurrency
         try:
             system.n_workers, system.concurrency = 2, 25
-            out["drain_2x25_jobs_per_s"] = await _queue_then_drain(system, jobs, _noop)
+            await _shape(out, "drain_2x25", system, jobs, _noop)
             system.n_workers, system.concurrency = 50, 1
-            out["drain_50x1_jobs_per_s"] = await _queue_then_drain(system, jobs, _noop)
+            await _shape(out, "drain_50x1", system, jobs, _noop)
         finally:
             system.n_workers, system.concurrency = shape
     if "payload" in want:
@@ -189,18 +208,25 @@ def _noop(i: int) -> Any:
     return ("noop", {})
 
 
-async def _queue_then_drain(
+async def _shape(
+    out: dict[str, Any],
+    name: str,
     system: LocalSystem,
     jobs: int,
     item: Callable[[int], Any],
     queues: str = "default",
-) -> float:
+) -> None:
+    """Queue ``jobs`` jobs (``item(i)`` each), then drain them: ``out`` gets
+    ``{name}_jobs_per_s`` and the broker's and workers' CPU per job of the drain."""
     await asyncio.to_thread(_submit_items, system, [item(i) for i in range(jobs)])
     system.queues = queues
+    cpu: dict[str, float] = {}
     try:
-        return await _drain(system, jobs)
+        out[f"{name}_jobs_per_s"] = await _drain(system, jobs, cpu=cpu)
     finally:
         system.queues = "default"
+    out[f"{name}_broker_us"] = cpu["broker"]
+    out[f"{name}_workers_us"] = cpu["workers"]
 
 
 def _submit_items(system: LocalSystem, items: list[Any]) -> None:

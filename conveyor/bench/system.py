@@ -182,7 +182,7 @@ async def wait_completed(c: AsyncClient, target: int, update: Any, timeout: floa
     """Watch the broker's completed count until it reaches ``target`` (cheap polling)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = (await c.stats())["totals"]["completed"]
+        done = (await c.stats(brief=True))["totals"]["completed"]
         update(done)
         if done >= target:
             return
@@ -237,6 +237,12 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "loop": loop,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:

@@ -67,7 +67,7 @@ class History(Service):
             self.wait_times.append(max(0.0, job.started_at - job.created_at))
 
     async def run_once(self, now: float) -> None:
-        stats = await self.core.store.stats()
+        stats = await self.core.store.stats_brief()
         states, totals = stats["states"], stats["totals"]
         self.points.append(
             Point(

@@ -318,8 +318,12 @@ class Client:
         frame = list_frame(state, queue, limit, offset, task, workflow)
         return [self._job(j) for j in self._request(frame)["jobs"]]
 
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self._request({"t": "stats"})["stats"]
+    def stats(self, brief: bool = False) -> dict[str, Any]:
+        """The broker's numbers (docs/protocol.md §6.6); ``brief``: only ``states`` and
+        ``totals``, cheap to poll however many queues and tasks there are (a broker before
+        it sends them all)."""
+        frame: dict[str, Any] = {"t": "stats", "brief": True} if brief else {"t": "stats"}
+        stats: dict[str, Any] = (self._request(frame))["stats"]
         return stats
 
     def dlq_retry(self, ids: list[str] | None = None) -> int:

@@ -180,7 +180,7 @@ FRAME_SCHEMAS: dict[FrameType, Schema] = {
         "truncated": (_BOOL, False),
         "cursor": (_STR, False),
     },
-    FrameType.STATS: {**_RID},
+    FrameType.STATS: {**_RID, "brief": (_BOOL, False)},
     FrameType.STATS_REPLY: {**_RID, "stats": (_MAP, True)},
     FrameType.CANCEL: {**_RID, "id": (_STR, True)},
     FrameType.DLQ_RETRY: {**_RID, "ids": (_LIST, False), "all": (_BOOL, False)},

@@ -14,9 +14,12 @@ gets a *view*: a heap of the heads of the heaps it can serve, as ``(priority, se
 heap number)``. Whenever a heap's head changes, the new head is pushed into every view
 that includes that heap; a view entry that is no longer its heap's head is stale and is
 dropped when it comes to the top. A claim is then O(log heaps) a job. Views are built on
-first use, kept for the most recent :data:`MAX_VIEWS` claimant kinds, and rebuilt when
-stale entries pile up. A claimant's ``tasks`` must not change in place (the broker's are
-frozensets).
+first use, kept for the :data:`MAX_VIEWS` claimant kinds used last, and rebuilt when
+stale entries pile up. A view no claim has used for :data:`IDLE_CLAIMS` claims is dropped
+(built again if it is used again): every view costs a push at each change of a head it
+covers, and kinds come and go (the broker claims for the queues not paused, so resuming
+200 queues one by one made 200 kinds, of which the 63 kept cost 8 times the claim itself).
+A claimant's ``tasks`` must not change in place (the broker's are frozensets).
 
 Jobs with a concurrency key (``JobRecord.concurrency_key``) are claimed through a gate
 that says whether their key may have one more running job. One it refuses is *parked*:
@@ -33,7 +36,7 @@ all), because the SQLite engine keeps only this in memory for a queue of million
 from __future__ import annotations
 
 import heapq
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 Entry = tuple[int, int, str]  # (priority, sequence, job id)
@@ -42,17 +45,21 @@ ViewKey = tuple[tuple[str, ...], frozenset[str]]
 Parked = tuple[int, int, str, int]  # (priority, sequence, job id, heap number)
 Admit = Callable[[str, str], bool]  # (task, concurrency key) -> may one more run now
 
-MAX_VIEWS = 64  # claimant kinds whose views are kept (LRU)
+MAX_VIEWS = 64  # claimant kinds whose views are kept (the least recently used goes)
+IDLE_CLAIMS = 512  # a view unused for this many claims is dropped
+_SWEEP = 32  # claims between two looks for idle views
 
 
 class _View:
     """The heads of the heaps one kind of claimant can serve."""
 
-    __slots__ = ("heads", "heaps", "queues", "tasks")
+    __slots__ = ("heads", "heaps", "kept", "key", "queues", "tasks", "used")
 
-    def __init__(self, queues: tuple[str, ...], tasks: frozenset[str]) -> None:
-        self.queues = queues
-        self.tasks = tasks
+    def __init__(self, key: ViewKey, used: int) -> None:
+        self.key = key
+        self.queues, self.tasks = key
+        self.used = used  # the claim count when a claim last used it
+        self.kept = True  # False once dropped
         self.heaps: set[int] = set()  # the heap numbers it includes
         self.heads: list[Head] = []
 
@@ -67,7 +74,13 @@ class ReadyIndex:
         self._heaps: dict[str, dict[str, int]] = {}  # queue -> task -> heap number
         self._by_number: list[list[Entry]] = []
         self._views_of: list[list[_View]] = []  # heap number -> the views including it
-        self._views: OrderedDict[ViewKey, _View] = OrderedDict()
+        self._views: dict[ViewKey, _View] = {}
+        # (id(queues), id(tasks)) -> those very objects and their view: a claimant asking
+        # again with the same objects finds its view without hashing or comparing them (a
+        # worker's tasks are a frozenset of thousands of names, perhaps; an equal set of
+        # another worker costs a comparison of every name)
+        self._same: dict[tuple[int, int], tuple[object, object, _View]] = {}
+        self._claims = 0  # calls of pop and peek: the clock of view use
         self._seq: dict[str, int] = {}  # job id -> the sequence its live entry has
         self._names: list[tuple[str, str]] = []  # heap number -> (queue, task)
         self._keys: dict[str, str] = {}  # job id -> concurrency key (keyed jobs only)
@@ -84,6 +97,11 @@ class ReadyIndex:
 
     def __len__(self) -> int:
         return len(self._seq)
+
+    @property
+    def views(self) -> int:
+        """How many claimant kinds have a view kept now."""
+        return len(self._views)
 
     def push(
         self, job_id: str, queue: str, task: str, priority: int, seq: int, key: str | None = None
@@ -111,7 +129,9 @@ class ReadyIndex:
     def heapify(self) -> None:
         for heap in self._by_number:
             heapq.heapify(heap)
-        self._views.clear()  # built again, from the heads as they are now
+        for view in self._views.values():  # built again, from the heads as they are now
+            view.kept = False
+        self._views.clear()
         for views in self._views_of:
             views.clear()
 
@@ -235,13 +255,34 @@ class ReadyIndex:
                 self._fill(view)
 
     def _view(self, queues: Sequence[str], tasks: Collection[str]) -> _View:
+        self._claims += 1
+        if not self._claims % _SWEEP:
+            self._drop_idle()
+        if type(queues) is not tuple or not isinstance(tasks, frozenset):
+            view = self._find(queues, tasks)  # mutable: never known by identity
+        elif (
+            (same := self._same.get((id(queues), id(tasks)))) is not None
+            and same[0] is queues
+            and same[1] is tasks
+            and same[2].kept
+        ):
+            view = same[2]
+        else:
+            view = self._find(queues, tasks)
+            if len(self._same) >= 4 * MAX_VIEWS:
+                self._same.clear()
+            self._same[id(queues), id(tasks)] = (queues, tasks, view)
+        view.used = self._claims
+        return view
+
+    def _find(self, queues: Sequence[str], tasks: Collection[str]) -> _View:
+        """The view of this kind of claimant, built if there is none."""
         frozen = tasks if isinstance(tasks, frozenset) else frozenset(tasks)
         key = (tuple(queues), frozen)
         view = self._views.get(key)
         if view is not None:
-            self._views.move_to_end(key)
             return view
-        view = _View(key[0], frozen)
+        view = _View(key, self._claims)
         for queue in view.queues:
             by_task = self._heaps.get(queue, {})
             if len(by_task) <= len(frozen):
@@ -253,10 +294,19 @@ class ReadyIndex:
         self._fill(view)
         self._views[key] = view
         if len(self._views) > MAX_VIEWS:
-            _, old = self._views.popitem(last=False)
-            for number in old.heaps:
-                self._views_of[number].remove(old)
+            self._forget(min(self._views.values(), key=lambda v: v.used))
         return view
+
+    def _drop_idle(self) -> None:
+        """Drop the views no claim used for :data:`IDLE_CLAIMS` claims."""
+        for view in [v for v in self._views.values() if v.used <= self._claims - IDLE_CLAIMS]:
+            self._forget(view)
+
+    def _forget(self, view: _View) -> None:
+        del self._views[view.key]
+        view.kept = False
+        for number in view.heaps:
+            self._views_of[number].remove(view)
 
     def _fill(self, view: _View) -> None:
         """The view's heads, from the heaps as they are now."""

@@ -52,6 +52,8 @@ class LiveJobs:
         #: count changes not yet taken by :meth:`take_deltas` (SQLite persists them)
         self.deltas: Counter[CountKey] = Counter()
         self.totals: Counter[str] = Counter(dict.fromkeys(TOTALS, 0))
+        #: id(a claimant's queues) -> those queues and the same with UNROUTED, made once
+        self._offers: dict[int, tuple[object, tuple[str, ...]]] = {}
         self._seq = itertools.count(seq_start)
         self._front = itertools.count(front_start, -1)
         self.high_water = max(0, seq_start - 1)  # the highest sequence or lease handed out
@@ -209,7 +211,7 @@ class LiveJobs:
     def pop_ready(self, claimant: Claimant, limit: int) -> list[str]:
         """Ids of the most urgent queued jobs the claimant can run, out of the ready index
         (records not resident must be restored before the claims are applied)."""
-        queues = (*claimant.queues, UNROUTED)
+        queues = self._queues_of(claimant)
         gate = claimant.gate
         if gate is None:
             return self.ready.pop(queues, claimant.tasks, limit)
@@ -220,7 +222,22 @@ class LiveJobs:
 
     def upcoming(self, claimant: Claimant, limit: int) -> list[str]:
         """Ids :meth:`pop_ready` would give this claimant next, left in the index."""
-        return self.ready.peek((*claimant.queues, UNROUTED), claimant.tasks, limit)
+        return self.ready.peek(self._queues_of(claimant), claimant.tasks, limit)
+
+    def _queues_of(self, claimant: Claimant) -> tuple[str, ...]:
+        """The claimant's queues and UNROUTED, the same tuple each time it asks with the
+        same queues (so the ready index knows its view by identity)."""
+        queues = claimant.queues
+        if type(queues) is not tuple:
+            return (*queues, UNROUTED)
+        known = self._offers.get(id(queues))
+        if known is not None and known[0] is queues:
+            return known[1]
+        if len(self._offers) >= 256:
+            self._offers.clear()
+        full = (*queues, UNROUTED)
+        self._offers[id(queues)] = (queues, full)
+        return full
 
     def pop_due(self, now: float) -> list[str]:
         """Ids of scheduled jobs whose eta has come, out of the ETA index."""
@@ -284,6 +301,14 @@ class LiveJobs:
             if state is JobState.QUEUED and n:
                 out[queue, task] += n
         return dict(out)
+
+    def stats_brief(self) -> dict[str, Any]:
+        """``states`` and ``totals`` alone (the by-state sum is over the count keys, not
+        grouped three ways into maps)."""
+        states = dict.fromkeys((s.value for s in JobState), 0)
+        for (state, _, _, _), n in self.counts.items():
+            states[state.value] += n
+        return {"states": states, "totals": dict(self.totals)}
 
     def stats(self) -> dict[str, Any]:
         states = dict.fromkeys((s.value for s in JobState), 0)

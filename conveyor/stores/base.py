@@ -384,3 +384,10 @@ class Store(abc.ABC):
         optionally ``"waiting_for_key": {key: n}`` (queued jobs a gate refused) and, on an
         engine that counts keys in its database, ``"running_by_key": {key: n}`` (every
         broker's)."""
+
+    async def stats_brief(self) -> dict[str, Any]:
+        """Only ``states`` and ``totals`` of :meth:`stats`: what one polling for progress
+        needs, at a cost that does not grow with the number of queues and tasks (engines
+        that keep their counts in memory override it)."""
+        full = await self.stats()
+        return {"states": full["states"], "totals": full["totals"]}

@@ -206,6 +206,9 @@ class MemoryStore(Store):
     async def stats(self) -> dict[str, Any]:
         return self.live.stats()
 
+    async def stats_brief(self) -> dict[str, Any]:
+        return self.live.stats_brief()
+
 
 def _matches(job: JobRecord, where: JobFilter) -> bool:
     return (

@@ -352,3 +352,38 @@ async def test_a_service_stops_even_when_its_work_swallows_the_cancel(h: Harness
     await started.wait()
     async with asyncio.timeout(5):
         await service.stop()
+
+
+# -- claimants ----------------------------------------------------------------------------------
+async def test_workers_with_the_same_tasks_share_one_set(h: Harness) -> None:
+    """The ready index knows a kind of claimant by its sets: equal ones of different
+    workers are one object, so finding the kind never compares them name by name."""
+    a, b = h.join(), h.join()
+    assert a.tasks is b.tasks and a.claimant.tasks is b.claimant.tasks
+
+
+async def test_pausing_and_resuming_queues_in_turn_dispatches_only_the_unpaused(
+    h: Harness,
+) -> None:
+    worker = h.core.workforce.worker_join(
+        name="w",
+        tasks=["t"],
+        queues=["q1", "q2", "q3"],
+        concurrency=1,
+        prefetch=0,
+        link=FakeLink(),
+    )
+    for q in ("q1", "q2", "q3"):
+        await h.core.pause(q)
+    await h.submit(*(job(f"{q}-{i}", queue=q) for q in ("q1", "q2", "q3") for i in range(2)))
+    assert await h.dispatch(worker) == []
+    await h.core.pause("q2", paused=False)
+    got = await h.dispatch(worker)
+    assert [j.id for j in got] == ["q2-0"]
+    await h.core.pause("q2")  # paused again: the claimant shaped for "q2 open" is stale
+    await h.core.pause("q3", paused=False)
+    await h.core.workforce.report(worker, [Outcome("q2-0", got[0].lease or 0, True, pack(1))])
+    await h.dispatch(worker)  # the report's own pass may have dispatched it already
+    link = worker.link
+    assert isinstance(link, FakeLink)
+    assert [j.id for j in link.jobs] == ["q2-0", "q3-0"]

@@ -134,6 +134,23 @@ async def test_unknown_task_waits_and_says_so(
     assert await handle.result(timeout=10) == 42
 
 
+async def test_brief_stats_are_states_and_totals(client: AsyncClient, start_worker) -> None:
+    """STATS ``brief``: the states and event totals alone, the same numbers as the full
+    reply, without the per-queue and per-task maps, workers or waiting lists."""
+    await start_worker()
+    done = await client.submit("add", a=1, b=2)
+    assert await done.result(timeout=10) == 3
+    await client.submit("no_such_task", queue="elsewhere")
+    brief = await client.stats(brief=True)
+    full = await client.stats()
+    assert set(brief) == {"states", "totals"}
+    assert brief["states"] == full["states"]
+    assert brief["states"]["queued"] == 1
+    assert brief["totals"] == full["totals"]
+    assert brief["totals"]["completed"] == 1
+    assert {"queues", "tasks", "workers", "waiting"} <= set(full)
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [

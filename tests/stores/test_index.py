@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.stores._index import ReadyIndex
+from conveyor.stores._index import IDLE_CLAIMS, ReadyIndex
 
 
 def push(
@@ -101,3 +101,43 @@ def test_views_agree_with_a_plain_sort_through_random_pushes_pops_and_discards()
             for job in got:
                 del live[job]
         assert len(index) == len(live)
+
+
+def test_a_view_no_claim_uses_is_dropped_and_built_again_when_used() -> None:
+    """Claimant kinds come and go (the broker claims for the queues not paused): one no
+    claim used for IDLE_CLAIMS claims is dropped, and one used again is right again."""
+    index = ReadyIndex()
+    for i in range(10):
+        push(index, f"a{i}", i + 1, queue="a")
+    idle = IDLE_CLAIMS + 64  # looked for every few claims
+    for i in range(idle):
+        push(index, f"b{i}", 100 + i, queue="b")
+    for k in range(1, 5):  # queues resumed one by one: a kind each
+        assert index.pop(["a", "b", "c", "d"][:k], {"t"}, 0) == []
+    assert index.views == 4
+    assert index.pop(["a"], {"t"}, 1) == ["a0"]
+    for i in range(idle):
+        assert index.pop(["b"], {"t"}, 1) == [f"b{i}"]
+    assert index.views == 1  # only the kind in use is kept
+    push(index, "a-urgent", -1, 1, queue="a")  # a head change no view is told of
+    assert index.pop(["a"], {"t"}, 2) == ["a-urgent", "a1"]
+    assert index.pop(["a", "b"], {"t"}, 2) == ["a2", "a3"]
+    assert index.views == 3
+
+
+def test_equal_offers_are_one_kind_and_a_list_changed_in_place_is_asked_afresh() -> None:
+    """Views are found by the claimant's objects when they are immutable (a tuple and a
+    frozenset), by their contents otherwise."""
+    index = ReadyIndex()
+    push(index, "a", 1, queue="q")
+    push(index, "b", 2, queue="r")
+    mine, theirs = frozenset({"t"}), frozenset({"t"})
+    assert index.pop(("q", "r"), mine, 1) == ["a"]
+    assert index.pop(("q", "r"), theirs, 0) == []
+    assert index.views == 1  # equal sets: one kind of claimant
+    wanted = ["q"]
+    push(index, "c", 3, queue="q")
+    assert index.pop(wanted, mine, 1) == ["c"]
+    wanted[0] = "r"  # the same list, now another kind
+    assert index.pop(wanted, mine, 1) == ["b"]
+    assert index.views == 3

@@ -281,11 +281,12 @@ async def _list(
 
 
 def stats(peer: Peer, frame: dict[str, Any]) -> Reply:
-    return _stats(peer, frame["rid"])
+    return _stats(peer, frame["rid"], bool(frame.get("brief")))
 
 
-async def _stats(peer: Peer, rid: int) -> None:
-    peer.send({"t": "stats_reply", "rid": rid, "stats": await peer.core.stats()})
+async def _stats(peer: Peer, rid: int, brief: bool) -> None:
+    numbers = await (peer.core.store.stats_brief() if brief else peer.core.stats())
+    peer.send({"t": "stats_reply", "rid": rid, "stats": numbers})
 
 
 def _ids(frame: dict[str, Any]) -> list[str] | None:

@@ -177,3 +177,6 @@ class SqliteReads:
 
     async def stats(self) -> dict[str, Any]:
         return self.live.stats()
+
+    async def stats_brief(self) -> dict[str, Any]:
+        return self.live.stats_brief()
