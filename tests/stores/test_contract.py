@@ -547,6 +547,8 @@ async def test_stats_count_states_queues_and_totals(store: Store) -> None:
         "q2": {"running": 1},
     }
     assert (stats["totals"]["submitted"], stats["totals"]["completed"]) == (4, 1)
+    # the brief numbers are the same states and totals
+    assert await store.stats_brief() == {"states": stats["states"], "totals": stats["totals"]}
 
 
 async def test_job_list_filters_newest_first_with_cursors(store: Store) -> None:

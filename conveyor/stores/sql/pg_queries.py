@@ -205,6 +205,11 @@ WAITING = (
     "SELECT queue, task, sum(n) FROM counts WHERE state = 'queued'"
     " GROUP BY queue, task HAVING sum(n) > 0"
 )
+#: stats_brief(): jobs by state ('s') and events by kind ('t'), one round trip
+STATS_BRIEF = """
+SELECT 's', state, sum(n) FROM counts GROUP BY state HAVING sum(n) <> 0
+UNION ALL SELECT 't', kind, sum(n) FROM totals GROUP BY kind
+"""
 #: the numbers of stats() in one round trip: jobs by (state, queue, task, priority) ('c'),
 #: events by kind ('t'), jobs running by concurrency key ('k')
 STATS = """

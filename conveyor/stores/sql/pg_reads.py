@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor.job import Event, JobRecord, JobState
 from conveyor.stores._live import LiveJobs
-from conveyor.stores.base import JobFilter, KeyLimits, Page, Store, WorkflowPage, summarize
+from conveyor.stores.base import TOTALS, JobFilter, KeyLimits, Page, Store, WorkflowPage, summarize
 from conveyor.stores.sql import pg_limits
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_batch import Coalescer
@@ -138,3 +138,10 @@ class PgReads(Store):
         if self._key_limits is not None:
             out["waiting_for_key"] = await pg_limits.keys_waiting(self._run, self._key_limits[1])
         return out
+
+    async def stats_brief(self) -> dict[str, Any]:
+        states = dict.fromkeys((s.value for s in JobState), 0)
+        totals = dict.fromkeys(TOTALS, 0)
+        for kind, name, n in await self._run(q.STATS_BRIEF):
+            (states if kind == "s" else totals)[name] = int(n)
+        return {"states": states, "totals": totals}
