@@ -34,10 +34,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from conveyor.job import DEFAULT_QUEUE, DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF
-from conveyor.job import DEFAULT_RETRY_BACKOFF_MAX as _BACKOFF_MAX
 from conveyor.stores.base import KeyLimits
-from conveyor.stores.sql.pg_rows import select_from
+from conveyor.stores.sql.pg_queries import claim_tail
 
 Run = Callable[..., Awaitable[list[Any]]]  # Connections.run: one statement, its rows
 
@@ -165,40 +163,9 @@ WITH pairs AS (
         FROM picked p) r
     LEFT JOIN slots s ON s.key = r.concurrency_key
     WHERE r.klim IS NULL OR r.rank <= r.klim - s.held
-), opts AS MATERIALIZED (
-    -- only the tasks admitted (as in CLAIM: a join over a thousand declared tasks per job
-    -- would cost more than the claim)
-    SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
-        %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
-        %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
-    WHERE o.task IN (SELECT task FROM admitted)
-), claimed AS (
-    UPDATE jobs j SET
-        state = 'running',
-        attempts = p.attempts + 1,
-        queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
-        worker = %(worker)s,
-        broker = %(broker)s,
-        lease = nextval('job_seq'),
-        lease_expires = %(expires)s,
-        started_at = %(now)s,
-        max_retries = coalesce(p.max_retries, o.retries, {DEFAULT_RETRIES}),
-        retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
-        retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
-        version = p.version + 1
-    FROM admitted p LEFT JOIN opts o ON o.task = p.task
-    WHERE j.id = p.id
-    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq
-), ev AS (
-    INSERT INTO events (job_id, data)
-    SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
-        'worker', %(worker)s::text, 'attempt', attempts + 1)
-    FROM claimed
-)
-SELECT * FROM claimed ORDER BY priority, old_seq
+){claim_tail("admitted", "admitted", "%(worker)s", "", "%(worker)s::text")}
 """
 
-#: running jobs per key, across every broker
 #: queued jobs whose key is full under the given limits
 KEYS_WAITING = f"""
 SELECT j.concurrency_key, count(*) FROM jobs j JOIN key_slots s ON s.key = j.concurrency_key

@@ -67,6 +67,46 @@ UNION ALL
 SELECT {SELECT} FROM jobs WHERE unique_key = ANY(%(keys)s::text[]) AND state IN {LIVE}
 """
 
+
+def claim_tail(source: str, tasks_of: str, worker: str, returning: str, event_worker: str) -> str:
+    """The end of a claim, shared by :data:`CLAIM` and ``pg_limits.CLAIM_KEYED``: the chosen
+    jobs (CTE ``source``) moved to running with their task's options, and their ``started``
+    events. ``tasks_of``: the CTE whose tasks' options to join (only those: a worker may
+    declare options for a thousand tasks, and the join would scan them all for every job);
+    ``worker``: the claiming worker's id as an expression of ``p`` (a source row) or a
+    parameter, ``event_worker`` the same for the event."""
+    return f"""
+, opts AS MATERIALIZED (
+    SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
+        %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
+        %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
+    WHERE o.task IN (SELECT task FROM {tasks_of})
+), claimed AS (
+    UPDATE jobs j SET
+        state = 'running',
+        attempts = p.attempts + 1,
+        queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
+        worker = {worker},
+        broker = %(broker)s,
+        lease = nextval('job_seq'),
+        lease_expires = %(expires)s,
+        started_at = %(now)s,
+        max_retries = coalesce(p.max_retries, o.retries, {DEFAULT_RETRIES}),
+        retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
+        retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
+        version = p.version + 1
+    FROM {source} p LEFT JOIN opts o ON o.task = p.task
+    WHERE j.id = p.id
+    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq{returning}
+), ev AS (
+    INSERT INTO events (job_id, data)
+    SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
+        'worker', {event_worker}, 'attempt', attempts + 1)
+    FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority, old_seq"""
+
+
 CLAIM = f"""
 WITH pairs AS (
     SELECT queue, task FROM counts
@@ -83,37 +123,7 @@ WITH pairs AS (
     SELECT p.*, (%(slots)s::text[])[1 + (row_number() OVER (ORDER BY p.priority, p.seq) - 1)
         %% cardinality(%(slots)s::text[])] AS slot
     FROM picked p
-), opts AS MATERIALIZED (
-    -- only the tasks picked: a worker may declare options for a thousand tasks, and
-    -- the join would scan them all for every job
-    SELECT * FROM unnest(%(otask)s::text[], %(oretries)s::integer[],
-        %(obackoff)s::double precision[], %(obackoff_max)s::double precision[],
-        %(oroute)s::text[]) AS o(task, retries, backoff, backoff_max, route)
-    WHERE o.task IN (SELECT task FROM picked)
-), claimed AS (
-    UPDATE jobs j SET
-        state = 'running',
-        attempts = p.attempts + 1,
-        queue = CASE WHEN p.queue = '' THEN coalesce(o.route, '{DEFAULT_QUEUE}') ELSE p.queue END,
-        worker = p.slot,
-        broker = %(broker)s,
-        lease = nextval('job_seq'),
-        lease_expires = %(expires)s,
-        started_at = %(now)s,
-        max_retries = coalesce(p.max_retries, o.retries, {DEFAULT_RETRIES}),
-        retry_backoff = coalesce(p.retry_backoff, o.backoff, {DEFAULT_RETRY_BACKOFF}),
-        retry_backoff_max = coalesce(p.retry_backoff_max, o.backoff_max, {_BACKOFF_MAX}),
-        version = p.version + 1
-    FROM slotted p LEFT JOIN opts o ON o.task = p.task
-    WHERE j.id = p.id
-    RETURNING {select_from("p")}, j.lease AS new_lease, p.seq AS old_seq, p.slot AS slot
-), ev AS (
-    INSERT INTO events (job_id, data)
-    SELECT id, jsonb_build_object('event', 'started', 'at', %(at)s::jsonb,
-        'worker', slot, 'attempt', attempts + 1)
-    FROM claimed
-)
-SELECT * FROM claimed ORDER BY priority, old_seq
+){claim_tail("slotted", "picked", "p.slot", ", p.slot AS slot", "slot")}
 """
 
 PROMOTE = f"""
