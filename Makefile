@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck bench clean venv browser postgres
+.PHONY: run test lint typecheck bench clean venv browser postgres compiled clean-compiled
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
 # downloads a browser of its own). Installed with apt-get when missing.
@@ -56,5 +56,15 @@ typecheck: $(STAMP)
 bench: $(VENV)/.installed
 	$(BIN)/conveyor bench
 
-clean:
+## make compiled: the hot modules (conveyor/_compiled.py MODULES) compiled with mypyc, in
+## place next to their .py files, which Python then imports first (needs gcc and the
+## Python headers; ~1 minute). Opt-in: the install and `make test` stay pure Python.
+## make clean-compiled removes the build, and the .py files run again.
+compiled: $(STAMP)
+	$(BIN)/python scripts/build_compiled.py
+
+clean-compiled:
+	$(PYTHON) scripts/build_compiled.py --clean
+
+clean: clean-compiled
 	rm -rf $(VENV) .conveyor build *.egg-info

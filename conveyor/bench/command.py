@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from conveyor._compiled import describe
 from conveyor.bench.budget import STAGES, run_budget
 from conveyor.bench.paths import PATHS, SHAPES, run_paths, run_shapes
 from conveyor.bench.plot import DEFAULT_PLOT, save_plot
@@ -308,7 +309,8 @@ def _report(r: dict[str, Any]) -> None:
     table = Table(
         title=f"conveyor bench {r['scenario']}: {r['store']}, {r['workers']} workers x "
         f"{r['concurrency']} ({r['pool']})"
-        + (f", {r['brokers']} brokers" if r.get("brokers", 1) > 1 else "")
+        + (f", {r['brokers']} brokers" if r.get("brokers", 1) > 1 else ""),
+        caption=describe(),
     )
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from conveyor._compiled import compiled_modules
 from conveyor.client.aio import AsyncClient
 
 console = Console(stderr=True)
@@ -236,6 +237,9 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "loop": loop,
+        # the modules this interpreter (and so the bench's broker and workers, started with
+        # it) imports compiled with mypyc: `make compiled`
+        "compiled": compiled_modules(),
     }
 
 

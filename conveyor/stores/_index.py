@@ -114,7 +114,7 @@ class ReadyIndex:
         heap = self._by_number[number]
         entry = (priority, seq, job_id)
         heapq.heappush(heap, entry)
-        if heap[0] is entry:
+        if heap[0] == entry:  # (not ``is``: compiled, a tuple is boxed anew each time)
             self._new_head(number)
 
     def load(
@@ -196,7 +196,7 @@ class ReadyIndex:
                 entry = (priority, seq, job_id)
                 target = self._by_number[number]
                 heapq.heappush(target, entry)
-                if target[0] is entry:
+                if target[0] == entry:
                     self._new_head(number)
                 n -= 1
             if not heap:
@@ -225,7 +225,7 @@ class ReadyIndex:
         for number, entry in seen:
             heap = self._by_number[number]
             heapq.heappush(heap, entry)
-            if heap[0] is entry:
+            if heap[0] == entry:
                 self._new_head(number)
         return [entry[2] for _, entry in seen]
 
