@@ -214,6 +214,11 @@ class Dispatcher:
             self._pending = True
             asyncio.get_running_loop().call_soon(self._start_pass)
 
+    @property
+    def pass_due(self) -> bool:
+        """A pass was asked for and has not started yet (it starts within a loop turn)."""
+        return self._pending
+
     def _wake_in(self, delay: float) -> None:
         """A pass when a rate-limited target has a token again (one timer, the earliest)."""
         loop = asyncio.get_running_loop()
