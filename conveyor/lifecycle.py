@@ -99,17 +99,19 @@ def _amend(old: JobRecord, *events: Event, **changes: Any) -> Transition:
 
 
 # -- birth --------------------------------------------------------------------------------------
-def born(job: JobRecord, now: float) -> tuple[JobRecord, Event]:
+def born(job: JobRecord, now: float, queue: str | None = None) -> tuple[JobRecord, Event]:
     """A new job, queued, (with a future eta) scheduled, or (with dependencies) waiting,
-    and its ``submitted`` event."""
+    and its ``submitted`` event; ``queue``: the queue it goes to, when the spec named none
+    (in the same copy of the record: a submit of many jobs makes one per job)."""
     future = job.eta is not None and job.eta > now
     state = JobState.SCHEDULED if future else JobState.QUEUED
     if job.depends_on:
         state = JobState.WAITING
     eta = job.eta if future else None
-    return job.replace(state=state, eta=eta, created_at=now, version=1), event(
-        EventKind.SUBMITTED, now
+    new = job.replace(
+        state=state, eta=eta, created_at=now, version=1, queue=job.queue if queue is None else queue
     )
+    return new, event(EventKind.SUBMITTED, now)
 
 
 # -- workflows: a waiting job's dependencies ended ---------------------------------------------

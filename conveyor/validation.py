@@ -106,6 +106,23 @@ def _encodable(text: str) -> bool:
     return True
 
 
+#: task and queue names already found good: a batch names the same few thousands of times
+_GOOD_TASKS: set[str] = set()
+_GOOD_QUEUES: set[str] = set()
+_MAX_GOOD = 10_000  # each set is emptied when it reaches this (names are up to 200 chars)
+
+
+def _good_name(value: Any, fld: str, max_len: int, good: set[str]) -> str:
+    """:func:`check_name`, remembering the names that passed."""
+    if type(value) is str and value in good:
+        return value
+    name = check_name(value, fld, max_len)
+    if len(good) >= _MAX_GOOD:
+        good.clear()
+    good.add(name)
+    return name
+
+
 def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord:
     """Validate one submit spec (docs/protocol.md, section 6.1) into an unborn record.
 
@@ -114,10 +131,10 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
     """
     if not isinstance(raw, dict):
         raise invalid("job", "must be a map")
-    task = check_name(raw.get("task"), "task", MAX_TASK_NAME)
+    task = _good_name(raw.get("task"), "task", MAX_TASK_NAME, _GOOD_TASKS)
     queue = raw.get("queue")
     if queue is not None:
-        check_name(queue, "queue", MAX_QUEUE_NAME)
+        _good_name(queue, "queue", MAX_QUEUE_NAME, _GOOD_QUEUES)
     if "priority" in raw and raw["priority"] is None:  # int, not int | nil (section 6.1)
         raise invalid("priority", f"must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
     priority = number(raw, "priority", MIN_PRIORITY, MAX_PRIORITY, integer=True)

@@ -290,3 +290,19 @@ def test_message_is_human_readable() -> None:
     err = invalid({"task": "t", "priority": 11})
     assert err.message == "priority must be an integer from 1 to 10"
     assert str(err) == "invalid: priority must be an integer from 1 to 10"
+
+
+def test_names_found_good_once_are_still_checked_as_what_they_are() -> None:
+    """parse_job remembers good task and queue names; that must not let a bad one in."""
+    parse_job({"task": "t-ok", "queue": "q-ok"}, 0.0)
+    parse_job({"task": "t-ok", "queue": "q-ok"}, 0.0)  # the remembered path
+    for bad, fld in (
+        ({"task": ["t-ok"]}, "task"),  # unhashable: invalid, not a TypeError
+        ({"task": "t ok"}, "task"),
+        ({"task": "t-ok", "queue": "q ok"}, "queue"),
+        ({"task": "t-ok", "queue": "x" * 201}, "queue"),
+        ({"task": "t-ok", "queue": {"q-ok": 1}}, "queue"),
+    ):
+        with pytest.raises(InvalidJob) as caught:
+            parse_job(bad, 0.0)
+        assert caught.value.field == fld

@@ -262,10 +262,11 @@ class BrokerCore(CoreAdmin):
         that would take a queue past its limit is refused whole (QueueFull)."""
         now = self.clock.now()
         born: list[tuple[JobRecord, Event]] = []
+        routes = self.workforce.routes
         for job in jobs:
-            if not job.queue:  # the task's queue, once a worker has declared it
-                job = job.replace(queue=self.workforce.routes.get(job.task, UNROUTED))
-            born.append(lifecycle.born(job, now))
+            # no queue named: the task's queue, once a worker has declared it
+            queue = None if job.queue else routes.get(job.task, UNROUTED)
+            born.append(lifecycle.born(job, now, queue))
         admitted = self.backlog.admit([job for job, _ in born])
         try:
             inserted = await self.store.job_insert_many(born, durable=False)
