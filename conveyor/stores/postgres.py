@@ -229,6 +229,8 @@ class PostgresStore(PgClaiming, PgReads):
                 self._recent.pop(t.old.id, None)
                 if t.new.state.is_final and applied[t.old.id] is False:
                     self._no_dependants.add(t.old.id)  # job_waiting_on need not look
+                else:  # an earlier end's "none" no longer holds (a dead job retried, say)
+                    self._no_dependants.discard(t.old.id)
                 result.append(t.new)
             else:
                 if t.old.id in self._recent:

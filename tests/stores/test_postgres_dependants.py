@@ -74,3 +74,17 @@ async def test_a_dependency_inserted_in_a_second_round_is_marked(store: Postgres
     assert ended and [(i.job.id, i.created) for i in inserted] == [("a", True), ("b", True)]
     assert (await _run_once(store, "a", T0 + 2, ok=True)).state is JobState.COMPLETED
     assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
+async def test_a_job_that_ends_again_is_looked_at(store: PostgresStore) -> None:
+    """A job that ended with nothing waiting on it, retried from the dead-letter queue,
+    depended on, and ended again: its dependant is found (what the engine remembered of
+    its first end no longer holds)."""
+    await store.job_insert_many([lifecycle.born(job("a", max_retries=0), T0)])
+    dead = await _run_once(store, "a", T0 + 1, ok=False)
+    assert dead.state is JobState.DEAD  # nothing waits on it: remembered so
+    (retried,) = await store.job_apply([lifecycle.dlq_retry(dead, T0 + 2)])
+    assert retried is not None and retried.state is JobState.QUEUED
+    await store.job_insert_many([lifecycle.born(job("b", depends_on=("a",)), T0 + 2)])
+    assert (await _run_once(store, "a", T0 + 3, ok=True)).state is JobState.COMPLETED
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
