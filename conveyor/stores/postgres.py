@@ -100,6 +100,7 @@ class PostgresStore(PgClaiming, PgReads):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
+        self._depended: Coalescer[str, JobRecord | None] = Coalescer(self._depended_batch)
         # the workflow service asks after every batch of final jobs: one look for many
         self._waits: Coalescer[str, list[JobRecord]] = Coalescer(self._waiting_batch)
         self._claimants = Claimants()

@@ -5,18 +5,26 @@ the engine's memory of it, says there can be some)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from conveyor import lifecycle
+from conveyor.broker.config import BrokerConfig
+from conveyor.broker.core import BrokerCore
+from conveyor.clock import FakeClock
 from conveyor.job import JobRecord, JobState
 from conveyor.lifecycle import Outcome
 from conveyor.protocol.payload import pack_call
+from conveyor.security.tokens import TokenRegistry
 from conveyor.stores.base import Claimant
 from conveyor.stores.postgres import PostgresStore
 from conveyor.stores.sql import pg_queries as q
+from conveyor.stores.sql.pg_rows import change_arrays, event_json, insert_arrays, literals
 from tests.postgres import pg_url
 
 pytestmark = pytest.mark.postgres
@@ -88,3 +96,91 @@ async def test_a_job_that_ends_again_is_looked_at(store: PostgresStore) -> None:
     await store.job_insert_many([lifecycle.born(job("b", depends_on=("a",)), T0 + 2)])
     assert (await _run_once(store, "a", T0 + 3, ok=True)).state is JobState.COMPLETED
     assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
+async def _insert_in_flight(store: PostgresStore, record: JobRecord) -> psycopg.Connection[Any]:
+    """``record`` inserted as a submit does, in a transaction left open (a submit whose
+    statement has not committed yet): commit the connection returned to end it."""
+    born, ev = lifecycle.born(record, T0)
+    columns = {**insert_arrays([born]), "eids": [born.id], "edata": [event_json(ev)]}
+    conn = psycopg.connect(store.db.conninfo)  # not autocommit: a transaction
+    conn.execute(f"SET search_path TO {store.schema}")
+    conn.execute(q.INSERT, literals(columns))
+    return conn
+
+
+async def test_a_dependency_stored_while_its_dependant_was_is_looked_after(
+    store: PostgresStore,
+) -> None:
+    """ "b" waits on "a", whose own submit races it: b's INSERT cannot see (or mark) a,
+    uncommitted. The workflow service reads a after storing b, and finds it queued;
+    when a completes, b must be found (it waited forever: a said nothing waits on it)."""
+    racing = await _insert_in_flight(store, job("a"))
+    with racing:
+        await store.job_insert_many([lifecycle.born(job("b", depends_on=("a",)), T0)])
+        racing.commit()
+    # what the workflow service reads to decide on b, just stored: a is still to run
+    assert [j.state for j in await store.job_get_depended(["a"])] == [JobState.QUEUED]
+    assert (await _run_once(store, "a", T0 + 1, ok=True)).state is JobState.COMPLETED
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
+async def test_the_read_of_dependencies_sees_an_end_in_flight(store: PostgresStore) -> None:
+    """The read that marks waits for a final UPDATE holding the row and returns the row
+    as that UPDATE left it (the snapshot's older copy would say "still to run", and the
+    end said "nothing waits on me")."""
+    await store.job_insert_many([lifecycle.born(job("a"), T0)])
+    (claimed,) = await store.job_claim(WORKER, 1, 30.0, T0)
+    done = lifecycle.report(claimed, Outcome("a", claimed.lease or 0, True), T0 + 1)
+    ending = psycopg.connect(store.db.conninfo)  # a's end, its row locked, not committed
+    with ending:
+        ending.execute(f"SET search_path TO {store.schema}")
+        params = {
+            "c0": ["a"],
+            "c1": [claimed.version],
+            "c2": [False],
+            **change_arrays([done], first=3),
+            "eids": ["a" for _ in done.events],
+            "edata": [event_json(ev) for ev in done.events],
+        }
+        assert ending.execute(q.APPLY, literals(params)).fetchall() == [("a", False)]
+        read = asyncio.get_running_loop().create_task(store.job_get_depended(["a"]))
+        await asyncio.wait_for(_blocked_on_a_lock(store), 10)
+        ending.commit()
+        assert [j.state for j in await read] == [JobState.COMPLETED]
+
+
+async def _blocked_on_a_lock(store: PostgresStore) -> None:
+    """Until a statement of this schema's database waits for a row lock."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND pid <> pg_backend_pid() AND query LIKE '%%UPDATE jobs SET dependants%%'"
+    )
+    while not (await store._run(query))[0][0]:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_broker_releases_a_job_submitted_while_its_dependency_was(
+    pg_url: str, home: Path
+) -> None:
+    """The same race through a broker's core: "b" is submitted after "a" while a's own
+    submit has not committed, a then runs and completes, and b is released."""
+    clock = FakeClock(T0)
+    store = PostgresStore(pg_url)
+    core = BrokerCore(BrokerConfig(home=home), store, TokenRegistry(home / "t"), clock)
+    await core.open()
+    try:
+        racing = await _insert_in_flight(store, job("a"))
+        with racing:
+            await core.submit([job("b", depends_on=("a",))])
+            racing.commit()  # before the workflow service, spawned by the submit, reads a
+            await core.settle()
+        assert (await core.get("b")).state is JobState.WAITING  # a is still to run
+        (claimed,) = await store.job_claim(WORKER, 1, 30.0, clock.now())
+        outcome = Outcome("a", claimed.lease or 0, True)
+        await core.transition(["a"], lambda r: lifecycle.report(r, outcome, clock.now()))
+        await asyncio.sleep(0)  # the workflow service looks at the next turn of the loop
+        await core.settle()
+        assert (await core.get("b")).state is JobState.QUEUED
+    finally:
+        await core.close()
