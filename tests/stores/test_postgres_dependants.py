@@ -6,6 +6,7 @@ the engine's memory of it, says there can be some)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,15 @@ from conveyor.security.tokens import TokenRegistry
 from conveyor.stores.base import Claimant
 from conveyor.stores.postgres import PostgresStore
 from conveyor.stores.sql import pg_queries as q
-from conveyor.stores.sql.pg_rows import change_arrays, event_json, insert_arrays, literals
+from conveyor.stores.sql.pg_rows import (
+    INSERT_COLUMNS,
+    change_arrays,
+    event_json,
+    insert_arrays,
+    literals,
+    unnest_of,
+)
+from conveyor.stores.sql.pg_schema import MIGRATIONS
 from tests.postgres import pg_url
 
 pytestmark = pytest.mark.postgres
@@ -182,5 +191,86 @@ async def test_a_broker_releases_a_job_submitted_while_its_dependency_was(
         await asyncio.sleep(0)  # the workflow service looks at the next turn of the loop
         await core.settle()
         assert (await core.get("b")).state is JobState.QUEUED
+    finally:
+        await core.close()
+
+
+@pytest.mark.parametrize("n", [1, 50, 51, 100, 101])
+async def test_the_ids_notified_come_in_chunks_of_fifty(store: PostgresStore, n: int) -> None:
+    """One statement that asks to cancel ``n`` running jobs, and one that ends them:
+    the trigger notifies each id once, 50 to a notification."""
+    await store.job_insert_many([lifecycle.born(job(f"j{i:03}"), T0) for i in range(n)])
+    running = await store.job_claim(WORKER, n, 30.0, T0)
+    ids = sorted(j.id for j in running)
+    assert len(ids) == n
+    chunks = [50] * (n // 50) + ([n % 50] if n % 50 else [])
+    with psycopg.connect(store.db.conninfo, autocommit=True) as listen:
+        listen.execute(f'LISTEN "conveyor_{store.schema}"')
+        asks = [t for j in running if (t := lifecycle.cancel(j, T0 + 1)) is not None]
+        asked = [j for j in await store.job_apply(asks) if j is not None]
+        assert len(asked) == n  # one statement: one call to the coalescer
+        ends = [lifecycle.report(j, Outcome(j.id, j.lease or 0, True), T0 + 2) for j in asked]
+        ended = await store.job_apply(ends)
+        assert {j.state for j in ended if j is not None} == {JobState.CANCELLED}
+        got: dict[str, list[list[str]]] = {"c": [], "f": []}
+        for note in listen.notifies(timeout=10, stop_after=2 * len(chunks)):
+            message = json.loads(note.payload)
+            for kind in ("c", "f"):
+                if kind in message:
+                    got[kind].append(message[kind])
+    for kind in ("c", "f"):
+        assert [len(c) for c in got[kind]] == chunks, kind
+        assert sorted(i for c in got[kind] for i in c) == ids, kind
+
+
+async def test_a_workflow_stored_at_version_3_completes_after_migration_4(
+    pg_url: str, home: Path
+) -> None:
+    """A schema at v3 holding a chain in progress (rows without the flag), migrated by a
+    broker that opens on it: the chain runs to its end, and the notifications of v4's
+    trigger function still say what ended."""
+    store = PostgresStore(pg_url)
+    unnest, names = unnest_of(INSERT_COLUMNS)
+    v3_insert = (  # as v3 brokers inserted (no dependants column)
+        f"INSERT INTO jobs ({names}, sub, seq) SELECT {names}, nextval('job_seq'),"
+        f" CASE WHEN state = 'queued' THEN nextval('job_seq') END FROM {unnest} AS c({names})"
+    )
+    chain = [job("s1"), job("s2", depends_on=("s1",)), job("s3", depends_on=("s2",))]
+    with psycopg.connect(store.db.conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {store.schema}")
+        conn.execute(f"SET search_path TO {store.schema}")
+        conn.execute(
+            "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+            " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for step in MIGRATIONS[:3]:
+            for statement in step.statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (%s, %s)", (step.version, "v"))
+        born = [lifecycle.born(j, T0)[0] for j in chain]
+        conn.execute(v3_insert, literals(insert_arrays(born)))
+    clock = FakeClock(T0)
+    core = BrokerCore(BrokerConfig(home=home), store, TokenRegistry(home / "t"), clock)
+    await core.open()  # migrates to v4, then looks at every waiting job
+    try:
+        with psycopg.connect(store.db.conninfo, autocommit=True) as listen:
+            listen.execute(f'LISTEN "conveyor_{store.schema}"')
+            for step in ("s1", "s2", "s3"):
+                (claimed,) = await store.job_claim(WORKER, 10, 30.0, clock.now())
+                assert claimed.id == step  # the next step was released
+                outcome = Outcome(step, claimed.lease or 0, True)
+                await core.transition([step], lambda r, o=outcome: lifecycle.report(r, o, T0))
+                await asyncio.sleep(0)  # the workflow service looks at the next loop turn
+                await core.settle()
+            ended = []
+            for note in listen.notifies(timeout=10):
+                if "f" in (message := json.loads(note.payload)):
+                    ended.append(message["f"])
+                    if len(ended) == 3:
+                        break
+        assert ended == [["s1"], ["s2"], ["s3"]]
+        assert {j.state for j in await store.job_get_many(["s1", "s2", "s3"])} == {
+            JobState.COMPLETED
+        }
     finally:
         await core.close()
