@@ -17,9 +17,10 @@ import pytest
 from conveyor import lifecycle
 from conveyor.broker.config import BrokerConfig
 from conveyor.broker.core import BrokerCore
+from conveyor.broker.workflows import decide
 from conveyor.clock import FakeClock
 from conveyor.job import JobRecord, JobState
-from conveyor.lifecycle import Outcome
+from conveyor.lifecycle import Outcome, Transition
 from conveyor.protocol.payload import pack_call
 from conveyor.security.tokens import TokenRegistry
 from conveyor.stores.base import Claimant
@@ -141,22 +142,50 @@ async def test_the_read_of_dependencies_sees_an_end_in_flight(store: PostgresSto
     await store.job_insert_many([lifecycle.born(job("a"), T0)])
     (claimed,) = await store.job_claim(WORKER, 1, 30.0, T0)
     done = lifecycle.report(claimed, Outcome("a", claimed.lease or 0, True), T0 + 1)
-    ending = psycopg.connect(store.db.conninfo)  # a's end, its row locked, not committed
-    with ending:
-        ending.execute(f"SET search_path TO {store.schema}")
-        params = {
-            "c0": ["a"],
-            "c1": [claimed.version],
-            "c2": [False],
-            **change_arrays([done], first=3),
-            "eids": ["a" for _ in done.events],
-            "edata": [event_json(ev) for ev in done.events],
-        }
-        assert ending.execute(q.APPLY, literals(params)).fetchall() == [("a", False)]
+    with _end_in_flight(store, done) as ending:
         read = asyncio.get_running_loop().create_task(store.job_get_depended(["a"]))
         await asyncio.wait_for(_blocked_on_a_lock(store), 10)
         ending.commit()
         assert [j.state for j in await read] == [JobState.COMPLETED]
+
+
+def _end_in_flight(store: PostgresStore, done: Transition) -> psycopg.Connection[Any]:
+    """``done`` applied as the store applies it, in a transaction left open (its row
+    locked): commit the connection returned to end it."""
+    conn = psycopg.connect(store.db.conninfo)  # not autocommit: a transaction
+    conn.execute(f"SET search_path TO {store.schema}")
+    params = {
+        "c0": [done.old.id],
+        "c1": [done.old.version],
+        "c2": [False],
+        **change_arrays([done], first=3),
+        "eids": [done.old.id for _ in done.events],
+        "edata": [event_json(ev) for ev in done.events],
+    }
+    assert conn.execute(q.APPLY, literals(params)).fetchall() == [(done.old.id, False)]
+    return conn
+
+
+async def test_a_dependant_stored_while_its_dependency_ends_sees_the_end(
+    store: PostgresStore,
+) -> None:
+    """ "b" is submitted after "a" while a's final UPDATE holds its row (it says nothing
+    waits on a): b's insert waits for it, and the read that decides on b sees a ended."""
+    await store.job_insert_many([lifecycle.born(job("a"), T0)])
+    (claimed,) = await store.job_claim(WORKER, 1, 30.0, T0)
+    done = lifecycle.report(claimed, Outcome("a", claimed.lease or 0, True), T0 + 1)
+    b = job("b", depends_on=("a",))
+    with _end_in_flight(store, done) as ending:
+        insert = asyncio.get_running_loop().create_task(
+            store.job_insert_many([lifecycle.born(b, T0 + 1)])
+        )
+        await asyncio.wait_for(_blocked_on_a_lock(store), 10)
+        ending.commit()
+        (inserted,) = await insert
+    assert inserted.created and inserted.job.state is JobState.WAITING
+    deps = {d.id: d for d in await store.job_get_depended(["a"])}
+    release = decide(inserted.job, deps, T0 + 2)
+    assert release is not None and release.new.state is JobState.QUEUED
 
 
 async def _blocked_on_a_lock(store: PostgresStore) -> None:
