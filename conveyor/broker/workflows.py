@@ -131,7 +131,8 @@ class Workflows:
     async def settle(self, waiting: Sequence[JobRecord]) -> list[JobRecord]:
         """Release or cancel those of ``waiting`` whose dependencies have all ended."""
         wanted = list(dict.fromkeys(d for j in waiting for d in j.depends_on))
-        deps = {d.id: d for d in await self.core.store.job_get_many(wanted)}
+        # read and marked as depended on: one that is live now is looked after when it ends
+        deps = {d.id: d for d in await self.core.store.job_get_depended(wanted)}
         now = self.core.clock.now()
 
         def compute(job: JobRecord) -> Transition | None:

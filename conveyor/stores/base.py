@@ -313,6 +313,13 @@ class Store(abc.ABC):
         """The jobs with these ids that exist, in the order of ``ids`` (repeats once);
         ``payload`` as for :meth:`job_get`."""
 
+    async def job_get_depended(self, ids: Sequence[str]) -> list[JobRecord]:
+        """Like :meth:`job_get_many`, for the workflow service reading the dependencies of
+        waiting jobs to decide on them: an engine that records whether a job has
+        dependants (PostgreSQL's ``jobs.dependants``) marks the ones it reads, so that a
+        dependency read here as live is looked after when it ends, whoever stored it."""
+        return await self.job_get_many(ids)
+
     async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
         """Like :meth:`job_get_many`, but a job this engine changed itself may come as it
         last wrote it, without a read: possibly stale (another broker changed it since), so

@@ -100,6 +100,7 @@ class PostgresStore(PgClaiming, PgReads):
         self._notify: NotifyListener | None = None
         self._applies: Coalescer[Transition, JobRecord | None] = Coalescer(self._apply_batch)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._read_batch)
+        self._depended: Coalescer[str, JobRecord | None] = Coalescer(self._depended_batch)
         # the workflow service asks after every batch of final jobs: one look for many
         self._waits: Coalescer[str, list[JobRecord]] = Coalescer(self._waiting_batch)
         self._claimants = Claimants()
@@ -229,6 +230,8 @@ class PostgresStore(PgClaiming, PgReads):
                 self._recent.pop(t.old.id, None)
                 if t.new.state.is_final and applied[t.old.id] is False:
                     self._no_dependants.add(t.old.id)  # job_waiting_on need not look
+                else:  # an earlier end's "none" no longer holds (a dead job retried, say)
+                    self._no_dependants.discard(t.old.id)
                 result.append(t.new)
             else:
                 if t.old.id in self._recent:

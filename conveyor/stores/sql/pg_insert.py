@@ -5,8 +5,9 @@ job holds (the partial unique index ``jobs_unique``: two brokers cannot both cre
 the jobs skipped are then read (by id, or the live holder of their key) and returned
 with ``created=False``. A holder that finished in between leaves nothing to return, so
 those jobs are inserted again. Repeats within one call are answered from the first.
-A batch with jobs that wait on others marks those others as having dependants
-(``jobs.dependants``, see :mod:`.pg_schema`).
+A call with jobs that wait on others marks those others as having dependants
+(``jobs.dependants``, see :mod:`.pg_schema`), in every round: the stored ones, and
+those the round inserts.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ async def _holders(run: Run, jobs: Sequence[JobRecord]) -> dict[str, JobRecord]:
 async def insert_jobs(run: Run, jobs: Sequence[tuple[JobRecord, Event]]) -> list[Inserted]:
     out: list[Inserted | None] = [None] * len(jobs)
     todo, repeats = _firsts(jobs)
+    # every dependency of the call, in every round: a job inserted in a later round (its
+    # key's holder ended in between) may be the dependency of one stored in the first
+    deps = list(dict.fromkeys(d for job, _ in jobs for d in job.depends_on))
     for _ in range(ROUNDS):
         if not todo:
             break
@@ -73,7 +77,6 @@ async def insert_jobs(run: Run, jobs: Sequence[tuple[JobRecord, Event]]) -> list
         columns: dict[str, list[Any]] = insert_arrays([job for job, _ in batch])
         columns["eids"] = [job.id for job, _ in batch]
         columns["edata"] = [event_json(ev) for _, ev in batch]
-        deps = [d for job, _ in batch for d in job.depends_on]
         if deps:
             columns["deps"] = deps
         params = literals(columns)

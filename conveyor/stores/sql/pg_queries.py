@@ -200,6 +200,20 @@ def listing(
 
 
 GET_MANY = f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s::text[])"
+#: jobs by id, read for the waiting jobs that depend on them, marked as having dependants:
+#: the UPDATE takes the lock of each not marked yet (a final UPDATE in flight commits
+#: first, and the row is returned as it left it) and returns it as it is then; those
+#: marked already are read as the statement's snapshot has them
+GET_DEPENDED = f"""
+WITH m AS (
+    UPDATE jobs SET dependants = true
+    WHERE id = ANY(%(ids)s::text[]) AND dependants IS DISTINCT FROM true
+    RETURNING {SELECT}
+)
+SELECT * FROM m
+UNION ALL
+SELECT {SELECT} FROM jobs WHERE id = ANY(%(ids)s::text[]) AND id NOT IN (SELECT id FROM m)
+"""
 #: waiting jobs whose packed ``depends_on`` holds one of the ids' bytes: a superset of
 #: those that depend on them (the caller checks each), filtered on the server
 WAITING_ON = f"""

@@ -29,6 +29,7 @@ class PgReads(Store):
     _run: pg_limits.Run
     _reads: Coalescer[str, JobRecord | None]
     _waits: Coalescer[str, list[JobRecord]]
+    _depended: Coalescer[str, JobRecord | None]
     _recent: dict[str, JobRecord]  # held jobs as this engine last wrote them
     _no_dependants: set[str]  # jobs this engine ended that nothing waits on
     _key_limits: tuple[KeyLimits, dict[str, list[Any]]] | None
@@ -43,6 +44,22 @@ class PgReads(Store):
             return []
         found = await self._reads.call(unique)
         return [job for job in found if job is not None]
+
+    async def job_get_depended(self, ids: Sequence[str]) -> list[JobRecord]:
+        # A waiting job's INSERT marks the dependencies its snapshot sees; one whose own
+        # INSERT was still in flight then (another submit, racing) is stored unmarked,
+        # and its end would say "nothing waits on me". The workflow service reads the
+        # dependencies through here after storing a waiting job: a dependency it sees
+        # live is marked before its end can commit, and one it sees ended is decided on.
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return []
+        found = await self._depended.call(unique)
+        return [job for job in found if job is not None]
+
+    async def _depended_batch(self, ids: list[str]) -> list[JobRecord | None]:
+        by_id = {r[0]: r for r in await self._run(q.GET_DEPENDED, {"ids": list(set(ids))})}
+        return [row_job(by_id[i]) if i in by_id else None for i in ids]
 
     async def job_get_recent(self, ids: Sequence[str]) -> list[JobRecord]:
         unique = list(dict.fromkeys(ids))
