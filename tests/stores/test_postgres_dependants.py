@@ -108,6 +108,19 @@ async def test_a_job_that_ends_again_is_looked_at(store: PostgresStore) -> None:
     assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
 
 
+async def test_a_row_an_older_broker_stored_is_looked_at(store: PostgresStore) -> None:
+    """A broker of an older version, still running on the new schema, stores rows without
+    the flag and never marks what its waiting jobs depend on: such rows are unknown
+    (NULL, the column has no default), so their end is followed by a look."""
+    await store.job_insert_many([lifecycle.born(job("a"), T0)])
+    await store.job_insert_many([lifecycle.born(job("b", depends_on=("a",)), T0)])
+    with psycopg.connect(store.db.conninfo, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {store.schema}")
+        conn.execute("UPDATE jobs SET dependants = DEFAULT WHERE id = 'a'")  # as stored by it
+    assert (await _run_once(store, "a", T0 + 1, ok=True)).state is JobState.COMPLETED
+    assert [j.id for j in await store.job_waiting_on(["a"])] == ["b"]
+
+
 async def _insert_in_flight(store: PostgresStore, record: JobRecord) -> psycopg.Connection[Any]:
     """``record`` inserted as a submit does, in a transaction left open (a submit whose
     statement has not committed yet): commit the connection returned to end it."""

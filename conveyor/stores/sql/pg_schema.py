@@ -30,11 +30,11 @@ v3 adds ``rate_buckets`` and ``key_slots``, the limits every broker shares
 
 v4 adds ``jobs.dependants``: true once a waiting job that depends on this one has been
 stored (set by the same INSERT, under the row's lock), false for a job nothing waits on,
-NULL for the rows of an older schema (unknown). When a job ends, the UPDATE that ends it
-returns the flag, so the workflow service looks for its dependants only when there can
-be some: one statement less per batch of reports, and no look at all for the plain jobs
-most systems run. v4 also rewrites the trigger function: one join of a statement's old
-and new rows finds what to notify (v1's made three).
+NULL (unknown: looked at) for the rows of an older schema or of an older broker. When a
+job ends, the UPDATE that ends it returns the flag, so the workflow service looks for its
+dependants only when there can be some: one statement less per batch of reports, and no
+look at all for the plain jobs most systems run. v4 also rewrites the trigger function:
+one join of a statement's old and new rows finds what to notify (v1's made three).
 
 The same triggers NOTIFY the schema's channel (``conveyor_<schema>``): the (queue, task)
 pairs of jobs that became queued, the ids of jobs that became final and of running jobs
@@ -213,8 +213,10 @@ _V2 = (
 )
 
 _V4 = (
-    "ALTER TABLE jobs ADD COLUMN dependants boolean",  # NULL for the rows already there
-    "ALTER TABLE jobs ALTER COLUMN dependants SET DEFAULT false",
+    # NULL (unknown) for the rows already there, and with no default for those a broker
+    # of an older version stores while it still runs beside the new ones: every INSERT of
+    # this version says true or false
+    "ALTER TABLE jobs ADD COLUMN dependants boolean",
     # the same notifications as v1's, from one join of the old and new rows (there were
     # three: one each for the pairs, the final jobs and the cancels)
     f"""
