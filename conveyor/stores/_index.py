@@ -231,7 +231,9 @@ class ReadyIndex:
 
     # -- internals ---------------------------------------------------------------------
     def _number(self, queue: str, task: str) -> int:
-        by_task = self._heaps.setdefault(queue, {})
+        by_task = self._heaps.get(queue)  # not setdefault: that makes a dict every call
+        if by_task is None:
+            by_task = self._heaps[queue] = {}
         number = by_task.get(task)
         if number is None:
             number = by_task[task] = len(self._by_number)
