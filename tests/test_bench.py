@@ -65,6 +65,8 @@ def test_bench_measures_the_paths_users_take(tmp_path: Path) -> None:
     single, batch = report["e2e_single_jobs_per_s"], report["e2e_batch_jobs_per_s"]
     assert 0 < single < report["single_submits_per_s"]  # type: ignore[operator]
     assert 0 < batch < report["submit_many_per_s"]  # type: ignore[operator]
+    assert report["submit_many_client_us"] > 0  # type: ignore[operator]
+    assert report["submit_many_broker_us"] >= 0  # type: ignore[operator]  # 10 ms ticks
     assert report["concurrency"] == "default"
     report = _bench(tmp_path, "--scenario", "results", "--jobs", "200", "--workers", "1")
     assert report["results_s"] > 0  # type: ignore[operator]

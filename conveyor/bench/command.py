@@ -260,6 +260,8 @@ _LABELS = {
     "single_submits_per_s": ("Client.submit() one at a time, per s", "{:,.0f}"),
     "single_pipelined_per_s": ("the same with Client(pipeline=True), per s", "{:,.0f}"),
     "submit_many_per_s": ("one submit_many, jobs per s", "{:,.0f}"),
+    "submit_many_broker_us": ("one submit_many: broker us/job", "{:,.1f}"),
+    "submit_many_client_us": ("one submit_many: client us/job", "{:,.1f}"),
     "e2e_single_jobs_per_s": ("end to end, single submits, jobs per s", "{:,.0f}"),
     "e2e_pipelined_jobs_per_s": ("end to end, pipelined submits, jobs per s", "{:,.0f}"),
     "e2e_batch_jobs_per_s": ("end to end, submit_many, jobs per s", "{:,.0f}"),
