@@ -83,3 +83,47 @@ def test_without_keys_no_gate_is_asked() -> None:
         raise AssertionError("asked about a job without a key")
 
     assert index.pop(Q, T, 5, refuse) == ["a"]
+
+
+def _claim_for(
+    index: ReadyIndex, gate: ConcurrencyGate, queues: tuple[str, ...], keys: dict[str, str]
+) -> list[str]:
+    index.unpark(gate.freed())
+    ids = index.pop(queues, T, 10, gate.admit)
+    gate.settle(JobRecord(id=i, task="t", payload=b"", concurrency_key=keys.get(i)) for i in ids)
+    return ids
+
+
+def _two_queues_one_key() -> tuple[ReadyIndex, ConcurrencyGate, dict[str, str]]:
+    """Key ``k`` (limit 1) held by a running job; an urgent job of it queued on ``a``, a
+    later one on ``b``: a claim over both parks them both."""
+    index, gate = ReadyIndex(), ConcurrencyGate(lambda task: 1)
+    keys = {"run": "k", "urgent-a": "k", "later-b": "k"}
+    index.push("run", "b", "t", 5, 1, "k")
+    assert _claim_for(index, gate, ("a", "b"), keys) == ["run"]
+    index.push("urgent-a", "a", "t", 1, 2, "k")
+    index.push("later-b", "b", "t", 5, 3, "k")
+    assert _claim_for(index, gate, ("a", "b"), keys) == []
+    assert index.waiting_for_key() == {"k": 2}
+    return index, gate, keys
+
+
+def test_a_freed_slot_reaches_a_claimant_that_cannot_take_the_most_urgent_parked_job() -> None:
+    """Queue ``a`` paused (or its worker gone): the claims are over ``b`` alone. The freed
+    slot must not go to the parked job of ``a`` only, leaving ``b``'s parked for good."""
+    index, gate, keys = _two_queues_one_key()
+    gate.release("k")  # the running job finished: k has room
+    assert _claim_for(index, gate, ("b",), keys) == ["later-b"]
+    gate.release("k")
+    assert _claim_for(index, gate, ("a", "b"), keys) == ["urgent-a"]  # resumed
+
+
+def test_a_freed_slot_is_not_lost_with_a_job_cancelled_before_any_claim_took_it() -> None:
+    """The slot frees during another worker's claim (over ``c``); then the most urgent
+    parked job is cancelled: the other one may run, nothing holds k."""
+    index, gate, keys = _two_queues_one_key()
+    gate.release("k")
+    assert _claim_for(index, gate, ("c",), keys) == []
+    assert index.discard("urgent-a")
+    assert _claim_for(index, gate, ("a", "b"), keys) == ["later-b"]
+    assert index.waiting_for_key() == {}
