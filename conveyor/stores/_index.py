@@ -142,7 +142,19 @@ class ReadyIndex:
             views.clear()
 
     def discard(self, job_id: str) -> bool:
-        """Forget a queued job (its heap entry is skipped later); False if not indexed."""
+        """Forget a queued job (its heap entry is skipped later); False if not indexed.
+
+        A keyed job that was in its heap (not parked) may have been put back there for a
+        freed slot it now leaves unused: one more parked job of its key comes back from
+        each (queue, task), or the slot could stay unused for good."""
+        key = self._keys.get(job_id) if self._keys else None
+        parked = job_id in self._parked_ids
+        found = self._drop(job_id)
+        if found and key is not None and not parked and key in self._parked:
+            self.unpark({key: 1})
+        return found
+
+    def _drop(self, job_id: str) -> bool:
         if self._keys:
             key = self._keys.pop(job_id, None)
             if key is not None and job_id in self._parked_ids:
@@ -168,7 +180,7 @@ class ReadyIndex:
                 entry = self._pop_best(view)
                 if entry is None:
                     break
-                self.discard(entry[2])
+                self._drop(entry[2])
                 taken.append(entry[2])
             return taken
         while len(taken) < limit:
@@ -180,7 +192,7 @@ class ReadyIndex:
             if key is not None and not admit(self._names[number][1], key):
                 self._park(key, entry, number)
                 continue
-            self.discard(entry[2])
+            self._drop(entry[2])
             taken.append(entry[2])
         return taken
 

@@ -127,3 +127,20 @@ def test_a_freed_slot_is_not_lost_with_a_job_cancelled_before_any_claim_took_it(
     assert index.discard("urgent-a")
     assert _claim_for(index, gate, ("a", "b"), keys) == ["later-b"]
     assert index.waiting_for_key() == {}
+
+
+def test_a_job_put_back_for_a_freed_slot_and_cancelled_passes_the_slot_on() -> None:
+    """The slot frees in a claim that fills up on a more urgent job without a key; the job
+    of k put back for it is cancelled before the next claim: the next of k may run."""
+    index, gate = ReadyIndex(), ConcurrencyGate(lambda task: 1)
+    keys = {"run": "k", "k1": "k", "k2": "k"}
+    index.push("run", "q", "t", 5, 1, "k")
+    assert _claim(index, gate, 1, keys) == ["run"]
+    index.push("k1", "q", "t", 5, 2, "k")
+    index.push("k2", "q", "t", 5, 3, "k")
+    assert _claim(index, gate, 10, keys) == []  # both parked
+    index.push("urgent", "q", "t", 1, 4)
+    gate.release("k")
+    assert _claim(index, gate, 1, keys) == ["urgent"]  # k1 is back, not taken yet
+    assert index.discard("k1")
+    assert _claim(index, gate, 10, keys) == ["k2"]
