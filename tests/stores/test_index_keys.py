@@ -144,3 +144,63 @@ def test_a_job_put_back_for_a_freed_slot_and_cancelled_passes_the_slot_on() -> N
     assert _claim(index, gate, 1, keys) == ["urgent"]  # k1 is back, not taken yet
     assert index.discard("k1")
     assert _claim(index, gate, 10, keys) == ["k2"]
+
+
+def test_keyed_claims_agree_with_a_plain_scan_through_random_changes() -> None:
+    """Against a reference: each claim takes, most urgent first, the jobs its queues and
+    tasks offer whose key has room (running plus taken so far below its limit), through
+    pushes, cancels, finished runs and claimants over different queues."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(3)
+    limits = {"k0": 1, "k1": 2, "k2": 3}
+    gate = ConcurrencyGate()
+    gate.prefixes = dict(limits)
+    index = ReadyIndex()
+    live: dict[str, tuple[int, int, str, str, str | None]] = {}  # (p, seq, q, t, key)
+    running: list[tuple[str, str | None]] = []
+    queues, tasks = ["a", "b", "c", "d"], ["t0", "t1"]
+    kinds = [
+        (("a", "b", "c", "d"), frozenset(tasks)),
+        (("b",), frozenset(tasks)),
+        (("a", "c"), frozenset({"t0"})),
+        (("d",), frozenset({"t1"})),
+    ]
+    for step in range(4000):
+        roll = rng.random()
+        if roll < 0.4:
+            job, key = f"j{step}", rng.choice([None, "k0", "k1", "k2", "k0"])
+            q, t, p = rng.choice(queues), rng.choice(tasks), rng.randint(1, 3)
+            index.push(job, q, t, p, step + 1, key)
+            live[job] = (p, step + 1, q, t, key)
+        elif roll < 0.47 and live:
+            job = rng.choice(sorted(live))
+            assert index.discard(job)
+            del live[job]
+        elif roll < 0.6 and running:
+            _, key = running.pop(rng.randrange(len(running)))
+            if key is not None:
+                gate.release(key)
+        else:
+            qs, ts = rng.choice(kinds)
+            n = rng.randint(1, 4)
+            held = Counter(k for _, k in running if k is not None)
+            want: list[str] = []
+            for _, _, job in sorted((v[0], v[1], j) for j, v in live.items() if v[2] in qs):
+                key = live[job][4]
+                if len(want) == n or live[job][3] not in ts:
+                    continue
+                if key is not None:
+                    if held[key] >= limits[key]:
+                        continue
+                    held[key] += 1
+                want.append(job)
+            index.unpark(gate.freed())
+            got = index.pop(qs, ts, n, gate.admit)
+            gate.settle(
+                JobRecord(id=i, task="t", payload=b"", concurrency_key=live[i][4]) for i in got
+            )
+            assert got == want, step
+            for job in got:
+                running.append((job, live.pop(job)[4]))
