@@ -27,7 +27,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -179,14 +178,16 @@ class Dispatcher:
         self.shared_rates = store.rate_buckets()  # the store's buckets: limits across brokers
         self._timer: asyncio.TimerHandle | None = None  # the wake-up for the next token
         self._wake_at = 0.0
-        self._offers: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = (
-            weakref.WeakValueDictionary()
-        )
+        # a task set -> the one object of it the connected workers share, and how many
+        # of them do (a weak mapping would keep every set: its key is the set itself)
+        self._offers: dict[frozenset[str], tuple[frozenset[str], int]] = {}
 
     def add(self, worker: WorkerRef) -> None:
         # workers that offer the same tasks share one set: the ready index knows a kind of
         # claimant by its sets, and comparing two equal sets of 1,000 names costs 10 us
-        tasks = self._offers.setdefault(worker.tasks, worker.tasks)
+        self.remove(worker.id)
+        tasks, n = self._offers.get(worker.tasks, (worker.tasks, 0))
+        self._offers[tasks] = (tasks, n + 1)
         worker.tasks = tasks
         worker.claimant = replace(worker.claimant, tasks=tasks, gate=self.gate)
         worker.unpaused = None
@@ -194,7 +195,15 @@ class Dispatcher:
         self.trigger()
 
     def remove(self, worker_id: str) -> WorkerRef | None:
-        return self.workers.pop(worker_id, None)
+        worker = self.workers.pop(worker_id, None)
+        shared = None if worker is None else self._offers.get(worker.tasks)
+        if shared is not None:
+            tasks, n = shared
+            if n > 1:
+                self._offers[tasks] = (tasks, n - 1)
+            else:
+                del self._offers[tasks]
+        return worker
 
     def offers(self, queue: str, task: str) -> bool:
         """Some connected worker runs ``task`` on ``queue`` (an unrouted job: anywhere).

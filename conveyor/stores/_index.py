@@ -23,9 +23,15 @@ A claimant's ``tasks`` must not change in place (the broker's are frozensets).
 
 Jobs with a concurrency key (``JobRecord.concurrency_key``) are claimed through a gate
 that says whether their key may have one more running job. One it refuses is *parked*:
-set aside in a heap of its key, out of every view, so the claims after it never look at
-it again and go on to the jobs behind it. When the gate says slots of a key were freed
-(a job holding it finished), that many of its parked jobs go back, most urgent first.
+set aside in a heap of its key and its (queue, task), out of every view, so the claims
+after it never look at it again and go on to the jobs behind it. When the gate says slots
+of a key were freed (a job holding it finished), that many of its parked jobs go back from
+each (queue, task), most urgent first: every claimant that can take a job of the key then
+sees the most urgent one it can take (had only the key's most urgent come back, a freed
+slot could go to a job no claim reaches, its queue paused or its worker gone, and the
+key's other jobs stay parked with the slot unused; or to one cancelled before any claim
+took it, and the slot was lost). The jobs back beyond the key's room are parked again by
+the claim that comes to them.
 Jobs without a key cost nothing of this: the gate is not asked and no map grows.
 
 The index is compact on purpose: per queued job one heap entry and one dict slot, with
@@ -42,7 +48,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 Entry = tuple[int, int, str]  # (priority, sequence, job id)
 Head = tuple[int, int, int]  # (priority, sequence, heap number): a heap's head in a view
 ViewKey = tuple[tuple[str, ...], frozenset[str]]
-Parked = tuple[int, int, str, int]  # (priority, sequence, job id, heap number)
 Admit = Callable[[str, str], bool]  # (task, concurrency key) -> may one more run now
 
 MAX_VIEWS = 64  # claimant kinds whose views are kept (the least recently used goes)
@@ -84,7 +89,8 @@ class ReadyIndex:
         self._seq: dict[str, int] = {}  # job id -> the sequence its live entry has
         self._names: list[tuple[str, str]] = []  # heap number -> (queue, task)
         self._keys: dict[str, str] = {}  # job id -> concurrency key (keyed jobs only)
-        self._parked: dict[str, list[Parked]] = {}  # key -> its parked jobs, a heap
+        # key -> heap number -> the key's jobs parked from that heap, a heap of entries
+        self._parked: dict[str, dict[int, list[Entry]]] = {}
         self._parked_ids: set[str] = set()
         self._waiting: Counter[str] = Counter()  # key -> live parked jobs
 
@@ -136,7 +142,19 @@ class ReadyIndex:
             views.clear()
 
     def discard(self, job_id: str) -> bool:
-        """Forget a queued job (its heap entry is skipped later); False if not indexed."""
+        """Forget a queued job (its heap entry is skipped later); False if not indexed.
+
+        A keyed job that was in its heap (not parked) may have been put back there for a
+        freed slot it now leaves unused: one more parked job of its key comes back from
+        each (queue, task), or the slot could stay unused for good."""
+        key = self._keys.get(job_id) if self._keys else None
+        parked = job_id in self._parked_ids
+        found = self._drop(job_id)
+        if found and key is not None and not parked and key in self._parked:
+            self.unpark({key: 1})
+        return found
+
+    def _drop(self, job_id: str) -> bool:
         if self._keys:
             key = self._keys.pop(job_id, None)
             if key is not None and job_id in self._parked_ids:
@@ -162,7 +180,7 @@ class ReadyIndex:
                 entry = self._pop_best(view)
                 if entry is None:
                     break
-                self.discard(entry[2])
+                self._drop(entry[2])
                 taken.append(entry[2])
             return taken
         while len(taken) < limit:
@@ -174,32 +192,36 @@ class ReadyIndex:
             if key is not None and not admit(self._names[number][1], key):
                 self._park(key, entry, number)
                 continue
-            self.discard(entry[2])
+            self._drop(entry[2])
             taken.append(entry[2])
         return taken
 
     def unpark(self, freed: Mapping[str, int] | None) -> None:
-        """Put parked jobs back: per key, as many as it has freed slots (most urgent
-        first); ``None``: all of them (a limit changed)."""
+        """Put parked jobs back: per key and (queue, task), as many as the key has freed
+        slots (most urgent first); ``None``: all of them (a limit changed)."""
         keys = list(self._parked) if freed is None else [k for k in freed if k in self._parked]
         for key in keys:
-            heap = self._parked[key]
-            n = len(heap) if freed is None else freed[key]
-            while heap and n > 0:
-                priority, seq, job_id, number = heapq.heappop(heap)
-                if job_id not in self._parked_ids or self._seq.get(job_id) != seq:
-                    continue  # gone meanwhile (cancelled)
-                self._parked_ids.discard(job_id)
-                self._waiting[key] -= 1
-                if not self._waiting[key]:
-                    del self._waiting[key]
-                entry = (priority, seq, job_id)
-                target = self._by_number[number]
-                heapq.heappush(target, entry)
-                if target[0] == entry:
-                    self._new_head(number)
-                n -= 1
-            if not heap:
+            by_heap = self._parked[key]
+            for number in list(by_heap):
+                heap = by_heap[number]
+                n = len(heap) if freed is None else freed[key]
+                while heap and n > 0:
+                    entry = heapq.heappop(heap)
+                    job_id, seq = entry[2], entry[1]
+                    if job_id not in self._parked_ids or self._seq.get(job_id) != seq:
+                        continue  # gone meanwhile (cancelled)
+                    self._parked_ids.discard(job_id)
+                    self._waiting[key] -= 1
+                    if not self._waiting[key]:
+                        del self._waiting[key]
+                    target = self._by_number[number]
+                    heapq.heappush(target, entry)
+                    if target[0] == entry:
+                        self._new_head(number)
+                    n -= 1
+                if not heap:
+                    del by_heap[number]
+            if not by_heap:
                 del self._parked[key]
 
     def waiting_for_key(self) -> dict[str, int]:
@@ -207,9 +229,8 @@ class ReadyIndex:
         return dict(self._waiting)
 
     def _park(self, key: str, entry: Entry, number: int) -> None:
-        priority, seq, job_id = entry
-        heapq.heappush(self._parked.setdefault(key, []), (priority, seq, job_id, number))
-        self._parked_ids.add(job_id)
+        heapq.heappush(self._parked.setdefault(key, {}).setdefault(number, []), entry)
+        self._parked_ids.add(entry[2])
         self._waiting[key] += 1
 
     def peek(self, queues: Sequence[str], tasks: Collection[str], limit: int) -> list[str]:

@@ -387,3 +387,37 @@ async def test_pausing_and_resuming_queues_in_turn_dispatches_only_the_unpaused(
     link = worker.link
     assert isinstance(link, FakeLink)
     assert [j.id for j in link.jobs] == ["q2-0", "q3-0"]
+
+
+async def test_a_task_set_no_worker_offers_any_more_is_not_kept() -> None:
+    """The dispatcher's shared sets are for the workers connected: one whose last worker
+    left goes (workers that come and go with other task lists must not pile them up). No
+    claim runs here: the ready index keeps the sets of its last few claimant kinds itself."""
+    import gc
+    import weakref
+
+    from conveyor.broker.dispatch import Dispatcher
+    from conveyor.stores.memory import MemoryStore
+
+    async def no_orphans(worker: WorkerRef, jobs: list[JobRecord]) -> None:
+        raise AssertionError("not expected")
+
+    dispatcher = Dispatcher(MemoryStore(), FakeClock(), LEASE, no_orphans)
+
+    def worker(worker_id: str, tasks: list[str]) -> WorkerRef:
+        return WorkerRef(worker_id, "w", frozenset(tasks), ("q",), 1, 0, FakeLink())
+
+    a, b = worker("a", ["x", "y"]), worker("b", ["y", "x"])
+    dispatcher.add(a)
+    dispatcher.add(b)
+    assert a.tasks is b.tasks  # shared while both are connected
+    shared = weakref.ref(a.tasks)
+    dispatcher.remove("a")
+    c = worker("c", ["x", "y"])
+    dispatcher.add(c)
+    assert c.tasks is b.tasks  # one worker left: still shared with the other
+    dispatcher.remove("b")
+    dispatcher.remove("c")
+    del a, b, c
+    gc.collect()
+    assert shared() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 from conveyor.stores._index import IDLE_CLAIMS, ReadyIndex
 
 
@@ -141,3 +143,70 @@ def test_equal_offers_are_one_kind_and_a_list_changed_in_place_is_asked_afresh()
     wanted[0] = "r"  # the same list, now another kind
     assert index.pop(wanted, mine, 1) == ["b"]
     assert index.views == 3
+
+
+def test_a_claimant_known_by_its_objects_is_right_after_its_view_was_dropped() -> None:
+    """The broker's claimants ask with the same tuple and frozenset each time, so the view
+    is found by identity: once dropped as idle it must be built again, not used as it was
+    (it is no longer told of head changes)."""
+    index = ReadyIndex()
+    queues, tasks = ("a", "b"), frozenset({"t"})
+    other = (("c",), frozenset({"t"}))
+    push(index, "a1", 1, 5, queue="a")
+    assert index.pop(queues, tasks, 0) == []  # its view is built
+    for i in range(IDLE_CLAIMS + 64):  # other claims: the view goes idle and is dropped
+        push(index, f"c{i}", 100 + i, queue="c")
+        assert index.pop(*other, 1) == [f"c{i}"]
+    assert index.views == 1
+    push(index, "b-urgent", 10_000, 1, queue="b")  # a new head no dropped view hears of
+    push(index, "a-front", -1, 5, queue="a")
+    assert index.pop(queues, tasks, 3) == ["b-urgent", "a-front", "a1"]
+
+
+def test_views_agree_with_a_plain_sort_through_many_kinds_known_by_their_objects() -> None:
+    """Against a reference, with more kinds than are kept (the least recently used go)
+    and kinds idle long enough to be dropped, each asking with its own objects (found by
+    identity), equal copies of them, or a list and a set."""
+    import random
+
+    rng = random.Random(11)
+    index = ReadyIndex()
+    live: dict[str, tuple[int, int, str, str]] = {}
+    queues, tasks = [f"q{i}" for i in range(30)] + [""], [f"t{i}" for i in range(3)]
+    kinds = [
+        (tuple(rng.sample(queues, rng.randint(1, 4))), frozenset(rng.sample(tasks, 2)))
+        for _ in range(80)
+    ]
+    seq = front = 0
+    for step in range(5000):
+        roll = rng.random()
+        if roll < 0.45:
+            seq += 1
+            job = f"j{step}"
+            if rng.random() < 0.15:
+                front -= 1
+                s = front
+            else:
+                s = seq
+            q, t, p = rng.choice(queues), rng.choice(tasks), rng.randint(1, 10)
+            index.push(job, q, t, p, s)
+            live[job] = (p, s, q, t)
+        elif roll < 0.52 and live:
+            job = rng.choice(sorted(live))
+            assert index.discard(job)
+            del live[job]
+        else:
+            qs, ts = rng.choice(kinds[:2] if rng.random() < 0.7 else kinds)
+            form = rng.random()
+            asked: tuple[Sequence[str], Collection[str]] = (qs, ts)
+            if form < 0.1:
+                asked = (tuple(list(qs)), frozenset(set(ts)))  # equal, other objects
+            elif form < 0.15:
+                asked = (list(qs), set(ts))
+            n = rng.randint(0, 3)
+            ranked = sorted((p, s, j) for j, (p, s, q, t) in live.items() if q in qs and t in ts)
+            got = index.pop(*asked, n)
+            assert got == [j for _, _, j in ranked[:n]], step
+            for job in got:
+                del live[job]
+        assert len(index) == len(live)
