@@ -16,6 +16,7 @@ import pytest
 
 from conveyor.broker.app import Broker
 from conveyor.broker.config import BrokerConfig
+from conveyor.stores.postgres import PostgresStore
 
 ENV = "CONVEYOR_TEST_POSTGRES"
 HOW = f"set {ENV}=postgresql://... to run the PostgreSQL tests"
@@ -58,6 +59,20 @@ def pg_url() -> Iterator[str]:
     """A PostgreSQL store URL on a fresh schema (skips without a server)."""
     with fresh_schema() as url:
         yield url
+
+
+OPENED_AT = 1_700_000_000.0  # the time the ``store`` fixture opens its engine at
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    """A PostgreSQL engine on a fresh schema, opened at :data:`OPENED_AT`."""
+    engine = PostgresStore(pg_url)
+    await engine.open(OPENED_AT)
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 #: the engines a broker-level test runs on, as fixture params

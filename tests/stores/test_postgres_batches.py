@@ -4,7 +4,6 @@ workers, and reports computed from the records the engine last wrote."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -19,26 +18,16 @@ from conveyor.stores.postgres import PostgresStore
 from conveyor.stores.sql import pg_queries as q
 from conveyor.stores.sql.pg_claim import deal
 from conveyor.stores.sql.pg_rows import array_literal
-from tests.postgres import pg_url
+from tests.postgres import OPENED_AT, pg_url, store
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_url"]  # the fixture, imported for pytest
+__all__ = ["pg_url", "store"]  # the fixtures, imported for pytest
 
-T0 = 1_700_000_000.0
+T0 = OPENED_AT
 
 
 def job(job_id: str, **fields: Any) -> JobRecord:
     return JobRecord(id=job_id, task="t", payload=pack_call([], {}), **fields)
-
-
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    engine = PostgresStore(pg_url)
-    await engine.open(T0)
-    try:
-        yield engine
-    finally:
-        await engine.close()
 
 
 def counting(engine: PostgresStore) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +34,17 @@ from conveyor.stores.sql.pg_rows import (
     unnest_of,
 )
 from conveyor.stores.sql.pg_schema import MIGRATIONS
-from tests.postgres import pg_url
+from tests.postgres import OPENED_AT, pg_url, store
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_url"]  # the fixture, imported for pytest
+__all__ = ["pg_url", "store"]  # the fixtures, imported for pytest
 
-T0 = 1_700_000_000.0
+T0 = OPENED_AT
 WORKER = Claimant("w", ["default"], {"t"})
 
 
 def job(job_id: str, **fields: Any) -> JobRecord:
     return JobRecord(id=job_id, task="t", payload=pack_call([], {}), **fields)
-
-
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
-    engine = PostgresStore(pg_url)
-    await engine.open(T0)
-    try:
-        yield engine
-    finally:
-        await engine.close()
 
 
 async def _run_once(
