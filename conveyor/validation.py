@@ -7,6 +7,7 @@ routes both use these, so both faces accept and refuse exactly the same input.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from conveyor import limitspec
@@ -106,21 +107,17 @@ def _encodable(text: str) -> bool:
     return True
 
 
-#: task and queue names already found good: a batch names the same few thousands of times
-_GOOD_TASKS: set[str] = set()
-_GOOD_QUEUES: set[str] = set()
-_MAX_GOOD = 10_000  # each set is emptied when it reaches this (names are up to 200 chars)
+@functools.lru_cache(maxsize=4096)  # only names that passed: a refusal raises, uncached
+def _checked_name(value: str, fld: str, max_len: int) -> str:
+    return check_name(value, fld, max_len)
 
 
-def _good_name(value: Any, fld: str, max_len: int, good: set[str]) -> str:
-    """:func:`check_name`, remembering the names that passed."""
-    if type(value) is str and value in good:
-        return value
-    name = check_name(value, fld, max_len)
-    if len(good) >= _MAX_GOOD:
-        good.clear()
-    good.add(name)
-    return name
+def _good_name(value: Any, fld: str, max_len: int) -> str:
+    """:func:`check_name`, remembering the strings that passed: a batch names the same
+    task and queue thousands of times (anything else, unhashable too, is checked as is)."""
+    if type(value) is str:
+        return _checked_name(value, fld, max_len)
+    return check_name(value, fld, max_len)
 
 
 def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord:
@@ -131,10 +128,10 @@ def parse_job(raw: Any, now: float, max_payload: int = MAX_PAYLOAD) -> JobRecord
     """
     if not isinstance(raw, dict):
         raise invalid("job", "must be a map")
-    task = _good_name(raw.get("task"), "task", MAX_TASK_NAME, _GOOD_TASKS)
+    task = _good_name(raw.get("task"), "task", MAX_TASK_NAME)
     queue = raw.get("queue")
     if queue is not None:
-        _good_name(queue, "queue", MAX_QUEUE_NAME, _GOOD_QUEUES)
+        _good_name(queue, "queue", MAX_QUEUE_NAME)
     if "priority" in raw and raw["priority"] is None:  # int, not int | nil (section 6.1)
         raise invalid("priority", f"must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
     priority = number(raw, "priority", MIN_PRIORITY, MAX_PRIORITY, integer=True)
